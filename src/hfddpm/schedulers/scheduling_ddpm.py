@@ -1,0 +1,129 @@
+"""DDPM ancestral sampling (Ho et al. 2020) with the reverse-variance choices of the DDPM derivation."""
+
+from __future__ import annotations
+
+import diffusers
+import numpy as np
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (looked up by name by the loader)
+from diffusers.utils.torch_utils import randn_tensor
+
+from .gaussian_diffusion import GaussianDiffusionMixin, validate_common_options
+
+
+class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
+    """diffusers' `DDPMScheduler`, plus the closed forms of `GaussianDiffusionMixin` and a `reverse_variance` option.
+
+    Every stock argument and method behaves exactly as in diffusers while `reverse_variance` is None. The added
+    arguments are:
+
+    Args:
+        beta_schedule: also accepts ``"cosine"``, the schedule of Nichol & Dhariwal (2021, eq. 17),
+            ᾱ_t = f(t)/f(0) with f(t) = cos²((t/T + 0.008)/1.008 · π/2) and β_t capped at 0.999; it is stored
+            under diffusers' name for it, ``"squaredcos_cap_v2"``.
+        reverse_variance (`ReverseVariance` or None): the variance σ²_{t→s} of p_θ(x_s|x_t) = N(μ̃(x_t, x̂_0), σ²),
+            one of ``fixed_small``, ``fixed_large``, ``learned``, ``learned_range`` (see `ReverseVariance`).
+            Unlike the stock `variance_type`, it is right for every timestep spacing: the last step returns the
+            mean μ̃ = x̂_0 without noise (Ho et al. 2020, Algorithm 2), ``learned`` reads log σ² (not σ²) from the
+            network, and ``fixed_large`` carries the first-step fix of the DDPM code. Setting it also sets the
+            stock `variance_type` to the same name, which is what stock diffusers uses when it loads this config.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        reverse_variance: str | None = None,
+    ):
+        beta_schedule, reverse_variance = validate_common_options(
+            beta_schedule, prediction_type, timestep_spacing, reverse_variance
+        )
+        self.register_to_config(reverse_variance=reverse_variance)
+        if reverse_variance is not None:
+            variance_type = reverse_variance
+        super().__init__(
+            num_train_timesteps=num_train_timesteps,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            beta_schedule=beta_schedule,
+            trained_betas=trained_betas,
+            variance_type=variance_type,
+            clip_sample=clip_sample,
+            prediction_type=prediction_type,
+            thresholding=thresholding,
+            dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            clip_sample_range=clip_sample_range,
+            sample_max_value=sample_max_value,
+            timestep_spacing=timestep_spacing,
+            steps_offset=steps_offset,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        )
+        if reverse_variance is not None:
+            # The synced stock key must survive `from_config`, which drops keys recorded as defaults.
+            defaults = [key for key in self.config.get("_use_default_values", []) if key != "variance_type"]
+            self.register_to_config(_use_default_values=defaults)
+        self.final_alpha_cumprod = torch.tensor(1.0)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[int] | None = None,
+    ):
+        """As diffusers' `set_timesteps`, refusing a step count below 1 with a clear message."""
+        if num_inference_steps is None and timesteps is None:
+            raise ValueError("set_timesteps needs num_inference_steps or timesteps")
+        if num_inference_steps is not None and num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        super().set_timesteps(num_inference_steps, device=device, timesteps=timesteps)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> DDPMSchedulerOutput | tuple:
+        """One ancestral step x_t → x_s ~ N(μ̃(x_t, x̂_0), σ²_{t→s} I) (Ho et al. 2020, eq. 7 and Algorithm 2).
+
+        x̂_0 comes from the network's prediction (clipped or thresholded as configured), μ̃ is the posterior mean of
+        `posterior_mean_variance`, σ² follows `reverse_variance`; the step to x_0 adds no noise. With
+        `reverse_variance=None` this is diffusers' own step.
+        """
+        if self.config.reverse_variance is None:
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+
+        prev_timestep = self.previous_timestep(timestep)
+        prediction, model_variance = self.split_model_output(model_output, sample)
+        pred_original_sample = self.clip_original_sample(
+            self.convert_prediction(prediction, sample, timestep, "sample")
+        )
+        prev_sample, _ = self.posterior_mean_variance(pred_original_sample, sample, timestep, prev_timestep)
+        if prev_timestep >= 0:
+            log_variance = self.reverse_log_variance(timestep, prev_timestep, model_variance)
+            noise = randn_tensor(
+                prediction.shape, generator=generator, device=prediction.device, dtype=prediction.dtype
+            )
+            prev_sample = prev_sample + torch.exp(0.5 * log_variance).to(prev_sample) * noise
+
+        prev_sample, pred_original_sample = prev_sample.to(sample.dtype), pred_original_sample.to(sample.dtype)
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
