@@ -1,0 +1,81 @@
+"""Named `UNet2DModel` configurations, from a test-sized network to the published DDPM architectures."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+from diffusers import UNet2DModel
+
+# The sinusoidal time embedding of Ho et al. (2020): sin before cos, frequencies 10000^(−i/(d/2 − 1)).
+_DDPM_TIME_EMBEDDING = {"flip_sin_to_cos": False, "freq_shift": 1}
+
+UNET_PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
+    {
+        # For tests and smoke runs: 0.18M parameters, one attention level.
+        "tiny": MappingProxyType(
+            {
+                "sample_size": 16,
+                "in_channels": 3,
+                "block_out_channels": (16, 32),
+                "layers_per_block": 1,
+                "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+                "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+                "norm_num_groups": 8,
+                "attention_head_dim": 8,
+            }
+        ),
+        # Ho et al. (2020), appendix B, CIFAR-10: 35.7M parameters, channel multipliers (1, 2, 2, 2), two residual
+        # blocks per resolution, single-head self-attention at 16×16, dropout 0.1 (google/ddpm-cifar10-32's layout).
+        "ddpm-cifar10-32": MappingProxyType(
+            {
+                "sample_size": 32,
+                "in_channels": 3,
+                "block_out_channels": (128, 256, 256, 256),
+                "layers_per_block": 2,
+                "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                "attention_head_dim": None,
+                "downsample_padding": 0,
+                "norm_eps": 1e-6,
+                "dropout": 0.1,
+                **_DDPM_TIME_EMBEDDING,
+            }
+        ),
+        # Nichol & Dhariwal (2021), ImageNet 64×64: channel multipliers (1, 2, 3, 4) on 128 channels, three
+        # residual blocks per resolution, attention at 16×16 and 8×8 (64 channels per head here).
+        "improved-ddpm-64": MappingProxyType(
+            {
+                "sample_size": 64,
+                "in_channels": 3,
+                "block_out_channels": (128, 256, 384, 512),
+                "layers_per_block": 3,
+                "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                "attention_head_dim": 64,
+                "norm_eps": 1e-6,
+                **_DDPM_TIME_EMBEDDING,
+            }
+        ),
+    }
+)
+
+
+def unet_config(preset: str, learned_variance: bool = False, **overrides: Any) -> dict[str, Any]:
+    """The `UNet2DModel` keyword arguments of a preset, with `overrides` applied.
+
+    `out_channels` is `in_channels`, doubled when `learned_variance` is set: the network then outputs the
+    prediction and the variance channels of p_θ(x_{t−1}|x_t) (Nichol & Dhariwal 2021, §3.1).
+    """
+    if preset not in UNET_PRESETS:
+        raise ValueError(f"unknown UNet preset {preset!r}; choose one of {sorted(UNET_PRESETS)}")
+    if "out_channels" in overrides:
+        raise ValueError("out_channels follows in_channels and learned_variance; set those instead")
+    config = {**UNET_PRESETS[preset], **overrides}
+    config["out_channels"] = config["in_channels"] * (2 if learned_variance else 1)
+    return config
+
+
+def create_unet(preset: str, learned_variance: bool = False, **overrides: Any) -> UNet2DModel:
+    """A randomly initialised `UNet2DModel` built from `unet_config(preset, learned_variance, **overrides)`."""
+    return UNet2DModel(**unet_config(preset, learned_variance, **overrides))
