@@ -1,0 +1,226 @@
+"""`HFDDPMPipeline`: unconditional image generation with any diffusers scheduler, saved in the stock layout.
+
+Checkpoint layout. `save_pretrained` writes the folder stock `DDPMPipeline` writes — `model_index.json`,
+`unet/` (config and safetensors weights) and `scheduler/` (`scheduler_config.json`) — and `model_index.json` names
+only stock diffusers classes: `DDIMPipeline` when the scheduler is a DDIM scheduler, `DDPMPipeline` otherwise, and
+diffusers' `DDPMScheduler`/`DDIMScheduler` for hfddpm's subclasses of them. So:
+
+- `HFDDPMPipeline.from_pretrained` loads its own folders and stock ones (google/ddpm-cifar10-32 and any folder
+  `DDPMPipeline`/`DDIMPipeline.save_pretrained` wrote), giving hfddpm's schedulers in place of stock DDPM/DDIM ones;
+- stock `DiffusionPipeline.from_pretrained` loads an hfddpm folder as a stock `DDPMPipeline` or `DDIMPipeline`
+  with stock schedulers: hfddpm-only keys such as `reverse_variance` are ignored with diffusers' warning about
+  unexpected config attributes, and the stock `variance_type` holds the nearest stock choice;
+- `unet/` is a plain `UNet2DModel` folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import os
+
+import diffusers
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from .. import __version__
+from ..schedulers import DDIMScheduler, DDPMScheduler
+from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+# Keyword arguments of `from_pretrained` that say where and how to fetch a Hub repository.
+_DOWNLOAD_KWARGS = (
+    "cache_dir",
+    "force_download",
+    "proxies",
+    "local_files_only",
+    "token",
+    "revision",
+    "variant",
+    "use_safetensors",
+)
+_HFDDPM_SCHEDULERS = {cls.__name__: cls for cls in (DDPMScheduler, DDIMScheduler)}
+
+
+def consumes_model_variance(scheduler: SchedulerMixin) -> bool:
+    """Whether `scheduler.step` reads a learned-variance network's extra output channels."""
+    config = scheduler.config
+    if isinstance(scheduler, (DDPMScheduler, DDIMScheduler)) and config.reverse_variance is not None:
+        return config.reverse_variance in LEARNED_VARIANCES
+    return isinstance(scheduler, diffusers.DDPMScheduler) and config.variance_type in LEARNED_VARIANCES
+
+
+class HFDDPMPipeline(DiffusionPipeline):
+    """Unconditional image generation: start from N(0, σ_max² I) and apply the scheduler's reverse steps.
+
+    Works with hfddpm's `DDPMScheduler` and `DDIMScheduler` and with any stock diffusers scheduler: the loop calls
+    `scale_model_input` and starts from `init_noise_sigma`, which sigma-parameterised schedulers (Euler, Heun, …)
+    need. The sample is kept in float32 whatever the UNet's dtype, so a half-precision UNet only changes the network
+    evaluations. See the module docstring for the checkpoint layout.
+
+    Args:
+        unet: a `UNet2DModel` (or any model called as `unet(sample, t).sample`); with 2C output channels it is a
+            learned-variance model.
+        scheduler: the noise scheduler.
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> HFDDPMPipeline:
+        """Load a pipeline folder or Hub repository, as `DiffusionPipeline.from_pretrained` does.
+
+        A stock `DDPMScheduler`/`DDIMScheduler` entry loads as hfddpm's subclass (so hfddpm's options in its config
+        take effect); weights load from safetensors unless `use_safetensors=False` is passed.
+        """
+        kwargs.setdefault("use_safetensors", True)
+        folder = str(pretrained_model_name_or_path)
+        if "scheduler" not in kwargs:
+            if not os.path.isdir(folder):
+                folder = cls.download(folder, **{k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs})
+            scheduler_class = _hfddpm_scheduler_class(folder)
+            if scheduler_class is not None:
+                kwargs["scheduler"] = scheduler_class.from_pretrained(folder, subfolder="scheduler")
+        return super().from_pretrained(folder, **kwargs)
+
+    def to_json_string(self) -> str:
+        """`model_index.json` in the stock form described in the module docstring."""
+        index = json.loads(super().to_json_string())
+        index["_class_name"] = (
+            "DDIMPipeline" if isinstance(self.scheduler, diffusers.DDIMScheduler) else "DDPMPipeline"
+        )
+        index["_hfddpm_version"] = __version__
+        for name, component in self.components.items():
+            stock_class = getattr(diffusers, type(component).__name__, None)
+            if stock_class is not None and isinstance(component, stock_class):
+                index[name] = ["diffusers", stock_class.__name__]
+        return json.dumps(index, indent=2, sort_keys=True) + "\n"
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        use_clipped_model_output: bool | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate `batch_size` images.
+
+        Args:
+            batch_size: number of images.
+            generator: a `torch.Generator`, or one per image (image i then depends on generator i only).
+            num_inference_steps: reverse steps, between 1 and the scheduler's `num_train_timesteps`.
+            eta: DDIM's η (0 deterministic, 1 DDPM-like); used by schedulers whose `step` takes it.
+            use_clipped_model_output: passed to `step` when not None (see diffusers' `DDIMScheduler.step`).
+            output_type: ``"pil"`` (list of PIL images), ``"np"`` (float array NHWC in [0, 1]) or ``"pt"``
+                (float tensor NCHW in [0, 1]).
+            return_dict: return an `ImagePipelineOutput` rather than a tuple.
+
+        The progress bar is configured with `set_progress_bar_config(disable=True)` as in diffusers.
+        """
+        self._check_inputs(batch_size, generator, num_inference_steps, eta, output_type)
+        device = self._execution_device
+        channels = self.unet.config.in_channels
+        size = self.unet.config.sample_size
+        shape = (batch_size, channels, *((size, size) if isinstance(size, int) else size))
+
+        sample = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        sample = sample * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        step_kwargs = self._step_kwargs(generator, eta, use_clipped_model_output)
+        keep_variance = consumes_model_variance(self.scheduler)
+
+        with _eval_mode(self.unet):
+            for t in self.progress_bar(self.scheduler.timesteps):
+                model_input = self.scheduler.scale_model_input(sample, t).to(self.unet.dtype)
+                model_output = self.unet(model_input, t).sample.to(torch.float32)
+                if model_output.shape[1] == 2 * channels and not keep_variance:
+                    model_output = model_output[:, :channels]
+                sample = self.scheduler.step(model_output, t, sample, **step_kwargs).prev_sample
+
+        image = (sample / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                image = self.numpy_to_pil(image)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+    def _check_inputs(self, batch_size, generator, num_inference_steps, eta, output_type) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"got {len(generator)} generators for batch_size={batch_size}: pass one generator, or one per image"
+            )
+        max_steps = self.scheduler.config.get("num_train_timesteps")
+        if (
+            not isinstance(num_inference_steps, int)
+            or num_inference_steps < 1
+            or (max_steps is not None and num_inference_steps > max_steps)
+        ):
+            raise ValueError(
+                f"num_inference_steps must be an integer in [1, {max_steps}], got {num_inference_steps!r}"
+            )
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0 (0 is deterministic DDIM, 1 is DDPM-like), got {eta}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        out_channels = self.unet.config.out_channels
+        if consumes_model_variance(self.scheduler) and out_channels != 2 * self.unet.config.in_channels:
+            raise ValueError(
+                f"the scheduler uses a learned variance but the UNet has out_channels={out_channels}, not "
+                f"2 × in_channels; use a fixed variance (reverse_variance='fixed_small' or 'fixed_large')"
+            )
+
+    def _step_kwargs(self, generator, eta, use_clipped_model_output) -> dict:
+        """The keyword arguments this scheduler's `step` accepts, as diffusers' pipelines pass them."""
+        accepted = inspect.signature(self.scheduler.step).parameters
+        kwargs = {}
+        if "generator" in accepted:
+            kwargs["generator"] = generator
+        if "eta" in accepted:
+            kwargs["eta"] = eta
+        elif eta != 0:
+            logger.warning("%s ignores eta=%s", type(self.scheduler).__name__, eta)
+        if use_clipped_model_output is not None and "use_clipped_model_output" in accepted:
+            kwargs["use_clipped_model_output"] = use_clipped_model_output
+        return kwargs
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    """Sample with dropout off (a network fresh from training is in train mode), then restore the mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _hfddpm_scheduler_class(folder: str) -> type | None:
+    """hfddpm's subclass for a folder whose scheduler is a stock (or hfddpm) DDPM or DDIM scheduler."""
+    index_path = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_path):
+        return None
+    with open(index_path, encoding="utf-8") as file:
+        library, class_name = (json.load(file).get("scheduler") or [None, None])[:2]
+    if library in ("diffusers", *(cls.__module__ for cls in _HFDDPM_SCHEDULERS.values())):
+        return _HFDDPM_SCHEDULERS.get(class_name)
+    return None

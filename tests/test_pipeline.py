@@ -1,0 +1,164 @@
+"""HFDDPMPipeline's call interface: outputs, seeds, schedulers, precision, and refused arguments."""
+
+import diffusers
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from hfddpm import DDIMScheduler, DDPMScheduler, HFDDPMPipeline
+
+from .conftest import make_pipeline, tiny_unet
+
+
+@pytest.fixture
+def pipe():
+    return make_pipeline(tiny_unet(channels=3), DDIMScheduler(timestep_spacing="trailing"))
+
+
+def test_output_types(pipe):
+    kwargs = {"batch_size": 2, "generator": torch.manual_seed(0), "num_inference_steps": 3}
+    pil = pipe(**kwargs, output_type="pil").images
+    assert len(pil) == 2 and isinstance(pil[0], PIL.Image.Image) and pil[0].size == (8, 8) and pil[0].mode == "RGB"
+    kwargs["generator"] = torch.manual_seed(0)
+    array = pipe(**kwargs, output_type="np").images
+    assert array.shape == (2, 8, 8, 3) and array.dtype == np.float32 and 0 <= array.min() and array.max() <= 1
+    kwargs["generator"] = torch.manual_seed(0)
+    tensor = pipe(**kwargs, output_type="pt").images
+    assert tensor.shape == (2, 3, 8, 8) and tensor.dtype == torch.float32
+    np.testing.assert_array_equal(tensor.permute(0, 2, 3, 1).numpy(), array)
+    np.testing.assert_array_equal(np.asarray(pil[0]), (array[0] * 255).round().astype(np.uint8))
+
+
+def test_grayscale_pil_and_tuple_output():
+    pipe = make_pipeline(tiny_unet(channels=1), DDPMScheduler())
+    (images,) = pipe(batch_size=3, num_inference_steps=2, return_dict=False)
+    assert len(images) == 3 and images[0].mode == "L"
+
+
+def test_same_seed_same_images_and_different_seed_different_images(pipe):
+    a = pipe(batch_size=2, generator=torch.manual_seed(3), num_inference_steps=4, eta=0.5, output_type="np").images
+    b = pipe(batch_size=2, generator=torch.manual_seed(3), num_inference_steps=4, eta=0.5, output_type="np").images
+    c = pipe(batch_size=2, generator=torch.manual_seed(4), num_inference_steps=4, eta=0.5, output_type="np").images
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).mean() > 0.01
+
+
+def test_a_generator_per_image_makes_images_independent_of_the_batch(pipe):
+    # Image i depends on generator i only, noise added at each step (η = 1) included.
+    batch = pipe(
+        batch_size=3,
+        generator=[torch.Generator().manual_seed(s) for s in (10, 11, 12)],
+        num_inference_steps=4,
+        eta=1.0,
+        output_type="np",
+    ).images
+    single = pipe(generator=[torch.Generator().manual_seed(11)], num_inference_steps=4, eta=1.0, output_type="np")
+    np.testing.assert_allclose(batch[1], single.images[0], atol=1e-5)  # batched convolutions round differently
+
+
+def test_eta_reaches_ddim_and_changes_the_images(pipe):
+    deterministic = [
+        pipe(generator=torch.manual_seed(s), num_inference_steps=4, output_type="np").images for s in (0, 0)
+    ]
+    stochastic = pipe(generator=torch.manual_seed(0), num_inference_steps=4, eta=1.0, output_type="np").images
+    np.testing.assert_array_equal(*deterministic)
+    assert np.abs(deterministic[0] - stochastic).mean() > 1e-3
+
+
+def test_same_images_as_stock_ddim_pipeline():
+    # With stock settings (leading spacing) hfddpm's DDIM pipeline is stock's DDIMPipeline, bit for bit.
+    unet = tiny_unet(channels=3).eval()  # stock pipelines use the mode the model is in; hfddpm samples in eval
+    ours = make_pipeline(unet, DDIMScheduler())
+    stock = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler())
+    stock.set_progress_bar_config(disable=True)
+    kwargs = {"batch_size": 2, "num_inference_steps": 10, "eta": 0.5, "output_type": "np"}
+    a = ours(generator=torch.manual_seed(0), **kwargs).images
+    b = stock(generator=torch.manual_seed(0), **kwargs).images
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "scheduler_class",
+    [
+        diffusers.DPMSolverMultistepScheduler,
+        diffusers.EulerAncestralDiscreteScheduler,
+        diffusers.HeunDiscreteScheduler,
+        diffusers.UniPCMultistepScheduler,
+        diffusers.PNDMScheduler,
+    ],
+)
+def test_any_stock_scheduler_plugs_in(scheduler_class):
+    scheduler = scheduler_class.from_config(DDPMScheduler().config)
+    pipe = make_pipeline(tiny_unet(channels=3), scheduler)
+    images = pipe(batch_size=2, generator=torch.manual_seed(0), num_inference_steps=5, output_type="np").images
+    again = pipe(batch_size=2, generator=torch.manual_seed(0), num_inference_steps=5, output_type="np").images
+    assert images.shape == (2, 8, 8, 3) and np.isfinite(images).all()
+    np.testing.assert_array_equal(images, again)
+
+
+def test_learned_variance_unet_with_each_kind_of_scheduler():
+    unet = tiny_unet(channels=3, learned_variance=True)
+    for scheduler in (
+        DDPMScheduler(reverse_variance="learned_range"),  # reads the variance channels
+        DDIMScheduler(reverse_variance="learned_range"),
+        DDIMScheduler(),  # η only: the pipeline passes the prediction channels alone
+        diffusers.DDPMScheduler(variance_type="learned_range"),
+        diffusers.DPMSolverMultistepScheduler(),
+    ):
+        pipe = make_pipeline(unet, scheduler)
+        images = pipe(batch_size=2, generator=torch.manual_seed(0), num_inference_steps=4, output_type="pt").images
+        assert images.shape == (2, 3, 8, 8) and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_unet_on_cpu(dtype):
+    unet = tiny_unet(channels=3)
+    full = make_pipeline(unet, DDIMScheduler())
+    reference = full(batch_size=4, generator=torch.manual_seed(0), num_inference_steps=5, output_type="np").images
+    half = make_pipeline(tiny_unet(channels=3).to(dtype), DDIMScheduler())
+    images = half(batch_size=4, generator=torch.manual_seed(0), num_inference_steps=5, output_type="np").images
+    assert half.unet.dtype == dtype and images.dtype == np.float32
+    # Same seed, same starting noise (drawn in float32); only the network evaluations are rounded.
+    tolerance = {torch.bfloat16: 0.03, torch.float16: 0.005}[dtype]
+    assert np.abs(images - reference).mean() < tolerance
+
+
+def test_sampling_uses_eval_mode_and_restores_the_mode():
+    dropout_unet = diffusers.UNet2DModel.from_config({**tiny_unet(channels=3).config, "dropout": 0.5}).train()
+    pipe = make_pipeline(dropout_unet, DDIMScheduler())
+    a = pipe(generator=torch.manual_seed(0), num_inference_steps=3, output_type="np").images
+    b = pipe(generator=torch.manual_seed(0), num_inference_steps=3, output_type="np").images
+    np.testing.assert_array_equal(a, b)  # dropout would make these differ
+    assert dropout_unet.training
+
+
+def test_progress_bar_can_be_turned_off(capsys):
+    pipe = HFDDPMPipeline(unet=tiny_unet(channels=3), scheduler=DDIMScheduler())
+    pipe(num_inference_steps=3)
+    assert "3/3" in capsys.readouterr().err
+    pipe.set_progress_bar_config(disable=True)
+    pipe(num_inference_steps=3)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"num_inference_steps": 0}, r"num_inference_steps must be an integer in \[1, 1000\], got 0"),
+        ({"num_inference_steps": 1001}, r"num_inference_steps must be an integer in \[1, 1000\], got 1001"),
+        ({"batch_size": 2, "generator": [torch.manual_seed(0)]}, "got 1 generators for batch_size=2"),
+        ({"output_type": "latent"}, "output_type must be one of"),
+        ({"eta": -0.1}, "eta must be >= 0"),
+    ],
+)
+def test_bad_arguments_are_refused(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(**kwargs)
+
+
+def test_learned_variance_scheduler_on_a_fixed_variance_unet_is_refused():
+    pipe = make_pipeline(tiny_unet(channels=3), DDPMScheduler(reverse_variance="learned_range"))
+    with pytest.raises(ValueError, match="uses a learned variance but the UNet has out_channels=3"):
+        pipe(num_inference_steps=2)
