@@ -113,6 +113,27 @@ def test_ddim_with_eta_one_is_the_ddpm_step_of_the_same_choice(choice, spacing):
 
 
 @pytest.mark.parametrize("choice", CHOICES)
+def test_ddim_with_eta_zero_stays_deterministic_whatever_the_choice(choice):
+    # A DDPM config converted with DDIMScheduler.from_config carries its reverse_variance: DDIM must stay DDIM.
+    model_variance = -4.0 if choice == "learned" else 0.3 if choice == "learned_range" else None
+    ours = _loop(DDIMScheduler(reverse_variance=choice), 10, model_variance, eta=0.0)
+    stock = _loop(diffusers.DDIMScheduler(), 10, eta=0.0)
+    for a, b in zip(ours, stock, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_ddim_fixed_small_is_the_stock_eta_family():
+    # σ² = η² β̃_{t,s}: stock's λ², except that the step to x_0 adds no noise (with set_alpha_to_one=False and a
+    # schedule ending at t = 99 stock adds η² β̃_{99,−1} > 0 there).
+    config = {"set_alpha_to_one": False, "timestep_spacing": "trailing", "clip_sample": False}
+    ours = _loop(DDIMScheduler(reverse_variance="fixed_small", **config), 10, eta=0.5)
+    stock = _loop(diffusers.DDIMScheduler(**config), 10, eta=0.5)
+    for a, b in zip(ours[:-1], stock[:-1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ours[-1], stock[-1])
+
+
+@pytest.mark.parametrize("choice", CHOICES)
 @pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
 def test_the_step_to_x0_adds_no_noise(cls, choice):
     scheduler = cls(reverse_variance=choice, timestep_spacing="trailing")

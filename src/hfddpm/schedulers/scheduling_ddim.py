@@ -25,11 +25,12 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
 
     Args:
         beta_schedule: also accepts ``"cosine"`` (Nichol & Dhariwal 2021, eq. 17), stored as ``"squaredcos_cap_v2"``.
-        reverse_variance (`ReverseVariance` or None): None keeps σ = λ, the η-family of the paper. A name chooses σ²
-            independently of the mean, which η still selects (the DDIM-type reverse process of Bao et al. 2022,
-            §3): ``fixed_small`` σ² = β̃_{t,s}, ``fixed_large`` σ² = β_{t,s} (the σ̂ of Song et al. 2021, §5.1), or the
-            model's ``learned`` / ``learned_range`` variance. With η = 1 each equals the DDPM step of the same name.
-            The step to x_0 adds no noise.
+        reverse_variance (`ReverseVariance` or None): what η = 1 means. η still selects the mean (λ above) and scales
+            the noise, σ² = η² σ²_choice, with σ²_choice = β̃_{t,s} (``fixed_small``: the η-family of the paper,
+            as stock), β_{t,s} (``fixed_large``: the σ̂ of Song et al. 2021, §5.1) or the model's ``learned`` /
+            ``learned_range`` variance. So η = 0 is deterministic DDIM whatever the choice — a config converted
+            from a DDPM scheduler keeps sampling as DDIM — and with η = 1 each choice is the DDPM step of the same
+            name. Unlike None (stock), the step to x_0 adds no noise.
     """
 
     @register_to_config
@@ -131,8 +132,8 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
 
         if self.config.reverse_variance is None:
             noise_std = std_dev_t if eta > 0 else None
-        elif prev_timestep >= 0:
-            noise_std = torch.exp(0.5 * self.reverse_log_variance(timestep, prev_timestep, model_variance))
+        elif eta > 0 and prev_timestep >= 0:
+            noise_std = eta * torch.exp(0.5 * self.reverse_log_variance(timestep, prev_timestep, model_variance))
         else:
             noise_std = None
         if noise_std is not None:
