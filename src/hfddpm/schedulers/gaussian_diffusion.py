@@ -100,11 +100,12 @@ def velocity(original_samples: torch.Tensor, noise: torch.Tensor, alpha_bar: tor
     return alpha_bar**0.5 * noise - (1 - alpha_bar) ** 0.5 * original_samples
 
 
-def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Per-sample values of shape () or (batch,) reshaped to broadcast over `like`, in at least float32."""
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Values of shape () or (batch,) reshaped to broadcast over `like` (full-shape values pass), on its device, in
+    at least float32."""
     dtype = torch.promote_types(like.dtype, torch.float32)
     values = values.to(device=like.device, dtype=dtype)
-    if values.ndim == 0:
+    if values.ndim in (0, like.ndim):
         return values
     return values.reshape(values.shape[0], *([1] * (like.ndim - 1)))
 
@@ -148,7 +149,7 @@ class GaussianDiffusionMixin:
         self, original_samples: torch.Tensor, timesteps: int | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Moments of q(x_t|x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) (Ho et al. 2020, eq. 4)."""
-        alpha_bar = _broadcast(self.alpha_bar(timesteps), original_samples)
+        alpha_bar = per_sample(self.alpha_bar(timesteps), original_samples)
         return alpha_bar**0.5 * original_samples, 1 - alpha_bar
 
     def posterior_mean_variance(
@@ -165,8 +166,8 @@ class GaussianDiffusionMixin:
         """
         if prev_timesteps is None:
             prev_timesteps = self._as_timesteps(timesteps) - 1
-        alpha_bar_t = _broadcast(self.alpha_bar(timesteps), sample)
-        alpha_bar_s = _broadcast(self.alpha_bar(prev_timesteps), sample)
+        alpha_bar_t = per_sample(self.alpha_bar(timesteps), sample)
+        alpha_bar_s = per_sample(self.alpha_bar(prev_timesteps), sample)
         beta_bar_t, beta_bar_s = 1 - alpha_bar_t, 1 - alpha_bar_s
         alpha_ts = alpha_bar_t / alpha_bar_s
         beta_ts = 1 - alpha_ts
@@ -187,7 +188,7 @@ class GaussianDiffusionMixin:
 
         See `convert_prediction` in this module for the formulas.
         """
-        alpha_bar = _broadcast(self.alpha_bar(timesteps), sample)
+        alpha_bar = per_sample(self.alpha_bar(timesteps), sample)
         return convert_prediction(model_output, sample, alpha_bar, from_type or self.config.prediction_type, to_type)
 
     def training_target(
@@ -199,7 +200,7 @@ class GaussianDiffusionMixin:
             return noise
         if prediction_type == "sample":
             return original_samples
-        return velocity(original_samples, noise, _broadcast(self.alpha_bar(timesteps), original_samples))
+        return velocity(original_samples, noise, per_sample(self.alpha_bar(timesteps), original_samples))
 
     def reverse_log_variance(
         self,
@@ -236,8 +237,8 @@ class GaussianDiffusionMixin:
         if model_variance is None:
             raise ValueError("reverse_variance='learned_range' needs the model's variance output")
         frac = (model_variance + 1) / 2
-        max_log = _broadcast(log_beta, model_variance)
-        min_log = _broadcast(log_posterior_variance, model_variance)
+        max_log = per_sample(log_beta, model_variance)
+        min_log = per_sample(log_posterior_variance, model_variance)
         return frac * max_log + (1 - frac) * min_log
 
     def _last_step_log_variance(self, timesteps: torch.Tensor) -> torch.Tensor:

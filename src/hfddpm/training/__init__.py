@@ -1,0 +1,1 @@
+"""Training: data, losses and the pieces of the training loop."""
