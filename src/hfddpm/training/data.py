@@ -1,0 +1,198 @@
+"""Training images: the built-in digits, Hub datasets, saved datasets and image folders, pre-tensorised once.
+
+Decoding and resizing happen once, in `datasets.map` (cached on disk for file-backed datasets, so later runs reuse
+it); each training item is then a crop and a flip of stored uint8 pixels. The random crop and flip of an item are
+seeded by (seed, epoch, index), so a resumed run sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import PIL.Image
+import torch
+
+DIGITS = "digits"
+DIGITS_TRAIN_SIZE = 1500  # of sklearn's 1797 UCI digits; the last 297 are the held-out "test" split
+
+
+def load_digits_dataset(split: str = "train") -> datasets.Dataset:
+    """The UCI handwritten digits shipped with scikit-learn: 8×8 images with 17 grey levels, and their labels.
+
+    Returned as a `datasets.Dataset` with an "image" (PIL, mode "L", levels scaled to 0–255) and a "label" column;
+    "train" is the first 1500 images, "test" the remaining 297.
+    """
+    from sklearn.datasets import load_digits
+
+    if split not in ("train", "test"):
+        raise ValueError(f"the digits dataset has splits 'train' and 'test', got {split!r}")
+    digits = load_digits()
+    rows = slice(0, DIGITS_TRAIN_SIZE) if split == "train" else slice(DIGITS_TRAIN_SIZE, None)
+    pixels = np.round(digits.images[rows] * 255 / 16).astype(np.uint8)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    return datasets.Dataset.from_dict(
+        {"image": [PIL.Image.fromarray(p, mode="L") for p in pixels], "label": digits.target[rows].tolist()},
+        features=features,
+    )
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_data_dir: str | None = None,
+    split: str = "train",
+    image_column: str | None = None,
+    cache_dir: str | None = None,
+) -> tuple[datasets.Dataset, str]:
+    """Load training images and name their column.
+
+    `train_data_dir` is an image folder (datasets' "imagefolder" builder); `dataset_name` is a folder written by
+    `save_to_disk` or a Hub dataset (e.g. "ylecun/mnist"); with neither, the built-in digits. The image column is
+    `image_column`, or the dataset's first column of `datasets.Image` type.
+    """
+    if train_data_dir is not None and dataset_name is not None:
+        raise ValueError("pass either --dataset_name or --train_data_dir, not both")
+    if train_data_dir is not None:
+        if not os.path.isdir(train_data_dir):
+            raise FileNotFoundError(f"--train_data_dir {train_data_dir!r} is not a folder; point it at your images")
+        try:
+            dataset = datasets.load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
+        except (datasets.data_files.EmptyDatasetError, datasets.exceptions.DataFilesNotFoundError) as error:
+            raise ValueError(
+                f"--train_data_dir {train_data_dir!r} holds no image files; add images or fix the path"
+            ) from error
+    elif dataset_name is None or dataset_name == DIGITS:
+        dataset = load_digits_dataset(split)
+    elif os.path.isdir(dataset_name) and _is_saved_dataset(dataset_name):
+        dataset = datasets.load_from_disk(dataset_name)
+        if isinstance(dataset, datasets.DatasetDict):
+            if split not in dataset:
+                raise ValueError(
+                    f"{dataset_name!r} has splits {sorted(dataset)}, not {split!r}; pick one with --split"
+                )
+            dataset = dataset[split]
+    else:
+        dataset = datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
+
+    if len(dataset) == 0:
+        raise ValueError("the training dataset is empty; check the path, the split and the image files")
+    if image_column is None:
+        image_columns = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
+        if not image_columns:
+            raise ValueError(f"no image column among {list(dataset.features)}; name one with --image_column")
+        image_column = image_columns[0]
+    elif image_column not in dataset.column_names:
+        raise ValueError(f"--image_column {image_column!r} is not a column; the columns are {dataset.column_names}")
+    return dataset, image_column
+
+
+def _is_saved_dataset(folder: str) -> bool:
+    return any(os.path.exists(os.path.join(folder, name)) for name in ("dataset_info.json", "dataset_dict.json"))
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """Resize the shorter side to `resolution` (bilinear, antialiased), then crop a square of that size.
+
+    The deterministic part — mode conversion, resize, and the crop when `center_crop` — runs once per image
+    (`pretensorize`); the random crop and horizontal flip run per item (`TrainingImages`).
+    """
+
+    resolution: int
+    channels: int = 3
+    center_crop: bool = True
+    random_flip: bool = False
+
+    def __post_init__(self):
+        if self.resolution < 1:
+            raise ValueError(f"resolution must be a positive number of pixels, got {self.resolution}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+
+    def prepare(self, image: PIL.Image.Image) -> np.ndarray:
+        """uint8 array (C, H, W) with min(H, W) = resolution, square when `center_crop`."""
+        image = image.convert("L" if self.channels == 1 else "RGB")
+        width, height = image.size
+        scale = self.resolution / min(width, height)
+        size = (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale)))
+        if size != image.size:
+            image = image.resize(size, PIL.Image.BILINEAR)
+        if self.center_crop:
+            left, top = (size[0] - self.resolution) // 2, (size[1] - self.resolution) // 2
+            image = image.crop((left, top, left + self.resolution, top + self.resolution))
+        pixels = np.asarray(image, dtype=np.uint8)
+        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def pretensorize(
+    dataset: datasets.Dataset, image_column: str, preprocessing: ImagePreprocessing, num_proc: int | None = None
+) -> datasets.Dataset:
+    """Decode and resize every image once into a dataset of raw uint8 pixels ("pixels" bytes and their "shape")."""
+
+    def convert(batch):
+        arrays = [preprocessing.prepare(_open_image(entry)) for entry in batch[image_column]]
+        return {"pixels": [a.tobytes() for a in arrays], "shape": [list(a.shape) for a in arrays]}
+
+    undecoded = dataset.cast_column(image_column, datasets.Image(decode=False))
+    return undecoded.map(
+        convert,
+        batched=True,
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
+        desc="Decoding and resizing images",
+    )
+
+
+def _open_image(entry: dict) -> PIL.Image.Image:
+    """Decode an undecoded `datasets.Image` entry, naming the file when it is not a readable image."""
+    source = entry.get("path") or "an embedded image"
+    try:
+        image = PIL.Image.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"])
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read {source}: {error}; remove or replace the file") from error
+    return image
+
+
+class TrainingImages(torch.utils.data.Dataset):
+    """Pre-tensorised images as float tensors in [−1, 1], cropped and flipped reproducibly.
+
+    Item i of epoch e draws its crop offset and flip from a generator seeded with (seed, e, i).
+    """
+
+    def __init__(self, pixels: datasets.Dataset, preprocessing: ImagePreprocessing, seed: int = 0):
+        self.pixels = pixels
+        self.preprocessing = preprocessing
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        """A batch of items with one read of the stored pixels (DataLoader calls this when it exists)."""
+        rows = self.pixels[[int(i) for i in indices]]
+        return [
+            self._augment(np.frombuffer(pixels, dtype=np.uint8).reshape(shape), int(index))
+            for index, pixels, shape in zip(indices, rows["pixels"], rows["shape"], strict=True)
+        ]
+
+    def _augment(self, image: np.ndarray, index: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        size = self.preprocessing.resolution
+        _, height, width = image.shape
+        top, left = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
+        image = image[:, top : top + size, left : left + size]
+        if self.preprocessing.random_flip and rng.random() < 0.5:
+            image = image[:, :, ::-1]
+        return torch.from_numpy(image.astype(np.float32)) / 127.5 - 1
