@@ -1,0 +1,141 @@
+"""Training checkpoints that are complete or absent: written to a partial folder, then renamed into place.
+
+A checkpoint `checkpoints/checkpoint-<step>/` holds Accelerate's state (model, optimizer, RNG states) and hfddpm's
+own: the EMA weights and the training-step randomness as safetensors, the learning-rate schedule and the data
+position as JSON. Nothing of hfddpm's own is pickled. `training_state.json` is written last and the folder is
+renamed from `.checkpoint-<step>.partial` only after it, so a run killed while saving leaves the previous
+checkpoints as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .. import __version__
+
+TRAINING_STATE = "training_state.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+class CheckpointManager:
+    """The checkpoints of one run, in `folder`, keeping at most `total_limit` of them (all if None)."""
+
+    def __init__(self, folder: str | os.PathLike, total_limit: int | None = None):
+        if total_limit is not None and total_limit < 1:
+            raise ValueError(f"checkpoints_total_limit must be at least 1, got {total_limit}")
+        self.folder = Path(folder)
+        self.total_limit = total_limit
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        found = [
+            (int(match.group(1)), path)
+            for path in self.folder.iterdir()
+            if (match := _NAME.match(path.name)) and (path / TRAINING_STATE).is_file()
+        ]
+        return [path for _, path in sorted(found)]
+
+    def resolve(self, spec: str) -> Path:
+        """The checkpoint `spec` names: "latest", or a checkpoint folder."""
+        if spec == "latest":
+            checkpoints = self.complete()
+            if not checkpoints:
+                raise FileNotFoundError(
+                    f"--resume_from_checkpoint latest: no complete checkpoint in {self.folder}; "
+                    "start without --resume_from_checkpoint"
+                )
+            return checkpoints[-1]
+        path = Path(spec)
+        if not (path / TRAINING_STATE).is_file():
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {spec}: not a complete checkpoint (no {TRAINING_STATE}); "
+                f"use 'latest' or one of {[p.name for p in self.complete()]}"
+            )
+        return path
+
+    def save(self, accelerator, step: int, position: dict, objects: dict, randomness) -> Path:
+        """Save the run's state at optimizer step `step`; call on every process.
+
+        `position` is JSON (epoch, batches seen in the epoch, …); `objects` maps names to objects with
+        `state_dict()` saved by the main process (EMA, learning-rate schedule); `randomness` is saved per process.
+        """
+        final = self.folder / f"checkpoint-{step}"
+        partial = self.folder / f".checkpoint-{step}.partial"
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial))
+        save_state_dict(randomness.state_dict(), partial / f"randomness_{accelerator.process_index}")
+        if accelerator.is_main_process:
+            for name, obj in objects.items():
+                save_state_dict(obj.state_dict(), partial / name)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            state = {"global_step": step, **position, "hfddpm_version": __version__}
+            _write_json_durably(partial / TRAINING_STATE, state)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(partial, final)
+            self._remove_old()
+        accelerator.wait_for_everyone()
+        return final
+
+    def load(self, accelerator, path: Path, objects: dict, randomness) -> dict:
+        """Restore what `save` wrote; return the training state (global step and position)."""
+        accelerator.load_state(str(path))
+        randomness.load_state_dict(load_state_dict(path / f"randomness_{accelerator.process_index}"))
+        for name, obj in objects.items():
+            obj.load_state_dict(load_state_dict(path / name))
+        return json.loads((path / TRAINING_STATE).read_text())
+
+    def _remove_old(self) -> None:
+        for path in self.folder.glob(".checkpoint-*.partial"):
+            shutil.rmtree(path, ignore_errors=True)
+        if self.total_limit is not None:
+            for path in self.complete()[: -self.total_limit]:
+                shutil.rmtree(path)
+
+
+def save_state_dict(state: dict, stem: Path) -> None:
+    """Write a state dict as `<stem>.safetensors` (its tensors and lists of tensors) and `<stem>.json` (the rest)."""
+    tensors, plain = {}, {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            tensors[key] = value.detach().cpu().contiguous()
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+            tensors.update({f"{key}.{i}": v.detach().cpu().contiguous() for i, v in enumerate(value)})
+            plain[f"{key}.__length__"] = len(value)
+        else:
+            plain[key] = value
+    save_file(tensors, f"{stem}.safetensors")
+    Path(f"{stem}.json").write_text(json.dumps(plain))
+
+
+def load_state_dict(stem: Path) -> dict:
+    """Inverse of `save_state_dict`."""
+    plain = json.loads(Path(f"{stem}.json").read_text())
+    tensors = load_file(f"{stem}.safetensors")
+    state = {key: value for key, value in plain.items() if not key.endswith(".__length__")}
+    for key in plain:
+        if key.endswith(".__length__"):
+            name = key.removesuffix(".__length__")
+            state[name] = [tensors.pop(f"{name}.{i}") for i in range(plain[key])]
+    state.update(tensors)
+    return state
+
+
+def _write_json_durably(path: Path, value: dict) -> None:
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(value, file)
+        file.flush()
+        os.fsync(file.fileno())

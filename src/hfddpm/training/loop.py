@@ -1,0 +1,65 @@
+"""Pieces of the training loop: the step's randomness, the step itself, and the EMA network."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.training_utils import EMAModel
+
+from .losses import DiffusionLoss, LossOutput
+
+
+class TrainingRandomness:
+    """The generator that draws the noise ε and the timesteps t of each training step.
+
+    Seeded per process (seed + process index) so data-parallel replicas draw different noise, and saved in
+    checkpoints (`state_dict`), so a resumed run draws what the uninterrupted run would have drawn.
+    """
+
+    def __init__(self, seed: int, process_index: int = 0, device: torch.device | str = "cpu"):
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed + process_index)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(
+            state["generator"].cpu() if self.generator.device.type == "cpu" else state["generator"]
+        )
+
+
+def training_step(
+    model: torch.nn.Module,
+    scheduler,
+    loss_fn: DiffusionLoss,
+    clean_images: torch.Tensor,
+    randomness: TrainingRandomness,
+) -> LossOutput:
+    """The loss of one batch: draw t ~ U{0, …, T−1} and ε ~ N(0, I), form x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, predict.
+
+    x_t and the loss target are computed in float32 whatever the mixed precision (in float16 √(1 − ᾱ_t) rounds to
+    0 at the first timesteps); only the network runs under autocast. No backward pass here.
+    """
+    clean_images = clean_images.float()
+    generator = randomness.generator
+    num_timesteps = scheduler.config.num_train_timesteps
+    timesteps = torch.randint(
+        0, num_timesteps, (clean_images.shape[0],), generator=generator, device=generator.device
+    ).to(clean_images.device)
+    noise = torch.randn(clean_images.shape, generator=generator, device=generator.device).to(clean_images.device)
+    noisy_images = scheduler.add_noise(clean_images, noise, timesteps)
+    model_output = model(noisy_images, timesteps).sample
+    return loss_fn(model_output, clean_images, noise, timesteps, noisy_images)
+
+
+def averaged_copy(model, ema: EMAModel):
+    """A new model of `model`'s class and config holding the EMA weights, in float32, on `model`'s device."""
+    averaged = type(model).from_config(model.config).to(model.device).eval()
+    ema.copy_to(averaged.parameters())
+    return averaged
+
+
+def replica_checksum(model: torch.nn.Module) -> torch.Tensor:
+    """Σ of every parameter in float64: equal on data-parallel replicas that hold the same weights."""
+    with torch.no_grad():
+        return sum(p.detach().double().sum() for p in model.parameters())
