@@ -24,7 +24,9 @@ from hfddpm import DDIMScheduler, DDPMScheduler, GaussianMixtureDenoiser, HFDDPM
 
 def preset_pipeline(output_dir: Path) -> None:
     torch.manual_seed(0)
-    pipe = HFDDPMPipeline(unet=create_unet("tiny", sample_size=32), scheduler=DDPMScheduler(reverse_variance="fixed_large"))
+    pipe = HFDDPMPipeline(
+        unet=create_unet("tiny", sample_size=32), scheduler=DDPMScheduler(reverse_variance="fixed_large")
+    )
     pipe.save_pretrained(output_dir / "tiny-random")
     pipe = HFDDPMPipeline.from_pretrained(output_dir / "tiny-random")
     images = pipe(batch_size=8, generator=torch.manual_seed(0), num_inference_steps=50).images
@@ -33,7 +35,9 @@ def preset_pipeline(output_dir: Path) -> None:
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     images = pipe(batch_size=8, generator=torch.manual_seed(0), num_inference_steps=20).images
     make_image_grid(images, rows=2, cols=4).save(output_dir / "tiny-random-ddim.png")
-    print(f"1. preset pipeline saved to {output_dir / 'tiny-random'}; grids tiny-random-ddpm.png, tiny-random-ddim.png")
+    print(
+        f"1. preset pipeline saved to {output_dir / 'tiny-random'}; grids tiny-random-ddpm.png, tiny-random-ddim.png"
+    )
 
 
 def stock_folder(output_dir: Path) -> None:

@@ -25,6 +25,18 @@ UNET_PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyTy
                 "attention_head_dim": 8,
             }
         ),
+        # The built-in 16×16 digits on a CPU budget: 1.1M parameters, three resolutions, attention at 4×4.
+        "digits": MappingProxyType(
+            {
+                "sample_size": 16,
+                "in_channels": 1,
+                "block_out_channels": (32, 64, 64),
+                "layers_per_block": 1,
+                "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                "attention_head_dim": 32,
+            }
+        ),
         # Ho et al. (2020), appendix B, CIFAR-10: 35.7M parameters, channel multipliers (1, 2, 2, 2), two residual
         # blocks per resolution, single-head self-attention at 16×16, dropout 0.1 (google/ddpm-cifar10-32's layout).
         "ddpm-cifar10-32": MappingProxyType(

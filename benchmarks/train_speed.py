@@ -1,0 +1,177 @@
+"""Training throughput: hfddpm's training iteration against stock diffusers', measured in the same run.
+
+    python benchmarks/train_speed.py                     # digits preset, batch 64, 16 px, float32
+    python benchmarks/train_speed.py --mixed_precision bf16
+    python benchmarks/train_speed.py --preset ddpm-cifar10-32 --resolution 32 --channels 3 --batch_size 16
+
+Both sides train the same UNet (same initial weights), batch, resolution, precision, noise schedule, loss
+(ε-prediction MSE), optimizer (AdamW, same hyper-parameters), EMA and gradient clipping, on the built-in digits:
+
+- stock: the loop body of diffusers' examples/unconditional_image_generation/train_unconditional.py — images
+  transformed per item in the data loader on every step (resize, centre crop, random flip, to tensor, normalise:
+  what its torchvision Compose does with PIL images; torchvision has no CPU wheel here, so PIL does it), images and
+  noise cast to the mixed-precision dtype before `add_noise`, AdamW as the example builds it, `EMAModel` with its
+  defaults, `loss.item()` and a tracker call every step.
+- hfddpm: `TrainingImages` (decoded and resized once), `training_step` with `DiffusionLoss` (noising in float32),
+  fused AdamW, foreach EMA, logging every 10 steps, as examples/train_unconditional.py does.
+
+The two alternate in blocks of steps (ABAB…) and the medians are reported: a shared machine's speed drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import DDPMScheduler as StockDDPMScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+
+from hfddpm import DDPMScheduler, create_unet
+from hfddpm.training.data import ImagePreprocessing, TrainingImages, load_digits_dataset, pretensorize
+from hfddpm.training.loop import TrainingRandomness, training_step
+from hfddpm.training.losses import DiffusionLoss
+
+
+def stock_side(args, accelerator, unet):
+    dataset = load_digits_dataset("train")
+
+    def transforms(examples):  # Resize, CenterCrop, RandomHorizontalFlip, ToTensor, Normalize([0.5], [0.5])
+        images = []
+        for image in examples["image"]:
+            image = image.convert("RGB" if args.channels == 3 else "L")
+            scale = args.resolution / min(image.size)
+            image = image.resize((round(image.width * scale), round(image.height * scale)), PIL.Image.BILINEAR)
+            left, top = (image.width - args.resolution) // 2, (image.height - args.resolution) // 2
+            image = image.crop((left, top, left + args.resolution, top + args.resolution))
+            if torch.rand(1) < 0.5:
+                image = image.transpose(PIL.Image.FLIP_LEFT_RIGHT)
+            array = np.asarray(image, dtype=np.float32) / 255.0
+            tensor = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+            images.append((tensor - 0.5) / 0.5)
+        return {"input": images}
+
+    dataset.set_transform(transforms)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True)
+    scheduler = StockDDPMScheduler(num_train_timesteps=1000)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=500, num_training_steps=100_000)
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    batches = itertools.cycle(loader)
+    logs = []
+
+    def step():
+        clean_images = next(batches)["input"].to(weight_dtype)
+        noise = torch.randn(clean_images.shape, dtype=weight_dtype, device=clean_images.device)
+        timesteps = torch.randint(0, 1000, (clean_images.shape[0],), device=clean_images.device).long()
+        noisy_images = scheduler.add_noise(clean_images, noise, timesteps)
+        with accelerator.accumulate(unet):
+            model_output = unet(noisy_images, timesteps).sample
+            loss = F.mse_loss(model_output.float(), noise.float())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(unet.parameters(), 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        if accelerator.sync_gradients:
+            ema.step(unet.parameters())
+        logs.append(
+            {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0], "ema_decay": ema.cur_decay_value}
+        )
+
+    return step
+
+
+def hfddpm_side(args, accelerator, unet):
+    preprocessing = ImagePreprocessing(args.resolution, args.channels, center_crop=True, random_flip=True)
+    dataset = load_digits_dataset("train")
+    images = TrainingImages(pretensorize(dataset, "image", preprocessing), preprocessing)
+    loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, shuffle=True, drop_last=True)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    loss_fn = DiffusionLoss(scheduler)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8, fused=True
+    )
+    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=500, num_training_steps=100_000)
+    unet, optimizer, loader = accelerator.prepare(unet, optimizer, loader)
+    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75, foreach=True)
+    randomness = TrainingRandomness(0, device=accelerator.device)
+    batches = itertools.cycle(loader)
+    count = itertools.count(1)
+
+    def step():
+        with accelerator.accumulate(unet):
+            output = training_step(unet, scheduler, loss_fn, next(batches), randomness)
+            accelerator.backward(output.loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(unet.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            lr_scheduler.step()
+            ema.step(unet.parameters())
+        if next(count) % 10 == 0:
+            output.loss.item()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="digits")
+    parser.add_argument("--resolution", type=int, default=16)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
+    parser.add_argument("--block_steps", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--blocks", type=int, default=6, help="timed blocks per side")
+    args = parser.parse_args()
+
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    torch.manual_seed(0)
+    unet = create_unet(args.preset, in_channels=args.channels, sample_size=args.resolution)
+    sides = {
+        "stock diffusers": stock_side(args, accelerator, _copy(unet)),
+        "hfddpm": hfddpm_side(args, accelerator, _copy(unet)),
+    }
+    for step in sides.values():  # warm-up: first calls allocate and pick kernels
+        for _ in range(3):
+            step()
+    seconds = {name: [] for name in sides}
+    for _ in range(args.blocks):
+        for name, step in sides.items():
+            start = time.perf_counter()
+            for _ in range(args.block_steps):
+                step()
+            seconds[name].append((time.perf_counter() - start) / args.block_steps)
+
+    params = sum(p.numel() for p in unet.parameters()) / 1e6
+    print(
+        f"{args.preset} UNet ({params:.2f}M parameters), batch {args.batch_size}, {args.resolution}×{args.resolution}×"
+        f"{args.channels}, precision {args.mixed_precision}, {accelerator.device}, {torch.get_num_threads()} threads"
+    )
+    speed = {name: args.batch_size / statistics.median(values) for name, values in seconds.items()}
+    for name, images_per_second in speed.items():
+        spread = [round(args.batch_size / v) for v in seconds[name]]
+        print(f"  {name:16s} {images_per_second:8.1f} images/s  (blocks: {spread})")
+    print(f"  ratio hfddpm / stock: {speed['hfddpm'] / speed['stock diffusers']:.2f}×")
+
+
+def _copy(unet):
+    copy = type(unet).from_config(unet.config)
+    copy.load_state_dict(unet.state_dict())
+    return copy.train()
+
+
+if __name__ == "__main__":
+    main()

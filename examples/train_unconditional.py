@@ -1,0 +1,383 @@
+"""Train an unconditional DDPM with Accelerate and save it as an HFDDPMPipeline.
+
+    accelerate launch examples/train_unconditional.py            # built-in digits, offline, ~10 min on 2 CPU cores
+    accelerate launch examples/train_unconditional.py --dataset_name ylecun/mnist --resolution 28
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 examples/train_unconditional.py   # two processes on CPU
+
+The output folder holds the pipeline (EMA weights; `HFDDPMPipeline.from_pretrained(output_dir)`), `samples/`
+(a grid every --save_images_steps), `checkpoints/` (for --resume_from_checkpoint) and `logs/` (TensorBoard and
+`train.jsonl`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+from tqdm.auto import tqdm
+
+from hfddpm import UNET_PRESETS, DDIMScheduler, DDPMScheduler, HFDDPMPipeline, create_unet
+from hfddpm.training.checkpoints import CheckpointManager
+from hfddpm.training.data import ImagePreprocessing, TrainingImages, load_image_dataset, pretensorize
+from hfddpm.training.loop import TrainingRandomness, averaged_copy, replica_checksum, training_step
+from hfddpm.training.losses import DiffusionLoss
+from hfddpm.training.tracking import JSONLinesTracker
+
+DEFAULT_MAX_TRAIN_STEPS = 3000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", help="Hub dataset or save_to_disk folder (default: the built-in digits)")
+    data.add_argument("--dataset_config_name", help="configuration of the Hub dataset")
+    data.add_argument("--train_data_dir", help="folder of images, read with datasets' imagefolder")
+    data.add_argument("--split", default="train", help="dataset split to train on")
+    data.add_argument("--image_column", help="column holding the images (default: the first image column)")
+    data.add_argument("--cache_dir", help="where datasets caches downloads and preprocessed images")
+    data.add_argument("--resolution", type=int, default=16, help="square training resolution in pixels")
+    data.add_argument("--channels", type=int, choices=(1, 3), help="1 grayscale, 3 RGB (default: the first image's)")
+    data.add_argument("--random_crop", action="store_true", help="crop at random instead of at the centre")
+    data.add_argument("--random_flip", action="store_true", help="flip horizontally with probability 1/2")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--preprocessing_num_workers", type=int, help="processes decoding images once, before training")
+
+    model = parser.add_argument_group("model and objective")
+    model.add_argument("--model_preset", default="digits", choices=sorted(UNET_PRESETS), help="UNet preset")
+    model.add_argument("--model_config", help="UNet2DModel config.json to use instead of a preset")
+    model.add_argument("--prediction_type", default="epsilon", choices=("epsilon", "sample", "v_prediction"))
+    model.add_argument("--beta_schedule", default="linear", choices=("linear", "cosine"))
+    model.add_argument("--num_train_timesteps", type=int, default=1000)
+    model.add_argument(
+        "--variance_type",
+        default="fixed_small",
+        choices=("fixed_small", "fixed_large", "learned", "learned_range"),
+        help="reverse variance; the learned ones train with the hybrid loss L_simple + λ L_vlb",
+    )
+    model.add_argument("--vlb_weight", type=float, default=1e-3, help="λ of the hybrid loss (learned variance)")
+    model.add_argument("--snr_gamma", type=float, help="min-SNR-γ loss weighting (Hang et al. 2023 use 5)")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--output_dir", default="outputs/ddpm-digits")
+    train.add_argument("--overwrite_output_dir", action="store_true", help="delete an earlier run's output first")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--train_batch_size", type=int, default=64, help="per process")
+    train.add_argument("--num_epochs", type=int, help="epochs to train (or set --max_train_steps)")
+    train.add_argument("--max_train_steps", type=int, help=f"optimizer steps (default {DEFAULT_MAX_TRAIN_STEPS})")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--gradient_checkpointing", action="store_true")
+    train.add_argument("--learning_rate", type=float, default=2e-3)
+    train.add_argument(
+        "--lr_scheduler", default="cosine", choices=("constant", "constant_with_warmup", "linear", "cosine")
+    )
+    train.add_argument("--lr_warmup_steps", type=int, default=100, help="in optimizer steps")
+    train.add_argument("--adam_beta1", type=float, default=0.9)
+    train.add_argument("--adam_beta2", type=float, default=0.999)
+    train.add_argument("--adam_weight_decay", type=float, default=0.0)
+    train.add_argument("--adam_epsilon", type=float, default=1e-8)
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True, help="save EMA weights")
+    train.add_argument("--ema_max_decay", type=float, default=0.9999)
+    train.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    train.add_argument("--ema_power", type=float, default=0.75)
+    train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), help="default: accelerate's config")
+    train.add_argument(
+        "--cpu_threads",
+        type=int,
+        help="PyTorch threads per process when training on CPU (default: this machine's cores divided among its "
+        "processes; `accelerate launch` alone would leave one)",
+    )
+
+    output = parser.add_argument_group("checkpoints, samples and logs")
+    output.add_argument("--checkpointing_steps", type=int, default=500)
+    output.add_argument("--checkpoints_total_limit", type=int, default=3)
+    output.add_argument("--resume_from_checkpoint", help='"latest" or a checkpoint folder')
+    output.add_argument("--save_images_steps", type=int, default=500, help="sample grid every N steps")
+    output.add_argument("--save_model_steps", type=int, help="save the pipeline every N steps (always at the end)")
+    output.add_argument("--num_sample_images", type=int, default=64)
+    output.add_argument(
+        "--inference_scheduler", default="ddim", choices=("ddpm", "ddim"), help="saved with the pipeline"
+    )
+    output.add_argument("--num_inference_steps", type=int, default=50, help="steps of the sample grids")
+    output.add_argument("--logging_steps", type=int, default=10)
+    output.add_argument("--report_to", default="tensorboard", choices=("tensorboard", "none"), help="besides jsonl")
+    args = parser.parse_args(argv)
+
+    if args.num_epochs is None and args.max_train_steps is None:
+        args.max_train_steps = DEFAULT_MAX_TRAIN_STEPS
+    positive = ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps")
+    positive += ("logging_steps", "num_sample_images", "num_inference_steps", "num_epochs", "max_train_steps")
+    positive += ("cpu_threads",)
+    for name in positive:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"error: --{name} must be at least 1, got {value}")
+    return args
+
+
+def prepare_output_dir(args: argparse.Namespace) -> Path:
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise SystemExit(f"error: --output_dir {output_dir} is a file; choose a folder")
+    earlier_run = (output_dir / "checkpoints").is_dir() or (output_dir / "model_index.json").is_file()
+    if earlier_run and args.resume_from_checkpoint is None:
+        if not args.overwrite_output_dir:
+            raise SystemExit(
+                f"error: {output_dir} holds an earlier run; pass --resume_from_checkpoint latest to continue it, "
+                "--overwrite_output_dir to replace it, or another --output_dir"
+            )
+    return output_dir
+
+
+def build_unet(args: argparse.Namespace, channels: int) -> UNet2DModel:
+    learned = args.variance_type in ("learned", "learned_range")
+    if args.model_config:
+        config = json.loads(Path(args.model_config).read_text())
+        config.update(in_channels=channels, out_channels=channels * (2 if learned else 1), sample_size=args.resolution)
+        return UNet2DModel.from_config(config)
+    return create_unet(args.model_preset, learned_variance=learned, in_channels=channels, sample_size=args.resolution)
+
+
+def inference_pipeline(args, model, ema, training_scheduler, accelerator) -> HFDDPMPipeline:
+    """The pipeline to sample and save: EMA weights and the chosen inference scheduler."""
+    unet = accelerator.unwrap_model(model)
+    if ema is not None:
+        unet = averaged_copy(unet, ema)
+    scheduler_class = DDIMScheduler if args.inference_scheduler == "ddim" else DDPMScheduler
+    scheduler = scheduler_class.from_config(training_scheduler.config, timestep_spacing="trailing")
+    pipeline = HFDDPMPipeline(unet=unet, scheduler=scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def save_sample_grid(args, pipeline, path: Path, accelerator, step: int) -> None:
+    images = pipeline(
+        batch_size=args.num_sample_images,
+        generator=torch.Generator().manual_seed(args.seed),
+        num_inference_steps=args.num_inference_steps,
+    ).images
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    scale = max(1, 64 // images[0].width)
+    images = [
+        PIL.ImageOps.expand(im.resize((im.width * scale, im.height * scale), PIL.Image.NEAREST), border=scale, fill=0)
+        for im in images
+    ]
+    images += [PIL.Image.new(images[0].mode, images[0].size)] * (rows * cols - len(images))
+    grid = make_image_grid(images, rows=rows, cols=cols)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    if args.report_to == "tensorboard":
+        array = np.asarray(grid.convert("RGB"))
+        accelerator.get_tracker("tensorboard").writer.add_image("samples", array, step, dataformats="HWC")
+
+
+def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
+    """Save to a temporary folder, then move each part into place, so a kill leaves a loadable part or the old."""
+    staging = output_dir / ".pipeline.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    pipeline.save_pretrained(staging)
+    for part in ("unet", "scheduler", "model_index.json"):
+        target = output_dir / part
+        if target.is_dir():
+            old = output_dir / f".{part}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging / part, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging / part, target)
+    shutil.rmtree(staging)
+
+
+def main(args: argparse.Namespace) -> None:
+    output_dir = prepare_output_dir(args)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=[JSONLinesTracker("train", output_dir / "logs")]
+        + (["tensorboard"] if args.report_to == "tensorboard" else []),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    if accelerator.is_main_process and args.overwrite_output_dir and args.resume_from_checkpoint is None:
+        for part in ("checkpoints", "samples", "logs", "unet", "scheduler", "model_index.json"):
+            path = output_dir / part
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    if accelerator.device.type == "cpu":
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(args.cpu_threads or max(1, cores // local_processes))
+    set_seed(args.seed)
+
+    # Data: decoded and resized once, by the main process first so the others reuse its cache.
+    dataset, image_column = load_image_dataset(
+        args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split, args.image_column, args.cache_dir
+    )
+    channels = args.channels or (1 if dataset[0][image_column].mode in ("1", "L", "I", "I;16", "F") else 3)
+    preprocessing = ImagePreprocessing(args.resolution, channels, not args.random_crop, args.random_flip)
+    with accelerator.main_process_first():
+        pixels = pretensorize(dataset, image_column, preprocessing, args.preprocessing_num_workers)
+    images = TrainingImages(pixels, preprocessing, seed=args.seed)
+    dataloader = torch.utils.data.DataLoader(
+        images, batch_size=args.train_batch_size, shuffle=True, num_workers=args.dataloader_num_workers
+    )
+
+    # Model, noise schedule, objective.
+    unet = build_unet(args, channels)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=args.num_train_timesteps,
+        beta_schedule=args.beta_schedule,
+        prediction_type=args.prediction_type,
+        reverse_variance=args.variance_type,
+    )
+    loss_fn = DiffusionLoss(noise_scheduler, snr_gamma=args.snr_gamma, vlb_weight=args.vlb_weight)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+        fused=accelerator.device.type in ("cpu", "cuda"),  # one kernel instead of a loop over parameters
+    )
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(
+            unet.parameters(),
+            decay=args.ema_max_decay,
+            use_ema_warmup=True,
+            inv_gamma=args.ema_inv_gamma,
+            power=args.ema_power,
+            foreach=True,
+        )
+    unet, optimizer, dataloader = accelerator.prepare(unet, optimizer, dataloader)
+    if ema is not None:
+        ema.to(accelerator.device)
+
+    # The schedule counts optimizer steps, however many batches each accumulates.
+    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=max_train_steps
+    )
+    randomness = TrainingRandomness(args.seed, accelerator.process_index, accelerator.device)
+    checkpoints = CheckpointManager(output_dir / "checkpoints", args.checkpoints_total_limit)
+    saved_objects = {"lr_scheduler": lr_scheduler, **({"ema": ema} if ema is not None else {})}
+
+    global_step, first_epoch, batches_done = 0, 0, 0
+    if args.resume_from_checkpoint:
+        path = checkpoints.resolve(args.resume_from_checkpoint)
+        state = checkpoints.load(accelerator, path, saved_objects, randomness)
+        global_step, first_epoch, batches_done = state["global_step"], state["epoch"], state["batches_in_epoch"]
+        accelerator.print(f"Resuming from {path} at step {global_step}")
+
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2))
+    accelerator.init_trackers("train", config={k: v for k, v in vars(args).items() if v is not None})
+    accelerator.print(
+        f"{len(images)} images, {accelerator.num_processes} process(es) × batch {args.train_batch_size} × "
+        f"{args.gradient_accumulation_steps} accumulation; {max_train_steps} steps"
+    )
+
+    progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process)
+    unet.train()
+    running_loss, running_count, skipped_steps, start = 0.0, 0, 0, time.perf_counter()
+    for epoch in range(first_epoch, num_epochs):
+        dataloader.set_epoch(epoch)
+        images.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(dataloader, batches_done) if batches_done else dataloader
+        for batch in batches:
+            batches_done += 1
+            with accelerator.accumulate(unet):
+                output = training_step(unet, noise_scheduler, loss_fn, batch, randomness)
+                accelerator.backward(output.loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running_loss += output.loss.detach()
+            running_count += 1
+            if not accelerator.sync_gradients:
+                continue
+
+            if accelerator.optimizer_step_was_skipped:
+                skipped_steps += 1  # fp16 overflow: the grad scaler skipped this update
+            else:
+                lr_scheduler.step()
+                if ema is not None:
+                    ema.step(unet.parameters())
+            global_step += 1
+            progress.update(1)
+
+            if global_step % args.logging_steps == 0 or global_step == max_train_steps:
+                loss = accelerator.gather(running_loss.reshape(1) / running_count).mean().item()
+                logs = {"loss": loss, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+                if output.vlb is not None:
+                    logs["vlb_bits_per_dim"] = accelerator.gather(output.vlb).mean().item()
+                if ema is not None:
+                    logs["ema_decay"] = ema.cur_decay_value or 0.0
+                logs["skipped_steps"] = skipped_steps
+                images_seen = running_count * args.train_batch_size * accelerator.num_processes
+                logs["images_per_second"] = images_seen / (time.perf_counter() - start)
+                accelerator.log(logs, step=global_step)
+                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['lr']:.2e}")
+                running_loss, running_count, start = 0.0, 0, time.perf_counter()
+
+            if global_step % args.checkpointing_steps == 0 and global_step < max_train_steps:
+                position = {"epoch": epoch, "batches_in_epoch": batches_done}
+                if batches_done == len(dataloader):
+                    position = {"epoch": epoch + 1, "batches_in_epoch": 0}
+                checkpoints.save(accelerator, global_step, position, saved_objects, randomness)
+            if accelerator.is_main_process and global_step % args.save_images_steps == 0:
+                pipeline = inference_pipeline(args, unet, ema, noise_scheduler, accelerator)
+                save_sample_grid(
+                    args, pipeline, output_dir / "samples" / f"step_{global_step:07d}.png", accelerator, global_step
+                )
+            if accelerator.is_main_process and args.save_model_steps and global_step % args.save_model_steps == 0:
+                save_pipeline(inference_pipeline(args, unet, ema, noise_scheduler, accelerator), output_dir)
+            if global_step >= max_train_steps:
+                break
+        batches_done = 0
+        if global_step >= max_train_steps:
+            break
+    progress.close()
+
+    # Data-parallel replicas must hold the same weights: compare a float64 checksum across processes.
+    checksums = accelerator.gather(replica_checksum(unet).reshape(1).to(accelerator.device))
+    if (checksums != checksums[0]).any():
+        raise RuntimeError(f"data-parallel replicas diverged: parameter checksums {checksums.tolist()}")
+    accelerator.log({"replica_checksum": checksums[0].item(), "num_processes": accelerator.num_processes}, global_step)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pipeline = inference_pipeline(args, unet, ema, noise_scheduler, accelerator)
+        save_pipeline(pipeline, output_dir)
+        save_sample_grid(args, pipeline, output_dir / "samples" / "final.png", accelerator, global_step)
+        accelerator.print(
+            f"Saved the pipeline to {output_dir} and its samples to {output_dir / 'samples' / 'final.png'}"
+        )
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main(parse_args(sys.argv[1:]))
