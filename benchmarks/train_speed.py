@@ -147,12 +147,14 @@ def main() -> None:
     for step in sides.values():  # warm-up: first calls allocate and pick kernels
         for _ in range(3):
             step()
+    synchronize(accelerator.device)
     seconds = {name: [] for name in sides}
     for _ in range(args.blocks):
         for name, step in sides.items():
             start = time.perf_counter()
             for _ in range(args.block_steps):
                 step()
+            synchronize(accelerator.device)
             seconds[name].append((time.perf_counter() - start) / args.block_steps)
 
     params = sum(p.numel() for p in unet.parameters()) / 1e6
@@ -165,6 +167,12 @@ def main() -> None:
         spread = [round(args.batch_size / v) for v in seconds[name]]
         print(f"  {name:16s} {images_per_second:8.1f} images/s  (blocks: {spread})")
     print(f"  ratio hfddpm / stock: {speed['hfddpm'] / speed['stock diffusers']:.2f}×")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU kernels, so a timed block measures their completion rather than their launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _copy(unet):
