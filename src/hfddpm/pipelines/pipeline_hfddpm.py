@@ -15,7 +15,6 @@ diffusers' `DDPMScheduler`/`DDIMScheduler` for hfddpm's subclasses of them. So:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
@@ -26,10 +25,13 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub.errors import HFValidationError
 
 from .. import __version__
+from ..models.eval_mode import eval_mode
 from ..schedulers import DDIMScheduler, DDPMScheduler
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
+from ..schedulers.langevin import langevin_corrector_step
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +89,13 @@ class HFDDPMPipeline(DiffusionPipeline):
         folder = str(pretrained_model_name_or_path)
         if "scheduler" not in kwargs:
             if not os.path.isdir(folder):
-                folder = cls.download(folder, **{k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs})
+                try:
+                    folder = cls.download(folder, **{k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs})
+                except HFValidationError:
+                    raise FileNotFoundError(
+                        f"{folder!r} is neither a pipeline folder nor a Hub repository id ('user/name'); "
+                        "check the path"
+                    ) from None
             scheduler_class = _hfddpm_scheduler_class(folder)
             if scheduler_class is not None:
                 kwargs["scheduler"] = scheduler_class.from_pretrained(folder, subfolder="scheduler")
@@ -116,6 +124,8 @@ class HFDDPMPipeline(DiffusionPipeline):
         use_clipped_model_output: bool | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        corrector_steps: int = 0,
+        corrector_snr: float = 0.16,
     ) -> ImagePipelineOutput | tuple:
         """Generate `batch_size` images.
 
@@ -128,10 +138,19 @@ class HFDDPMPipeline(DiffusionPipeline):
             output_type: ``"pil"`` (list of PIL images), ``"np"`` (float array NHWC in [0, 1]) or ``"pt"``
                 (float tensor NCHW in [0, 1]).
             return_dict: return an `ImagePipelineOutput` rather than a tuple.
+            corrector_steps: Langevin corrector steps before each reverse step, at its noise level: predictor–
+                corrector sampling (Song et al. 2021, Algorithms 1 and 5), each costing one more network
+                evaluation; needs hfddpm's `DDPMScheduler` or `DDIMScheduler`.
+            corrector_snr: the corrector's signal-to-noise ratio r, which sets its step size.
 
         The progress bar is configured with `set_progress_bar_config(disable=True)` as in diffusers.
         """
         self._check_inputs(batch_size, generator, num_inference_steps, eta, output_type)
+        if corrector_steps < 0 or (corrector_steps and not isinstance(self.scheduler, (DDPMScheduler, DDIMScheduler))):
+            raise ValueError(
+                f"corrector_steps must be >= 0 and needs hfddpm's DDPMScheduler or DDIMScheduler, got "
+                f"{corrector_steps} with {type(self.scheduler).__name__}"
+            )
         device = self._execution_device
         channels = self.unet.config.in_channels
         size = self.unet.config.sample_size
@@ -143,8 +162,10 @@ class HFDDPMPipeline(DiffusionPipeline):
         step_kwargs = self._step_kwargs(generator, eta, use_clipped_model_output)
         keep_variance = consumes_model_variance(self.scheduler)
 
-        with _eval_mode(self.unet):
+        with eval_mode(self.unet):
             for t in self.progress_bar(self.scheduler.timesteps):
+                for _ in range(corrector_steps):
+                    sample = self._langevin_correction(sample, t, corrector_snr, generator)
                 model_input = self.scheduler.scale_model_input(sample, t).to(self.unet.dtype)
                 model_output = self.unet(model_input, t).sample.to(torch.float32)
                 if model_output.shape[1] == 2 * channels and not keep_variance:
@@ -160,6 +181,14 @@ class HFDDPMPipeline(DiffusionPipeline):
         if not return_dict:
             return (image,)
         return ImagePipelineOutput(images=image)
+
+    def _langevin_correction(self, sample, t, snr, generator) -> torch.Tensor:
+        """One corrector step at timestep t (`langevin_corrector_step`), from the network's ε̂."""
+        output = self.unet(sample.to(self.unet.dtype), t).sample.to(torch.float32)
+        epsilon = self.scheduler.convert_prediction(output[:, : sample.shape[1]], sample, t, "epsilon")
+        alpha_bar = self.scheduler.alpha_bar(t)
+        alpha = alpha_bar / self.scheduler.alpha_bar(int(t) - 1)  # α_t = 1 − β_t
+        return langevin_corrector_step(sample, epsilon, alpha_bar, alpha, snr, generator)
 
     def _check_inputs(self, batch_size, generator, num_inference_steps, eta, output_type) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -201,17 +230,6 @@ class HFDDPMPipeline(DiffusionPipeline):
         if use_clipped_model_output is not None and "use_clipped_model_output" in accepted:
             kwargs["use_clipped_model_output"] = use_clipped_model_output
         return kwargs
-
-
-@contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module):
-    """Sample with dropout off (a network fresh from training is in train mode), then restore the mode."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 def _hfddpm_scheduler_class(folder: str) -> type | None:

@@ -31,21 +31,45 @@ class ReverseVariance(str, Enum):
     - ``learned``: the network's extra output channels are log σ² (Nichol & Dhariwal 2021, §3.1).
     - ``learned_range``: the extra channels are v ∈ [−1, 1] and log σ² = f log β + (1 − f) log β̃ with f = (v + 1)/2
       (Nichol & Dhariwal 2021, eq. 15).
+    - ``analytic``: the optimal variance of Analytic-DPM (Bao et al. 2022, Thm. 1), computed from
+      Γ_t = E‖ε_θ(x_t, t)‖²/d, which the scheduler's `analytic_gamma` holds (`analytic_dpm.estimate_analytic_gamma`
+      measures it once per model); see `GaussianDiffusionMixin.analytic_variance`.
     """
 
     FIXED_SMALL = "fixed_small"
     FIXED_LARGE = "fixed_large"
     LEARNED = "learned"
     LEARNED_RANGE = "learned_range"
+    ANALYTIC = "analytic"
 
 
 LEARNED_VARIANCES = (ReverseVariance.LEARNED.value, ReverseVariance.LEARNED_RANGE.value)
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+# Stock `variance_type` values with an hfddpm equivalent. Stock "learned" reads σ², not log σ², so it has none.
+_STOCK_VARIANCE_TYPES = {
+    "fixed_small": "fixed_small",
+    "fixed_small_log": "fixed_small",
+    "fixed_large": "fixed_large",
+    "fixed_large_log": "fixed_large",
+    "learned_range": "learned_range",
+}
+# How `set_timesteps(S)` picks S of the T training timesteps (t descending, sampled from the first):
+# - "leading": 0, T/S, 2T/S, … (stock default; never starts at T − 1, so x_T's noise level is not the first one).
+# - "trailing": T − 1, T − 1 − T/S, …: starts at pure noise (Lin et al. 2024, §3.3) but ends at T/S − 1, so with few
+#   steps the final jump to x_0 returns a mean over many images (blurred) when the data is spread out.
+# - "linspace": round(linspace(0, T − 1, S)): both ends, T − 1 and 0, evenly in between (the DDPM/DDIM papers' grid).
+# - "quadratic": ⌊(i √(0.8 T)/(S − 1))²⌋ (Song et al. 2021, App. D.2): dense at low noise, where detail forms;
+#   their choice for the linear schedule on CIFAR-10 (it starts at 0.8 T, where that schedule is already noise).
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "quadratic")
 BETA_SCHEDULE_ALIASES = {"cosine": "squaredcos_cap_v2"}
 
 
 def validate_common_options(
-    beta_schedule: str, prediction_type: str, timestep_spacing: str, reverse_variance: str | None
+    beta_schedule: str,
+    prediction_type: str,
+    timestep_spacing: str,
+    reverse_variance: str | None,
+    analytic_gamma: list[float] | None = None,
+    num_train_timesteps: int = 1000,
 ) -> tuple[str, str | None]:
     """Check the option names both schedulers share; return the stored beta schedule and reverse variance names."""
     if prediction_type not in PREDICTION_TYPES:
@@ -57,7 +81,33 @@ def validate_common_options(
         if reverse_variance not in choices:
             raise ValueError(f"reverse_variance must be None or one of {choices}, got {reverse_variance!r}")
         reverse_variance = ReverseVariance(reverse_variance).value
+    if reverse_variance == ReverseVariance.ANALYTIC and analytic_gamma is None:
+        raise ValueError(
+            "reverse_variance='analytic' needs analytic_gamma, the model's Γ_t: estimate it with "
+            "hfddpm.schedulers.analytic_dpm.fit_analytic_variance (or `hfddpm analytic-variance CHECKPOINT`)"
+        )
+    if analytic_gamma is not None and len(analytic_gamma) != num_train_timesteps:
+        raise ValueError(
+            f"analytic_gamma needs one Γ_t per training timestep ({num_train_timesteps}), got {len(analytic_gamma)}"
+        )
     return BETA_SCHEDULE_ALIASES.get(beta_schedule, beta_schedule), reverse_variance
+
+
+def reverse_variance_of(config) -> str:
+    """The `ReverseVariance` a DDPM or DDIM scheduler config samples with.
+
+    hfddpm's `reverse_variance` when set; otherwise the stock `variance_type`'s equivalent, and β̃ (``fixed_small``)
+    for a stock DDIM config, whose η = 1 is the DDPM step with β̃.
+    """
+    if config.get("reverse_variance") is not None:
+        return config["reverse_variance"]
+    variance_type = config.get("variance_type") or "fixed_small"
+    if variance_type not in _STOCK_VARIANCE_TYPES:
+        raise ValueError(
+            f"the stock variance_type {variance_type!r} has no hfddpm reverse_variance; set reverse_variance to one "
+            f"of {[choice.value for choice in ReverseVariance]}"
+        )
+    return _STOCK_VARIANCE_TYPES[variance_type]
 
 
 def convert_prediction(
@@ -117,7 +167,7 @@ class GaussianDiffusionMixin:
     """
 
     # Config keys hfddpm adds to the stock schedulers; None means "as stock diffusers".
-    hfddpm_options = ("reverse_variance",)
+    hfddpm_options = ("reverse_variance", "analytic_gamma")
 
     def to_json_string(self) -> str:
         """The stock config JSON, without hfddpm's options while they are unset, so stock diffusers loads it as is."""
@@ -126,6 +176,21 @@ class GaussianDiffusionMixin:
             if config.get(key) is None:
                 config.pop(key, None)
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+    def quadratic_timesteps(self, num_inference_steps: int) -> torch.Tensor:
+        """The "quadratic" spacing (see `TIMESTEP_SPACINGS`), descending, bumped to stay strictly increasing where
+        the squares of small i round to the same timestep."""
+        if num_inference_steps > self.config.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must be at most num_train_timesteps={self.config.num_train_timesteps}, "
+                f"got {num_inference_steps}"
+            )
+        top = (0.8 * self.config.num_train_timesteps) ** 0.5
+        squares = (torch.linspace(0, top, num_inference_steps, dtype=torch.float64) ** 2).floor().long().tolist()
+        timesteps = []
+        for t in squares:
+            timesteps.append(max(t, timesteps[-1] + 1) if timesteps else t)
+        return torch.tensor(timesteps[::-1])
 
     def alpha_bar(self, timesteps: int | torch.Tensor) -> torch.Tensor:
         """ᾱ_t as a float32 tensor shaped like `timesteps`; any t < 0 stands for x_0, with `final_alpha_cumprod`."""
@@ -211,8 +276,9 @@ class GaussianDiffusionMixin:
     ) -> torch.Tensor:
         """log σ²_{t→s} of p_θ(x_s|x_t) for a `ReverseVariance` choice (default `config.reverse_variance`).
 
-        Fixed choices return a float32 tensor shaped like `timesteps`; learned ones return a tensor shaped like
-        `model_variance`, the network's extra output channels. See `ReverseVariance` for the formulas.
+        Fixed and analytic choices return a float32 tensor shaped like `timesteps`; learned ones return a tensor
+        shaped like `model_variance`, the network's extra output channels. See `ReverseVariance` for the formulas;
+        ``analytic`` is the DDPM member of its family (λ² = β̃_{t,s}).
         """
         choice = ReverseVariance(reverse_variance or self.config.reverse_variance)
         if choice == ReverseVariance.LEARNED:
@@ -234,12 +300,41 @@ class GaussianDiffusionMixin:
             return log_posterior_variance.float()
         if choice == ReverseVariance.FIXED_LARGE:
             return torch.where(prev_timesteps >= 0, log_beta, log_posterior_variance).float()
+        if choice == ReverseVariance.ANALYTIC:
+            analytic = self.analytic_variance(timesteps, prev_timesteps, posterior_variance)
+            return torch.where(
+                prev_timesteps >= 0, torch.log(analytic.clamp(min=1e-20)), log_posterior_variance
+            ).float()
         if model_variance is None:
             raise ValueError("reverse_variance='learned_range' needs the model's variance output")
         frac = (model_variance + 1) / 2
         max_log = per_sample(log_beta, model_variance)
         min_log = per_sample(log_posterior_variance, model_variance)
         return frac * max_log + (1 - frac) * min_log
+
+    def analytic_variance(
+        self, timesteps: int | torch.Tensor, prev_timesteps: int | torch.Tensor, lambda_sq: torch.Tensor | float
+    ) -> torch.Tensor:
+        """Analytic-DPM's optimal variance of a step t → s whose mean has the noise weight √(β̄_s − λ²):
+
+        σ*² = λ² + (√ᾱ_s − √((β̄_s − λ²) ᾱ_t/β̄_t))² · clip((β̄_t/ᾱ_t)(1 − Γ_t), 0, 1)
+
+        (Bao et al. 2022, Thm. 1 and its skip-step form, §4), with β̄ = 1 − ᾱ and Γ_t = E‖ε_θ(x_t, t)‖²/d from
+        `config.analytic_gamma`. (β̄_t/ᾱ_t)(1 − Γ_t) is the model's estimate of E Var(x_0|x_t) per dimension; the clip
+        keeps it between 0 and 1, the most data in [−1, 1] can have (Thm. 2), so σ*² stays between λ² and the
+        bound of Thm. 2. λ² = β̃_{t,s} is the DDPM step, λ² = η² β̃_{t,s} a DDIM step. Float64, shaped like `timesteps`.
+        """
+        if self.config.get("analytic_gamma") is None:
+            raise ValueError("analytic_variance needs analytic_gamma in the scheduler config; estimate it first")
+        timesteps = self._as_timesteps(timesteps)
+        gamma = torch.tensor(self.config.analytic_gamma, dtype=torch.float64)[timesteps.cpu()].to(timesteps.device)
+        alpha_bar_t = self.alpha_bar(timesteps).double()
+        alpha_bar_s = self.alpha_bar(prev_timesteps).double()
+        lambda_sq = torch.as_tensor(lambda_sq, dtype=torch.float64, device=alpha_bar_t.device)
+        beta_bar_t, beta_bar_s = 1 - alpha_bar_t, 1 - alpha_bar_s
+        x0_variance = (beta_bar_t / alpha_bar_t * (1 - gamma)).clamp(0, 1)
+        weight = (alpha_bar_s.sqrt() - ((beta_bar_s - lambda_sq).clamp(min=0) * alpha_bar_t / beta_bar_t).sqrt()) ** 2
+        return lambda_sq + weight * x0_variance
 
     def _last_step_log_variance(self, timesteps: torch.Tensor) -> torch.Tensor:
         """log β̃ of the training step n → n − 1 that lands on t (n = t + 1, kept inside [1, T − 1]).

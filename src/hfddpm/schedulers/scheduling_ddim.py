@@ -10,7 +10,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (looked up by name by the loader)
 from diffusers.utils.torch_utils import randn_tensor
 
-from .gaussian_diffusion import GaussianDiffusionMixin, validate_common_options
+from .gaussian_diffusion import GaussianDiffusionMixin, ReverseVariance, validate_common_options
 
 
 class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
@@ -30,7 +30,11 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
             as stock), β_{t,s} (``fixed_large``: the σ̂ of Song et al. 2021, §5.1) or the model's ``learned`` /
             ``learned_range`` variance. So η = 0 is deterministic DDIM whatever the choice — a config converted
             from a DDPM scheduler keeps sampling as DDIM — and with η = 1 each choice is the DDPM step of the same
-            name. Unlike None (stock), the step to x_0 adds no noise.
+            name. Unlike None (stock), the step to x_0 adds no noise. ``analytic`` is the exception: σ² is
+            Analytic-DPM's optimal variance for the mean that λ gives (`analytic_variance` with λ² = η² β̃_{t,s}), so
+            η = 0 is Analytic-DDIM, which adds noise, and η = 1 is Analytic-DDPM (Bao et al. 2022, §3 and §4).
+        analytic_gamma (list of floats or None): Γ_t = E‖ε_θ(x_t, t)‖²/d for every training timestep, which
+            ``analytic`` needs (Bao et al. 2022, eq. 8); `analytic_dpm.fit_analytic_variance` measures it.
     """
 
     @register_to_config
@@ -52,11 +56,14 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
         reverse_variance: str | None = None,
+        analytic_gamma: list[float] | None = None,
     ):
         beta_schedule, reverse_variance = validate_common_options(
-            beta_schedule, prediction_type, timestep_spacing, reverse_variance
+            beta_schedule, prediction_type, timestep_spacing, reverse_variance, analytic_gamma, num_train_timesteps
         )
-        self.register_to_config(reverse_variance=reverse_variance)
+        if analytic_gamma is not None:
+            analytic_gamma = [float(value) for value in analytic_gamma]
+        self.register_to_config(reverse_variance=reverse_variance, analytic_gamma=analytic_gamma)
         super().__init__(
             num_train_timesteps=num_train_timesteps,
             beta_start=beta_start,
@@ -76,10 +83,15 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
         )
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        """As diffusers' `set_timesteps`, refusing a step count below 1 with a clear message."""
+        """As diffusers' `set_timesteps`, refusing a step count below 1 with a clear message, and with the
+        "quadratic" spacing of the DDIM paper besides the stock ones."""
         if num_inference_steps is None or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        super().set_timesteps(num_inference_steps, device=device)
+        if self.config.timestep_spacing != "quadratic":
+            super().set_timesteps(num_inference_steps, device=device)
+            return
+        self.num_inference_steps = num_inference_steps
+        self.timesteps = self.quadratic_timesteps(num_inference_steps).to(device)
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
         """The timestep s a step from t lands on: the next entry of `timesteps`, or −1 after the last one.
@@ -132,7 +144,11 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
 
         if self.config.reverse_variance is None:
             noise_std = std_dev_t if eta > 0 else None
-        elif eta > 0 and prev_timestep >= 0:
+        elif prev_timestep < 0:
+            noise_std = None
+        elif self.config.reverse_variance == ReverseVariance.ANALYTIC:  # Analytic-DDIM when η = 0
+            noise_std = self.analytic_variance(timestep, prev_timestep, std_dev_t**2).sqrt().float()
+        elif eta > 0:
             noise_std = eta * torch.exp(0.5 * self.reverse_log_variance(timestep, prev_timestep, model_variance))
         else:
             noise_std = None

@@ -10,7 +10,7 @@ from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (looked up by name by the loader)
 from diffusers.utils.torch_utils import randn_tensor
 
-from .gaussian_diffusion import GaussianDiffusionMixin, validate_common_options
+from .gaussian_diffusion import GaussianDiffusionMixin, ReverseVariance, validate_common_options
 
 
 class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
@@ -24,11 +24,15 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
             ᾱ_t = f(t)/f(0) with f(t) = cos²((t/T + 0.008)/1.008 · π/2) and β_t capped at 0.999; it is stored
             under diffusers' name for it, ``"squaredcos_cap_v2"``.
         reverse_variance (`ReverseVariance` or None): the variance σ²_{t→s} of p_θ(x_s|x_t) = N(μ̃(x_t, x̂_0), σ²),
-            one of ``fixed_small``, ``fixed_large``, ``learned``, ``learned_range`` (see `ReverseVariance`).
+            one of ``fixed_small``, ``fixed_large``, ``learned``, ``learned_range``, ``analytic`` (see
+            `ReverseVariance`).
             Unlike the stock `variance_type`, it is right for every timestep spacing: the last step returns the
             mean μ̃ = x̂_0 without noise (Ho et al. 2020, Algorithm 2), ``learned`` reads log σ² (not σ²) from the
             network, and ``fixed_large`` carries the first-step fix of the DDPM code. Setting it also sets the
-            stock `variance_type` to the same name, which is what stock diffusers uses when it loads this config.
+            stock `variance_type` to the same name (``fixed_small`` for ``analytic``), which is what stock diffusers
+            uses when it loads this config.
+        analytic_gamma (list of floats or None): Γ_t = E‖ε_θ(x_t, t)‖²/d for every training timestep, which
+            ``analytic`` needs (Bao et al. 2022, eq. 8); `analytic_dpm.fit_analytic_variance` measures it.
     """
 
     @register_to_config
@@ -50,13 +54,16 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
         reverse_variance: str | None = None,
+        analytic_gamma: list[float] | None = None,
     ):
         beta_schedule, reverse_variance = validate_common_options(
-            beta_schedule, prediction_type, timestep_spacing, reverse_variance
+            beta_schedule, prediction_type, timestep_spacing, reverse_variance, analytic_gamma, num_train_timesteps
         )
-        self.register_to_config(reverse_variance=reverse_variance)
-        if reverse_variance is not None:
-            variance_type = reverse_variance
+        if analytic_gamma is not None:
+            analytic_gamma = [float(value) for value in analytic_gamma]
+        self.register_to_config(reverse_variance=reverse_variance, analytic_gamma=analytic_gamma)
+        if reverse_variance is not None:  # stock diffusers samples with the nearest choice it has
+            variance_type = "fixed_small" if reverse_variance == ReverseVariance.ANALYTIC else reverse_variance
         super().__init__(
             num_train_timesteps=num_train_timesteps,
             beta_start=beta_start,
@@ -86,11 +93,14 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         device: str | torch.device | None = None,
         timesteps: list[int] | None = None,
     ):
-        """As diffusers' `set_timesteps`, refusing a step count below 1 with a clear message."""
+        """As diffusers' `set_timesteps`, refusing a step count below 1 with a clear message, and with the
+        "quadratic" spacing of the DDIM paper besides the stock ones."""
         if num_inference_steps is None and timesteps is None:
             raise ValueError("set_timesteps needs num_inference_steps or timesteps")
         if num_inference_steps is not None and num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if timesteps is None and self.config.timestep_spacing == "quadratic":
+            num_inference_steps, timesteps = None, self.quadratic_timesteps(num_inference_steps).tolist()
         super().set_timesteps(num_inference_steps, device=device, timesteps=timesteps)
 
     def step(
@@ -118,10 +128,11 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         prev_sample, _ = self.posterior_mean_variance(pred_original_sample, sample, timestep, prev_timestep)
         if prev_timestep >= 0:
             log_variance = self.reverse_log_variance(timestep, prev_timestep, model_variance)
+            noise_std = torch.exp(0.5 * log_variance)
             noise = randn_tensor(
                 prediction.shape, generator=generator, device=prediction.device, dtype=prediction.dtype
             )
-            prev_sample = prev_sample + torch.exp(0.5 * log_variance).to(prev_sample) * noise
+            prev_sample = prev_sample + noise_std.to(prev_sample) * noise
 
         prev_sample, pred_original_sample = prev_sample.to(sample.dtype), pred_original_sample.to(sample.dtype)
         if not return_dict:
