@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .evaluation import evaluate  # noqa: E402
 from .models import UNET_PRESETS, GaussianMixtureDenoiser, create_unet, unet_config  # noqa: E402
 from .pipelines import HFDDPMPipeline  # noqa: E402
 from .schedulers import DDIMScheduler, DDPMScheduler, ReverseVariance  # noqa: E402
@@ -15,5 +16,6 @@ __all__ = [
     "ReverseVariance",
     "__version__",
     "create_unet",
+    "evaluate",
     "unet_config",
 ]

@@ -67,7 +67,7 @@ def load_image_dataset(
             ) from error
     elif dataset_name is None or dataset_name == DIGITS:
         dataset = load_digits_dataset(split)
-    elif os.path.isdir(dataset_name) and _is_saved_dataset(dataset_name):
+    elif os.path.isdir(dataset_name) and is_saved_dataset(dataset_name):
         dataset = datasets.load_from_disk(dataset_name)
         if isinstance(dataset, datasets.DatasetDict):
             if split not in dataset:
@@ -90,7 +90,8 @@ def load_image_dataset(
     return dataset, image_column
 
 
-def _is_saved_dataset(folder: str) -> bool:
+def is_saved_dataset(folder: str) -> bool:
+    """Whether `folder` was written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`."""
     return any(os.path.exists(os.path.join(folder, name)) for name in ("dataset_info.json", "dataset_dict.json"))
 
 
@@ -196,3 +197,31 @@ class TrainingImages(torch.utils.data.Dataset):
         if self.preprocessing.random_flip and rng.random() < 0.5:
             image = image[:, :, ::-1]
         return torch.from_numpy(image.astype(np.float32)) / 127.5 - 1
+
+
+def image_batches(
+    source: str,
+    split: str,
+    resolution: int,
+    channels: int,
+    batch_size: int,
+    image_column: str | None = None,
+    max_images: int | None = None,
+) -> torch.utils.data.DataLoader:
+    """Batches of a dataset's images as float tensors in [−1, 1], in order, centre-cropped: for evaluation.
+
+    `source` is "digits" (built in), an image folder, a `save_to_disk` folder or a Hub dataset name; the first
+    `max_images` images are used (all when None).
+    """
+    image_folder = os.path.isdir(source) and not is_saved_dataset(source)
+    dataset, image_column = load_image_dataset(
+        dataset_name=None if image_folder else source,
+        train_data_dir=source if image_folder else None,
+        split=split,
+        image_column=image_column,
+    )
+    if max_images is not None:
+        dataset = dataset.select(range(min(max_images, len(dataset))))
+    preprocessing = ImagePreprocessing(resolution, channels, center_crop=True, random_flip=False)
+    images = TrainingImages(pretensorize(dataset, image_column, preprocessing), preprocessing)
+    return torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)

@@ -1,0 +1,7 @@
+"""`python -m hfddpm`: the `hfddpm` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

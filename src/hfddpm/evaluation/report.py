@@ -1,0 +1,202 @@
+"""`evaluate`: the numbers of a checkpoint on a dataset, as a report (and `hfddpm evaluate` on the shell)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..models.eval_mode import eval_mode
+from ..pipelines import HFDDPMPipeline
+from ..training.data import DIGITS, image_batches
+from .features import DINOV2_DEFAULT, DigitsFeatures, Dinov2Features, InceptionFeatures
+from .frechet import FeatureStatistics, frechet_distance
+from .likelihood import Decoder, plot_bound_terms, variational_bound
+from .sample_quality import digits_scores, extract_features, generate_samples, load_image_folder, reference_statistics
+
+# What `evaluate` can measure, and what each is.
+METRICS = {
+    "bits_per_dim": "the variational bound on −log p(x_0) of the held-out images, bits/dim (lower is better)",
+    "fd_digits": "Fréchet distance in the shipped digits classifier's features (offline; lower is better)",
+    "digits_scores": "digits classifier: share of the ten digits drawn, and mean confidence (higher is better)",
+    "fid": "FID: Fréchet distance in Inception features, torchmetrics' network (needs local weights)",
+    "fd_dinov2": "FD_DINOv2: Fréchet distance in DINOv2 ViT-L/14 features (needs local weights)",
+}
+SAMPLE_METRICS = ("fd_digits", "digits_scores", "fid", "fd_dinov2")
+OFFLINE_DIGITS_METRICS = ("fd_digits", "digits_scores", "bits_per_dim")
+
+
+def default_metrics(dataset: str) -> tuple[str, ...]:
+    """The built-in digits get every offline metric; other data bits/dim (the others need downloaded weights)."""
+    return OFFLINE_DIGITS_METRICS if dataset == DIGITS else ("bits_per_dim",)
+
+
+@dataclass
+class EvaluationReport:
+    """What `evaluate` measured: `metrics` maps a metric's name to its value; `details` says how it was measured."""
+
+    checkpoint: str
+    dataset: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, dict] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        lines = [f"{self.checkpoint} on {self.dataset}"]
+        if "bits_per_dim" in self.metrics:
+            bound = self.details["bits_per_dim"]
+            lines.append(
+                f"  bits/dim ≤ {self.metrics['bits_per_dim']:.4f} ± {bound['standard_error']:.4f} on {bound['split']} "
+                f"({bound['num_images']} images, {bound['num_timesteps']} terms each, reverse variance "
+                f"{bound['reverse_variance']}; L_T {bound['prior_bits_per_dim']:.1e}, L_0 "
+                f"{bound['decoder_bits_per_dim']:.4f})"
+            )
+        if "samples" in self.details:
+            samples = self.details["samples"]
+            lines.append(f"  {samples['num_samples']} samples ({samples['source']}) against {samples['reference']}:")
+            for name in ("fd_digits", "fid", "fd_dinov2", "digits_class_coverage", "digits_confidence"):
+                if name in self.metrics:
+                    lines.append(f"    {name:22s} {self.metrics[name]:.4f}")
+        return "\n".join(lines)
+
+
+def evaluate(checkpoint: str | os.PathLike, dataset: str = DIGITS, metrics=None, **options) -> EvaluationReport:
+    """Measure a pipeline checkpoint, or a folder of generated images, against a dataset (see `METRICS`).
+
+    `checkpoint` is an `HFDDPMPipeline` (or stock DDPM/DDIM pipeline) folder or Hub repository, or a folder of
+    generated images for the sample metrics; `options` are those of `evaluate_pipeline`.
+    """
+    device = torch.device(options.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if os.path.isdir(checkpoint) and not (Path(checkpoint) / "model_index.json").is_file():
+        samples = load_image_folder(checkpoint)
+        return evaluate_pipeline(
+            None, dataset, metrics, samples=samples, name=str(checkpoint), device=device, **options
+        )
+    pipeline = HFDDPMPipeline.from_pretrained(checkpoint).to(device)
+    return evaluate_pipeline(pipeline, dataset, metrics, name=str(checkpoint), device=device, **options)
+
+
+def evaluate_pipeline(
+    pipeline: HFDDPMPipeline | None,
+    dataset: str = DIGITS,
+    metrics: tuple[str, ...] | list[str] | str | None = None,
+    *,
+    samples: torch.Tensor | None = None,
+    name: str = "pipeline",
+    split: str = "test",
+    reference_split: str = "train",
+    image_column: str | None = None,
+    max_images: int | None = None,
+    num_timesteps: int | None = None,
+    reverse_variance: str | None = None,
+    num_samples: int = 1000,
+    num_inference_steps: int = 50,
+    eta: float = 0.0,
+    batch_size: int = 250,
+    inception_weights: str | os.PathLike | None = None,
+    dinov2_model: str | os.PathLike = DINOV2_DEFAULT,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    output_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress_bar: bool = True,
+) -> EvaluationReport:
+    """Measure a pipeline (on `device`) against a dataset, or given `samples` (images in [0, 1]) without one.
+
+    Args:
+        dataset: "digits" (built in), an image folder, a `save_to_disk` folder or a Hub dataset name.
+        metrics: names from `METRICS`; by default `default_metrics(dataset)`.
+        split: the held-out split of ``bits_per_dim``; the first `max_images` of it (all when None).
+        reference_split: the split the samples are compared with (its statistics are cached).
+        num_timesteps: ``bits_per_dim`` terms per image: all T when None (the exact sum), else a stratified
+            unbiased estimate; `reverse_variance` overrides the checkpoint's σ²_t.
+        num_samples, num_inference_steps, eta: the samples drawn with the pipeline's scheduler for the sample
+            metrics, image i seeded with `seed` + i.
+        inception_weights, dinov2_model: where ``fid`` and ``fd_dinov2`` find their networks.
+        output_dir: when given, `evaluation.json` and the plot of the bound's terms are written there.
+        cache_dir: where reference statistics are cached (default `frechet.statistics_cache_dir()`).
+    """
+    metrics = (
+        default_metrics(dataset) if metrics is None else (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    )
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if pipeline is None and "bits_per_dim" in metrics:
+        raise ValueError(f"{name} holds images, not a pipeline: bits_per_dim needs a checkpoint")
+    report = EvaluationReport(name, dataset)
+
+    if "bits_per_dim" in metrics:
+        unet = pipeline.unet
+        size = unet.config.sample_size
+        batches = image_batches(
+            dataset,
+            split,
+            size if isinstance(size, int) else size[0],
+            unet.config.in_channels,
+            batch_size,
+            image_column=image_column,
+            max_images=max_images,
+        )
+        with eval_mode(unet):
+            bound = variational_bound(
+                unet,
+                pipeline.scheduler,
+                batches,
+                num_timesteps=num_timesteps,
+                reverse_variance=reverse_variance,
+                decoder=Decoder.DISCRETIZED,
+                generator=torch.Generator().manual_seed(seed),
+                progress_bar=progress_bar,
+            )
+        report.metrics["bits_per_dim"] = bound.bits_per_dim
+        report.details["bits_per_dim"] = {"split": split, **bound.to_dict()}
+        if output_dir is not None:
+            plot_bound_terms(bound, Path(output_dir) / "bits_per_dim_terms.png")
+
+    if any(metric in metrics for metric in SAMPLE_METRICS):
+        if samples is None:
+            samples = generate_samples(
+                pipeline, num_samples, batch_size, num_inference_steps, eta, seed, progress_bar=progress_bar
+            )
+            source = f"{type(pipeline.scheduler).__name__}, {num_inference_steps} steps, eta {eta}, seed {seed}"
+        else:
+            source = f"images in {name}"
+        resolution, channels = samples.shape[-1], samples.shape[1]
+        report.details["samples"] = {
+            "num_samples": len(samples),
+            "source": source,
+            "reference": f"{dataset} {reference_split} at {channels}×{resolution}×{resolution}",
+        }
+
+        def distance(metric: str, extractor) -> None:
+            reference = reference_statistics(
+                extractor, dataset, reference_split, resolution, channels, image_column, None, batch_size, cache_dir
+            )
+            generated = FeatureStatistics.of(extract_features(extractor, samples, batch_size))
+            report.metrics[metric] = frechet_distance(generated, reference)
+            report.details[metric] = {"extractor": extractor.name, "num_reference": reference.count}
+
+        digits = DigitsFeatures(device=device) if {"fd_digits", "digits_scores"} & set(metrics) else None
+        if "fd_digits" in metrics:
+            distance("fd_digits", digits)
+        if "digits_scores" in metrics:
+            probabilities = torch.cat([digits.probabilities(batch).cpu() for batch in samples.split(batch_size)])
+            report.metrics.update(digits_scores(probabilities))
+        if "fid" in metrics:
+            distance("fid", InceptionFeatures(inception_weights, device))
+        if "fd_dinov2" in metrics:
+            distance("fd_dinov2", Dinov2Features(dinov2_model, device))
+
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "evaluation.json").write_text(report.to_json())
+    return report

@@ -1,0 +1,133 @@
+"""Sample-quality metrics: Fréchet distances to a reference split, and the digits classifier's verdict on samples.
+
+Samples are images in [0, 1] of shape (N, C, H, W): drawn from a pipeline (`generate_samples`) or read from a
+folder (`load_image_folder`). Reference images are the dataset's, preprocessed as for training at the samples'
+resolution; their feature statistics are cached (`frechet.cached_statistics`), keyed by dataset, split, resolution,
+channels, count and feature extractor.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..training.data import image_batches
+from .frechet import FeatureStatistics, cached_statistics
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# A digit class counts as drawn when it gets at least half of its fair share of the samples.
+COVERAGE_SHARE = 0.05
+
+
+def generate_samples(
+    pipeline,
+    num_samples: int,
+    batch_size: int = 250,
+    num_inference_steps: int = 50,
+    eta: float = 0.0,
+    seed: int = 0,
+    progress_bar: bool = True,
+    **call_options,
+) -> torch.Tensor:
+    """`num_samples` images in [0, 1], on the CPU. Image i is drawn from its own generator seeded with seed + i, so
+    the samples do not depend on the batch size. `call_options` go to the pipeline's call (e.g. corrector_steps)."""
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be at least 1, got {num_samples} and {batch_size}")
+    pipeline.set_progress_bar_config(disable=True)
+    images = []
+    for start in tqdm(range(0, num_samples, batch_size), desc="Sampling", unit="batch", disable=not progress_bar):
+        count = min(batch_size, num_samples - start)
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
+        output = pipeline(
+            batch_size=count,
+            generator=generators,
+            num_inference_steps=num_inference_steps,
+            eta=eta,
+            output_type="pt",
+            **call_options,
+        )
+        images.append(output.images.float().cpu())
+    return torch.cat(images)
+
+
+def load_image_folder(folder: str | os.PathLike, channels: int | None = None) -> torch.Tensor:
+    """Every image file in `folder` (sorted by name) as a tensor in [0, 1]; all must have one size.
+
+    `channels` 1 or 3 converts them to grey or RGB; by default the first image's mode decides.
+    """
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; point at a folder of sample images")
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}; point at a folder of samples")
+    arrays = []
+    for path in paths:
+        try:
+            with PIL.Image.open(path) as image:
+                if channels is None:
+                    channels = 1 if image.mode in ("1", "L", "I", "I;16", "F") else 3
+                arrays.append(np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8))
+        except (OSError, SyntaxError) as error:
+            raise ValueError(f"cannot read {path}: {error}; remove or replace the file") from error
+        if arrays[-1].shape != arrays[0].shape:
+            raise ValueError(f"{path} is {arrays[-1].shape[:2]}, the first image {arrays[0].shape[:2]}; use one size")
+    stacked = torch.from_numpy(np.stack(arrays)).float() / 255
+    return stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
+
+
+def extract_features(extractor, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """The extractor's features of images in [0, 1], batch by batch, on the CPU in float64."""
+    return torch.cat([extractor(batch).double().cpu() for batch in images.split(batch_size)])
+
+
+def reference_statistics(
+    extractor,
+    dataset: str,
+    split: str,
+    resolution: int,
+    channels: int,
+    image_column: str | None = None,
+    max_images: int | None = None,
+    batch_size: int = 250,
+    cache_dir: str | os.PathLike | None = None,
+) -> FeatureStatistics:
+    """Feature statistics of a dataset split preprocessed to (channels, resolution, resolution), cached."""
+    key = {
+        "dataset": str(Path(dataset).resolve()) if os.path.isdir(dataset) else dataset,
+        "modified": os.stat(dataset).st_mtime_ns if os.path.isdir(dataset) else None,
+        "split": split,
+        "image_column": image_column,
+        "resolution": resolution,
+        "channels": channels,
+        "max_images": max_images,
+        "extractor": extractor.name,
+        "preprocessing": f"hfddpm-{__version__}-resize-centre-crop",
+    }
+
+    def compute() -> FeatureStatistics:
+        batches = image_batches(dataset, split, resolution, channels, batch_size, image_column, max_images)
+        features = [extractor((batch + 1) / 2).double().cpu() for batch in batches]
+        return FeatureStatistics.of(torch.cat(features))
+
+    return cached_statistics(key, compute, cache_dir)
+
+
+def digits_scores(probabilities: torch.Tensor) -> dict[str, float]:
+    """What the digits classifier says of samples, from its softmax outputs (N, 10).
+
+    - ``digits_class_coverage``: the fraction of the ten digits that get at least `COVERAGE_SHARE` of the samples'
+      predicted labels (1.0 for the real test split; a generator that draws only some digits scores lower).
+    - ``digits_confidence``: the mean of the classifier's top probability (clear digits score near 1).
+    """
+    predicted = probabilities.argmax(dim=1)
+    shares = torch.bincount(predicted, minlength=10).double() / len(predicted)
+    return {
+        "digits_class_coverage": (shares >= COVERAGE_SHARE).double().mean().item(),
+        "digits_confidence": probabilities.max(dim=1).values.double().mean().item(),
+    }

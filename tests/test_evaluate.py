@@ -1,0 +1,113 @@
+"""`hfddpm.evaluate` and `hfddpm evaluate`: a checkpoint's bits/dim and sample metrics on the built-in digits."""
+
+import json
+import subprocess
+import sys
+
+import PIL.Image
+import pytest
+import torch
+
+import hfddpm
+from hfddpm import DDPMScheduler, HFDDPMPipeline
+from hfddpm.evaluation import variational_bound
+from hfddpm.evaluation.digits_classifier import digits_tensors
+from hfddpm.evaluation.features import DigitsFeatures
+from hfddpm.evaluation.frechet import FeatureStatistics, frechet_distance
+from hfddpm.evaluation.sample_quality import generate_samples, reference_statistics
+from hfddpm.training.data import image_batches
+
+from .conftest import tiny_unet
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-digits")
+    scheduler = DDPMScheduler(num_train_timesteps=20)
+    HFDDPMPipeline(unet=tiny_unet(channels=1, sample_size=8), scheduler=scheduler).save_pretrained(folder)
+    return folder
+
+
+def test_evaluate_reports_the_bound_of_the_checkpoint(checkpoint, tmp_path):
+    report = hfddpm.evaluate(
+        checkpoint,
+        "digits",
+        ["bits_per_dim"],
+        max_images=10,
+        batch_size=4,
+        num_timesteps=5,
+        output_dir=tmp_path,
+        progress_bar=False,
+    )
+    details = report.details["bits_per_dim"]
+    assert details["split"] == "test" and details["num_images"] == 10 and details["num_timesteps"] == 5
+    assert details["reverse_variance"] == "fixed_small" and details["decoder"] == "discretized"
+
+    # The same number as the bound computed directly on the same images with the same seed.
+    pipe = HFDDPMPipeline.from_pretrained(checkpoint)
+    batches = image_batches("digits", "test", resolution=8, channels=1, batch_size=4, max_images=10)
+    direct = variational_bound(
+        pipe.unet, pipe.scheduler, batches, 5, generator=torch.Generator().manual_seed(0), progress_bar=False
+    )
+    assert report.metrics["bits_per_dim"] == pytest.approx(direct.bits_per_dim, rel=1e-12)
+
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    assert saved["metrics"] == report.metrics and saved["details"]["bits_per_dim"]["timesteps"][0] == 0
+    assert (tmp_path / "bits_per_dim_terms.png").read_bytes()[:4] == b"\x89PNG"
+    assert "bits/dim ≤" in report.summary()
+
+
+def test_evaluate_draws_seeded_samples_and_measures_them_against_the_reference_split(checkpoint, tmp_path):
+    options = {"num_samples": 24, "num_inference_steps": 4, "batch_size": 10, "cache_dir": tmp_path}
+    report = hfddpm.evaluate(checkpoint, "digits", ["fd_digits", "digits_scores"], progress_bar=False, **options)
+    assert report.details["samples"]["num_samples"] == 24 and report.details["fd_digits"]["num_reference"] == 1500
+    assert 0 <= report.metrics["digits_class_coverage"] <= 1 and 0 < report.metrics["digits_confidence"] <= 1
+
+    # Independently: the same seeded samples (image i from seed i, whatever the batch size) and the same features.
+    pipe = HFDDPMPipeline.from_pretrained(checkpoint)
+    samples = generate_samples(pipe, 24, batch_size=7, num_inference_steps=4, progress_bar=False)
+    extractor = DigitsFeatures()
+    reference = reference_statistics(extractor, "digits", "train", 8, 1, cache_dir=tmp_path)
+    expected = frechet_distance(FeatureStatistics.of(extractor(samples)), reference)
+    assert report.metrics["fd_digits"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_folder_of_real_digits_scores_as_a_near_perfect_generator(tmp_path):
+    images, _ = digits_tensors("test")
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        PIL.Image.fromarray((image[0] * 255).round().byte().numpy(), mode="L").save(folder / f"{i:04d}.png")
+    report = hfddpm.evaluate(folder, "digits", ["fd_digits", "digits_scores"], cache_dir=tmp_path, progress_bar=False)
+    assert report.metrics["fd_digits"] < 15 and report.metrics["digits_class_coverage"] == 1.0
+    with pytest.raises(ValueError, match="holds images, not a pipeline: bits_per_dim needs a checkpoint"):
+        hfddpm.evaluate(folder, "digits", ["bits_per_dim"])
+
+
+def test_evaluate_refuses_unknown_metrics(checkpoint):
+    with pytest.raises(ValueError, match=r"unknown metrics \['fid2'\]"):
+        hfddpm.evaluate(checkpoint, metrics=["fid2"])
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "hfddpm", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.slow
+def test_command_line_prints_every_offline_metric_and_refuses_a_missing_checkpoint(checkpoint, tmp_path):
+    options = ["--num_samples", "20", "--num_inference_steps", "3", "--cache_dir", str(tmp_path / "cache")]
+    result = _cli("evaluate", str(checkpoint), *options, "--output_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    for text in ("bits/dim ≤", "on test (297 images, 20 terms each", "fd_digits", "digits_class_coverage"):
+        assert text in result.stdout
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    assert set(saved["metrics"]) == {"bits_per_dim", "fd_digits", "digits_class_coverage", "digits_confidence"}
+
+    missing = _cli("evaluate", str(tmp_path / "no-such-run"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"hfddpm evaluate: error: '{tmp_path / 'no-such-run'}' is neither a pipeline folder nor a Hub repository "
+        "id ('user/name'); check the path"
+    ]
