@@ -1,6 +1,6 @@
 """Training throughput: hfddpm's training iteration against stock diffusers', measured in the same run.
 
-    python benchmarks/train_speed.py                     # digits preset, batch 64, 16 px, float32
+    python benchmarks/train_speed.py                     # digits preset, batch 64, 8 px, float32
     python benchmarks/train_speed.py --mixed_precision bf16
     python benchmarks/train_speed.py --preset ddpm-cifar10-32 --resolution 32 --channels 3 --batch_size 16
 
@@ -129,7 +129,7 @@ def hfddpm_side(args, accelerator, unet):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="digits")
-    parser.add_argument("--resolution", type=int, default=16)
+    parser.add_argument("--resolution", type=int, default=8)
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))

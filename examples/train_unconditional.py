@@ -33,13 +33,15 @@ from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
 from hfddpm import UNET_PRESETS, DDIMScheduler, DDPMScheduler, HFDDPMPipeline, create_unet
+from hfddpm.evaluation import METRICS, EvaluationReport, evaluate_pipeline
 from hfddpm.training.checkpoints import CheckpointManager
-from hfddpm.training.data import ImagePreprocessing, TrainingImages, load_image_dataset, pretensorize
+from hfddpm.training.data import DIGITS, ImagePreprocessing, TrainingImages, load_image_dataset, pretensorize
 from hfddpm.training.loop import TrainingRandomness, averaged_copy, replica_checksum, training_step
-from hfddpm.training.losses import DiffusionLoss
+from hfddpm.training.losses import DiffusionLoss, LossType
+from hfddpm.training.timestep_sampling import TimestepSampling, create_timestep_sampler
 from hfddpm.training.tracking import JSONLinesTracker
 
-DEFAULT_MAX_TRAIN_STEPS = 3000
+DEFAULT_MAX_TRAIN_STEPS = 2000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--split", default="train", help="dataset split to train on")
     data.add_argument("--image_column", help="column holding the images (default: the first image column)")
     data.add_argument("--cache_dir", help="where datasets caches downloads and preprocessed images")
-    data.add_argument("--resolution", type=int, default=16, help="square training resolution in pixels")
+    data.add_argument("--resolution", type=int, default=8, help="square training resolution in pixels")
     data.add_argument("--channels", type=int, choices=(1, 3), help="1 grayscale, 3 RGB (default: the first image's)")
     data.add_argument("--random_crop", action="store_true", help="crop at random instead of at the centre")
     data.add_argument("--random_flip", action="store_true", help="flip horizontally with probability 1/2")
@@ -70,7 +72,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("fixed_small", "fixed_large", "learned", "learned_range"),
         help="reverse variance; the learned ones train with the hybrid loss L_simple + λ L_vlb",
     )
+    model.add_argument(
+        "--loss_type",
+        choices=[choice.value for choice in LossType],
+        help="simple: L_simple; hybrid: L_simple + λ L_vlb (learned variance); vlb: the bound alone "
+        "(default: hybrid for a learned variance, simple otherwise)",
+    )
     model.add_argument("--vlb_weight", type=float, default=1e-3, help="λ of the hybrid loss (learned variance)")
+    model.add_argument(
+        "--timestep_sampling",
+        default="uniform",
+        choices=[choice.value for choice in TimestepSampling],
+        help="how t is drawn; loss_second_moment is Improved DDPM's importance sampling, for --loss_type vlb",
+    )
     model.add_argument("--snr_gamma", type=float, help="min-SNR-γ loss weighting (Hang et al. 2023 use 5)")
 
     train = parser.add_argument_group("training")
@@ -117,18 +131,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     output.add_argument("--num_inference_steps", type=int, default=50, help="steps of the sample grids")
     output.add_argument("--logging_steps", type=int, default=10)
     output.add_argument("--report_to", default="tensorboard", choices=("tensorboard", "none"), help="besides jsonl")
+    output.add_argument(
+        "--eval_every", type=int, help="every N steps and at the end, measure --eval_metrics and log them"
+    )
+    output.add_argument(
+        "--eval_metrics",
+        nargs="+",
+        choices=list(METRICS),
+        help="default: fd_digits and digits_scores (offline) for the built-in digits; fid and fd_dinov2 need weights",
+    )
+    output.add_argument("--eval_num_samples", type=int, default=256, help="samples drawn for each evaluation")
     args = parser.parse_args(argv)
 
     if args.num_epochs is None and args.max_train_steps is None:
         args.max_train_steps = DEFAULT_MAX_TRAIN_STEPS
     positive = ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps")
     positive += ("logging_steps", "num_sample_images", "num_inference_steps", "num_epochs", "max_train_steps")
-    positive += ("cpu_threads",)
+    positive += ("cpu_threads", "eval_every", "eval_num_samples")
     for name in positive:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise SystemExit(f"error: --{name} must be at least 1, got {value}")
+    if args.eval_every and not args.eval_metrics:
+        if dataset_source(args) != DIGITS:
+            raise SystemExit(
+                "error: --eval_every needs --eval_metrics for datasets other than the built-in digits "
+                "(fid, fd_dinov2 or bits_per_dim)"
+            )
+        args.eval_metrics = ["fd_digits", "digits_scores"]
     return args
+
+
+def dataset_source(args: argparse.Namespace) -> str:
+    """The training data as `hfddpm.evaluate` names it: an image folder, a dataset name, or the built-in digits."""
+    return args.train_data_dir or args.dataset_name or DIGITS
 
 
 def prepare_output_dir(args: argparse.Namespace) -> Path:
@@ -188,6 +224,25 @@ def save_sample_grid(args, pipeline, path: Path, accelerator, step: int) -> None
         accelerator.get_tracker("tensorboard").writer.add_image("samples", array, step, dataformats="HWC")
 
 
+def evaluate_during_training(args, pipeline, accelerator) -> EvaluationReport:
+    """--eval_metrics of the current EMA pipeline against the training split (bits/dim: 100 terms per image)."""
+    report = evaluate_pipeline(
+        pipeline,
+        dataset_source(args),
+        args.eval_metrics,
+        split=args.split,
+        reference_split=args.split,
+        image_column=args.image_column,
+        num_timesteps=100,
+        num_samples=args.eval_num_samples,
+        num_inference_steps=args.num_inference_steps,
+        device=accelerator.device,
+        seed=args.seed,
+        progress_bar=False,
+    )
+    return report
+
+
 def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
     """Save to a temporary folder, then move each part into place, so a kill leaves a loadable part or the old."""
     staging = output_dir / ".pipeline.partial"
@@ -208,6 +263,17 @@ def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
 
 def main(args: argparse.Namespace) -> None:
     output_dir = prepare_output_dir(args)
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=args.num_train_timesteps,
+        beta_schedule=args.beta_schedule,
+        prediction_type=args.prediction_type,
+        reverse_variance=args.variance_type,
+    )
+    try:
+        loss_fn = DiffusionLoss(noise_scheduler, args.loss_type, snr_gamma=args.snr_gamma, vlb_weight=args.vlb_weight)
+    except ValueError as error:  # the loss's reverse_variance is this script's --variance_type
+        raise SystemExit(f"error: {str(error).replace('reverse_variance', '--variance_type')}") from None
+    timestep_sampler = create_timestep_sampler(args.timestep_sampling, args.num_train_timesteps)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -240,17 +306,10 @@ def main(args: argparse.Namespace) -> None:
         images, batch_size=args.train_batch_size, shuffle=True, num_workers=args.dataloader_num_workers
     )
 
-    # Model, noise schedule, objective.
+    # Model and optimizer.
     unet = build_unet(args, channels)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=args.num_train_timesteps,
-        beta_schedule=args.beta_schedule,
-        prediction_type=args.prediction_type,
-        reverse_variance=args.variance_type,
-    )
-    loss_fn = DiffusionLoss(noise_scheduler, snr_gamma=args.snr_gamma, vlb_weight=args.vlb_weight)
     optimizer = torch.optim.AdamW(
         unet.parameters(),
         lr=args.learning_rate,
@@ -283,6 +342,9 @@ def main(args: argparse.Namespace) -> None:
     randomness = TrainingRandomness(args.seed, accelerator.process_index, accelerator.device)
     checkpoints = CheckpointManager(output_dir / "checkpoints", args.checkpoints_total_limit)
     saved_objects = {"lr_scheduler": lr_scheduler, **({"ema": ema} if ema is not None else {})}
+    learns_timesteps = args.timestep_sampling != TimestepSampling.UNIFORM
+    if learns_timesteps:
+        saved_objects["timestep_sampler"] = timestep_sampler
 
     global_step, first_epoch, batches_done = 0, 0, 0
     if args.resume_from_checkpoint:
@@ -310,12 +372,14 @@ def main(args: argparse.Namespace) -> None:
         for batch in batches:
             batches_done += 1
             with accelerator.accumulate(unet):
-                output = training_step(unet, noise_scheduler, loss_fn, batch, randomness)
+                output = training_step(unet, noise_scheduler, loss_fn, batch, randomness, timestep_sampler)
                 accelerator.backward(output.loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+            if learns_timesteps:  # every replica learns from every process's losses, so all draw alike
+                timestep_sampler.update(accelerator.gather(output.timesteps), accelerator.gather(output.per_sample))
             running_loss += output.loss.detach()
             running_count += 1
             if not accelerator.sync_gradients:
@@ -338,6 +402,8 @@ def main(args: argparse.Namespace) -> None:
                 if ema is not None:
                     logs["ema_decay"] = ema.cur_decay_value or 0.0
                 logs["skipped_steps"] = skipped_steps
+                if learns_timesteps:
+                    logs["timestep_sampler_warm"] = int(timestep_sampler.warmed_up())
                 images_seen = running_count * args.train_batch_size * accelerator.num_processes
                 logs["images_per_second"] = images_seen / (time.perf_counter() - start)
                 accelerator.log(logs, step=global_step)
@@ -354,6 +420,11 @@ def main(args: argparse.Namespace) -> None:
                 save_sample_grid(
                     args, pipeline, output_dir / "samples" / f"step_{global_step:07d}.png", accelerator, global_step
                 )
+            if accelerator.is_main_process and args.eval_every and global_step % args.eval_every == 0:
+                report = evaluate_during_training(
+                    args, inference_pipeline(args, unet, ema, noise_scheduler, accelerator), accelerator
+                )
+                accelerator.log({f"eval/{name}": value for name, value in report.metrics.items()}, step=global_step)
             if accelerator.is_main_process and args.save_model_steps and global_step % args.save_model_steps == 0:
                 save_pipeline(inference_pipeline(args, unet, ema, noise_scheduler, accelerator), output_dir)
             if global_step >= max_train_steps:
@@ -373,6 +444,10 @@ def main(args: argparse.Namespace) -> None:
         pipeline = inference_pipeline(args, unet, ema, noise_scheduler, accelerator)
         save_pipeline(pipeline, output_dir)
         save_sample_grid(args, pipeline, output_dir / "samples" / "final.png", accelerator, global_step)
+        if args.eval_every:
+            report = evaluate_during_training(args, pipeline, accelerator)
+            (output_dir / "evaluation.json").write_text(report.to_json())
+            accelerator.log({f"eval/{name}": value for name, value in report.metrics.items()}, step=global_step)
         accelerator.print(
             f"Saved the pipeline to {output_dir} and its samples to {output_dir / 'samples' / 'final.png'}"
         )

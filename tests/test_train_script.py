@@ -1,7 +1,9 @@
 """examples/train_unconditional.py run as a user runs it, in subprocesses, on the built-in digits."""
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,10 +62,10 @@ def test_run_writes_a_loadable_pipeline_samples_and_logs(tmp_path):
 
     pipe = HFDDPMPipeline.from_pretrained(run)
     assert type(pipe.scheduler) is DDIMScheduler and pipe.scheduler.config.timestep_spacing == "trailing"
-    assert pipe.unet.config.in_channels == 1 and pipe.unet.config.sample_size == 16
+    assert pipe.unet.config.in_channels == 1 and pipe.unet.config.sample_size == 8
     pipe.set_progress_bar_config(disable=True)
     image = pipe(generator=torch.manual_seed(0), num_inference_steps=5).images[0]
-    assert image.size == (16, 16) and image.mode == "L"
+    assert image.size == (8, 8) and image.mode == "L"
 
 
 def test_killed_run_resumes_exactly(tmp_path):
@@ -110,12 +112,62 @@ def test_two_processes_on_cpu_keep_identical_replicas(tmp_path):
     assert json.loads((tmp_path / "ddp" / "training_args.json").read_text())["train_batch_size"] == 16
 
 
-def test_learned_variance_trains_with_the_hybrid_loss(tmp_path):
-    train(tmp_path / "hybrid", "--max_train_steps", "15", "--variance_type", "learned_range")
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_learned_variance_trains_with_the_hybrid_loss(tmp_path, precision):
+    train(
+        tmp_path / "hybrid",
+        "--max_train_steps",
+        "15",
+        "--variance_type",
+        "learned_range",
+        "--mixed_precision",
+        precision,
+    )
     log = read_jsonl_log(tmp_path / "hybrid" / "logs" / "train.jsonl")
-    assert all(0 < log[s]["vlb_bits_per_dim"] < 100 for s in range(1, 16))
+    assert all(0 < log[s]["vlb_bits_per_dim"] < 100 and math.isfinite(log[s]["loss"]) for s in range(1, 16))
     pipe = HFDDPMPipeline.from_pretrained(tmp_path / "hybrid")
     assert pipe.unet.config.out_channels == 2 and pipe.scheduler.config.reverse_variance == "learned_range"
+    assert all(torch.isfinite(w).all() for w in weights(tmp_path / "hybrid").values())
+
+
+def test_the_bound_with_importance_sampling_trains_and_resumes_exactly(tmp_path):
+    # Pure L_vlb with p_t ∝ √E[L_t²]: the sampler's loss history is part of the checkpoint, so a run resumed from
+    # checkpoint-30 ends with the weights of the uninterrupted run. T = 20 lets the warm-up (10 losses per t) end.
+    args = ["--max_train_steps", "40", "--checkpointing_steps", "30", "--num_train_timesteps", "20"]
+    args += ["--loss_type", "vlb", "--timestep_sampling", "loss_second_moment", "--variance_type", "learned_range"]
+    train(tmp_path / "whole", *args)
+    log = read_jsonl_log(tmp_path / "whole" / "logs" / "train.jsonl")
+    assert log[40]["timestep_sampler_warm"] == 1 and math.isfinite(log[40]["loss"])
+    checkpoint = tmp_path / "whole" / "checkpoints" / "checkpoint-30"
+    assert (checkpoint / "timestep_sampler.safetensors").is_file()
+
+    shutil.copytree(checkpoint, tmp_path / "resumed" / "checkpoints" / "checkpoint-30")
+    train(tmp_path / "resumed", *args, "--resume_from_checkpoint", "latest")
+    whole, resumed = weights(tmp_path / "whole"), weights(tmp_path / "resumed")
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+
+
+def test_offline_metrics_are_logged_during_training_and_saved_at_the_end(tmp_path):
+    train(
+        tmp_path / "run",
+        *("--max_train_steps", "20", "--eval_every", "10", "--eval_num_samples", "16"),
+        env={"HFDDPM_CACHE": str(tmp_path / "cache")},
+    )
+    log = read_jsonl_log(tmp_path / "run" / "logs" / "train.jsonl")
+    assert all(log[step]["eval/fd_digits"] > 0 and "eval/digits_confidence" in log[step] for step in (10, 20))
+    report = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert report["metrics"]["fd_digits"] == log[20]["eval/fd_digits"]
+    assert report["details"]["samples"]["num_samples"] == 16
+
+    result = train(tmp_path / "folder", "--train_data_dir", str(tmp_path), "--eval_every", "5", check=False)
+    assert result.returncode != 0 and "--eval_every needs --eval_metrics for datasets other than" in result.stderr
+
+
+def test_loss_type_that_cannot_train_the_variance_is_refused(tmp_path):
+    result = train(tmp_path / "run", "--loss_type", "hybrid", check=False)
+    assert result.returncode != 0
+    assert "error: loss_type 'hybrid' needs a learned variance" in result.stderr
+    assert "--variance_type" in result.stderr and not (tmp_path / "run").exists()
 
 
 def test_v_prediction_cosine_min_snr_and_gradient_checkpointing(tmp_path):

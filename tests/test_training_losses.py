@@ -91,11 +91,28 @@ def test_discretized_decoder_is_a_distribution_over_256_levels():
         np.testing.assert_allclose(log_p[1:-1][big].exp().numpy(), mass[big].numpy(), rtol=1e-6)
 
 
-def test_vlb_terms_vanish_for_the_true_posterior():
-    # With ε̂ = ε (so x̂_0 = x_0 and μ_θ = μ̃) and v = −1 (σ² = β̃), p_θ(x_{t−1}|x_t) is q(x_{t−1}|x_t, x_0): KL = 0.
-    scheduler = DDPMScheduler(reverse_variance="learned_range")
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("choice", ["fixed_small", "fixed_large", "learned", "learned_range"])
+def test_vlb_terms_with_the_exact_prediction_are_the_variance_mismatch_alone(prediction_type, choice):
+    # With the exact ε, x_0 or v, μ_θ = μ̃ and L_{t−1} = KL(N(μ̃, β̃) ‖ N(μ̃, σ²)) = ½ (log σ²/β̃ + β̃/σ² − 1): zero for
+    # σ² = β̃ (fixed_small; learned with log β̃; learned_range with v = −1), the closed form for σ² = β.
+    scheduler = DDPMScheduler(reverse_variance=choice, prediction_type=prediction_type)
     x0, noise, t, x_t = batch(scheduler)
-    output = torch.cat([noise, -torch.ones_like(noise)], dim=1)
-    terms = vlb_terms(scheduler, output.double(), x0.double(), x_t.double(), t)
-    assert terms[1:].abs().max().item() < 1e-6
+    x0, noise, x_t = x0.double(), noise.double(), x_t.double()
+    output = scheduler.training_target(x0, noise, t)
+    t1 = t[1:]
+    small = scheduler.reverse_log_variance(t1, t1 - 1, reverse_variance="fixed_small").double()
+    if choice == "learned":
+        variance = torch.cat([torch.zeros(1), small.float()]).reshape(-1, 1, 1, 1).expand_as(x0).double()
+        output = torch.cat([output, variance], dim=1)
+    elif choice == "learned_range":
+        output = torch.cat([output, -torch.ones_like(output)], dim=1)
+    terms = vlb_terms(scheduler, output, x0, x_t, t)
+    if choice == "fixed_large":
+        log_ratio = scheduler.reverse_log_variance(t1, t1 - 1, reverse_variance="fixed_large").double() - small
+        expected = 0.5 * (log_ratio + torch.exp(-log_ratio) - 1) / math.log(2)
+        torch.testing.assert_close(terms[1:], expected, rtol=1e-5, atol=1e-9)
+        assert (expected > 0).all()
+    else:
+        assert terms[1:].abs().max().item() < 1e-6
     assert terms[0].item() > 0  # t = 0 is the decoder's NLL, positive

@@ -6,6 +6,7 @@ import torch
 from diffusers.training_utils import EMAModel
 
 from .losses import DiffusionLoss, LossOutput
+from .timestep_sampling import UniformTimestepSampler
 
 
 class TrainingRandomness:
@@ -34,22 +35,23 @@ def training_step(
     loss_fn: DiffusionLoss,
     clean_images: torch.Tensor,
     randomness: TrainingRandomness,
+    timestep_sampler: UniformTimestepSampler | None = None,
 ) -> LossOutput:
-    """The loss of one batch: draw t ~ U{0, …, T−1} and ε ~ N(0, I), form x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, predict.
+    """The loss of one batch: draw t (uniformly unless `timestep_sampler` says otherwise) and ε ~ N(0, I), form
+    x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, predict, and weight each sample's loss by the sampler's importance weight.
 
     x_t and the loss target are computed in float32 whatever the mixed precision (in float16 √(1 − ᾱ_t) rounds to
     0 at the first timesteps); only the network runs under autocast. No backward pass here.
     """
     clean_images = clean_images.float()
     generator = randomness.generator
-    num_timesteps = scheduler.config.num_train_timesteps
-    timesteps = torch.randint(
-        0, num_timesteps, (clean_images.shape[0],), generator=generator, device=generator.device
-    ).to(clean_images.device)
+    sampler = timestep_sampler or UniformTimestepSampler(scheduler.config.num_train_timesteps)
+    timesteps, importance_weights = sampler.sample(clean_images.shape[0], generator)
+    timesteps, importance_weights = timesteps.to(clean_images.device), importance_weights.to(clean_images.device)
     noise = torch.randn(clean_images.shape, generator=generator, device=generator.device).to(clean_images.device)
     noisy_images = scheduler.add_noise(clean_images, noise, timesteps)
     model_output = model(noisy_images, timesteps).sample
-    return loss_fn(model_output, clean_images, noise, timesteps, noisy_images)
+    return loss_fn(model_output, clean_images, noise, timesteps, noisy_images, importance_weights)
 
 
 def averaged_copy(model, ema: EMAModel):

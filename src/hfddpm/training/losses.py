@@ -1,8 +1,9 @@
-"""The training objective: L_simple, min-SNR-γ weighting, and the hybrid loss of a learned variance."""
+"""The training objective: L_simple, min-SNR-γ weighting, the hybrid loss of a learned variance, and the bound."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
@@ -10,11 +11,28 @@ from ..evaluation.likelihood import mean_over_pixels, vlb_terms
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
 
 
+class LossType(str, Enum):
+    """What the network minimises (Nichol & Dhariwal 2021, §3.1 and §3.3).
+
+    - ``simple``: L_simple = ‖target − prediction‖² (Ho et al. 2020, eq. 14), for a fixed reverse variance.
+    - ``hybrid``: L_simple + λ L_vlb with the mean's gradient stopped in L_vlb, so that the bound trains the
+      variance only; for a learned variance.
+    - ``vlb``: the bound L_vlb = Σ_t L_t alone, training mean and variance; best with importance sampling of t
+      (`TimestepSampling.LOSS_SECOND_MOMENT`), whose uniform estimate is too noisy.
+    """
+
+    SIMPLE = "simple"
+    HYBRID = "hybrid"
+    VLB = "vlb"
+
+
 @dataclass
 class LossOutput:
-    loss: torch.Tensor  # the scalar to minimise
+    loss: torch.Tensor  # the scalar to minimise: the per-sample losses, importance-weighted, averaged
+    per_sample: torch.Tensor  # each sample's unweighted loss (what a loss-aware timestep sampler learns from)
     mse: torch.Tensor  # per-sample mean squared error of the prediction (unweighted)
-    vlb: torch.Tensor | None  # per-sample term of the bound, bits/dim, when the variance is learned
+    vlb: torch.Tensor | None  # per-sample term L_t of the bound, bits/dim, when the loss uses it
+    timesteps: torch.Tensor  # each sample's t
 
 
 class DiffusionLoss:
@@ -24,18 +42,40 @@ class DiffusionLoss:
       as the scheduler's `prediction_type` says (`GaussianDiffusionMixin.training_target`).
     - With `snr_gamma`, the min-SNR-γ weight of Hang et al. (2023, eq. 9): min(SNR_t, γ)/SNR_t for ε,
       min(SNR_t, γ)/(SNR_t + 1) for v and min(SNR_t, γ) for x_0.
-    - When the scheduler's `reverse_variance` is learned, the hybrid loss of Nichol & Dhariwal (2021, §3.1):
-      L_simple + λ L_vlb with λ = `vlb_weight` (0.001), the gradient of the mean stopped in L_vlb so that it trains
-      the variance only. L_vlb = Σ_t L_t is estimated from the sample's uniformly drawn t as T · L_t.
+    - ``hybrid``: L_simple + λ L_vlb with λ = `vlb_weight` (0.001) on the whole bound, the mean's gradient stopped
+      in L_vlb. L_vlb = Σ_t L_t is estimated from the sample's t as T · L_t (λ · L_t alone would make the variance
+      term T times too weak).
+    - ``vlb``: T · L_t, the same estimate of the bound, with gradients to mean and variance.
+
+    `loss_type` defaults to ``hybrid`` when the scheduler's `reverse_variance` is learned and ``simple`` otherwise.
     """
 
-    def __init__(self, scheduler, snr_gamma: float | None = None, vlb_weight: float = 1e-3):
+    def __init__(
+        self, scheduler, loss_type: str | None = None, snr_gamma: float | None = None, vlb_weight: float = 1e-3
+    ):
+        learned_variance = scheduler.config.reverse_variance in LEARNED_VARIANCES
+        if loss_type is None:
+            loss_type = LossType.HYBRID if learned_variance else LossType.SIMPLE
+        if loss_type not in [choice.value for choice in LossType]:
+            raise ValueError(f"loss_type must be one of {[choice.value for choice in LossType]}, got {loss_type!r}")
+        loss_type = LossType(loss_type)
+        if loss_type == LossType.SIMPLE and learned_variance:
+            raise ValueError(
+                "loss_type 'simple' trains no variance: use 'hybrid' or 'vlb' with a learned reverse_variance"
+            )
+        if loss_type == LossType.HYBRID and not learned_variance:
+            raise ValueError(
+                "loss_type 'hybrid' needs a learned variance (its bound term trains only the variance): set "
+                "reverse_variance to 'learned_range' or 'learned', or use loss_type 'simple'"
+            )
         if snr_gamma is not None and snr_gamma <= 0:
             raise ValueError(f"snr_gamma must be positive (5 is the paper's choice), got {snr_gamma}")
+        if snr_gamma is not None and loss_type == LossType.VLB:
+            raise ValueError("snr_gamma weights the MSE term, which loss_type 'vlb' does not have; drop one of them")
         self.scheduler = scheduler
+        self.loss_type = loss_type
         self.snr_gamma = snr_gamma
         self.vlb_weight = vlb_weight
-        self.learned_variance = scheduler.config.reverse_variance in LEARNED_VARIANCES
 
     def __call__(
         self,
@@ -44,18 +84,31 @@ class DiffusionLoss:
         noise: torch.Tensor,
         timesteps: torch.Tensor,
         noisy_samples: torch.Tensor,
+        importance_weights: torch.Tensor | None = None,
     ) -> LossOutput:
         model_output = model_output.float()
         prediction, model_variance = self.scheduler.split_model_output(model_output, noisy_samples)
         target = self.scheduler.training_target(original_samples, noise, timesteps)
         mse = mean_over_pixels((prediction - target) ** 2)
-        loss = mse * self.snr_weight(timesteps).to(mse) if self.snr_gamma is not None else mse
+        num_timesteps = self.scheduler.config.num_train_timesteps
         vlb = None
-        if self.learned_variance:
-            frozen_mean = torch.cat([prediction.detach(), model_variance], dim=1)
-            vlb = vlb_terms(self.scheduler, frozen_mean, original_samples, noisy_samples, timesteps)
-            loss = loss + self.vlb_weight * self.scheduler.config.num_train_timesteps * vlb
-        return LossOutput(loss=loss.mean(), mse=mse.detach(), vlb=None if vlb is None else vlb.detach())
+        if self.loss_type == LossType.VLB:
+            vlb = vlb_terms(self.scheduler, model_output, original_samples, noisy_samples, timesteps)
+            per_sample = num_timesteps * vlb
+        else:
+            per_sample = mse * self.snr_weight(timesteps).to(mse) if self.snr_gamma is not None else mse
+            if self.loss_type == LossType.HYBRID:
+                frozen_mean = torch.cat([prediction.detach(), model_variance], dim=1)
+                vlb = vlb_terms(self.scheduler, frozen_mean, original_samples, noisy_samples, timesteps)
+                per_sample = per_sample + self.vlb_weight * num_timesteps * vlb
+        weighted = per_sample if importance_weights is None else per_sample * importance_weights.to(per_sample)
+        return LossOutput(
+            loss=weighted.mean(),
+            per_sample=per_sample.detach(),
+            mse=mse.detach(),
+            vlb=None if vlb is None else vlb.detach(),
+            timesteps=timesteps,
+        )
 
     def snr_weight(self, timesteps: torch.Tensor) -> torch.Tensor:
         snr = self.scheduler.snr(timesteps)

@@ -1,0 +1,103 @@
+"""How the training timestep t is drawn: uniformly, or by importance sampling of the bound's terms.
+
+A sampler returns timesteps and importance weights w_t = 1/(T p_t), so that E_{t~p}[w_t ℓ_t] = (1/T) Σ_t ℓ_t
+whatever p is: the weighted loss estimates the same objective as uniform sampling, with another variance.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+
+
+class TimestepSampling(str, Enum):
+    """- ``uniform``: t ~ U{0, …, T−1} (Ho et al. 2020, Algorithm 1).
+    - ``loss_second_moment``: p_t ∝ √E[ℓ_t²] over the last 10 losses seen at each t, uniform until every t has 10
+      (Nichol & Dhariwal 2021, §3.3, eq. 18): it makes pure L_vlb training stable.
+    """
+
+    UNIFORM = "uniform"
+    LOSS_SECOND_MOMENT = "loss_second_moment"
+
+
+class UniformTimestepSampler:
+    """t ~ U{0, …, T−1}, every importance weight 1."""
+
+    def __init__(self, num_timesteps: int):
+        self.num_timesteps = num_timesteps
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        timesteps = torch.randint(0, self.num_timesteps, (batch_size,), generator=generator, device=generator.device)
+        return timesteps, torch.ones(batch_size, device=generator.device)
+
+    def update(self, timesteps: torch.Tensor, losses: torch.Tensor) -> None:
+        """Uniform sampling learns nothing from the losses."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class LossSecondMomentSampler(UniformTimestepSampler):
+    """Importance sampling p_t ∝ √E[ℓ_t²] (Nichol & Dhariwal 2021, §3.3, eq. 18; improved-diffusion's
+    `LossSecondMomentResampler`).
+
+    Each t keeps its last `history_per_term` losses; until every t has that many, t is drawn uniformly (the
+    warm-up). Afterwards p_t = (1 − u) √mean(ℓ_t²)/Σ + u/T, the uniform share u keeping every weight finite.
+    Call `update` with the losses of every process (gathered) so that data-parallel replicas stay identical.
+    """
+
+    def __init__(self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001):
+        super().__init__(num_timesteps)
+        self.history_per_term = history_per_term
+        self.uniform_prob = uniform_prob
+        self.history = torch.zeros(num_timesteps, history_per_term, dtype=torch.float64)
+        self.counts = torch.zeros(num_timesteps, dtype=torch.long)
+
+    def warmed_up(self) -> bool:
+        return bool((self.counts == self.history_per_term).all())
+
+    def probabilities(self) -> torch.Tensor:
+        """p_t, float64 on the CPU; uniform during the warm-up."""
+        if not self.warmed_up():
+            return torch.full((self.num_timesteps,), 1.0 / self.num_timesteps, dtype=torch.float64)
+        weights = self.history.pow(2).mean(dim=1).sqrt()
+        return weights / weights.sum() * (1 - self.uniform_prob) + self.uniform_prob / self.num_timesteps
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.warmed_up():
+            return super().sample(batch_size, generator)
+        probabilities = self.probabilities()
+        timesteps = torch.multinomial(probabilities.to(generator.device), batch_size, True, generator=generator)
+        weights = 1.0 / (self.num_timesteps * probabilities.to(generator.device)[timesteps])
+        return timesteps, weights.float()
+
+    def update(self, timesteps: torch.Tensor, losses: torch.Tensor) -> None:
+        """Append each loss to its timestep's history, dropping the oldest when full."""
+        for t, loss in zip(timesteps.tolist(), losses.detach().double().cpu().tolist(), strict=True):
+            if self.counts[t] == self.history_per_term:
+                self.history[t, :-1] = self.history[t, 1:].clone()
+                self.history[t, -1] = loss
+            else:
+                self.history[t, self.counts[t]] = loss
+                self.counts[t] += 1
+
+    def state_dict(self) -> dict:
+        return {"history": self.history.clone(), "counts": self.counts.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = state["history"].to(torch.float64).clone()
+        self.counts = state["counts"].to(torch.long).clone()
+
+
+def create_timestep_sampler(sampling: str, num_timesteps: int) -> UniformTimestepSampler:
+    """The sampler a `TimestepSampling` name stands for."""
+    choices = [choice.value for choice in TimestepSampling]
+    if sampling not in choices:
+        raise ValueError(f"timestep sampling must be one of {choices}, got {sampling!r}")
+    if TimestepSampling(sampling) == TimestepSampling.UNIFORM:
+        return UniformTimestepSampler(num_timesteps)
+    return LossSecondMomentSampler(num_timesteps)
