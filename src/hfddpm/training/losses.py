@@ -7,7 +7,7 @@ from enum import Enum
 
 import torch
 
-from ..evaluation.likelihood import mean_over_pixels, vlb_terms
+from ..evaluation.likelihood import Decoder, mean_over_pixels, vlb_terms
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
 
 
@@ -47,11 +47,17 @@ class DiffusionLoss:
       term T times too weak).
     - ``vlb``: T · L_t, the same estimate of the bound, with gradients to mean and variance.
 
-    `loss_type` defaults to ``hybrid`` when the scheduler's `reverse_variance` is learned and ``simple`` otherwise.
+    `loss_type` defaults to ``hybrid`` when the scheduler's `reverse_variance` is learned and ``simple`` otherwise;
+    `decoder` is the bound's L_0 (`Decoder`): discretised for 8-bit images, continuous for data with a density.
     """
 
     def __init__(
-        self, scheduler, loss_type: str | None = None, snr_gamma: float | None = None, vlb_weight: float = 1e-3
+        self,
+        scheduler,
+        loss_type: str | None = None,
+        snr_gamma: float | None = None,
+        vlb_weight: float = 1e-3,
+        decoder: str = Decoder.DISCRETIZED,
     ):
         learned_variance = scheduler.config.reverse_variance in LEARNED_VARIANCES
         if loss_type is None:
@@ -76,6 +82,7 @@ class DiffusionLoss:
         self.loss_type = loss_type
         self.snr_gamma = snr_gamma
         self.vlb_weight = vlb_weight
+        self.decoder = Decoder(decoder)
 
     def __call__(
         self,
@@ -93,13 +100,13 @@ class DiffusionLoss:
         num_timesteps = self.scheduler.config.num_train_timesteps
         vlb = None
         if self.loss_type == LossType.VLB:
-            vlb = vlb_terms(self.scheduler, model_output, original_samples, noisy_samples, timesteps)
+            vlb = vlb_terms(self.scheduler, model_output, original_samples, noisy_samples, timesteps, self.decoder)
             per_sample = num_timesteps * vlb
         else:
             per_sample = mse * self.snr_weight(timesteps).to(mse) if self.snr_gamma is not None else mse
             if self.loss_type == LossType.HYBRID:
                 frozen_mean = torch.cat([prediction.detach(), model_variance], dim=1)
-                vlb = vlb_terms(self.scheduler, frozen_mean, original_samples, noisy_samples, timesteps)
+                vlb = vlb_terms(self.scheduler, frozen_mean, original_samples, noisy_samples, timesteps, self.decoder)
                 per_sample = per_sample + self.vlb_weight * num_timesteps * vlb
         weighted = per_sample if importance_weights is None else per_sample * importance_weights.to(per_sample)
         return LossOutput(

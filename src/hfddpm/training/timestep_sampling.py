@@ -77,13 +77,14 @@ class LossSecondMomentSampler(UniformTimestepSampler):
 
     def update(self, timesteps: torch.Tensor, losses: torch.Tensor) -> None:
         """Append each loss to its timestep's history, dropping the oldest when full."""
+        history, counts = self.history.numpy(), self.counts.numpy()  # views: numpy's scalar indexing is ~10× faster
         for t, loss in zip(timesteps.tolist(), losses.detach().double().cpu().tolist(), strict=True):
-            if self.counts[t] == self.history_per_term:
-                self.history[t, :-1] = self.history[t, 1:].clone()
-                self.history[t, -1] = loss
+            if counts[t] == self.history_per_term:
+                history[t, :-1] = history[t, 1:]  # numpy copies overlapping slices safely
+                history[t, -1] = loss
             else:
-                self.history[t, self.counts[t]] = loss
-                self.counts[t] += 1
+                history[t, counts[t]] = loss
+                counts[t] += 1
 
     def state_dict(self) -> dict:
         return {"history": self.history.clone(), "counts": self.counts.clone()}
