@@ -15,31 +15,35 @@ import argparse
 import json
 import math
 import os
+import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
+import accelerate
+import diffusers
 import numpy as np
-import PIL.Image
-import PIL.ImageOps
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers import UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
+import hfddpm
 from hfddpm import UNET_PRESETS, DDIMScheduler, DDPMScheduler, HFDDPMPipeline, create_unet
 from hfddpm.evaluation import METRICS, EvaluationReport, evaluate_pipeline
+from hfddpm.hub import HubError, check_repo_id, export_for_hub, push_to_hub, resolve_token
+from hfddpm.model_cards import model_card
 from hfddpm.training.checkpoints import CheckpointManager
 from hfddpm.training.data import DIGITS, ImagePreprocessing, TrainingImages, load_image_dataset, pretensorize
 from hfddpm.training.loop import TrainingRandomness, averaged_copy, replica_checksum, training_step
 from hfddpm.training.losses import DiffusionLoss, LossType
 from hfddpm.training.timestep_sampling import TimestepSampling, create_timestep_sampler
 from hfddpm.training.tracking import JSONLinesTracker
+from hfddpm.visualize import sample_grid
 
 DEFAULT_MAX_TRAIN_STEPS = 2000
 
@@ -141,6 +145,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="default: fd_digits and digits_scores (offline) for the built-in digits; fid and fd_dinov2 need weights",
     )
     output.add_argument("--eval_num_samples", type=int, default=256, help="samples drawn for each evaluation")
+    hub = parser.add_argument_group("Hugging Face Hub")
+    hub.add_argument("--push_to_hub", action="store_true", help="publish the final pipeline and its model card")
+    hub.add_argument("--hub_model_id", help="'user/name' of the repository (default: the output folder's name)")
+    hub.add_argument("--hub_token", help="token to push with (default: $HF_TOKEN or the saved login)")
+    hub.add_argument("--hub_private_repo", action="store_true", help="create the repository private")
+    hub.add_argument("--hub_revision", help="branch to push to (created if needed; default main)")
+    hub.add_argument(
+        "--hub_push_intermediate", action="store_true", help="push every --save_model_steps save, in the background"
+    )
+    hub.add_argument(
+        "--hub_include_training_state", action="store_true", help="also push checkpoints/ (optimizer states)"
+    )
+    hub.add_argument(
+        "--hub_dry_run", action="store_true", help="write the folder that would be pushed to output_dir/hub-export"
+    )
     args = parser.parse_args(argv)
 
     if args.num_epochs is None and args.max_train_steps is None:
@@ -152,6 +171,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise SystemExit(f"error: --{name} must be at least 1, got {value}")
+    if args.push_to_hub or args.hub_dry_run:
+        args.hub_model_id = args.hub_model_id or Path(args.output_dir).resolve().name
+        try:
+            check_repo_id(args.hub_model_id)
+            if args.push_to_hub and not args.hub_dry_run:
+                resolve_token(args.hub_token, args.output_dir)  # fail now, not after hours of training
+        except (ValueError, HubError) as error:
+            raise SystemExit(f"error: {error}") from None
+    if args.hub_push_intermediate and not (args.push_to_hub and args.save_model_steps):
+        raise SystemExit("error: --hub_push_intermediate needs --push_to_hub and --save_model_steps")
     if args.eval_every and not args.eval_metrics:
         if dataset_source(args) != DIGITS:
             raise SystemExit(
@@ -160,6 +189,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             )
         args.eval_metrics = ["fd_digits", "digits_scores"]
     return args
+
+
+def recorded_args(args: argparse.Namespace) -> dict:
+    """The arguments as the run records them (training_args.json, trackers, model card): never the token."""
+    return {key: value for key, value in vars(args).items() if key != "hub_token"}
 
 
 def dataset_source(args: argparse.Namespace) -> str:
@@ -208,15 +242,7 @@ def save_sample_grid(args, pipeline, path: Path, accelerator, step: int) -> None
         generator=torch.Generator().manual_seed(args.seed),
         num_inference_steps=args.num_inference_steps,
     ).images
-    cols = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    scale = max(1, 64 // images[0].width)
-    images = [
-        PIL.ImageOps.expand(im.resize((im.width * scale, im.height * scale), PIL.Image.NEAREST), border=scale, fill=0)
-        for im in images
-    ]
-    images += [PIL.Image.new(images[0].mode, images[0].size)] * (rows * cols - len(images))
-    grid = make_image_grid(images, rows=rows, cols=cols)
+    grid = sample_grid(images)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     if args.report_to == "tensorboard":
@@ -261,7 +287,64 @@ def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
     shutil.rmtree(staging)
 
 
-def main(args: argparse.Namespace) -> None:
+def training_info(accelerator, unet, wall_time: float, global_step: int, final_loss: float | None) -> dict:
+    """What the model card reports of the run besides its arguments: hardware, time, versions, final loss."""
+    device = accelerator.device
+    if device.type == "cuda":
+        hardware = f"{accelerator.num_processes} × {torch.cuda.get_device_name(device)}"
+    else:
+        hardware = (
+            f"CPU ({platform.machine()}, {torch.get_num_threads()} threads × {accelerator.num_processes} process(es))"
+        )
+    return {
+        "device": hardware,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "wall_time_seconds": round(wall_time, 1),
+        "global_step": global_step,
+        "final_loss": final_loss,
+        "parameters": f"{sum(p.numel() for p in accelerator.unwrap_model(unet).parameters()) / 1e6:.2f}M",
+        "versions": {
+            "hfddpm": hfddpm.__version__,
+            "diffusers": diffusers.__version__,
+            "torch": torch.__version__,
+            "accelerate": accelerate.__version__,
+        },
+    }
+
+
+def publish(args: argparse.Namespace, output_dir: Path, intermediate_pushes: list) -> int:
+    """Push (or, with --hub_dry_run, export) the finished run; 1 when a push failed, after saying why."""
+    status = 0
+    for future in intermediate_pushes:
+        try:
+            future.result()
+        except Exception as error:  # a lost intermediate push does not fail the run
+            print(f"warning: an intermediate push failed: {str(error).splitlines()[0]}", file=sys.stderr)
+    try:
+        if args.hub_dry_run:
+            export = output_dir / "hub-export"
+            files = export_for_hub(output_dir, export, args.hub_model_id, args.hub_include_training_state)
+            print(f"--hub_dry_run: the {len(files)} files a push to {args.hub_model_id} uploads are in {export}")
+        elif args.push_to_hub:
+            commit = push_to_hub(
+                output_dir,
+                args.hub_model_id,
+                token=args.hub_token,
+                private=args.hub_private_repo,
+                revision=args.hub_revision,
+                commit_message="Final pipeline",
+                include_training_state=args.hub_include_training_state,
+            )
+            print(f"Pushed {output_dir} to {args.hub_model_id}: {commit.commit_url}")
+    except HubError as error:
+        print(f"error: {error}", file=sys.stderr)
+        status = 1
+    return status
+
+
+def main(args: argparse.Namespace) -> int:
+    run_start = time.perf_counter()
     output_dir = prepare_output_dir(args)
     noise_scheduler = DDPMScheduler(
         num_train_timesteps=args.num_train_timesteps,
@@ -355,8 +438,8 @@ def main(args: argparse.Namespace) -> None:
 
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2))
-    accelerator.init_trackers("train", config={k: v for k, v in vars(args).items() if v is not None})
+        (output_dir / "training_args.json").write_text(json.dumps(recorded_args(args), indent=2))
+    accelerator.init_trackers("train", config={k: v for k, v in recorded_args(args).items() if v is not None})
     accelerator.print(
         f"{len(images)} images, {accelerator.num_processes} process(es) × batch {args.train_batch_size} × "
         f"{args.gradient_accumulation_steps} accumulation; {max_train_steps} steps"
@@ -365,6 +448,7 @@ def main(args: argparse.Namespace) -> None:
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process)
     unet.train()
     running_loss, running_count, skipped_steps, start = 0.0, 0, 0, time.perf_counter()
+    loss, intermediate_pushes = None, []
     for epoch in range(first_epoch, num_epochs):
         dataloader.set_epoch(epoch)
         images.set_epoch(epoch)
@@ -427,6 +511,18 @@ def main(args: argparse.Namespace) -> None:
                 accelerator.log({f"eval/{name}": value for name, value in report.metrics.items()}, step=global_step)
             if accelerator.is_main_process and args.save_model_steps and global_step % args.save_model_steps == 0:
                 save_pipeline(inference_pipeline(args, unet, ema, noise_scheduler, accelerator), output_dir)
+                if args.hub_push_intermediate:
+                    intermediate_pushes.append(
+                        push_to_hub(
+                            output_dir,
+                            args.hub_model_id,
+                            token=args.hub_token,
+                            private=args.hub_private_repo,
+                            revision=args.hub_revision,
+                            commit_message=f"Pipeline at step {global_step}",
+                            run_as_future=True,
+                        )
+                    )
             if global_step >= max_train_steps:
                 break
         batches_done = 0
@@ -448,11 +544,15 @@ def main(args: argparse.Namespace) -> None:
             report = evaluate_during_training(args, pipeline, accelerator)
             (output_dir / "evaluation.json").write_text(report.to_json())
             accelerator.log({f"eval/{name}": value for name, value in report.metrics.items()}, step=global_step)
+        info = training_info(accelerator, unet, time.perf_counter() - run_start, global_step, loss)
+        (output_dir / "training_info.json").write_text(json.dumps(info, indent=2))
+        model_card(output_dir, args.hub_model_id or output_dir.resolve().name).save(output_dir / "README.md")
         accelerator.print(
-            f"Saved the pipeline to {output_dir} and its samples to {output_dir / 'samples' / 'final.png'}"
+            f"Saved the pipeline and its model card to {output_dir}, samples to {output_dir / 'samples' / 'final.png'}"
         )
     accelerator.end_training()
+    return publish(args, output_dir, intermediate_pushes) if accelerator.is_main_process else 0
 
 
 if __name__ == "__main__":
-    main(parse_args(sys.argv[1:]))
+    sys.exit(main(parse_args(sys.argv[1:])))

@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from hfddpm import DDIMScheduler, HFDDPMPipeline
 from hfddpm.training.tracking import read_jsonl_log
 
+from .fake_hub import FakeHub
+
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_unconditional.py"
 FAST = [
     "--train_batch_size", "16",
@@ -161,6 +163,36 @@ def test_offline_metrics_are_logged_during_training_and_saved_at_the_end(tmp_pat
 
     result = train(tmp_path / "folder", "--train_data_dir", str(tmp_path), "--eval_every", "5", check=False)
     assert result.returncode != 0 and "--eval_every needs --eval_metrics for datasets other than" in result.stderr
+
+
+def test_run_publishes_its_pipeline_and_card_and_never_writes_the_token(tmp_path):
+    token = "hf_secretTokenForTheTrainingRun42"
+    args = ["--max_train_steps", "4", "--save_model_steps", "2", "--push_to_hub", "--hub_model_id", "user/tiny-run"]
+    with FakeHub() as hub:
+        train(tmp_path / "run", *args, "--hub_push_intermediate", env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": token})
+    commits = hub.repos["user/tiny-run"]["commits"]
+    assert [c["message"] for c in commits] == ["Pipeline at step 2", "Pipeline at step 4", "Final pipeline"]
+    published = hub.published("user/tiny-run")
+    assert "README.md" in published and "unet/diffusion_pytorch_model.safetensors" in published
+    assert not any(name.startswith(("checkpoints/", "logs/")) for name in published)
+    card = published["README.md"].decode()
+    assert "diffusers:HFDDPMPipeline" in card and "| optimizer steps | 4, batch 16" in card
+    every_file = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert all(token.encode() not in p.read_bytes() for p in every_file)  # logs, args, card, checkpoints
+    assert all(token.encode() not in content for content in published.values())
+
+    train(tmp_path / "dry", "--max_train_steps", "2", "--hub_dry_run", "--hub_model_id", "user/dry")
+    assert (tmp_path / "dry" / "hub-export" / "README.md").is_file()
+    assert HFDDPMPipeline.from_pretrained(tmp_path / "dry" / "hub-export").unet.config.sample_size == 8
+
+
+def test_push_without_a_token_or_with_a_bad_repo_id_fails_before_training(tmp_path):
+    env = {"HF_TOKEN": "", "HF_TOKEN_PATH": str(tmp_path / "no-token")}
+    result = train(tmp_path / "run", "--push_to_hub", "--hub_model_id", "user/x", env=env, check=False)
+    assert result.returncode != 0 and "error: no Hugging Face token: pass --hub_token" in result.stderr
+    result = train(tmp_path / "run", "--push_to_hub", "--hub_model_id", "user/bad id", check=False)
+    assert result.returncode != 0 and "error: 'user/bad id' is not a Hub repository id" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_loss_type_that_cannot_train_the_variance_is_refused(tmp_path):

@@ -1,0 +1,148 @@
+"""Publishing a checkpoint folder to the Hugging Face Hub: which files go, the card, and the upload itself.
+
+Only what a user of the model needs is published: `model_index.json`, each component's JSON configs and
+safetensors weights, the model card (README.md), sample and evaluation images, and the run's JSON records
+(`training_args.json`, `training_info.json`, `evaluation.json`). Optimizer states, random-generator pickles and
+any other pickle stay local unless `include_training_state` asks for the `checkpoints/` folder; a component with
+only pickle weights is refused. The token is read from the argument, `HF_TOKEN` or the login cache and never
+written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import Future
+from pathlib import Path
+
+from huggingface_hub import HfApi, constants, get_token
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from .model_cards import model_card
+
+RUN_RECORDS = ("training_args.json", "training_info.json", "evaluation.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+class HubError(RuntimeError):
+    """Publishing failed; the message says why and that the local checkpoint is untouched."""
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if the Hub accepts it as a repository id ('name' or 'user/name'), else a one-line ValueError."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ValueError(
+            f"{repo_id!r} is not a Hub repository id: use 'user/name' with letters, digits, '-', '_' and '.'"
+        ) from None
+    return repo_id
+
+
+def resolve_token(token: str | None, folder: str | os.PathLike) -> str:
+    """The token to push with: `token`, else $HF_TOKEN or the one `hf auth login` saved; none is a one-line error."""
+    token = token or get_token()
+    if not token:
+        raise HubError(
+            f"no Hugging Face token: pass --hub_token, set HF_TOKEN or run `hf auth login`; {folder} is kept as it is"
+        )
+    return token
+
+
+def files_to_publish(folder: str | os.PathLike, include_training_state: bool = False) -> list[str]:
+    """The paths (relative, '/'-separated, sorted) of the files of `folder` that a Hub repository gets."""
+    folder = Path(folder)
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{folder} holds no pipeline (no model_index.json); save or train one first")
+    components = [name for name in json.loads(index_path.read_text()) if not name.startswith("_")]
+    selected = ["model_index.json"]
+    for component in components:
+        files = sorted(p for p in (folder / component).glob("*") if p.is_file())
+        weights = [p for p in files if p.suffix in PICKLE_SUFFIXES]
+        if weights and not any(p.suffix == ".safetensors" for p in files):
+            raise HubError(
+                f"{component}/ has pickle weights only ({weights[0].name}); save it with safetensors "
+                "(save_pretrained(..., safe_serialization=True)) before publishing"
+            )
+        selected += [f"{component}/{p.name}" for p in files if p.suffix in (".json", ".safetensors")]
+    selected += [name for name in RUN_RECORDS if (folder / name).is_file()]
+    selected += [p.relative_to(folder).as_posix() for p in [*folder.glob("*.png"), *folder.glob("samples/*.png")]]
+    if include_training_state:
+        selected += [p.relative_to(folder).as_posix() for p in folder.glob("checkpoints/**/*") if p.is_file()]
+    return sorted(selected)
+
+
+def export_for_hub(
+    folder: str | os.PathLike, export_dir: str | os.PathLike, repo_id: str, include_training_state: bool = False
+) -> list[str]:
+    """Write the exact folder a push uploads: the published files and the model card (README.md).
+
+    It is assembled in a sibling `.partial` folder and renamed into place, so an interrupted export leaves no half
+    folder. Returns the files written.
+    """
+    check_repo_id(repo_id)
+    files = files_to_publish(folder, include_training_state)
+    export_dir = Path(export_dir)
+    partial = export_dir.with_name(export_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for name in files:
+        (partial / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(folder) / name, partial / name)
+    model_card(folder, repo_id).save(partial / "README.md")
+    shutil.rmtree(export_dir, ignore_errors=True)
+    os.replace(partial, export_dir)
+    return sorted([*files, "README.md"])
+
+
+def push_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    include_training_state: bool = False,
+    run_as_future: bool = False,
+    endpoint: str | None = None,
+):
+    """Publish `folder` to the Hub repository `repo_id` (created if needed, `private` if asked) on `revision`.
+
+    The upload goes through huggingface_hub's `upload_folder` from an export next to `folder` (`export_for_hub`),
+    removed once the commit is done. With `run_as_future` it runs in the background and a `Future` is returned
+    (a training loop keeps going); otherwise the `CommitInfo`. Failures raise a one-line `HubError`.
+    """
+    check_repo_id(repo_id)
+    token = resolve_token(token, folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".{Path(folder).name}.hub-upload-", dir=Path(folder).parent))
+    export_for_hub(folder, staging, repo_id, include_training_state)
+    api = HfApi(endpoint=endpoint, token=token)
+    where = endpoint or constants.ENDPOINT
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        result = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=staging,
+            revision=revision,
+            commit_message=commit_message or f"Upload {Path(folder).name} with hfddpm",
+            run_as_future=run_as_future,
+        )
+    except Exception as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _hub_error(error, repo_id, where, folder) from error
+    if not isinstance(result, Future):
+        shutil.rmtree(staging, ignore_errors=True)
+        return result
+    result.add_done_callback(lambda _: shutil.rmtree(staging, ignore_errors=True))
+    return result
+
+
+def _hub_error(error: Exception, repo_id: str, endpoint: str, folder) -> HubError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return HubError(f"could not push to {repo_id} at {endpoint}: {reason}; {folder} is kept as it is")

@@ -1,0 +1,162 @@
+"""Model cards for hfddpm checkpoints: `template.md` (Jinja, as huggingface_hub's `ModelCard` renders it) filled
+from what a training run leaves in its folder.
+
+A training run writes `training_args.json` (the script's arguments, never the Hub token), `training_info.json`
+(hardware, time, versions, final loss), `samples/final.png`, and, with `--eval_every`, `evaluation.json`.
+`model_card` turns them into the README.md of a Hub repository: metadata the Hub indexes (library, pipeline tag,
+tags, datasets, license, a model-index with the measured metrics), a usage snippet, the training configuration,
+the sample grid and the evaluation numbers with how they were measured. A folder without some of these files
+gets a card without those parts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE = Path(__file__).parent / "template.md"
+SAMPLE_GRID = "samples/final.png"
+TAGS = ["diffusers", "diffusers:HFDDPMPipeline", "hfddpm", "ddpm", "unconditional-image-generation"]
+# How each metric of `hfddpm evaluate` reads in a card.
+METRIC_NAMES = {
+    "bits_per_dim": "bits/dim (upper bound, held-out)",
+    "fd_digits": "Fréchet distance, digits-classifier features",
+    "digits_class_coverage": "digit classes drawn (share ≥ 5 %)",
+    "digits_confidence": "digits classifier's mean confidence",
+    "fid": "FID",
+    "fd_dinov2": "FD_DINOv2",
+}
+
+
+@dataclass
+class TrainingData:
+    description: str  # for the card's text
+    hub_ids: list[str]  # for the `datasets` metadata: Hub datasets only
+    eval_type: str  # the model-index's dataset type and name
+    eval_name: str
+
+
+def training_data(args: dict) -> TrainingData:
+    if args.get("train_data_dir"):
+        name = Path(args["train_data_dir"]).name
+        return TrainingData(f"the images of a local folder ({name})", [], "imagefolder", name)
+    name = args.get("dataset_name")
+    if name in (None, "digits"):
+        description = "the UCI handwritten digits (8×8, shipped with scikit-learn)"
+        return TrainingData(description, [], "digits", "UCI handwritten digits")
+    if os.path.isdir(name):
+        return TrainingData(f"a local saved dataset ({Path(name).name})", [], "saved-dataset", Path(name).name)
+    return TrainingData(f"[{name}](https://huggingface.co/datasets/{name})", [name], name, name)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _training_rows(args: dict, info: dict, unet: dict, scheduler: dict) -> list[tuple[str, str]]:
+    """The training configuration as (setting, value) rows, from whatever of it the folder records."""
+    learned = str(scheduler.get("reverse_variance")).startswith("learned")
+    loss = args.get("loss_type") or ("hybrid" if learned else "simple")
+    rows = [
+        ("data", f"{training_data(args).description}, split {args.get('split', 'train')}"),
+        ("resolution", f"{unet.get('sample_size')} px, {unet.get('in_channels')} channel(s)"),
+        ("network", f"UNet2DModel, {info.get('parameters', '?')} parameters, preset {args.get('model_preset', '?')}"),
+        ("noise schedule", f"{scheduler.get('beta_schedule')}, T = {scheduler.get('num_train_timesteps')}"),
+        ("prediction", str(scheduler.get("prediction_type"))),
+        ("reverse variance", str(scheduler.get("reverse_variance") or scheduler.get("variance_type"))),
+        ("loss", loss + (f", min-SNR γ = {args['snr_gamma']}" if args.get("snr_gamma") else "")),
+    ]
+    if args:
+        processes, accumulation = info.get("num_processes", 1), args.get("gradient_accumulation_steps", 1)
+        batch = f"batch {args.get('train_batch_size')} × {processes} process(es) × {accumulation} accumulation"
+        rows += [
+            ("optimizer steps", f"{info.get('global_step', args.get('max_train_steps'))}, {batch}"),
+            (
+                "optimizer",
+                f"AdamW, learning rate {args.get('learning_rate')}, {args.get('lr_scheduler')} schedule with "
+                f"{args.get('lr_warmup_steps')} warm-up steps",
+            ),
+            (
+                "EMA",
+                f"max decay {args.get('ema_max_decay')}; these are the EMA weights" if args.get("use_ema") else "no",
+            ),
+            ("precision", info.get("mixed_precision") or args.get("mixed_precision") or "no"),
+        ]
+    if info:
+        rows += [
+            ("hardware", info["device"]),
+            ("training time", f"{info['wall_time_seconds'] / 60:.1f} min"),
+            ("final loss", f"{info['final_loss']:.4f}"),
+            ("software", ", ".join(f"{name} {version}" for name, version in info["versions"].items())),
+        ]
+    return rows
+
+
+def _evaluation_rows(evaluation: dict) -> list[tuple[str, str, str]]:
+    """(metric, value, how it was measured) rows from an `evaluation.json`."""
+    details, rows = evaluation.get("details", {}), []
+    for name, value in evaluation.get("metrics", {}).items():
+        if name == "bits_per_dim":
+            bound = details["bits_per_dim"]
+            how = (
+                f"± {bound['standard_error']:.3f}; {bound['num_images']} {bound['split']} images, "
+                f"{bound['num_timesteps']} terms each, reverse variance {bound['reverse_variance']}"
+            )
+        else:
+            samples = details["samples"]
+            how = f"{samples['num_samples']} samples ({samples['source']}) against {samples['reference']}"
+        rows.append((METRIC_NAMES.get(name, name), f"{value:.4f}", how))
+    return rows
+
+
+def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2.0") -> ModelCard:
+    """The model card of the checkpoint in `folder`, for the Hub repository `repo_id`."""
+    folder = Path(folder)
+    args = _read_json(folder / "training_args.json")
+    info = _read_json(folder / "training_info.json")
+    evaluation = _read_json(folder / "evaluation.json")
+    index = _read_json(folder / "model_index.json")
+    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
+    data = training_data(args)
+    model_name = repo_id.split("/")[-1]
+    splits = {"bits_per_dim": evaluation.get("details", {}).get("bits_per_dim", {}).get("split")}
+    eval_results = [
+        EvalResult(
+            task_type="unconditional-image-generation",
+            dataset_type=data.eval_type,
+            dataset_name=data.eval_name,
+            dataset_split=splits.get(name) or args.get("split", "train"),
+            metric_type=name,
+            metric_name=METRIC_NAMES.get(name, name),
+            metric_value=round(float(value), 6),
+        )
+        for name, value in evaluation.get("metrics", {}).items()
+    ]
+    card_data = ModelCardData(
+        library_name="diffusers",
+        pipeline_tag="unconditional-image-generation",
+        license=license,
+        tags=TAGS,
+        datasets=data.hub_ids or None,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    scheduler_class = (index.get("scheduler") or [None, "scheduler"])[1]
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=model_name,
+        repo_id=repo_id,
+        scheduler_class=scheduler_class,
+        stock_pipeline=index.get("_class_name", "DDPMPipeline"),
+        dataset_description=data.description,
+        sample_grid=SAMPLE_GRID if (folder / SAMPLE_GRID).is_file() else None,
+        sample_grid_caption=f"{args.get('num_sample_images', 'Samples')} samples from this model, "
+        f"{scheduler_class} with {args.get('num_inference_steps', 50)} steps, seed {args.get('seed', 0)}.",
+        training=_training_rows(args, info, _read_json(folder / "unet" / "config.json"), scheduler),
+        evaluation=_evaluation_rows(evaluation),
+    )

@@ -1,0 +1,114 @@
+"""Pictures of the two processes as single grid images: the forward noising of real images, and the reverse
+trajectory of a pipeline (its x_t and its prediction x̂_0 every few steps)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageOps
+import torch
+from diffusers.utils import make_image_grid
+
+from .models.eval_mode import eval_mode
+
+
+def to_pil(images: torch.Tensor, scale: int = 1) -> list[PIL.Image.Image]:
+    """Images in [−1, 1] of shape (N, C, H, W) as PIL images, enlarged `scale` times (nearest neighbour)."""
+    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    pixels = pixels.permute(0, 2, 3, 1).numpy()
+    pictures = [PIL.Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
+    return (
+        [p.resize((p.width * scale, p.height * scale), PIL.Image.NEAREST) for p in pictures] if scale > 1 else pictures
+    )
+
+
+def sample_grid(pictures: list[PIL.Image.Image], cell_size: int = 64) -> PIL.Image.Image:
+    """Images in a near-square grid, each enlarged (nearest neighbour) to at least `cell_size` pixels wide and framed
+    by a black border one original pixel wide; empty cells are black."""
+    cols = math.ceil(math.sqrt(len(pictures)))
+    rows = math.ceil(len(pictures) / cols)
+    scale = max(1, cell_size // pictures[0].width)
+    cells = [
+        PIL.ImageOps.expand(p.resize((p.width * scale, p.height * scale), PIL.Image.NEAREST), border=scale, fill=0)
+        for p in pictures
+    ]
+    cells += [PIL.Image.new(cells[0].mode, cells[0].size)] * (rows * cols - len(cells))
+    return make_image_grid(cells, rows=rows, cols=cols)
+
+
+def labelled_grid(rows: list[list[PIL.Image.Image]], column_labels: Sequence[str]) -> PIL.Image.Image:
+    """A grid of equally sized images with a line of text above each column."""
+    width, height = rows[0][0].size
+    grid = make_image_grid([image.convert("RGB") for row in rows for image in row], len(rows), len(rows[0]))
+    canvas = PIL.Image.new("RGB", (grid.width, grid.height + 14), "white")
+    canvas.paste(grid, (0, 14))
+    draw = PIL.ImageDraw.Draw(canvas)
+    for column, label in enumerate(column_labels):
+        draw.text((column * width + 2, 1), label, fill="black")
+    return canvas
+
+
+def forward_noising_grid(
+    images: torch.Tensor,
+    scheduler,
+    timesteps: Sequence[int] = (0, 50, 100, 200, 300, 400, 500, 700, 999),
+    generator: torch.Generator | None = None,
+    scale: int = 4,
+) -> PIL.Image.Image:
+    """One row per image (in [−1, 1]), one column per timestep: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (Ho et al. 2020,
+    eq. 4) with one ε per image, so a row shows the same noise growing."""
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    noise = torch.randn(images.shape, generator=generator)
+    columns = [images] + [scheduler.add_noise(images.float(), noise, torch.full((len(images),), t)) for t in timesteps]
+    pictures = [to_pil(column, scale) for column in columns]
+    rows = [[pictures[c][r] for c in range(len(columns))] for r in range(len(images))]
+    return labelled_grid(rows, ["x_0"] + [f"t={t}" for t in timesteps])
+
+
+@torch.no_grad()
+def reverse_trajectory_grid(
+    pipeline,
+    num_images: int = 4,
+    num_inference_steps: int = 50,
+    every: int = 5,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    scale: int = 4,
+    **call_options,
+) -> PIL.Image.Image:
+    """For each image two rows: x_t and the step's prediction x̂_0, every `every` steps and at the last one.
+
+    Runs the pipeline (its own scheduler, `call_options` passed on) and records the tensors through its
+    `callback_on_step_end`.
+    """
+    if every < 1:
+        raise ValueError(f"every must be at least 1, got {every}")
+    recorded: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def record(pipe, index, timestep, tensors):
+        if index % every == every - 1 or index == num_inference_steps - 1:
+            predicted = tensors["pred_original_sample"]
+            recorded.append(
+                (int(timestep), tensors["sample"].cpu(), predicted.cpu() if predicted is not None else None)
+            )
+        return {}
+
+    with eval_mode(pipeline.unet):
+        pipeline(
+            batch_size=num_images,
+            generator=generator if generator is not None else torch.Generator().manual_seed(0),
+            num_inference_steps=num_inference_steps,
+            output_type="pt",
+            callback_on_step_end=record,
+            callback_on_step_end_tensor_inputs=["sample", "pred_original_sample"],
+            **call_options,
+        )
+    samples = [to_pil(x, scale) for _, x, _ in recorded]
+    predictions = [to_pil(p if p is not None else torch.zeros_like(x), scale) for _, x, p in recorded]
+    rows = []
+    for image in range(num_images):
+        rows.append([column[image] for column in samples])
+        rows.append([column[image] for column in predictions])
+    return labelled_grid(rows, [f"t={t}" for t, _, _ in recorded])
