@@ -6,6 +6,8 @@ it is exact at any number of steps.
 """
 
 import math
+import subprocess
+import sys
 
 import diffusers
 import pytest
@@ -122,3 +124,20 @@ def test_analytic_needs_gamma_of_the_right_length():
         DDIMScheduler(reverse_variance="analytic", analytic_gamma=[0.5, 0.5, 0.5])
     with pytest.raises(ValueError, match="Analytic-DPM needs a DDPM or DDIM scheduler"):
         fit_analytic_variance(make_pipeline(tiny_unet(), diffusers.EulerDiscreteScheduler()), [])
+
+
+def test_command_line_stores_gamma_in_the_checkpoint(tmp_path):
+    scheduler = DDIMScheduler(num_train_timesteps=20)
+    HFDDPMPipeline(unet=tiny_unet(channels=1, sample_size=8), scheduler=scheduler).save_pretrained(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "hfddpm", "analytic-variance", str(tmp_path), "--num_images", "8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "now samples with reverse_variance='analytic'" in result.stdout
+    loaded = HFDDPMPipeline.from_pretrained(tmp_path).scheduler
+    assert type(loaded) is DDIMScheduler and loaded.config.reverse_variance == "analytic"
+    assert len(loaded.config.analytic_gamma) == 20 and not (tmp_path / ".scheduler.partial").exists()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
+from .hub import HubError
 from .schedulers import ReverseVariance
 
 
@@ -67,13 +69,263 @@ def run_evaluate(args: argparse.Namespace) -> None:
         print(f"  written to {args.output_dir}/evaluation.json")
 
 
+def add_analytic_variance_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "analytic-variance",
+        help="measure Γ_t of a checkpoint and make it sample with Analytic-DPM's variance",
+        description="Estimate Γ_t = E‖ε_θ(x_t, t)‖²/d for every training timestep on training images (Bao et al. "
+        "2022) and store it in the checkpoint's scheduler config with reverse_variance='analytic', so "
+        "HFDDPMPipeline.from_pretrained samples with the optimal reverse variance from then on.",
+        epilog="example: hfddpm analytic-variance outputs/ddpm-digits --num_images 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("checkpoint", help="a local pipeline folder (its scheduler config is rewritten)")
+    parser.add_argument("--dataset", default="digits", help="the images the model was trained on (default: digits)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--image_column", help="column holding the images (default: the first image column)")
+    parser.add_argument("--num_images", type=int, default=500, help="images in the Monte Carlo average")
+    parser.add_argument("--batch_size", type=int, default=250)
+    parser.add_argument("--output_dir", help="save the whole pipeline here instead of rewriting the checkpoint")
+    parser.add_argument("--device", help="e.g. cpu, cuda (default: cuda when available)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=run_analytic_variance, command="analytic-variance")
+
+
+def run_analytic_variance(args: argparse.Namespace) -> None:
+    import torch
+
+    from .pipelines import HFDDPMPipeline
+    from .schedulers.analytic_dpm import fit_analytic_variance
+    from .training.data import image_batches
+
+    if args.output_dir is None and not os.path.isdir(args.checkpoint):
+        raise FileNotFoundError(f"{args.checkpoint} is not a local folder; pass --output_dir to save the result")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipeline = HFDDPMPipeline.from_pretrained(args.checkpoint).to(device)
+    unet = pipeline.unet
+    size = unet.config.sample_size
+    batches = image_batches(
+        args.dataset,
+        args.split,
+        size if isinstance(size, int) else size[0],
+        unet.config.in_channels,
+        args.batch_size,
+        image_column=args.image_column,
+        max_images=args.num_images,
+    )
+    fit_analytic_variance(pipeline, batches, generator=torch.Generator().manual_seed(args.seed))
+    if args.output_dir is not None:
+        pipeline.save_pretrained(args.output_dir)
+        target = args.output_dir
+    else:  # rewrite only the scheduler config, atomically
+        staging = os.path.join(args.checkpoint, ".scheduler.partial")
+        pipeline.scheduler.save_pretrained(staging)
+        os.replace(
+            os.path.join(staging, "scheduler_config.json"),
+            os.path.join(args.checkpoint, "scheduler", "scheduler_config.json"),
+        )
+        os.rmdir(staging)
+        target = args.checkpoint
+    gamma = pipeline.scheduler.config.analytic_gamma
+    print(
+        f"Γ_t over {len(batches.dataset)} images: Γ_0 = {gamma[0]:.4f}, Γ_T/2 = {gamma[len(gamma) // 2]:.4f}, "
+        f"Γ_T−1 = {gamma[-1]:.4f}; {target} now samples with reverse_variance='analytic'"
+    )
+
+
+SCHEDULERS = ("ddpm", "ddim", "dpm-solver", "euler", "checkpoint")
+
+
+def scheduler_for(name: str, config):
+    """A scheduler by its CLI name, built from a checkpoint's scheduler config ("checkpoint": the saved one)."""
+    import diffusers
+
+    from .schedulers import DDIMScheduler, DDPMScheduler
+
+    classes = {
+        "ddpm": DDPMScheduler,
+        "ddim": DDIMScheduler,
+        "dpm-solver": diffusers.DPMSolverMultistepScheduler,
+        "euler": diffusers.EulerDiscreteScheduler,
+    }
+    return classes[name].from_config(config)
+
+
+def add_sample_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="draw images from a checkpoint into a grid PNG or a folder",
+        description="Draw images from a pipeline checkpoint (folder or Hub repository) with any scheduler; write "
+        "them as one grid image (--output grid.png) or one PNG per image (--output_dir folder/).",
+        epilog="examples:\n"
+        "  hfddpm sample outputs/ddpm-digits --num_images 64 --output samples.png\n"
+        "  hfddpm sample outputs/ddpm-digits --scheduler ddpm --steps 1000 --output_dir samples/ --num_images 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("checkpoint", help="pipeline folder or Hub repository")
+    parser.add_argument("--num_images", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=50, help="reverse steps (num_inference_steps)")
+    parser.add_argument("--scheduler", default="checkpoint", choices=SCHEDULERS, help="default: the saved one")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta")
+    parser.add_argument("--corrector_steps", type=int, default=0, help="Langevin corrector steps per step")
+    parser.add_argument("--seed", type=int, default=0, help="image i is drawn from seed + i")
+    parser.add_argument("--batch_size", type=int, default=250)
+    parser.add_argument("--output", help="grid image to write (PNG)")
+    parser.add_argument("--output_dir", help="folder to write one PNG per image into")
+    parser.add_argument("--device", help="e.g. cpu, cuda (default: cuda when available)")
+    parser.set_defaults(run=run_sample, command="sample")
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from .evaluation.sample_quality import generate_samples
+    from .pipelines import HFDDPMPipeline
+    from .visualize import sample_grid, to_pil
+
+    if (args.output is None) == (args.output_dir is None):
+        raise ValueError("pass exactly one of --output GRID.png and --output_dir FOLDER")
+    if args.output_dir and os.path.isfile(args.output_dir):
+        raise ValueError(f"--output_dir {args.output_dir} is a file; name a folder")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipeline = HFDDPMPipeline.from_pretrained(args.checkpoint).to(device)
+    if args.scheduler != "checkpoint":
+        pipeline.scheduler = scheduler_for(args.scheduler, pipeline.scheduler.config)
+    options = {"corrector_steps": args.corrector_steps} if args.corrector_steps else {}
+    images = generate_samples(
+        pipeline, args.num_images, args.batch_size, args.steps, args.eta, args.seed, progress_bar=True, **options
+    )
+    pictures = to_pil(images * 2 - 1)
+    if args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+        for i, picture in enumerate(pictures):
+            picture.save(os.path.join(args.output_dir, f"{args.seed + i:06d}.png"))
+        print(f"{len(pictures)} images written to {args.output_dir}")
+        return
+    grid = sample_grid(pictures)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    grid.save(args.output)
+    print(
+        f"{args.num_images} images ({type(pipeline.scheduler).__name__}, {args.steps} steps) written to {args.output}"
+    )
+
+
+def add_visualize_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "visualize",
+        help="picture the forward noising of real images or a pipeline's reverse trajectory",
+        description="forward: real images (rows) noised to chosen timesteps (columns). reverse: a checkpoint's "
+        "sampling, every few steps: x after the step from timestep t (top row of each image) and that step's "
+        "prediction x̂_0 (bottom row).",
+        epilog="examples:\n"
+        "  hfddpm visualize forward --dataset digits --output forward.png\n"
+        "  hfddpm visualize reverse outputs/ddpm-digits --steps 50 --every 5 --output reverse.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("process", choices=("forward", "reverse"))
+    parser.add_argument("checkpoint", nargs="?", help="reverse: pipeline folder or Hub repository")
+    parser.add_argument("--output", required=True, help="PNG to write")
+    parser.add_argument("--dataset", default="digits", help="forward: the images to noise")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--resolution", type=int, default=8, help="forward: image size")
+    parser.add_argument("--channels", type=int, default=1, choices=(1, 3), help="forward: 1 grey, 3 RGB")
+    parser.add_argument("--num_images", type=int, default=4)
+    parser.add_argument(
+        "--timesteps", type=int, nargs="+", default=[0, 50, 100, 200, 300, 400, 500, 700, 999], help="forward"
+    )
+    parser.add_argument("--beta_schedule", default="linear", choices=("linear", "cosine"), help="forward")
+    parser.add_argument("--steps", type=int, default=50, help="reverse: sampling steps")
+    parser.add_argument("--every", type=int, default=5, help="reverse: a column every N steps")
+    parser.add_argument("--scheduler", default="checkpoint", choices=SCHEDULERS, help="reverse: default the saved one")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", type=int, default=8, help="enlarge each image N times")
+    parser.set_defaults(run=run_visualize, command="visualize")
+
+
+def run_visualize(args: argparse.Namespace) -> None:
+    import torch
+
+    from .pipelines import HFDDPMPipeline
+    from .schedulers import DDPMScheduler
+    from .training.data import image_batches
+    from .visualize import forward_noising_grid, reverse_trajectory_grid
+
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.process == "forward":
+        batches = image_batches(
+            args.dataset, args.split, args.resolution, args.channels, args.num_images, max_images=args.num_images
+        )
+        scheduler = DDPMScheduler(beta_schedule=args.beta_schedule)
+        grid = forward_noising_grid(next(iter(batches)), scheduler, args.timesteps, generator, args.scale)
+    else:
+        if args.checkpoint is None:
+            raise ValueError("visualize reverse needs a checkpoint: hfddpm visualize reverse CHECKPOINT --output ...")
+        pipeline = HFDDPMPipeline.from_pretrained(args.checkpoint)
+        pipeline.set_progress_bar_config(disable=True)
+        if args.scheduler != "checkpoint":
+            pipeline.scheduler = scheduler_for(args.scheduler, pipeline.scheduler.config)
+        grid = reverse_trajectory_grid(pipeline, args.num_images, args.steps, args.every, generator, args.scale)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    grid.save(args.output)
+    print(f"{args.process} process of {args.num_images} images written to {args.output} ({grid.width}×{grid.height})")
+
+
+def add_push_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="publish a checkpoint folder to the Hugging Face Hub (or export what would be published)",
+        description="Publish a pipeline folder to a Hub repository with a model card generated from the run's "
+        "records: model_index.json, configs, safetensors weights, the card, sample images and the run's JSON "
+        "records. Optimizer states and other pickles stay local unless --include_training_state.",
+        epilog="examples:\n"
+        "  hfddpm push outputs/ddpm-digits --repo_id user/ddpm-digits --private\n"
+        "  hfddpm push outputs/ddpm-digits --repo_id user/ddpm-digits --export_dir hub-export/   # no upload",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("folder", help="the checkpoint folder (a training run's output_dir)")
+    parser.add_argument("--repo_id", required=True, help="'user/name' (created if it does not exist)")
+    parser.add_argument("--token", help="Hub token (default: $HF_TOKEN or the saved login)")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--revision", help="branch to push to (created if needed; default main)")
+    parser.add_argument("--commit_message")
+    parser.add_argument("--include_training_state", action="store_true", help="also push checkpoints/ (pickles)")
+    parser.add_argument("--export_dir", help="write the folder that would be uploaded here, and upload nothing")
+    parser.add_argument("--endpoint", help="Hub address (default: $HF_ENDPOINT or huggingface.co)")
+    parser.set_defaults(run=run_push, command="push")
+
+
+def run_push(args: argparse.Namespace) -> None:
+    from .hub import export_for_hub, push_to_hub
+
+    if args.export_dir:
+        files = export_for_hub(args.folder, args.export_dir, args.repo_id, args.include_training_state)
+        print(f"{len(files)} files would be uploaded to {args.repo_id}; they are in {args.export_dir}:")
+        print("\n".join(f"  {name}" for name in files))
+        return
+    commit = push_to_hub(
+        args.folder,
+        args.repo_id,
+        token=args.token,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        include_training_state=args.include_training_state,
+        endpoint=args.endpoint,
+    )
+    print(f"pushed {args.folder} to {args.repo_id}: {commit.commit_url}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hfddpm", description="Denoising diffusion probabilistic models built on diffusers."
     )
     parser.add_argument("--version", action="version", version=f"hfddpm {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    add_sample_parser(subparsers)
     add_evaluate_parser(subparsers)
+    add_visualize_parser(subparsers)
+    add_push_parser(subparsers)
+    add_analytic_variance_parser(subparsers)
     return parser
 
 
@@ -81,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, FileNotFoundError, OSError, HubError) as error:
         print(f"hfddpm {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -32,6 +32,8 @@ class FeatureStatistics:
         if features.ndim != 2 or len(features) < 2:
             raise ValueError(f"need features of shape (N ≥ 2, d), got {tuple(features.shape)}")
         features = features.detach().to("cpu", torch.float64)
+        if not torch.isfinite(features).all():
+            raise ValueError("features hold NaN or infinity: the images they come from are not finite")
         return cls(
             features.mean(0), torch.cov(features.T).reshape(features.shape[1], features.shape[1]), len(features)
         )

@@ -19,6 +19,7 @@ import inspect
 import json
 import logging
 import os
+from collections.abc import Callable
 
 import diffusers
 import torch
@@ -73,6 +74,7 @@ class HFDDPMPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["sample", "pred_original_sample"]
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()
@@ -126,6 +128,8 @@ class HFDDPMPipeline(DiffusionPipeline):
         return_dict: bool = True,
         corrector_steps: int = 0,
         corrector_snr: float = 0.16,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("sample",),
     ) -> ImagePipelineOutput | tuple:
         """Generate `batch_size` images.
 
@@ -142,10 +146,20 @@ class HFDDPMPipeline(DiffusionPipeline):
                 corrector sampling (Song et al. 2021, Algorithms 1 and 5), each costing one more network
                 evaluation; needs hfddpm's `DDPMScheduler` or `DDIMScheduler`.
             corrector_snr: the corrector's signal-to-noise ratio r, which sets its step size.
+            callback_on_step_end: called after each step as in diffusers' pipelines,
+                `callback_on_step_end(pipeline, step_index, timestep, callback_kwargs)`, with the tensors named in
+                `callback_on_step_end_tensor_inputs` ("sample": x after the step, "pred_original_sample": the
+                step's x̂_0 where the scheduler gives it); a returned "sample" replaces x.
 
         The progress bar is configured with `set_progress_bar_config(disable=True)` as in diffusers.
         """
         self._check_inputs(batch_size, generator, num_inference_steps, eta, output_type)
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
+                f"got {sorted(unknown)}"
+            )
         if corrector_steps < 0 or (corrector_steps and not isinstance(self.scheduler, (DDPMScheduler, DDIMScheduler))):
             raise ValueError(
                 f"corrector_steps must be >= 0 and needs hfddpm's DDPMScheduler or DDIMScheduler, got "
@@ -163,14 +177,19 @@ class HFDDPMPipeline(DiffusionPipeline):
         keep_variance = consumes_model_variance(self.scheduler)
 
         with eval_mode(self.unet):
-            for t in self.progress_bar(self.scheduler.timesteps):
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 for _ in range(corrector_steps):
                     sample = self._langevin_correction(sample, t, corrector_snr, generator)
                 model_input = self.scheduler.scale_model_input(sample, t).to(self.unet.dtype)
                 model_output = self.unet(model_input, t).sample.to(torch.float32)
                 if model_output.shape[1] == 2 * channels and not keep_variance:
                     model_output = model_output[:, :channels]
-                sample = self.scheduler.step(model_output, t, sample, **step_kwargs).prev_sample
+                output = self.scheduler.step(model_output, t, sample, **step_kwargs)
+                sample = output.prev_sample
+                if callback_on_step_end is not None:
+                    tensors = {"sample": sample, "pred_original_sample": getattr(output, "pred_original_sample", None)}
+                    callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
+                    sample = callback_on_step_end(self, i, t, callback_kwargs).get("sample", sample)
 
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":

@@ -1,0 +1,204 @@
+"""Publishing to the Hub without the network: the model card, the exact upload set through huggingface_hub's real
+client against a local HTTP server, the export folder, the one-line errors, and loading from the Hub cache."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard, constants
+from huggingface_hub.repocard_data import model_index_to_eval_results
+
+from hfddpm import DDIMScheduler, HFDDPMPipeline
+from hfddpm.cli import main
+from hfddpm.hub import HubError, export_for_hub, files_to_publish, push_to_hub
+from hfddpm.model_cards import model_card
+
+from .conftest import tiny_unet
+from .fake_hub import FakeHub
+
+TOKEN = "hf_fakeTokenThatMustNeverBeWritten123"
+PUBLISHED = [
+    "README.md",
+    "evaluation.json",
+    "model_index.json",
+    "samples/final.png",
+    "scheduler/scheduler_config.json",
+    "training_args.json",
+    "training_info.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+]
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    """A finished training run's folder: the pipeline, its records, a sample grid, and what must stay local."""
+    folder = tmp_path / "run"
+    HFDDPMPipeline(unet=tiny_unet(channels=1, sample_size=8), scheduler=DDIMScheduler()).save_pretrained(folder)
+    (folder / "samples").mkdir()
+    (folder / "samples" / "final.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    args = {"dataset_name": None, "split": "train", "model_preset": "tiny", "train_batch_size": 64, "seed": 0,
+            "max_train_steps": 2000, "learning_rate": 2e-3, "lr_scheduler": "cosine", "lr_warmup_steps": 100,
+            "use_ema": True, "ema_max_decay": 0.9999, "num_sample_images": 64, "num_inference_steps": 50}  # fmt: skip
+    (folder / "training_args.json").write_text(json.dumps(args))
+    info = {"device": "cpu (2 threads)", "wall_time_seconds": 556.0, "final_loss": 0.0761, "global_step": 2000,
+            "num_processes": 1, "mixed_precision": "no", "parameters": "0.18M",
+            "versions": {"hfddpm": "0.1.0", "diffusers": "0.42.1", "torch": "2.13.0"}}  # fmt: skip
+    (folder / "training_info.json").write_text(json.dumps(info))
+    evaluation = {
+        "metrics": {"fd_digits": 5.758, "bits_per_dim": 5.134},
+        "details": {
+            "samples": {"num_samples": 256, "source": "DDIMScheduler, 50 steps", "reference": "digits train"},
+            "bits_per_dim": {
+                "split": "test",
+                "standard_error": 0.03,
+                "num_images": 297,
+                "num_timesteps": 1000,
+                "reverse_variance": "fixed_small",
+            },  # fmt: skip
+        },
+    }
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    # What must never be published: optimizer state and RNG pickles, logs.
+    (folder / "checkpoints" / "checkpoint-500").mkdir(parents=True)
+    (folder / "checkpoints" / "checkpoint-500" / "optimizer.bin").write_bytes(b"pickle")
+    (folder / "checkpoints" / "checkpoint-500" / "random_states_0.pkl").write_bytes(b"pickle")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "train.jsonl").write_text("{}\n")
+    return folder
+
+
+def test_model_card_has_the_metadata_the_hub_indexes_and_round_trips(run_folder):
+    card = model_card(run_folder, "user/ddpm-digits")
+    data = card.data.to_dict()
+    assert data["library_name"] == "diffusers" and data["pipeline_tag"] == "unconditional-image-generation"
+    assert {"diffusers", "diffusers:HFDDPMPipeline"} <= set(data["tags"]) and data["license"] == "apache-2.0"
+    _, results = model_index_to_eval_results(data["model-index"])  # the Hub's own parser of the model-index
+    assert {(r.metric_type, r.metric_value, r.dataset_split) for r in results} == {
+        ("fd_digits", 5.758, "train"),
+        ("bits_per_dim", 5.134, "test"),
+    }
+    text = str(card)
+    assert 'HFDDPMPipeline.from_pretrained("user/ddpm-digits")' in text and "![Samples" in text
+    assert "| training time | 9.3 min |" in text and "| noise schedule | linear, T = 1000 |" in text
+    assert "297 test images, 1000 terms each" in text
+    reloaded = ModelCard(text)
+    assert reloaded.data.to_dict() == data and reloaded.content == card.content
+
+
+def test_model_card_usage_snippet_runs_as_written(run_folder, monkeypatch):
+    snippet = str(model_card(run_folder, "user/ddpm-digits")).split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(run_folder.parent)
+    # The snippet loads from the Hub; here the repository id resolves to the local folder of the same name.
+    (run_folder.parent / "user").mkdir()
+    shutil.copytree(run_folder, run_folder.parent / "user" / "ddpm-digits")
+    exec(compile(snippet.replace("num_inference_steps=50", "num_inference_steps=2"), "card", "exec"), {})
+    assert (run_folder.parent / "sample.png").is_file()
+
+
+def test_only_weights_configs_card_and_images_are_published(run_folder):
+    assert files_to_publish(run_folder) == sorted(set(PUBLISHED) - {"README.md"})
+    assert "checkpoints/checkpoint-500/optimizer.bin" in files_to_publish(run_folder, include_training_state=True)
+    (run_folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save({}, run_folder / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(HubError, match=r"unet/ has pickle weights only \(diffusion_pytorch_model.bin\)"):
+        files_to_publish(run_folder)
+
+
+def test_push_uploads_exactly_the_published_files_through_the_real_client(run_folder):
+    with FakeHub() as hub:
+        push_to_hub(run_folder, "user/ddpm-digits", token=TOKEN, private=True, endpoint=hub.endpoint)
+    files = hub.published("user/ddpm-digits")
+    assert sorted(files) == PUBLISHED and hub.repos["user/ddpm-digits"]["private"]
+    for name in PUBLISHED[1:]:
+        assert files[name] == (run_folder / name).read_bytes()  # byte for byte
+    assert files["README.md"].decode() == str(model_card(run_folder, "user/ddpm-digits"))
+    assert all(TOKEN.encode() not in content for content in files.values())
+    assert all(headers.get("authorization") == f"Bearer {TOKEN}" for _, _, headers in hub.requests)
+    assert not list(run_folder.parent.glob(".run.hub-upload*"))  # the staging export is removed
+
+
+def test_push_to_a_revision_in_the_background(run_folder):
+    with FakeHub() as hub:
+        future = push_to_hub(
+            run_folder, "user/ddpm-digits", token=TOKEN, revision="step-500", run_as_future=True, endpoint=hub.endpoint
+        )
+        future.result(timeout=60)
+    (commit,) = hub.repos["user/ddpm-digits"]["commits"]
+    assert commit["revision"] == "step-500" and sorted(commit["files"]) == PUBLISHED
+
+
+def test_export_writes_the_folder_a_push_uploads_and_it_loads(run_folder, tmp_path):
+    export = tmp_path / "export"
+    assert export_for_hub(run_folder, export, "user/ddpm-digits") == PUBLISHED
+    assert sorted(p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file()) == PUBLISHED
+    pipe = HFDDPMPipeline.from_pretrained(export)
+    assert type(pipe.scheduler) is DDIMScheduler and pipe.unet.config.sample_size == 8
+
+
+def test_missing_token_bad_repo_id_and_unreachable_hub_are_one_line_errors(run_folder, monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no saved login either
+    before = sorted(p.relative_to(run_folder) for p in run_folder.rglob("*"))
+    with pytest.raises(
+        HubError, match=r"^no Hugging Face token: pass --hub_token, set HF_TOKEN or run `hf auth login`"
+    ):
+        push_to_hub(run_folder, "user/ddpm-digits")
+    with pytest.raises(ValueError, match=r"^'user/ddpm digits!' is not a Hub repository id"):
+        push_to_hub(run_folder, "user/ddpm digits!", token=TOKEN)
+    with pytest.raises(
+        HubError, match=r"^could not push to user/ddpm-digits at http://127.0.0.1:9: .* is kept as it is$"
+    ):
+        push_to_hub(run_folder, "user/ddpm-digits", token=TOKEN, endpoint="http://127.0.0.1:9")
+    assert sorted(p.relative_to(run_folder) for p in run_folder.rglob("*")) == before  # nothing lost or left
+
+
+def test_push_command_line(run_folder, tmp_path, capsys):
+    assert main(["push", str(run_folder), "--repo_id", "user/ddpm-digits", "--export_dir", str(tmp_path / "e")]) == 0
+    assert "would be uploaded" in capsys.readouterr().out and (tmp_path / "e" / "README.md").is_file()
+    with FakeHub() as hub:
+        assert (
+            main(["push", str(run_folder), "--repo_id", "user/x", "--token", TOKEN, "--endpoint", hub.endpoint]) == 0
+        )
+    assert sorted(hub.published("user/x")) == PUBLISHED
+    assert main(["push", str(run_folder), "--repo_id", "bad id"]) == 2
+    assert capsys.readouterr().err.strip().startswith("hfddpm push: error: 'bad id' is not a Hub repository id")
+
+
+def _fill_hub_cache(cache_dir, repo_id: str, folder) -> None:
+    """Lay `folder` out as huggingface_hub's cache does after a download of `repo_id` at main."""
+    snapshot = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot)
+
+
+def test_a_cached_hub_repository_loads_offline(run_folder, tmp_path):
+    cache = tmp_path / "cache"
+    export_for_hub(run_folder, tmp_path / "export", "user/ddpm-digits")
+    _fill_hub_cache(cache, "user/ddpm-digits", tmp_path / "export")
+    pipe = HFDDPMPipeline.from_pretrained("user/ddpm-digits", cache_dir=cache, local_files_only=True)
+    assert type(pipe.scheduler) is DDIMScheduler
+    code = (
+        "import sys; from hfddpm import HFDDPMPipeline;"
+        "pipe = HFDDPMPipeline.from_pretrained('user/ddpm-digits', cache_dir=sys.argv[1], revision='main');"
+        "print(type(pipe.scheduler).__name__, pipe.unet.config.sample_size)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(cache)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["DDIMScheduler", "8"]
+
+
+def test_card_metadata_is_yaml_the_hub_reads(run_folder):
+    header = str(model_card(run_folder, "user/ddpm-digits")).split("---")[1]
+    metadata = yaml.safe_load(header)
+    assert metadata["model-index"][0]["name"] == "ddpm-digits"
