@@ -175,12 +175,13 @@ class HFDDPMPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         step_kwargs = self._step_kwargs(generator, eta, use_clipped_model_output)
         keep_variance = consumes_model_variance(self.scheduler)
+        unet_dtype = self.unet.dtype  # diffusers finds it by walking every module: once, not at every step
 
         with eval_mode(self.unet):
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 for _ in range(corrector_steps):
                     sample = self._langevin_correction(sample, t, corrector_snr, generator)
-                model_input = self.scheduler.scale_model_input(sample, t).to(self.unet.dtype)
+                model_input = self.scheduler.scale_model_input(sample, t).to(unet_dtype)
                 model_output = self.unet(model_input, t).sample.to(torch.float32)
                 if model_output.shape[1] == 2 * channels and not keep_variance:
                     model_output = model_output[:, :channels]

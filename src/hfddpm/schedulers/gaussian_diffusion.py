@@ -194,8 +194,13 @@ class GaussianDiffusionMixin:
 
     def alpha_bar(self, timesteps: int | torch.Tensor) -> torch.Tensor:
         """ᾱ_t as a float32 tensor shaped like `timesteps`; any t < 0 stands for x_0, with `final_alpha_cumprod`."""
-        table = torch.cat([self.final_alpha_cumprod.reshape(1).to(self.alphas_cumprod), self.alphas_cumprod])
         index = self._as_timesteps(timesteps)
+        if index.ndim == 0:  # a sampling step's single t: plain indexing, a few times per step
+            t = int(index)
+            if t >= len(self.alphas_cumprod):
+                raise ValueError(f"timesteps must be below num_train_timesteps={len(self.alphas_cumprod)}, got {t}")
+            return self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod.to(self.alphas_cumprod)
+        table = torch.cat([self.final_alpha_cumprod.reshape(1).to(self.alphas_cumprod), self.alphas_cumprod])
         if (index >= len(self.alphas_cumprod)).any():
             raise ValueError(
                 f"timesteps must be below num_train_timesteps={len(self.alphas_cumprod)}, got {timesteps}"
