@@ -73,7 +73,8 @@ def test_toy_example_trains_both_models_and_draws_the_figures(tmp_path):
 def test_forward_noising_grid_shows_each_image_at_each_timestep():
     images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     grid = forward_noising_grid(images, DDPMScheduler(), timesteps=(0, 500, 999), scale=4)
-    assert grid.size == (4 * 32, 3 * 32 + 14)  # x_0 and three timesteps; a 14-pixel label line
+    # x_0 and three timesteps, 2-pixel gaps, a 14-pixel label line
+    assert grid.size == (4 * 32 + 3 * 2, 14 + 3 * 32 + 2 * 2)
     first = torch.tensor(list(grid.convert("L").crop((0, 14, 32, 46)).getdata())).float()
     expected = ((images[0, 0] + 1) * 127.5).round().repeat_interleave(4, 0).repeat_interleave(4, 1).flatten()
     assert torch.allclose(first, expected, atol=1)  # the first column is the image itself
@@ -83,7 +84,7 @@ def test_reverse_trajectory_grid_records_x_t_and_the_prediction_every_few_steps(
     pipe = make_pipeline(tiny_unet(channels=1, sample_size=8), DDPMScheduler(timestep_spacing="trailing"))
     grid = reverse_trajectory_grid(pipe, num_images=2, num_inference_steps=10, every=4, scale=2)
     # Steps 4, 8 and the last (10): three columns; two rows (x_t, x̂_0) per image.
-    assert grid.size == (3 * 16, 4 * 16 + 14)
+    assert grid.size == (3 * 16 + 2 * 2, 14 + 4 * 16 + 3 * 2)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_sample_command_writes_one_png_per_image_reproducibly(checkpoint, tmp_pa
 
 def test_visualize_command_draws_both_processes(checkpoint, tmp_path):
     assert main(["visualize", "forward", "--output", str(tmp_path / "f.png"), "--timesteps", "0", "999"]) == 0
-    assert PIL.Image.open(tmp_path / "f.png").size == (3 * 64, 4 * 64 + 14)
+    assert PIL.Image.open(tmp_path / "f.png").size == (3 * 64 + 2 * 2, 14 + 4 * 64 + 3 * 2)
     assert (
         main(
             [
@@ -144,7 +145,7 @@ def test_visualize_command_draws_both_processes(checkpoint, tmp_path):
         )
         == 0
     )
-    assert PIL.Image.open(tmp_path / "r.png").size == (2 * 64, 8 * 64 + 14)
+    assert PIL.Image.open(tmp_path / "r.png").size == (2 * 64 + 2, 14 + 8 * 64 + 7 * 2)
 
 
 @pytest.mark.parametrize("command", [[], ["sample"], ["evaluate"], ["visualize"], ["push"], ["analytic-variance"]])

@@ -14,6 +14,8 @@ from diffusers.utils import make_image_grid
 
 from .models.eval_mode import eval_mode
 
+LABEL_HEIGHT = 14  # pixels of the text line above a labelled grid
+
 
 def to_pil(images: torch.Tensor, scale: int = 1) -> list[PIL.Image.Image]:
     """Images in [−1, 1] of shape (N, C, H, W) as PIL images, enlarged `scale` times (nearest neighbour)."""
@@ -39,15 +41,19 @@ def sample_grid(pictures: list[PIL.Image.Image], cell_size: int = 64) -> PIL.Ima
     return make_image_grid(cells, rows=rows, cols=cols)
 
 
-def labelled_grid(rows: list[list[PIL.Image.Image]], column_labels: Sequence[str]) -> PIL.Image.Image:
-    """A grid of equally sized images with a line of text above each column."""
+def labelled_grid(rows: list[list[PIL.Image.Image]], column_labels: Sequence[str], gap: int = 2) -> PIL.Image.Image:
+    """A grid of equally sized images, `gap` white pixels apart, with a line of text above each column."""
     width, height = rows[0][0].size
-    grid = make_image_grid([image.convert("RGB") for row in rows for image in row], len(rows), len(rows[0]))
-    canvas = PIL.Image.new("RGB", (grid.width, grid.height + 14), "white")
-    canvas.paste(grid, (0, 14))
+    columns = len(rows[0])
+    canvas = PIL.Image.new(
+        "RGB", (columns * (width + gap) - gap, LABEL_HEIGHT + len(rows) * (height + gap) - gap), "white"
+    )
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            canvas.paste(image.convert("RGB"), (c * (width + gap), LABEL_HEIGHT + r * (height + gap)))
     draw = PIL.ImageDraw.Draw(canvas)
     for column, label in enumerate(column_labels):
-        draw.text((column * width + 2, 1), label, fill="black")
+        draw.text((column * (width + gap) + 2, 1), label, fill="black")
     return canvas
 
 

@@ -55,9 +55,8 @@ class PointDenoiser(ModelMixin, ConfigMixin):
     def forward(self, sample: torch.Tensor, timestep: int | torch.Tensor, return_dict: bool = True):
         points = sample.flatten(1)
         timesteps = torch.as_tensor(timestep, device=points.device).reshape(-1).expand(len(points))
-        coordinates = sinusoidal_embedding(COORDINATE_SCALE * points.reshape(-1), self.config.embedding_dim)
-        features = torch.cat(
-            [points, coordinates.reshape(len(points), -1), sinusoidal_embedding(timesteps, self.config.embedding_dim)], dim=1
-        )
+        dim = self.config.embedding_dim
+        coordinates = sinusoidal_embedding(COORDINATE_SCALE * points.reshape(-1), dim).reshape(len(points), -1)
+        features = torch.cat([points, coordinates, sinusoidal_embedding(timesteps, dim)], dim=1)
         output = self.head(self.body(features)).reshape(len(points), -1, 1, 1)
         return UNet2DOutput(sample=output) if return_dict else (output,)
