@@ -67,15 +67,27 @@ def test_eta_reaches_ddim_and_changes_the_images(pipe):
 
 
 def test_same_images_as_stock_ddim_pipeline():
-    # With stock settings (leading spacing) hfddpm's DDIM pipeline is stock's DDIMPipeline, bit for bit.
+    # With stock settings (leading spacing, ε̂ not re-derived from the clipped x̂_0) hfddpm's DDIM pipeline is
+    # stock's DDIMPipeline, bit for bit.
     unet = tiny_unet(channels=3).eval()  # stock pipelines use the mode the model is in; hfddpm samples in eval
     ours = make_pipeline(unet, DDIMScheduler())
     stock = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler())
     stock.set_progress_bar_config(disable=True)
     kwargs = {"batch_size": 2, "num_inference_steps": 10, "eta": 0.5, "output_type": "np"}
-    a = ours(generator=torch.manual_seed(0), **kwargs).images
+    a = ours(generator=torch.manual_seed(0), use_clipped_model_output=False, **kwargs).images
     b = stock(generator=torch.manual_seed(0), **kwargs).images
     np.testing.assert_array_equal(a, b)
+
+
+def test_ddim_re_derives_epsilon_from_the_clipped_prediction_by_default():
+    # A random UNet's x̂_0 lies far outside [−1, 1], so clipping is active at every step.
+    pipe = make_pipeline(tiny_unet(channels=3).eval(), DDIMScheduler())  # clip_sample=True, as stock's default
+    kwargs = {"batch_size": 2, "num_inference_steps": 10, "output_type": "np"}
+    default = pipe(generator=torch.manual_seed(0), **kwargs).images
+    consistent = pipe(generator=torch.manual_seed(0), use_clipped_model_output=True, **kwargs).images
+    stock_style = pipe(generator=torch.manual_seed(0), use_clipped_model_output=False, **kwargs).images
+    np.testing.assert_array_equal(default, consistent)
+    assert np.abs(default - stock_style).max() > 1e-2
 
 
 @pytest.mark.parametrize(

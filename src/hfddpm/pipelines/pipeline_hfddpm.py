@@ -138,7 +138,11 @@ class HFDDPMPipeline(DiffusionPipeline):
             generator: a `torch.Generator`, or one per image (image i then depends on generator i only).
             num_inference_steps: reverse steps, between 1 and the scheduler's `num_train_timesteps`.
             eta: DDIM's η (0 deterministic, 1 DDPM-like); used by schedulers whose `step` takes it.
-            use_clipped_model_output: passed to `step` when not None (see diffusers' `DDIMScheduler.step`).
+            use_clipped_model_output: passed to `step` (see diffusers' `DDIMScheduler.step`). None means True for
+                hfddpm's `DDIMScheduler` when it clips or thresholds x̂_0: the step's ε̂ is then re-derived from the
+                clipped x̂_0. Otherwise x_s = √ᾱ_s clip(x̂_0) + √(1 − ᾱ_s) ε̂ moves x by the whole clipping residual
+                at every step, however small the step, and deterministic DDIM drifts further from the data the more
+                steps it takes. Pass False for stock `DDIMPipeline`'s behaviour.
             output_type: ``"pil"`` (list of PIL images), ``"np"`` (float array NHWC in [0, 1]) or ``"pt"``
                 (float tensor NCHW in [0, 1]).
             return_dict: return an `ImagePipelineOutput` rather than a tuple.
@@ -247,6 +251,8 @@ class HFDDPMPipeline(DiffusionPipeline):
             kwargs["eta"] = eta
         elif eta != 0:
             logger.warning("%s ignores eta=%s", type(self.scheduler).__name__, eta)
+        if use_clipped_model_output is None and isinstance(self.scheduler, DDIMScheduler):
+            use_clipped_model_output = bool(self.scheduler.config.clip_sample or self.scheduler.config.thresholding)
         if use_clipped_model_output is not None and "use_clipped_model_output" in accepted:
             kwargs["use_clipped_model_output"] = use_clipped_model_output
         return kwargs
