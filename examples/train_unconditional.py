@@ -196,6 +196,15 @@ def recorded_args(args: argparse.Namespace) -> dict:
     return {key: value for key, value in vars(args).items() if key != "hub_token"}
 
 
+def tracker_config(args: argparse.Namespace) -> dict:
+    """The arguments as trackers take hyper-parameters: scalars only (TensorBoard's hparams refuses lists)."""
+    return {
+        key: ", ".join(map(str, value)) if isinstance(value, list) else value
+        for key, value in recorded_args(args).items()
+        if value is not None
+    }
+
+
 def dataset_source(args: argparse.Namespace) -> str:
     """The training data as `hfddpm.evaluate` names it: an image folder, a dataset name, or the built-in digits."""
     return args.train_data_dir or args.dataset_name or DIGITS
@@ -439,7 +448,7 @@ def main(args: argparse.Namespace) -> int:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "training_args.json").write_text(json.dumps(recorded_args(args), indent=2))
-    accelerator.init_trackers("train", config={k: v for k, v in recorded_args(args).items() if v is not None})
+    accelerator.init_trackers("train", config=tracker_config(args))
     accelerator.print(
         f"{len(images)} images, {accelerator.num_processes} process(es) × batch {args.train_batch_size} × "
         f"{args.gradient_accumulation_steps} accumulation; {max_train_steps} steps"

@@ -153,8 +153,10 @@ def test_offline_metrics_are_logged_during_training_and_saved_at_the_end(tmp_pat
     train(
         tmp_path / "run",
         *("--max_train_steps", "20", "--eval_every", "10", "--eval_num_samples", "16"),
+        *("--report_to", "tensorboard"),  # its hparams take scalars only: --eval_metrics is a list
         env={"HFDDPM_CACHE": str(tmp_path / "cache")},
     )
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
     log = read_jsonl_log(tmp_path / "run" / "logs" / "train.jsonl")
     assert all(log[step]["eval/fd_digits"] > 0 and "eval/digits_confidence" in log[step] for step in (10, 20))
     report = json.loads((tmp_path / "run" / "evaluation.json").read_text())
