@@ -21,5 +21,25 @@ train vlb --variance_type learned_range --loss_type vlb --timestep_sampling loss
 
 hfddpm evaluate "$root/simple" --output_dir "$root/simple/eval-fixed_small"
 hfddpm evaluate "$root/simple" --reverse_variance fixed_large --output_dir "$root/simple/eval-fixed_large"
+hfddpm analytic-variance "$root/simple" --output_dir "$root/simple-analytic"  # Γ_t from 500 training digits
+hfddpm evaluate "$root/simple-analytic" --metrics bits_per_dim --output_dir "$root/simple-analytic/eval"
 hfddpm evaluate "$root/hybrid" --output_dir "$root/hybrid/eval"
 hfddpm evaluate "$root/vlb" --output_dir "$root/vlb/eval"
+
+python benchmarks/plot_bound_terms.py docs/likelihood-terms.png \
+    "L_simple, β̃=$root/simple/eval-fixed_small/evaluation.json" \
+    "L_simple, β=$root/simple/eval-fixed_large/evaluation.json" \
+    "L_simple, analytic=$root/simple-analytic/eval/evaluation.json" \
+    "L_hybrid, learned_range=$root/hybrid/eval/evaluation.json" \
+    "L_vlb, learned_range=$root/vlb/eval/evaluation.json"
+python - "$root" <<'PY'  # the three models' final sample grids (DDIM, 50 steps, seed 0) side by side
+import sys
+import PIL.Image
+import PIL.ImageOps
+from hfddpm.visualize import labelled_grid
+root = sys.argv[1]
+grids = [PIL.Image.open(f"{root}/{name}/samples/final.png") for name in ("simple", "hybrid", "vlb")]
+grids = [PIL.ImageOps.expand(g.resize((g.width // 2, g.height // 2)), border=(0, 0, 20, 0), fill="white") for g in grids]
+labels = ["L_simple, fixed variance", "L_hybrid, learned_range", "L_vlb + importance sampling"]
+labelled_grid([grids], labels).save("docs/likelihood-samples.png")
+PY
