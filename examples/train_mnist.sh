@@ -6,8 +6,9 @@
 #     bash examples/train_mnist.sh                                   # MNIST from the Hub (ylecun/mnist)
 #     bash examples/train_mnist.sh --dataset_name path/to/mnist      # a local save_to_disk copy
 #
-# Compute: 0.77 TFLOP per step (fwd + bwd, measured with torch.utils.flop_counter), 7.2 PFLOP in all: about half
-# an hour on one GPU that sustains 5 TFLOP/s on this small network; days on 2 CPU cores (20–40 s per step here).
+# Compute: 0.85 TFLOP per step of 128 images (forward and backward, counted with torch.utils.flop_counter), 7.9 PFLOP
+# for the 9 380 steps; a GPU's time is that over the FLOP/s it sustains on this small network. On 2 CPU cores
+# (AVX2, CPU-B of benchmarks/RESULTS.md) a step took 25–42 s: 3 to 5 days.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 accelerate launch examples/train_unconditional.py \
