@@ -12,9 +12,10 @@ digits, in the shipped classifier's features. Each run writes a JSON file and a 
 benchmarks/RESULTS.md.
 
 Samplers (all hfddpm's but the last, "linspace" timesteps so that every one starts at T − 1 and ends at t = 0):
-DDPM with β̃ (fixed_small) and β (fixed_large); DDIM with η = 0 and η = 1; Analytic-DDPM and Analytic-DDIM (Γ_t
-estimated from 500 images, or the checkpoint's own from `hfddpm analytic-variance`); predictor–corrector (DDPM β̃ with one Langevin step per step, r = 0.16: twice the
-network evaluations); stock diffusers' DPMSolverMultistepScheduler (2nd order, its defaults) for reference.
+DDPM with β̃ (fixed_small) and β (fixed_large); DDIM with η = 0 and η = 1; Analytic-DDPM and Analytic-DDIM
+(Γ_t estimated from 500 images, or the checkpoint's own from `hfddpm analytic-variance`); predictor–corrector
+(DDPM β̃ with one Langevin step per step, r = 0.16: twice the network evaluations); stock diffusers'
+DPMSolverMultistepScheduler (2nd order, its defaults) for reference.
 """
 
 from __future__ import annotations
