@@ -184,7 +184,7 @@ class HFDDPMPipeline(DiffusionPipeline):
         with eval_mode(self.unet):
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 for _ in range(corrector_steps):
-                    sample = self._langevin_correction(sample, t, corrector_snr, generator)
+                    sample = self._langevin_correction(sample, t, corrector_snr, generator, unet_dtype)
                 model_input = self.scheduler.scale_model_input(sample, t).to(unet_dtype)
                 model_output = self.unet(model_input, t).sample.to(torch.float32)
                 if model_output.shape[1] == 2 * channels and not keep_variance:
@@ -206,9 +206,9 @@ class HFDDPMPipeline(DiffusionPipeline):
             return (image,)
         return ImagePipelineOutput(images=image)
 
-    def _langevin_correction(self, sample, t, snr, generator) -> torch.Tensor:
+    def _langevin_correction(self, sample, t, snr, generator, unet_dtype: torch.dtype) -> torch.Tensor:
         """One corrector step at timestep t (`langevin_corrector_step`), from the network's ε̂."""
-        output = self.unet(sample.to(self.unet.dtype), t).sample.to(torch.float32)
+        output = self.unet(sample.to(unet_dtype), t).sample.to(torch.float32)
         epsilon = self.scheduler.convert_prediction(output[:, : sample.shape[1]], sample, t, "epsilon")
         alpha_bar = self.scheduler.alpha_bar(t)
         alpha = alpha_bar / self.scheduler.alpha_bar(int(t) - 1)  # α_t = 1 − β_t
