@@ -168,16 +168,6 @@ def test_unet_folder_is_a_plain_unet2dmodel(tmp_path):
     assert all(torch.equal(unet.state_dict()[k], v) for k, v in pipe.unet.state_dict().items())
 
 
-def test_pickle_weights_load_only_when_asked(tmp_path):
-    diffusers.DDPMPipeline(unet=tiny_unet(channels=3), scheduler=diffusers.DDPMScheduler()).save_pretrained(
-        tmp_path, safe_serialization=False
-    )
-    assert (tmp_path / "unet" / "diffusion_pytorch_model.bin").exists()
-    with pytest.raises(OSError, match="no file named diffusion_pytorch_model.safetensors"):
-        HFDDPMPipeline.from_pretrained(tmp_path)
-    assert type(HFDDPMPipeline.from_pretrained(tmp_path, use_safetensors=False).scheduler) is DDPMScheduler
-
-
 def test_an_explicit_scheduler_replaces_the_saved_one(tmp_path):
     HFDDPMPipeline(unet=tiny_unet(channels=3), scheduler=DDPMScheduler()).save_pretrained(tmp_path)
     solver = diffusers.DPMSolverMultistepScheduler.from_pretrained(tmp_path, subfolder="scheduler")

@@ -23,7 +23,8 @@ DDPM_CONFIGS = [
     {"beta_schedule": "sigmoid"},
     {"trained_betas": torch.linspace(1e-4, 0.05, 1000).tolist()},
     {"variance_type": "fixed_large"},
-    {"variance_type": "other"},  # stock treats unknown names as fixed_small
+    # Not {"variance_type": "other"}: stock silently treats unknown names as fixed_small, hfddpm refuses them
+    # (tests/test_bad_inputs.py).
     {"variance_type": "fixed_small_log"},
     {"variance_type": "learned_range", "channels_out": 2},
     {"clip_sample": False},
@@ -172,7 +173,7 @@ def test_ddim_steps_offset_timesteps_from_diffusers_tests():
 @pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
 def test_zero_or_negative_steps_are_refused(cls):
     for steps in (0, -3):
-        with pytest.raises(ValueError, match="num_inference_steps must be at least 1"):
+        with pytest.raises(ValueError, match=rf"num_inference_steps must be in \[1, 1000\], got {steps}"):
             cls().set_timesteps(steps)
 
 

@@ -11,6 +11,15 @@ from .hub import HubError
 from .schedulers import ReverseVariance
 
 
+def add_allow_pickle_argument(parser: argparse.ArgumentParser) -> None:
+    """`--allow_pickle`, for the commands that load a checkpoint: its opt-in to pickle weights."""
+    parser.add_argument(
+        "--allow_pickle",
+        action="store_true",
+        help="also load pickle weights (.bin; read with torch.load(weights_only=True)): only for a source you trust",
+    )
+
+
 def add_evaluate_parser(subparsers) -> None:
     from .evaluation.features import DINOV2_DEFAULT
     from .evaluation.report import METRICS
@@ -56,6 +65,7 @@ def add_evaluate_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds the samples, noise and timesteps drawn")
     parser.add_argument("--output_dir", help="write evaluation.json and plots here")
     parser.add_argument("--cache_dir", help="where reference statistics are cached (default ~/.cache/hfddpm)")
+    add_allow_pickle_argument(parser)
     parser.set_defaults(run=run_evaluate, command="evaluate")
 
 
@@ -88,6 +98,7 @@ def add_analytic_variance_parser(subparsers) -> None:
     parser.add_argument("--output_dir", help="save the whole pipeline here instead of rewriting the checkpoint")
     parser.add_argument("--device", help="e.g. cpu, cuda (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0)
+    add_allow_pickle_argument(parser)
     parser.set_defaults(run=run_analytic_variance, command="analytic-variance")
 
 
@@ -101,7 +112,7 @@ def run_analytic_variance(args: argparse.Namespace) -> None:
     if args.output_dir is None and not os.path.isdir(args.checkpoint):
         raise FileNotFoundError(f"{args.checkpoint} is not a local folder; pass --output_dir to save the result")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipeline = HFDDPMPipeline.from_pretrained(args.checkpoint).to(device)
+    pipeline = HFDDPMPipeline.from_pretrained(args.checkpoint, allow_pickle=args.allow_pickle).to(device)
     unet = pipeline.unet
     size = unet.config.sample_size
     batches = image_batches(
@@ -173,6 +184,7 @@ def add_sample_parser(subparsers) -> None:
     parser.add_argument("--output", help="grid image to write (PNG)")
     parser.add_argument("--output_dir", help="folder to write one PNG per image into")
     parser.add_argument("--device", help="e.g. cpu, cuda (default: cuda when available)")
+    add_allow_pickle_argument(parser)
     parser.set_defaults(run=run_sample, command="sample")
 
 
@@ -188,7 +200,7 @@ def run_sample(args: argparse.Namespace) -> None:
     if args.output_dir and os.path.isfile(args.output_dir):
         raise ValueError(f"--output_dir {args.output_dir} is a file; name a folder")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipeline = HFDDPMPipeline.from_pretrained(args.checkpoint).to(device)
+    pipeline = HFDDPMPipeline.from_pretrained(args.checkpoint, allow_pickle=args.allow_pickle).to(device)
     if args.scheduler != "checkpoint":
         pipeline.scheduler = scheduler_for(args.scheduler, pipeline.scheduler.config)
     options = {"corrector_steps": args.corrector_steps} if args.corrector_steps else {}
@@ -239,6 +251,7 @@ def add_visualize_parser(subparsers) -> None:
     parser.add_argument("--scheduler", default="checkpoint", choices=SCHEDULERS, help="reverse: default the saved one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=int, default=8, help="enlarge each image N times")
+    add_allow_pickle_argument(parser)
     parser.set_defaults(run=run_visualize, command="visualize")
 
 
@@ -260,7 +273,7 @@ def run_visualize(args: argparse.Namespace) -> None:
     else:
         if args.checkpoint is None:
             raise ValueError("visualize reverse needs a checkpoint: hfddpm visualize reverse CHECKPOINT --output ...")
-        pipeline = HFDDPMPipeline.from_pretrained(args.checkpoint)
+        pipeline = HFDDPMPipeline.from_pretrained(args.checkpoint, allow_pickle=args.allow_pickle)
         pipeline.set_progress_bar_config(disable=True)
         if args.scheduler != "checkpoint":
             pipeline.scheduler = scheduler_for(args.scheduler, pipeline.scheduler.config)

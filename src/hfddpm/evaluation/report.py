@@ -66,11 +66,14 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def evaluate(checkpoint: str | os.PathLike, dataset: str = DIGITS, metrics=None, **options) -> EvaluationReport:
+def evaluate(
+    checkpoint: str | os.PathLike, dataset: str = DIGITS, metrics=None, *, allow_pickle: bool = False, **options
+) -> EvaluationReport:
     """Measure a pipeline checkpoint, or a folder of generated images, against a dataset (see `METRICS`).
 
     `checkpoint` is an `HFDDPMPipeline` (or stock DDPM/DDIM pipeline) folder or Hub repository, or a folder of
-    generated images for the sample metrics; `options` are those of `evaluate_pipeline`.
+    generated images for the sample metrics; `allow_pickle` is `HFDDPMPipeline.from_pretrained`'s; `options` are
+    those of `evaluate_pipeline`.
     """
     device = torch.device(options.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
     if os.path.isdir(checkpoint) and not (Path(checkpoint) / "model_index.json").is_file():
@@ -78,7 +81,7 @@ def evaluate(checkpoint: str | os.PathLike, dataset: str = DIGITS, metrics=None,
         return evaluate_pipeline(
             None, dataset, metrics, samples=samples, name=str(checkpoint), device=device, **options
         )
-    pipeline = HFDDPMPipeline.from_pretrained(checkpoint).to(device)
+    pipeline = HFDDPMPipeline.from_pretrained(checkpoint, allow_pickle=allow_pickle).to(device)
     return evaluate_pipeline(pipeline, dataset, metrics, name=str(checkpoint), device=device, **options)
 
 

@@ -11,6 +11,10 @@ diffusers' `DDPMScheduler`/`DDIMScheduler` for hfddpm's subclasses of them. So:
   with stock schedulers: hfddpm-only keys such as `reverse_variance` are ignored with diffusers' warning about
   unexpected config attributes, and the stock `variance_type` holds the nearest stock choice;
 - `unet/` is a plain `UNet2DModel` folder.
+
+Loading runs no code from a checkpoint: `HFDDPMPipeline.from_pretrained` reads safetensors weights only (pickle
+weights need `allow_pickle=True`, and even then go through `torch.load(weights_only=True)`) and imports components
+from diffusers and hfddpm only.
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub.errors import HFValidationError
 
 from .. import __version__
 from ..models.eval_mode import eval_mode
 from ..schedulers import DDIMScheduler, DDPMScheduler
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
 from ..schedulers.langevin import langevin_corrector_step
+from .checkpoint_safety import check_checkpoint_folder, check_model_index, fetch_model_index
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ _DOWNLOAD_KWARGS = (
     "use_safetensors",
 )
 _HFDDPM_SCHEDULERS = {cls.__name__: cls for cls in (DDPMScheduler, DDIMScheduler)}
+# `from_pretrained` options with which diffusers imports code named by the caller or the checkpoint.
+_REMOTE_CODE_KWARGS = ("custom_pipeline", "trust_remote_code")
 
 
 def consumes_model_variance(scheduler: SchedulerMixin) -> bool:
@@ -81,23 +87,43 @@ class HFDDPMPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> HFDDPMPipeline:
-        """Load a pipeline folder or Hub repository, as `DiffusionPipeline.from_pretrained` does.
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *, allow_pickle: bool = False, **kwargs
+    ) -> HFDDPMPipeline:
+        """Load a pipeline folder or Hub repository, as `DiffusionPipeline.from_pretrained` does, but safely.
 
         A stock `DDPMScheduler`/`DDIMScheduler` entry loads as hfddpm's subclass (so hfddpm's options in its config
-        take effect); weights load from safetensors unless `use_safetensors=False` is passed.
+        take effect). Since unpickling can run code, weights load from safetensors only; `allow_pickle=True`, for a
+        source you trust, also accepts pickle weights (`diffusion_pytorch_model.bin`), read with
+        `torch.load(weights_only=True)`, which refuses anything but tensors. Code is never run from a checkpoint:
+        `custom_pipeline`, `trust_remote_code` and a model_index.json naming a custom pipeline or a library other
+        than diffusers and hfddpm are refused before anything is imported. So are, in one line naming the fix, a
+        folder missing a part and one saved by a newer hfddpm.
         """
-        kwargs.setdefault("use_safetensors", True)
+        for option in _REMOTE_CODE_KWARGS:
+            value = kwargs.pop(option, None)
+            if value:
+                raise ValueError(
+                    f"{option}={value!r} would run code from outside diffusers and hfddpm, which "
+                    f"HFDDPMPipeline.from_pretrained never does; drop {option}"
+                )
+        if kwargs.get("use_safetensors") is False and not allow_pickle:
+            raise ValueError(
+                "use_safetensors=False loads pickle weights, and unpickling can run code; "
+                "pass allow_pickle=True as well if you trust the source"
+            )
+        if not allow_pickle:
+            kwargs["use_safetensors"] = True
         folder = str(pretrained_model_name_or_path)
+        if not os.path.isdir(folder):
+            download_kwargs = {k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs}
+            check_model_index(fetch_model_index(folder, download_kwargs), folder)
+            # Pickle-only weights are fetched too (not unpickled), so the folder check below names them.
+            download_kwargs["use_safetensors"] = kwargs.get("use_safetensors") if allow_pickle else None
+            folder = cls.download(folder, **download_kwargs)
+        if check_checkpoint_folder(folder, allow_pickle, passed=kwargs):  # pickle weights, allowed
+            kwargs["use_safetensors"] = False  # read them without diffusers' warning about missing safetensors
         if "scheduler" not in kwargs:
-            if not os.path.isdir(folder):
-                try:
-                    folder = cls.download(folder, **{k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs})
-                except HFValidationError:
-                    raise FileNotFoundError(
-                        f"{folder!r} is neither a pipeline folder nor a Hub repository id ('user/name'); "
-                        "check the path"
-                    ) from None
             scheduler_class = _hfddpm_scheduler_class(folder)
             if scheduler_class is not None:
                 kwargs["scheduler"] = scheduler_class.from_pretrained(folder, subfolder="scheduler")
@@ -234,7 +260,13 @@ class HFDDPMPipeline(DiffusionPipeline):
             raise ValueError(f"eta must be >= 0 (0 is deterministic DDIM, 1 is DDPM-like), got {eta}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        out_channels = self.unet.config.out_channels
+        in_channels, out_channels = self.unet.config.in_channels, self.unet.config.out_channels
+        if out_channels not in (in_channels, 2 * in_channels):
+            raise ValueError(
+                f"the UNet has out_channels={out_channels} for in_channels={in_channels}; it must output in_channels "
+                f"({in_channels}, a prediction) or 2 × in_channels ({2 * in_channels}, a prediction and a learned "
+                "variance): build it with create_unet(..., learned_variance=False or True)"
+            )
         if consumes_model_variance(self.scheduler) and out_channels != 2 * self.unet.config.in_channels:
             raise ValueError(
                 f"the scheduler uses a learned variance but the UNet has out_channels={out_channels}, not "

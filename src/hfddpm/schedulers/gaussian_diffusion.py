@@ -52,6 +52,7 @@ _STOCK_VARIANCE_TYPES = {
     "fixed_large_log": "fixed_large",
     "learned_range": "learned_range",
 }
+STOCK_VARIANCE_TYPES = (*_STOCK_VARIANCE_TYPES, "learned")
 # How `set_timesteps(S)` picks S of the T training timesteps (t descending, sampled from the first):
 # - "leading": 0, T/S, 2T/S, … (stock default; never starts at T − 1, so x_T's noise level is not the first one).
 # - "trailing": T − 1, T − 1 − T/S, …: starts at pure noise (Lin et al. 2024, §3.3) but ends at T/S − 1, so with few
@@ -70,8 +71,20 @@ def validate_common_options(
     reverse_variance: str | None,
     analytic_gamma: list[float] | None = None,
     num_train_timesteps: int = 1000,
+    *,
+    beta_schedules: tuple[str, ...],
+    uses_trained_betas: bool = False,
 ) -> tuple[str, str | None]:
-    """Check the option names both schedulers share; return the stored beta schedule and reverse variance names."""
+    """Check the option names both schedulers share; return the stored beta schedule and reverse variance names.
+
+    `beta_schedules` are the stock names the scheduler implements; `beta_schedule` is ignored, as in stock diffusers,
+    when the scheduler `uses_trained_betas`. Checked here, an unknown name gets the list of choices rather than stock's
+    NotImplementedError.
+    """
+    beta_schedule = BETA_SCHEDULE_ALIASES.get(beta_schedule, beta_schedule)
+    if not uses_trained_betas and beta_schedule not in beta_schedules:
+        choices = (*beta_schedules, *BETA_SCHEDULE_ALIASES)
+        raise ValueError(f"beta_schedule must be one of {choices} (or pass trained_betas), got {beta_schedule!r}")
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     if timestep_spacing not in TIMESTEP_SPACINGS:
@@ -90,7 +103,13 @@ def validate_common_options(
         raise ValueError(
             f"analytic_gamma needs one Γ_t per training timestep ({num_train_timesteps}), got {len(analytic_gamma)}"
         )
-    return BETA_SCHEDULE_ALIASES.get(beta_schedule, beta_schedule), reverse_variance
+    return beta_schedule, reverse_variance
+
+
+def check_num_inference_steps(num_inference_steps: int | None, num_train_timesteps: int) -> None:
+    """Refuse a sampling step count outside [1, T]: each step visits a distinct training timestep."""
+    if num_inference_steps is None or not 1 <= num_inference_steps <= num_train_timesteps:
+        raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}")
 
 
 def reverse_variance_of(config) -> str:
@@ -180,11 +199,7 @@ class GaussianDiffusionMixin:
     def quadratic_timesteps(self, num_inference_steps: int) -> torch.Tensor:
         """The "quadratic" spacing (see `TIMESTEP_SPACINGS`), descending, bumped to stay strictly increasing where
         the squares of small i round to the same timestep."""
-        if num_inference_steps > self.config.num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps must be at most num_train_timesteps={self.config.num_train_timesteps}, "
-                f"got {num_inference_steps}"
-            )
+        check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
         top = (0.8 * self.config.num_train_timesteps) ** 0.5
         squares = (torch.linspace(0, top, num_inference_steps, dtype=torch.float64) ** 2).floor().long().tolist()
         timesteps = []

@@ -10,7 +10,15 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (looked up by name by the loader)
 from diffusers.utils.torch_utils import randn_tensor
 
-from .gaussian_diffusion import GaussianDiffusionMixin, ReverseVariance, validate_common_options
+from .gaussian_diffusion import (
+    GaussianDiffusionMixin,
+    ReverseVariance,
+    check_num_inference_steps,
+    validate_common_options,
+)
+
+# The stock DDIM scheduler's schedules; "cosine" is accepted as an alias of "squaredcos_cap_v2".
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
@@ -59,7 +67,14 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
         analytic_gamma: list[float] | None = None,
     ):
         beta_schedule, reverse_variance = validate_common_options(
-            beta_schedule, prediction_type, timestep_spacing, reverse_variance, analytic_gamma, num_train_timesteps
+            beta_schedule,
+            prediction_type,
+            timestep_spacing,
+            reverse_variance,
+            analytic_gamma,
+            num_train_timesteps,
+            beta_schedules=BETA_SCHEDULES,
+            uses_trained_betas=trained_betas is not None,
         )
         if analytic_gamma is not None:
             analytic_gamma = [float(value) for value in analytic_gamma]
@@ -83,10 +98,9 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
         )
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        """As diffusers' `set_timesteps`, refusing a step count below 1 with a clear message, and with the
+        """As diffusers' `set_timesteps`, refusing a step count outside [1, T] in one line, and with the
         "quadratic" spacing of the DDIM paper besides the stock ones."""
-        if num_inference_steps is None or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
         if self.config.timestep_spacing != "quadratic":
             super().set_timesteps(num_inference_steps, device=device)
             return

@@ -10,7 +10,16 @@ from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (looked up by name by the loader)
 from diffusers.utils.torch_utils import randn_tensor
 
-from .gaussian_diffusion import GaussianDiffusionMixin, ReverseVariance, validate_common_options
+from .gaussian_diffusion import (
+    STOCK_VARIANCE_TYPES,
+    GaussianDiffusionMixin,
+    ReverseVariance,
+    check_num_inference_steps,
+    validate_common_options,
+)
+
+# The stock DDPM scheduler's schedules; "cosine" is accepted as an alias of "squaredcos_cap_v2".
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid")
 
 
 class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
@@ -57,8 +66,17 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         analytic_gamma: list[float] | None = None,
     ):
         beta_schedule, reverse_variance = validate_common_options(
-            beta_schedule, prediction_type, timestep_spacing, reverse_variance, analytic_gamma, num_train_timesteps
+            beta_schedule,
+            prediction_type,
+            timestep_spacing,
+            reverse_variance,
+            analytic_gamma,
+            num_train_timesteps,
+            beta_schedules=BETA_SCHEDULES,
+            uses_trained_betas=trained_betas is not None,
         )
+        if variance_type is not None and variance_type not in STOCK_VARIANCE_TYPES:  # None: old stock configs
+            raise ValueError(f"variance_type must be one of {STOCK_VARIANCE_TYPES}, got {variance_type!r}")
         if analytic_gamma is not None:
             analytic_gamma = [float(value) for value in analytic_gamma]
         self.register_to_config(reverse_variance=reverse_variance, analytic_gamma=analytic_gamma)
@@ -93,12 +111,12 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         device: str | torch.device | None = None,
         timesteps: list[int] | None = None,
     ):
-        """As diffusers' `set_timesteps`, refusing a step count below 1 with a clear message, and with the
+        """As diffusers' `set_timesteps`, refusing a step count outside [1, T] in one line, and with the
         "quadratic" spacing of the DDIM paper besides the stock ones."""
         if num_inference_steps is None and timesteps is None:
             raise ValueError("set_timesteps needs num_inference_steps or timesteps")
-        if num_inference_steps is not None and num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if num_inference_steps is not None:
+            check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
         if timesteps is None and self.config.timestep_spacing == "quadratic":
             num_inference_steps, timesteps = None, self.quadratic_timesteps(num_inference_steps).tolist()
         super().set_timesteps(num_inference_steps, device=device, timesteps=timesteps)

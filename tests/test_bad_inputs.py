@@ -1,0 +1,184 @@
+"""The catalogue of bad inputs the library refuses at its public entry points, each in one line that names the
+problem and the fix or the valid values (the table in the docs lists the messages)."""
+
+import pytest
+import torch
+from diffusers import UNet2DModel
+from huggingface_hub import constants
+
+from hfddpm import DDIMScheduler, DDPMScheduler, HFDDPMPipeline, create_unet, unet_config
+from hfddpm.hub import HubError, check_repo_id, resolve_token
+
+from .conftest import make_pipeline, tiny_unet
+
+
+def _pipe(unet=None, **scheduler_options) -> HFDDPMPipeline:
+    return make_pipeline(unet or tiny_unet(channels=1), DDPMScheduler(**scheduler_options))
+
+
+def _unet_with_out_channels(out_channels: int) -> UNet2DModel:
+    return UNet2DModel(**{**unet_config("tiny", in_channels=1, sample_size=8), "out_channels": out_channels})
+
+
+STEPS = "num_inference_steps must be in [1, 1000]"
+
+# (id, call, exception type, keyword naming the problem, keyword naming the fix or the valid values)
+CASES = [
+    (
+        "ddpm prediction_type",
+        lambda: DDPMScheduler(prediction_type="noise"),
+        ValueError,
+        "prediction_type",
+        "v_prediction",
+    ),
+    (
+        "ddim prediction_type",
+        lambda: DDIMScheduler(prediction_type="noise"),
+        ValueError,
+        "prediction_type",
+        "v_prediction",
+    ),
+    (
+        "ddpm reverse_variance",
+        lambda: DDPMScheduler(reverse_variance="small"),
+        ValueError,
+        "reverse_variance",
+        "learned_range",
+    ),
+    (
+        "ddim reverse_variance",
+        lambda: DDIMScheduler(reverse_variance="small"),
+        ValueError,
+        "reverse_variance",
+        "analytic",
+    ),
+    (
+        "ddpm variance_type",
+        lambda: DDPMScheduler(variance_type="fixed"),
+        ValueError,
+        "variance_type",
+        "fixed_small_log",
+    ),
+    ("ddpm beta_schedule", lambda: DDPMScheduler(beta_schedule="quadratic"), ValueError, "beta_schedule", "cosine"),
+    (
+        "ddim beta_schedule",
+        lambda: DDIMScheduler(beta_schedule="sigmoid"),
+        ValueError,
+        "beta_schedule",
+        "squaredcos_cap_v2",
+    ),
+    (
+        "ddpm timestep_spacing",
+        lambda: DDPMScheduler(timestep_spacing="uniform"),
+        ValueError,
+        "timestep_spacing",
+        "trailing",
+    ),
+    (
+        "ddim timestep_spacing",
+        lambda: DDIMScheduler(timestep_spacing="uniform"),
+        ValueError,
+        "timestep_spacing",
+        "quadratic",
+    ),
+    ("ddpm set_timesteps(0)", lambda: DDPMScheduler().set_timesteps(0), ValueError, STEPS, "got 0"),
+    ("ddpm set_timesteps(-3)", lambda: DDPMScheduler().set_timesteps(-3), ValueError, STEPS, "got -3"),
+    ("ddpm set_timesteps(T + 1)", lambda: DDPMScheduler().set_timesteps(1001), ValueError, STEPS, "got 1001"),
+    ("ddim set_timesteps(0)", lambda: DDIMScheduler().set_timesteps(0), ValueError, STEPS, "got 0"),
+    ("ddim set_timesteps(-3)", lambda: DDIMScheduler().set_timesteps(-3), ValueError, STEPS, "got -3"),
+    ("ddim set_timesteps(T + 1)", lambda: DDIMScheduler().set_timesteps(1001), ValueError, STEPS, "got 1001"),
+    ("pipeline batch_size=0", lambda: _pipe()(batch_size=0), ValueError, "batch_size", "positive integer"),
+    (
+        "pipeline generator list of the wrong length",
+        lambda: _pipe()(batch_size=3, generator=[torch.Generator(), torch.Generator()]),
+        ValueError,
+        "got 2 generators for batch_size=3",
+        "one per image",
+    ),
+    (
+        "pipeline num_inference_steps=0",
+        lambda: _pipe()(num_inference_steps=0),
+        ValueError,
+        "num_inference_steps",
+        "[1, 1000]",
+    ),
+    (
+        "pipeline num_inference_steps>T",
+        lambda: _pipe()(num_inference_steps=1001),
+        ValueError,
+        "num_inference_steps",
+        "[1, 1000]",
+    ),
+    ("pipeline output_type", lambda: _pipe()(output_type="jpeg"), ValueError, "output_type", "'pil', 'np', 'pt'"),
+    ("pipeline eta<0", lambda: _pipe()(eta=-1), ValueError, "eta must be >= 0", "deterministic"),
+    (
+        "pipeline learned-variance scheduler on a fixed-variance unet",
+        lambda: _pipe(reverse_variance="learned_range")(num_inference_steps=2),
+        ValueError,
+        "learned variance",
+        "fixed_small",
+    ),
+    (
+        "pipeline unet out_channels neither C nor 2C",
+        lambda: _pipe(_unet_with_out_channels(3))(num_inference_steps=2),
+        ValueError,
+        "out_channels=3 for in_channels=1",
+        "learned_variance",
+    ),
+    (
+        "create_unet size not divisible",
+        lambda: create_unet("tiny", sample_size=9),
+        ValueError,
+        "not divisible by 2",
+        "8 or 10",
+    ),
+    (
+        "create_unet --resolution 10",
+        lambda: create_unet("digits", sample_size=10),
+        ValueError,
+        "not divisible by 4",
+        "8 or 12",
+    ),
+    (
+        "create_unet size below the factor",
+        lambda: create_unet("ddpm-cifar10-32", sample_size=5),
+        ValueError,
+        "by 8",
+        "such as 8",
+    ),
+    ("create_unet unknown preset", lambda: create_unet("cifar"), ValueError, "unknown", "ddpm-cifar10-32"),
+    (
+        "hub malformed repo id",
+        lambda: check_repo_id("not a repo id!"),
+        ValueError,
+        "not a hub repository id",
+        "user/name",
+    ),
+    (
+        "hub missing token",
+        lambda: resolve_token(None, "outputs/run"),
+        HubError,
+        "no hugging face token",
+        "hf auth login",
+    ),
+    (
+        "from_pretrained of a missing path",
+        lambda: HFDDPMPipeline.from_pretrained("/nonexistent/outputs/ddpm-digits"),
+        FileNotFoundError,
+        "neither a pipeline folder",
+        "check the path",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, error_type, problem, fix", [case[1:] for case in CASES], ids=[c[0] for c in CASES])
+def test_library_refuses_bad_input_in_one_line(call, error_type, problem, fix, monkeypatch, tmp_path):
+    for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):  # no token anywhere, for the hub case
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
+    with pytest.raises(error_type) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    assert problem in message.lower() and fix in message.lower(), message
