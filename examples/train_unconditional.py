@@ -7,6 +7,10 @@
 The output folder holds the pipeline (EMA weights; `HFDDPMPipeline.from_pretrained(output_dir)`), `samples/`
 (a grid every --save_images_steps), `checkpoints/` (for --resume_from_checkpoint) and `logs/` (TensorBoard and
 `train.jsonl`).
+
+Faults (docs/reliability.md): SIGTERM or SIGINT saves a checkpoint and exits with 128 + the signal number; a kill
+or a full disk leaves every checkpoint complete or absent; a NaN or Inf loss stops the run (or skips the update,
+--on_nonfinite_loss skip) without touching the weights. Errors are one line: "error: <problem>; <fix>".
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -37,8 +42,20 @@ from hfddpm import UNET_PRESETS, DDIMScheduler, DDPMScheduler, HFDDPMPipeline, c
 from hfddpm.evaluation import METRICS, EvaluationReport, evaluate_pipeline
 from hfddpm.hub import HubError, check_repo_id, export_for_hub, push_to_hub, resolve_token
 from hfddpm.model_cards import model_card
-from hfddpm.training.checkpoints import CheckpointManager
-from hfddpm.training.data import DIGITS, ImagePreprocessing, TrainingImages, load_image_dataset, pretensorize
+from hfddpm.models.unet_presets import check_sample_size
+from hfddpm.training import durable
+from hfddpm.training.checkpoints import CheckpointError, CheckpointManager
+from hfddpm.training.data import (
+    DIGITS,
+    ImagePreprocessing,
+    TrainingImages,
+    channels_of_mode,
+    check_same_colour,
+    first_image_mode,
+    load_image_dataset,
+    pretensorize,
+)
+from hfddpm.training.guards import NonFiniteLossError, RunInterrupted, StopRequest, check_step
 from hfddpm.training.loop import TrainingRandomness, averaged_copy, replica_checksum, training_step
 from hfddpm.training.losses import DiffusionLoss, LossType
 from hfddpm.training.timestep_sampling import TimestepSampling, create_timestep_sampler
@@ -110,6 +127,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--adam_weight_decay", type=float, default=0.0)
     train.add_argument("--adam_epsilon", type=float, default=1e-8)
     train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument(
+        "--on_nonfinite_loss",
+        default="stop",
+        choices=("stop", "skip"),
+        help="a NaN or Inf loss (or gradient) stops the run, keeping the last checkpoint, or skips that update",
+    )
     train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True, help="save EMA weights")
     train.add_argument("--ema_max_decay", type=float, default=0.9999)
     train.add_argument("--ema_inv_gamma", type=float, default=1.0)
@@ -125,7 +148,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     output = parser.add_argument_group("checkpoints, samples and logs")
     output.add_argument("--checkpointing_steps", type=int, default=500)
     output.add_argument("--checkpoints_total_limit", type=int, default=3)
-    output.add_argument("--resume_from_checkpoint", help='"latest" or a checkpoint folder')
+    output.add_argument(
+        "--resume_from_checkpoint",
+        help='"latest" (the newest complete checkpoint; a fresh start when there is none yet) or a checkpoint folder',
+    )
     output.add_argument("--save_images_steps", type=int, default=500, help="sample grid every N steps")
     output.add_argument("--save_model_steps", type=int, help="save the pipeline every N steps (always at the end)")
     output.add_argument("--num_sample_images", type=int, default=64)
@@ -170,21 +196,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in positive:
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise SystemExit(f"error: --{name} must be at least 1, got {value}")
+            raise ValueError(f"--{name} must be at least 1, got {value}")
+    if args.hub_push_intermediate and not (args.push_to_hub and args.save_model_steps):
+        raise ValueError("--hub_push_intermediate needs --push_to_hub and --save_model_steps")
     if args.push_to_hub or args.hub_dry_run:
         args.hub_model_id = args.hub_model_id or Path(args.output_dir).resolve().name
-        try:
-            check_repo_id(args.hub_model_id)
-            if args.push_to_hub and not args.hub_dry_run:
-                resolve_token(args.hub_token, args.output_dir)  # fail now, not after hours of training
-        except (ValueError, HubError) as error:
-            raise SystemExit(f"error: {error}") from None
-    if args.hub_push_intermediate and not (args.push_to_hub and args.save_model_steps):
-        raise SystemExit("error: --hub_push_intermediate needs --push_to_hub and --save_model_steps")
+        check_repo_id(args.hub_model_id)
+        if args.push_to_hub and not args.hub_dry_run:
+            resolve_token(args.hub_token, args.output_dir)  # fail now, not after hours of training
     if args.eval_every and not args.eval_metrics:
         if dataset_source(args) != DIGITS:
-            raise SystemExit(
-                "error: --eval_every needs --eval_metrics for datasets other than the built-in digits "
+            raise ValueError(
+                "--eval_every needs --eval_metrics for datasets other than the built-in digits "
                 "(fid, fd_dinov2 or bits_per_dim)"
             )
         args.eval_metrics = ["fd_digits", "digits_scores"]
@@ -213,12 +236,12 @@ def dataset_source(args: argparse.Namespace) -> str:
 def prepare_output_dir(args: argparse.Namespace) -> Path:
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
-        raise SystemExit(f"error: --output_dir {output_dir} is a file; choose a folder")
+        raise NotADirectoryError(f"--output_dir {output_dir} is a file; choose a folder")
     earlier_run = (output_dir / "checkpoints").is_dir() or (output_dir / "model_index.json").is_file()
     if earlier_run and args.resume_from_checkpoint is None:
         if not args.overwrite_output_dir:
-            raise SystemExit(
-                f"error: {output_dir} holds an earlier run; pass --resume_from_checkpoint latest to continue it, "
+            raise ValueError(
+                f"{output_dir} holds an earlier run; pass --resume_from_checkpoint latest to continue it, "
                 "--overwrite_output_dir to replace it, or another --output_dir"
             )
     return output_dir
@@ -227,8 +250,14 @@ def prepare_output_dir(args: argparse.Namespace) -> Path:
 def build_unet(args: argparse.Namespace, channels: int) -> UNet2DModel:
     learned = args.variance_type in ("learned", "learned_range")
     if args.model_config:
-        config = json.loads(Path(args.model_config).read_text())
+        try:
+            config = json.loads(Path(args.model_config).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--model_config {args.model_config} does not exist; fix the path") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--model_config {args.model_config} is not valid JSON ({error}); fix the file") from None
         config.update(in_channels=channels, out_channels=channels * (2 if learned else 1), sample_size=args.resolution)
+        check_sample_size(config, f"--model_config {args.model_config}")
         return UNet2DModel.from_config(config)
     return create_unet(args.model_preset, learned_variance=learned, in_channels=channels, sample_size=args.resolution)
 
@@ -253,7 +282,8 @@ def save_sample_grid(args, pipeline, path: Path, accelerator, step: int) -> None
     ).images
     grid = sample_grid(images)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    with durable.replacing(path) as temporary:
+        grid.save(temporary, format="PNG")
     if args.report_to == "tensorboard":
         array = np.asarray(grid.convert("RGB"))
         accelerator.get_tracker("tensorboard").writer.add_image("samples", array, step, dataformats="HWC")
@@ -279,20 +309,26 @@ def evaluate_during_training(args, pipeline, accelerator) -> EvaluationReport:
 
 
 def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
-    """Save to a temporary folder, then move each part into place, so a kill leaves a loadable part or the old."""
+    """Save to a staging folder, then move its files into place: a kill leaves a loadable pipeline (each file the
+    old or the new one, which share their configuration within a run), a failed write the earlier pipeline."""
     staging = output_dir / ".pipeline.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    pipeline.save_pretrained(staging)
-    for part in ("unet", "scheduler", "model_index.json"):
-        target = output_dir / part
-        if target.is_dir():
-            old = output_dir / f".{part}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging / part, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging / part, target)
+    try:
+        pipeline.save_pretrained(staging)
+        durable.fsync_tree(staging)
+    except (OSError, RuntimeError) as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        problem = "no space left" if durable.is_disk_full(error) else "could not write"
+        raise CheckpointError(
+            f"{problem} to save the pipeline in {output_dir} ({str(error).splitlines()[0]}); the earlier files are "
+            "kept: free disk space, then resume with --resume_from_checkpoint latest"
+        ) from error
+    # File by file, each replaced atomically, model_index.json last: the folder always holds a whole pipeline.
+    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda path: path.name == "model_index.json")
+    for file in files:
+        target = output_dir / file.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(file, target)
     shutil.rmtree(staging)
 
 
@@ -364,7 +400,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         loss_fn = DiffusionLoss(noise_scheduler, args.loss_type, snr_gamma=args.snr_gamma, vlb_weight=args.vlb_weight)
     except ValueError as error:  # the loss's reverse_variance is this script's --variance_type
-        raise SystemExit(f"error: {str(error).replace('reverse_variance', '--variance_type')}") from None
+        raise ValueError(str(error).replace("reverse_variance", "--variance_type")) from None
     timestep_sampler = create_timestep_sampler(args.timestep_sampling, args.num_train_timesteps)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -374,6 +410,11 @@ def main(args: argparse.Namespace) -> int:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    if accelerator.mixed_precision == "fp16" and accelerator.scaler is None:
+        raise ValueError(
+            f"--mixed_precision fp16 needs a GPU (Accelerate has no fp16 training on {accelerator.device.type}); "
+            "use --mixed_precision bf16 or no"
+        )
     if accelerator.is_main_process and args.overwrite_output_dir and args.resume_from_checkpoint is None:
         for part in ("checkpoints", "samples", "logs", "unet", "scheduler", "model_index.json"):
             path = output_dir / part
@@ -389,10 +430,12 @@ def main(args: argparse.Namespace) -> int:
     dataset, image_column = load_image_dataset(
         args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split, args.image_column, args.cache_dir
     )
-    channels = args.channels or (1 if dataset[0][image_column].mode in ("1", "L", "I", "I;16", "F") else 3)
+    channels = args.channels or channels_of_mode(first_image_mode(dataset, image_column))
     preprocessing = ImagePreprocessing(args.resolution, channels, not args.random_crop, args.random_flip)
     with accelerator.main_process_first():
         pixels = pretensorize(dataset, image_column, preprocessing, args.preprocessing_num_workers)
+    if args.channels is None:
+        check_same_colour(pixels)
     images = TrainingImages(pixels, preprocessing, seed=args.seed)
     dataloader = torch.utils.data.DataLoader(
         images, batch_size=args.train_batch_size, shuffle=True, num_workers=args.dataloader_num_workers
@@ -439,15 +482,24 @@ def main(args: argparse.Namespace) -> int:
         saved_objects["timestep_sampler"] = timestep_sampler
 
     global_step, first_epoch, batches_done = 0, 0, 0
-    if args.resume_from_checkpoint:
-        path = checkpoints.resolve(args.resume_from_checkpoint)
+    resume_from = args.resume_from_checkpoint
+    if resume_from == "latest" and checkpoints.latest() is None:
+        if (output_dir / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint latest: {output_dir} holds a finished run without checkpoints; "
+                "pass --overwrite_output_dir to train it again, or another --output_dir"
+            )
+        accelerator.print(f"No checkpoint in {checkpoints.folder} yet: starting a new run")
+        resume_from = None
+    if resume_from:
+        path = checkpoints.resolve(resume_from)
         state = checkpoints.load(accelerator, path, saved_objects, randomness)
         global_step, first_epoch, batches_done = state["global_step"], state["epoch"], state["batches_in_epoch"]
         accelerator.print(f"Resuming from {path} at step {global_step}")
 
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "training_args.json").write_text(json.dumps(recorded_args(args), indent=2))
+        durable.write_text(output_dir / "training_args.json", json.dumps(recorded_args(args), indent=2))
     accelerator.init_trackers("train", config=tracker_config(args))
     accelerator.print(
         f"{len(images)} images, {accelerator.num_processes} process(es) × batch {args.train_batch_size} × "
@@ -456,112 +508,187 @@ def main(args: argparse.Namespace) -> int:
 
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process)
     unet.train()
-    running_loss, running_count, skipped_steps, start = 0.0, 0, 0, time.perf_counter()
+    running_loss, running_count, start = 0.0, 0, time.perf_counter()
+    skipped_steps, nonfinite_steps, last_checkpoint_step = 0, 0, global_step
+    step_loss = torch.zeros((), device=accelerator.device)  # this optimizer step's loss, over accumulated batches
     loss, intermediate_pushes = None, []
-    for epoch in range(first_epoch, num_epochs):
-        dataloader.set_epoch(epoch)
-        images.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(dataloader, batches_done) if batches_done else dataloader
-        for batch in batches:
-            batches_done += 1
-            with accelerator.accumulate(unet):
-                output = training_step(unet, noise_scheduler, loss_fn, batch, randomness, timestep_sampler)
-                accelerator.backward(output.loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if learns_timesteps:  # every replica learns from every process's losses, so all draw alike
-                timestep_sampler.update(accelerator.gather(output.timesteps), accelerator.gather(output.per_sample))
-            running_loss += output.loss.detach()
-            running_count += 1
-            if not accelerator.sync_gradients:
-                continue
-
-            if accelerator.optimizer_step_was_skipped:
-                skipped_steps += 1  # fp16 overflow: the grad scaler skipped this update
-            else:
-                lr_scheduler.step()
-                if ema is not None:
-                    ema.step(unet.parameters())
-            global_step += 1
-            progress.update(1)
-
-            if global_step % args.logging_steps == 0 or global_step == max_train_steps:
-                loss = accelerator.gather(running_loss.reshape(1) / running_count).mean().item()
-                logs = {"loss": loss, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
-                if output.vlb is not None:
-                    logs["vlb_bits_per_dim"] = accelerator.gather(output.vlb).mean().item()
-                if ema is not None:
-                    logs["ema_decay"] = ema.cur_decay_value or 0.0
-                logs["skipped_steps"] = skipped_steps
-                if learns_timesteps:
-                    logs["timestep_sampler_warm"] = int(timestep_sampler.warmed_up())
-                images_seen = running_count * args.train_batch_size * accelerator.num_processes
-                logs["images_per_second"] = images_seen / (time.perf_counter() - start)
-                accelerator.log(logs, step=global_step)
-                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['lr']:.2e}")
-                running_loss, running_count, start = 0.0, 0, time.perf_counter()
-
-            if global_step % args.checkpointing_steps == 0 and global_step < max_train_steps:
-                position = {"epoch": epoch, "batches_in_epoch": batches_done}
-                if batches_done == len(dataloader):
-                    position = {"epoch": epoch + 1, "batches_in_epoch": 0}
-                checkpoints.save(accelerator, global_step, position, saved_objects, randomness)
-            if accelerator.is_main_process and global_step % args.save_images_steps == 0:
-                pipeline = inference_pipeline(args, unet, ema, noise_scheduler, accelerator)
-                save_sample_grid(
-                    args, pipeline, output_dir / "samples" / f"step_{global_step:07d}.png", accelerator, global_step
-                )
-            if accelerator.is_main_process and args.eval_every and global_step % args.eval_every == 0:
-                report = evaluate_during_training(
-                    args, inference_pipeline(args, unet, ema, noise_scheduler, accelerator), accelerator
-                )
-                accelerator.log({f"eval/{name}": value for name, value in report.metrics.items()}, step=global_step)
-            if accelerator.is_main_process and args.save_model_steps and global_step % args.save_model_steps == 0:
-                save_pipeline(inference_pipeline(args, unet, ema, noise_scheduler, accelerator), output_dir)
-                if args.hub_push_intermediate:
-                    intermediate_pushes.append(
-                        push_to_hub(
-                            output_dir,
-                            args.hub_model_id,
-                            token=args.hub_token,
-                            private=args.hub_private_repo,
-                            revision=args.hub_revision,
-                            commit_message=f"Pipeline at step {global_step}",
-                            run_as_future=True,
+    try:
+        with StopRequest() as stop_request:
+            for epoch in range(first_epoch, num_epochs):
+                dataloader.set_epoch(epoch)
+                images.set_epoch(epoch)
+                batches = accelerator.skip_first_batches(dataloader, batches_done) if batches_done else dataloader
+                for batch in batches:
+                    batches_done += 1
+                    with accelerator.accumulate(unet):
+                        output = training_step(unet, noise_scheduler, loss_fn, batch, randomness, timestep_sampler)
+                        step_loss += output.loss.detach()
+                        accelerator.backward(output.loss)
+                        if accelerator.sync_gradients:
+                            grad_norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                            check = check_step(accelerator, step_loss, grad_norm, stop_request)
+                            if check.fault is None:
+                                optimizer.step()
+                            elif accelerator.scaler is not None:
+                                accelerator.scaler.update()  # closes clip_grad_norm_'s unscale_ without a step
+                            optimizer.zero_grad(set_to_none=True)
+                    if learns_timesteps:  # every replica learns from every process's losses, so all draw alike
+                        timestep_sampler.update(
+                            accelerator.gather(output.timesteps), accelerator.gather(output.per_sample)
                         )
-                    )
-            if global_step >= max_train_steps:
-                break
-        batches_done = 0
-        if global_step >= max_train_steps:
-            break
-    progress.close()
+                    running_loss += output.loss.detach()
+                    running_count += 1
+                    if not accelerator.sync_gradients:
+                        continue
+                    step_loss.zero_()
 
-    # Data-parallel replicas must hold the same weights: compare a float64 checksum across processes.
-    checksums = accelerator.gather(replica_checksum(unet).reshape(1).to(accelerator.device))
-    if (checksums != checksums[0]).any():
-        raise RuntimeError(f"data-parallel replicas diverged: parameter checksums {checksums.tolist()}")
-    accelerator.log({"replica_checksum": checksums[0].item(), "num_processes": accelerator.num_processes}, global_step)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        pipeline = inference_pipeline(args, unet, ema, noise_scheduler, accelerator)
-        save_pipeline(pipeline, output_dir)
-        save_sample_grid(args, pipeline, output_dir / "samples" / "final.png", accelerator, global_step)
-        if args.eval_every:
-            report = evaluate_during_training(args, pipeline, accelerator)
-            (output_dir / "evaluation.json").write_text(report.to_json())
-            accelerator.log({f"eval/{name}": value for name, value in report.metrics.items()}, step=global_step)
-        info = training_info(accelerator, unet, time.perf_counter() - run_start, global_step, loss)
-        (output_dir / "training_info.json").write_text(json.dumps(info, indent=2))
-        model_card(output_dir, args.hub_model_id or output_dir.resolve().name).save(output_dir / "README.md")
-        accelerator.print(
-            f"Saved the pipeline and its model card to {output_dir}, samples to {output_dir / 'samples' / 'final.png'}"
+                    if check.fault is not None:
+                        nonfinite_steps += 1
+                        message = f"step {global_step + 1}: {check.fault}"
+                        if args.on_nonfinite_loss == "stop":
+                            kept = checkpoints.latest()
+                            raise NonFiniteLossError(
+                                f"{message}; the run stopped without updating the weights, and "
+                                f"{kept.name if kept else 'no checkpoint yet'} is its last checkpoint: lower "
+                                "--learning_rate or --max_grad_norm, or pass --on_nonfinite_loss skip, then resume "
+                                "with --resume_from_checkpoint latest"
+                            )
+                        if accelerator.is_main_process:
+                            warning = f"warning: {message}; its update was skipped (--on_nonfinite_loss skip)"
+                            progress.write(warning, file=sys.stderr)  # on a line of its own, not after the bar
+                    elif accelerator.optimizer_step_was_skipped:
+                        skipped_steps += 1  # fp16 overflow: the grad scaler skipped this update
+                    else:
+                        lr_scheduler.step()
+                        if ema is not None:
+                            ema.step(unet.parameters())
+                    global_step += 1
+                    progress.update(1)
+
+                    if global_step % args.logging_steps == 0 or global_step == max_train_steps:
+                        loss = accelerator.gather(running_loss.reshape(1) / running_count).mean().item()
+                        logs = {"loss": loss, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+                        if output.vlb is not None:
+                            logs["vlb_bits_per_dim"] = accelerator.gather(output.vlb).mean().item()
+                        if ema is not None:
+                            logs["ema_decay"] = ema.cur_decay_value or 0.0
+                        logs["skipped_steps"] = skipped_steps
+                        logs["nonfinite_steps"] = nonfinite_steps
+                        if learns_timesteps:
+                            logs["timestep_sampler_warm"] = int(timestep_sampler.warmed_up())
+                        images_seen = running_count * args.train_batch_size * accelerator.num_processes
+                        logs["images_per_second"] = images_seen / (time.perf_counter() - start)
+                        accelerator.log(logs, step=global_step)
+                        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['lr']:.2e}")
+                        running_loss, running_count, start = 0.0, 0, time.perf_counter()
+
+                    position = data_position(epoch, batches_done, len(dataloader))
+                    if global_step % args.checkpointing_steps == 0 and global_step < max_train_steps:
+                        checkpoints.save(accelerator, global_step, position, saved_objects, randomness)
+                        last_checkpoint_step = global_step
+                    if accelerator.is_main_process and global_step % args.save_images_steps == 0:
+                        pipeline = inference_pipeline(args, unet, ema, noise_scheduler, accelerator)
+                        path = output_dir / "samples" / f"step_{global_step:07d}.png"
+                        save_sample_grid(args, pipeline, path, accelerator, global_step)
+                    if accelerator.is_main_process and args.eval_every and global_step % args.eval_every == 0:
+                        report = evaluate_during_training(
+                            args, inference_pipeline(args, unet, ema, noise_scheduler, accelerator), accelerator
+                        )
+                        metrics = {f"eval/{name}": value for name, value in report.metrics.items()}
+                        accelerator.log(metrics, step=global_step)
+                    save_model = args.save_model_steps and global_step % args.save_model_steps == 0
+                    if accelerator.is_main_process and save_model:
+                        save_pipeline(inference_pipeline(args, unet, ema, noise_scheduler, accelerator), output_dir)
+                        if args.hub_push_intermediate:
+                            intermediate_pushes.append(
+                                push_to_hub(
+                                    output_dir,
+                                    args.hub_model_id,
+                                    token=args.hub_token,
+                                    private=args.hub_private_repo,
+                                    revision=args.hub_revision,
+                                    commit_message=f"Pipeline at step {global_step}",
+                                    run_as_future=True,
+                                )
+                            )
+                    if global_step >= max_train_steps:
+                        break
+                    if check.stop_signal is not None:
+                        if last_checkpoint_step != global_step:
+                            checkpoints.save(accelerator, global_step, position, saved_objects, randomness)
+                        raise RunInterrupted(
+                            f"{signal.Signals(check.stop_signal).name}: stopped at step {global_step} and saved "
+                            f"checkpoint-{global_step}; continue with --resume_from_checkpoint latest",
+                            check.stop_signal,
+                        )
+                batches_done = 0
+                if global_step >= max_train_steps:
+                    break
+        progress.close()
+
+        # Data-parallel replicas must hold the same weights: compare a float64 checksum across processes.
+        checksums = accelerator.gather(replica_checksum(unet).reshape(1).to(accelerator.device))
+        if (checksums != checksums[0]).any():
+            raise RuntimeError(f"data-parallel replicas diverged: parameter checksums {checksums.tolist()}")
+        accelerator.log(
+            {"replica_checksum": checksums[0].item(), "num_processes": accelerator.num_processes}, global_step
         )
-    accelerator.end_training()
+        if skipped_steps:
+            accelerator.print(f"The fp16 grad scaler skipped {skipped_steps} of {global_step} updates (overflow)")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            pipeline = inference_pipeline(args, unet, ema, noise_scheduler, accelerator)
+            save_pipeline(pipeline, output_dir)
+            save_sample_grid(args, pipeline, output_dir / "samples" / "final.png", accelerator, global_step)
+            if args.eval_every:
+                report = evaluate_during_training(args, pipeline, accelerator)
+                durable.write_text(output_dir / "evaluation.json", report.to_json())
+                metrics = {f"eval/{name}": value for name, value in report.metrics.items()}
+                accelerator.log(metrics, step=global_step)
+            info = training_info(accelerator, unet, time.perf_counter() - run_start, global_step, loss)
+            info.update(skipped_steps=skipped_steps, nonfinite_steps=nonfinite_steps)
+            durable.write_text(output_dir / "training_info.json", json.dumps(info, indent=2))
+            card = model_card(output_dir, args.hub_model_id or output_dir.resolve().name)
+            durable.write_text(output_dir / "README.md", str(card))
+            accelerator.print(
+                f"Saved the pipeline and its model card to {output_dir}, samples to "
+                f"{output_dir / 'samples' / 'final.png'}"
+            )
+    finally:
+        progress.close()
+        accelerator.end_training()
     return publish(args, output_dir, intermediate_pushes) if accelerator.is_main_process else 0
 
 
+def data_position(epoch: int, batches_done: int, batches_per_epoch: int) -> dict:
+    """Where the data stands after `batches_done` batches of `epoch`, as a checkpoint records it."""
+    if batches_done == batches_per_epoch:
+        return {"epoch": epoch + 1, "batches_in_epoch": 0}
+    return {"epoch": epoch, "batches_in_epoch": batches_done}
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The command line: train; answer a bad input or a fault with one line on stderr and an exit status.
+
+    Exit status: 0 done; 1 a fault stopped the run (a non-finite loss, a checkpoint that could not be written or
+    read, a failed push); 2 a bad argument or input; 128 + N stopped by signal N after saving a checkpoint.
+    """
+    main_process = os.environ.get("RANK", "0") == "0"
+    try:
+        return main(parse_args(argv))
+    except RunInterrupted as interruption:
+        if main_process:
+            print(interruption, file=sys.stderr)
+        return interruption.exit_code
+    except KeyboardInterrupt:
+        if main_process:
+            print("interrupted; the checkpoints written so far are kept", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except (ValueError, FileNotFoundError, NotADirectoryError, HubError, CheckpointError, NonFiniteLossError) as error:
+        if main_process:
+            print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1 if isinstance(error, (CheckpointError, NonFiniteLossError)) else 2
+
+
 if __name__ == "__main__":
-    sys.exit(main(parse_args(sys.argv[1:])))
+    sys.exit(run(sys.argv[1:]))

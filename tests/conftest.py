@@ -44,3 +44,13 @@ def dummy_sample_deter() -> torch.Tensor:
     """diffusers' deterministic scheduler-test sample, shape (4, 3, 8, 8) in [0, 1)."""
     n = 4 * 3 * 8 * 8
     return (torch.arange(n) / n).reshape(3, 8, 8, 4).permute(3, 0, 1, 2)
+
+
+@pytest.fixture(scope="session")
+def training_runner():
+    """A process that imported examples/train_unconditional.py and forks a child per run (tests/training_runner.py)."""
+    from .training_runner import TrainingRunner
+
+    runner = TrainingRunner()
+    yield runner
+    runner.close()

@@ -101,13 +101,13 @@ def unet_config(preset: str, learned_variance: bool = False, **overrides: Any) -
         raise ValueError("out_channels follows in_channels and learned_variance; set those instead")
     config = {**UNET_PRESETS[preset], **overrides}
     config["out_channels"] = config["in_channels"] * (2 if learned_variance else 1)
-    _check_sample_size(preset, config)
+    check_sample_size(config, f"UNet preset {preset!r}")
     return config
 
 
-def _check_sample_size(preset: str, config: dict[str, Any]) -> None:
-    """Refuse a size the UNet cannot halve at every downsampling: its skip connections would not line up, and the
-    first forward pass would fail deep inside diffusers with a shape mismatch."""
+def check_sample_size(config: dict[str, Any], source: str) -> None:
+    """Refuse a size the UNet of `config` (named `source` in the message) cannot halve at every downsampling: its
+    skip connections would not line up, and the first forward pass would fail deep inside diffusers."""
     factor = 2 ** (len(config["block_out_channels"]) - 1)
     size = config["sample_size"]
     for side in (size,) if isinstance(size, int) else tuple(size):
@@ -115,7 +115,7 @@ def _check_sample_size(preset: str, config: dict[str, Any]) -> None:
             lower, upper = side // factor * factor, (side // factor + 1) * factor
             nearest = f"{lower} or {upper}" if lower else f"{upper}"
             raise ValueError(
-                f"sample_size={side} is not divisible by {factor}, the downsampling factor of UNet preset {preset!r} "
+                f"sample_size={side} is not divisible by {factor}, the downsampling factor of {source} "
                 f"({len(config['block_out_channels'])} resolutions); use a multiple of {factor} such as {nearest}"
             )
 

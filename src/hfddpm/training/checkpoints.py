@@ -2,26 +2,38 @@
 
 A checkpoint `checkpoints/checkpoint-<step>/` holds Accelerate's state (model, optimizer, RNG states) and hfddpm's
 own: the EMA weights and the training-step randomness as safetensors, the learning-rate schedule and the data
-position as JSON. Nothing of hfddpm's own is pickled. `training_state.json` is written last and the folder is
-renamed from `.checkpoint-<step>.partial` only after it, so a run killed while saving leaves the previous
-checkpoints as they were.
+position as JSON. Nothing of hfddpm's own is pickled, and Accelerate loads its pickled files (optimizer, RNG
+states) with `torch.load(weights_only=True)`, which refuses any pickle that would run code.
+
+A checkpoint folder is complete or absent: it is written as `.checkpoint-<step>.partial`, flushed to disk, given
+`training_state.json` last, and only then renamed into place; old checkpoints are renamed to a hidden name before
+they are deleted. A run killed at any moment, or out of disk space, leaves the earlier checkpoints as they were.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
+from .durable import fsync_tree, is_disk_full, remove_tree
 
 TRAINING_STATE = "training_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+# What reading a damaged or tampered checkpoint raises: a missing file, a torn file, a pickle weights_only refuses.
+_UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, SafetensorError, pickle.UnpicklingError, EOFError)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message says which, why, and what to do."""
 
 
 class CheckpointManager:
@@ -44,16 +56,20 @@ class CheckpointManager:
         ]
         return [path for _, path in sorted(found)]
 
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint, or None."""
+        checkpoints = self.complete()
+        return checkpoints[-1] if checkpoints else None
+
     def resolve(self, spec: str) -> Path:
         """The checkpoint `spec` names: "latest", or a checkpoint folder."""
         if spec == "latest":
-            checkpoints = self.complete()
-            if not checkpoints:
+            if (latest := self.latest()) is None:
                 raise FileNotFoundError(
                     f"--resume_from_checkpoint latest: no complete checkpoint in {self.folder}; "
                     "start without --resume_from_checkpoint"
                 )
-            return checkpoints[-1]
+            return latest
         path = Path(spec)
         if not (path / TRAINING_STATE).is_file():
             raise FileNotFoundError(
@@ -67,6 +83,8 @@ class CheckpointManager:
 
         `position` is JSON (epoch, batches seen in the epoch, …); `objects` maps names to objects with
         `state_dict()` saved by the main process (EMA, learning-rate schedule); `randomness` is saved per process.
+        Raises `CheckpointError` (on every process) when a process could not write its part; the partial folder
+        is then deleted and the earlier checkpoints are kept.
         """
         final = self.folder / f"checkpoint-{step}"
         partial = self.folder / f".checkpoint-{step}.partial"
@@ -74,36 +92,77 @@ class CheckpointManager:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(partial))
-        save_state_dict(randomness.state_dict(), partial / f"randomness_{accelerator.process_index}")
+        failure = None
+        try:
+            accelerator.save_state(str(partial))
+            save_state_dict(randomness.state_dict(), partial / f"randomness_{accelerator.process_index}")
+            if accelerator.is_main_process:
+                for name, obj in objects.items():
+                    save_state_dict(obj.state_dict(), partial / name)
+        except (OSError, RuntimeError, SafetensorError) as error:  # torch and safetensors wrap the OS error
+            failure = error
+        failed = torch.tensor([failure is not None], device=accelerator.device)
+        if accelerator.gather(failed).any():  # every process stops, not only the one that failed
+            if accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise CheckpointError(self._write_failure(final, failure)) from failure
         if accelerator.is_main_process:
-            for name, obj in objects.items():
-                save_state_dict(obj.state_dict(), partial / name)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+            fsync_tree(partial)
             state = {"global_step": step, **position, "hfddpm_version": __version__}
             _write_json_durably(partial / TRAINING_STATE, state)
             if final.exists():
-                shutil.rmtree(final)
+                remove_tree(final)
             os.replace(partial, final)
             self._remove_old()
         accelerator.wait_for_everyone()
         return final
 
     def load(self, accelerator, path: Path, objects: dict, randomness) -> dict:
-        """Restore what `save` wrote; return the training state (global step and position)."""
-        accelerator.load_state(str(path))
-        randomness.load_state_dict(load_state_dict(path / f"randomness_{accelerator.process_index}"))
-        for name, obj in objects.items():
-            obj.load_state_dict(load_state_dict(path / name))
-        return json.loads((path / TRAINING_STATE).read_text())
+        """Restore what `save` wrote; return the training state (global step and position).
+
+        Raises `CheckpointError` naming the checkpoint when a file is missing, damaged, or holds a pickle that
+        would run code.
+        """
+        try:
+            accelerator.load_state(str(path))
+            randomness.load_state_dict(load_state_dict(path / f"randomness_{accelerator.process_index}"))
+            for name, obj in objects.items():
+                obj.load_state_dict(load_state_dict(path / name))
+            return json.loads((path / TRAINING_STATE).read_text())
+        except _UNREADABLE as error:
+            reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+            if isinstance(error, pickle.UnpicklingError):
+                reason = "it holds a pickle that would run code when loaded (refused by torch.load weights_only)"
+            earlier = [p.name for p in self.complete() if p != path]
+            raise CheckpointError(
+                f"cannot resume from {path}: {reason}; resume from an earlier checkpoint "
+                f"({', '.join(earlier) or 'none left'}) with --resume_from_checkpoint PATH, or start over"
+            ) from error
+
+    def _write_failure(self, final: Path, error: BaseException | None) -> str:
+        """The one-line message for a checkpoint that could not be written."""
+        kept_path = self.latest()
+        kept = f"{kept_path.name} is kept" if kept_path else "no earlier checkpoint exists"
+        if error is None:  # another process failed; it reports the reason
+            return f"another process could not write {final.name}; {kept}"
+        reason = str(error).splitlines()[0]
+        # torch.save's writer drops the OS error: judge by the room left against the size of the last checkpoint.
+        needed = sum(f.stat().st_size for f in kept_path.rglob("*") if f.is_file()) if kept_path else 0
+        if is_disk_full(error) or shutil.disk_usage(self.folder).free < needed:
+            return (
+                f"no space left to write {final} ({reason}); {kept}: free disk space or choose another "
+                "--output_dir, then resume with --resume_from_checkpoint latest"
+            )
+        return f"could not write {final} ({reason}); {kept}: fix the folder, then resume with --resume_from_checkpoint"
 
     def _remove_old(self) -> None:
-        for path in self.folder.glob(".checkpoint-*.partial"):
-            shutil.rmtree(path, ignore_errors=True)
+        """Delete leftovers of interrupted saves and removals, and the checkpoints beyond `total_limit`."""
+        for pattern in (".checkpoint-*.partial", ".checkpoint-*.removing"):
+            for path in self.folder.glob(pattern):
+                shutil.rmtree(path, ignore_errors=True)
         if self.total_limit is not None:
             for path in self.complete()[: -self.total_limit]:
-                shutil.rmtree(path)
+                remove_tree(path)
 
 
 def save_state_dict(state: dict, stem: Path) -> None:

@@ -18,6 +18,7 @@ import torch
 
 DIGITS = "digits"
 DIGITS_TRAIN_SIZE = 1500  # of sklearn's 1797 UCI digits; the last 297 are the held-out "test" split
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes without colour
 
 
 def load_digits_dataset(split: str = "train") -> datasets.Dataset:
@@ -29,7 +30,7 @@ def load_digits_dataset(split: str = "train") -> datasets.Dataset:
     from sklearn.datasets import load_digits
 
     if split not in ("train", "test"):
-        raise ValueError(f"the digits dataset has splits 'train' and 'test', got {split!r}")
+        raise ValueError(f"the digits dataset has splits 'train' and 'test', got {split!r}; pick one with --split")
     digits = load_digits()
     rows = slice(0, DIGITS_TRAIN_SIZE) if split == "train" else slice(DIGITS_TRAIN_SIZE, None)
     pixels = np.round(digits.images[rows] * 255 / 16).astype(np.uint8)
@@ -132,11 +133,17 @@ class ImagePreprocessing:
 def pretensorize(
     dataset: datasets.Dataset, image_column: str, preprocessing: ImagePreprocessing, num_proc: int | None = None
 ) -> datasets.Dataset:
-    """Decode and resize every image once into a dataset of raw uint8 pixels ("pixels" bytes and their "shape")."""
+    """Decode and resize every image once into a dataset of raw uint8 pixels ("pixels" bytes and their "shape",
+    and the image's original PIL "mode")."""
 
     def convert(batch):
-        arrays = [preprocessing.prepare(_open_image(entry)) for entry in batch[image_column]]
-        return {"pixels": [a.tobytes() for a in arrays], "shape": [list(a.shape) for a in arrays]}
+        images = [_open_image(entry) for entry in batch[image_column]]
+        arrays = [preprocessing.prepare(image) for image in images]
+        return {
+            "pixels": [a.tobytes() for a in arrays],
+            "shape": [list(a.shape) for a in arrays],
+            "mode": [image.mode for image in images],
+        }
 
     undecoded = dataset.cast_column(image_column, datasets.Image(decode=False))
     return undecoded.map(
@@ -146,6 +153,27 @@ def pretensorize(
         num_proc=num_proc,
         desc="Decoding and resizing images",
     )
+
+
+def first_image_mode(dataset: datasets.Dataset, image_column: str) -> str:
+    """The PIL mode of the first image, read with the same clear error as `pretensorize` when it is unreadable."""
+    return _open_image(dataset.cast_column(image_column, datasets.Image(decode=False))[0][image_column]).mode
+
+
+def channels_of_mode(mode: str) -> int:
+    """1 for a grayscale PIL mode, 3 for a colour one."""
+    return 1 if mode in GRAYSCALE_MODES else 3
+
+
+def check_same_colour(pixels: datasets.Dataset) -> None:
+    """Refuse images that mix grayscale and colour: converting either way may not be what the user wants."""
+    channels = {channels_of_mode(mode) for mode in pixels.unique("mode")}
+    if len(channels) > 1:
+        colour = sum(channels_of_mode(mode) == 3 for mode in pixels["mode"])
+        raise ValueError(
+            f"the images mix grayscale and colour ({colour} of {len(pixels)} in colour); pass --channels 3 to "
+            "train in colour or --channels 1 to train in grayscale"
+        )
 
 
 def _open_image(entry: dict) -> PIL.Image.Image:

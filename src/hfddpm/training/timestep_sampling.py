@@ -6,6 +6,7 @@ whatever p is: the weighted loss estimates the same objective as uniform samplin
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 import torch
@@ -76,9 +77,11 @@ class LossSecondMomentSampler(UniformTimestepSampler):
         return timesteps, weights.float()
 
     def update(self, timesteps: torch.Tensor, losses: torch.Tensor) -> None:
-        """Append each loss to its timestep's history, dropping the oldest when full."""
+        """Append each loss to its timestep's history, dropping the oldest when full; NaN and Inf are left out."""
         history, counts = self.history.numpy(), self.counts.numpy()  # views: numpy's scalar indexing is ~10× faster
         for t, loss in zip(timesteps.tolist(), losses.detach().double().cpu().tolist(), strict=True):
+            if not math.isfinite(loss):  # a faulty step must not poison p_t
+                continue
             if counts[t] == self.history_per_term:
                 history[t, :-1] = history[t, 1:]  # numpy copies overlapping slices safely
                 history[t, -1] = loss

@@ -1,0 +1,72 @@
+"""Files and folders that are the old version or the new one, never half of either, whenever the process dies.
+
+A file is written beside its target under a temporary name, flushed to disk, then renamed over the target
+(`os.replace` is atomic within a filesystem); a folder is removed by renaming it to a hidden name first, so a kill
+during the removal leaves a hidden leftover, never a visible half-folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+# The errors that mean the filesystem is out of room: no space, quota exceeded, file-size limit.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block succeeds, move it onto `path`, else delete it."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        yield temporary
+        _fsync(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    with replacing(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Flush every file under `folder` to disk, so a folder renamed into place afterwards survives a power cut."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            _fsync(path)
+
+
+def remove_tree(folder: str | os.PathLike) -> None:
+    """Remove `folder`: renamed to a hidden `.<name>.removing` first, then deleted."""
+    folder = Path(folder)
+    doomed = folder.with_name(f".{folder.name}.removing")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` (or an error it was raised from) says the disk, the quota or the file-size limit is full.
+
+    safetensors and torch report write failures as their own exception types with the OS message in the text.
+    """
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(os.strerror(number) in str(error) for number in DISK_FULL_ERRNOS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())

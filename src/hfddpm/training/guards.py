@@ -1,0 +1,90 @@
+"""What a long run watches at every optimizer step: a non-finite loss or gradient, and a request to stop.
+
+Both are decided from one gather across processes per optimizer step, so every data-parallel process takes the
+same branch: all skip (or stop at) a step whose loss is NaN or Inf on any process, and all stop when any process
+received SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+from dataclasses import dataclass
+
+import torch
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient of an optimizer step was NaN or Inf and the run was told to stop."""
+
+
+class RunInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the run after it saved a checkpoint; `exit_code` is 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopRequest:
+    """Within `with StopRequest():`, SIGTERM and SIGINT only record that the run should stop.
+
+    The training loop finishes its optimizer step, saves a checkpoint and exits; a second signal while it does so
+    takes the signal's usual effect (SIGINT: KeyboardInterrupt; SIGTERM: termination).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        self._previous = {signum: signal.signal(signum, self._record) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _record(self, signum: int, frame) -> None:
+        if self.signum is not None:  # asked twice: stop now
+            signal.signal(signum, self._previous[signum])
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        print(
+            f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step, then stopping "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """The verdict on one optimizer step, the same on every process."""
+
+    fault: str | None  # what was not finite, e.g. "the loss is nan"; None when the step may update the weights
+    stop_signal: int | None  # the signal that asked the run to stop, or None
+
+
+def check_step(accelerator, step_loss: torch.Tensor, grad_norm: torch.Tensor, stop: StopRequest) -> StepCheck:
+    """Gather this step's loss (summed over accumulated batches), gradient norm and stop request from every process.
+
+    A non-finite loss is a fault in every precision. A non-finite gradient norm is one too, except under fp16's
+    grad scaler, whose scale deliberately overflows now and then: the scaler skips those updates itself and the
+    training loop counts them.
+    """
+    stop_flag = float(stop.signum or 0)
+    values = torch.stack([step_loss.detach().float().reshape(()), grad_norm.detach().float().reshape(())])
+    row = torch.cat([values, values.new_tensor([stop_flag])]).reshape(1, 3)
+    losses, norms, signals = accelerator.gather(row).cpu().double().T.tolist()
+    fault = None
+    if bad := [x for x in losses if not math.isfinite(x)]:
+        fault = f"the loss is {bad[0]}"
+    elif accelerator.scaler is None and (bad := [x for x in norms if not math.isfinite(x)]):
+        fault = f"the gradient norm is {bad[0]}"
+    stop_signal = next((int(s) for s in signals if s), None)
+    return StepCheck(fault, stop_signal)
