@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -41,12 +42,14 @@ class StopRequest:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequest:
-        self._previous = {signum: signal.signal(signum, self._record) for signum in self.SIGNALS}
+        if threading.current_thread() is threading.main_thread():  # elsewhere Python cannot install handlers
+            self._previous = {signum: signal.signal(signum, self._record) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc_info) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        self._previous = {}
 
     def _record(self, signum: int, frame) -> None:
         if self.signum is not None:  # asked twice: stop now
