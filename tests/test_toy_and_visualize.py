@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
@@ -75,7 +76,7 @@ def test_forward_noising_grid_shows_each_image_at_each_timestep():
     grid = forward_noising_grid(images, DDPMScheduler(), timesteps=(0, 500, 999), scale=4)
     # x_0 and three timesteps, 2-pixel gaps, a 14-pixel label line
     assert grid.size == (4 * 32 + 3 * 2, 14 + 3 * 32 + 2 * 2)
-    first = torch.tensor(list(grid.convert("L").crop((0, 14, 32, 46)).getdata())).float()
+    first = torch.tensor(np.array(grid.convert("L").crop((0, 14, 32, 46))), dtype=torch.float32).flatten()
     expected = ((images[0, 0] + 1) * 127.5).round().repeat_interleave(4, 0).repeat_interleave(4, 1).flatten()
     assert torch.allclose(first, expected, atol=1)  # the first column is the image itself
 

@@ -1,5 +1,6 @@
 """Pieces of the training loop: the step's randomness and precision, EMA copies, and atomic checkpoints."""
 
+import errno
 import json
 from types import SimpleNamespace
 
@@ -8,9 +9,11 @@ import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from safetensors import SafetensorError
 
 from hfddpm import DDPMScheduler
-from hfddpm.training.checkpoints import CheckpointManager, load_state_dict, save_state_dict
+from hfddpm.training.checkpoints import CheckpointError, CheckpointManager, load_state_dict, save_state_dict
+from hfddpm.training.durable import is_disk_full
 from hfddpm.training.loop import TrainingRandomness, averaged_copy, replica_checksum, training_step
 from hfddpm.training.losses import DiffusionLoss
 
@@ -130,3 +133,39 @@ def test_checkpoints_are_complete_rotated_and_resolved(tmp_path):
         CheckpointManager(tmp_path / "nothing").resolve("latest")
     with pytest.raises(ValueError, match="checkpoints_total_limit must be at least 1"):
         CheckpointManager(tmp_path, total_limit=0)
+
+
+def test_a_checkpoint_that_meets_a_full_disk_is_removed_and_the_previous_one_kept(tmp_path, monkeypatch):
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(torch.nn.Linear(3, 3))
+    randomness = TrainingRandomness(seed=0)
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    position = {"epoch": 0, "batches_in_epoch": 1}
+    manager.save(accelerator, 1, position, {}, randomness)
+
+    def full_disk(tensors, filename):  # what safetensors raises when the device is full
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, message: "No space left on device" })')
+
+    monkeypatch.setattr("hfddpm.training.checkpoints.save_file", full_disk)
+    with pytest.raises(CheckpointError) as error:
+        manager.save(accelerator, 2, position, {}, randomness)
+    assert str(error.value) == (
+        f"no space left to write {tmp_path / 'checkpoints' / 'checkpoint-2'} (Error while serializing: IoError(Os "
+        '{ code: 28, message: "No space left on device" })); checkpoint-1 is kept: free disk space or choose another '
+        "--output_dir, then resume with --resume_from_checkpoint latest"
+    )
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["checkpoint-1"]
+    assert manager.load(accelerator, manager.resolve("latest"), {}, randomness)["global_step"] == 1
+
+
+def test_is_disk_full_reads_the_os_error_through_wrapping_exceptions():
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(RuntimeError("PytorchStreamWriter failed: File too large"))
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError as quota:
+            raise RuntimeError("write failed") from quota
+    except RuntimeError as wrapped:
+        assert is_disk_full(wrapped)
+    assert not is_disk_full(PermissionError(errno.EACCES, "Permission denied"))
