@@ -4,9 +4,12 @@ tests/training_runner.py (the `training_runner` fixture), which spares each run 
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,13 +86,33 @@ def test_bf16_mixed_precision_on_cpu(tmp_path, training_runner):
     assert weights(tmp_path / "bf16")["conv_in.weight"].dtype == torch.float32  # EMA weights saved in float32
 
 
-def test_two_processes_on_cpu_keep_identical_replicas(tmp_path):
+def test_two_processes_stop_together_on_sigterm_and_resume_with_identical_replicas(tmp_path):
+    # torchrun passes SIGTERM to both workers; they agree at the next step, save one checkpoint together, and exit.
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    train(tmp_path / "ddp", "--max_train_steps", "12", env={"ACCELERATE_USE_CPU": "1"}, launcher=launcher)
-    log = read_jsonl_log(tmp_path / "ddp" / "logs" / "train.jsonl")
+    run, args, env = tmp_path / "ddp", ["--max_train_steps", "12"], {"ACCELERATE_USE_CPU": "1"}
+    stopped = subprocess.Popen(
+        [*launcher, *command(run, *args)[1:]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+    )
+    log = run / "logs" / "train.jsonl"
+    deadline = time.time() + 300
+    while not (log.is_file() and log.read_text().count('"step": ') >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGTERM)
+    _, stderr = stopped.communicate(timeout=300)
+    [step] = re.findall(r"SIGTERM: stopped at step (\d+) and saved checkpoint-\1", stderr)  # said once, by rank 0
+    checkpoint = run / "checkpoints" / f"checkpoint-{step}"
+    assert int(step) < 12 and (checkpoint / "training_state.json").is_file()
+    assert all((checkpoint / f"randomness_{rank}.safetensors").is_file() for rank in (0, 1))
+
+    train(run, *args, "--resume_from_checkpoint", "latest", env=env, launcher=launcher)
+    log = read_jsonl_log(log)
     assert log[12]["num_processes"] == 2 and "replica_checksum" in log[12]
     # Each process saw its own shard and noise: the logged loss is the mean of two different losses.
-    assert json.loads((tmp_path / "ddp" / "training_args.json").read_text())["train_batch_size"] == 16
+    assert json.loads((run / "training_args.json").read_text())["train_batch_size"] == 16
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
