@@ -87,8 +87,8 @@ def test_a_run_killed_anywhere_resumes_from_its_last_complete_checkpoint_exactly
     # 1–3: inside the first checkpoint save. Nothing is complete, so each resume starts afresh.
     killed({"kill_after": {"hfddpm.training.checkpoints:save_state_dict": 1}})
     assert (checkpoints / ".checkpoint-4.partial" / "model.safetensors").is_file()
-    killed({"kill_before": {"hfddpm.training.checkpoints:_write_json_durably": 1}})
-    killed({"kill_after": {"hfddpm.training.checkpoints:_write_json_durably": 1}})
+    killed({"kill_before": {"hfddpm.training.checkpoints:write_text": 1}})
+    killed({"kill_after": {"hfddpm.training.checkpoints:write_text": 1}})
     assert (checkpoints / ".checkpoint-4.partial" / "training_state.json").is_file()
     assert not (checkpoints / "checkpoint-4").exists()
     # 4: half-way through deleting checkpoint-4 (the third save, checkpoint-12, exceeds the limit of 2).

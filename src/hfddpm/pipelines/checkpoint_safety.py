@@ -50,10 +50,10 @@ def fetch_model_index(repo_id: str, download_kwargs: dict) -> dict:
     return _read_json(path, f"{repo_id} has no model_index.json; check the repository id")
 
 
-def check_checkpoint_folder(folder: str, allow_pickle: bool, passed: Collection[str]) -> bool:
-    """Refuse a pipeline folder that would import code, was saved by a newer hfddpm, misses a part, or holds pickle
-    weights without `allow_pickle`, each in one line naming the fix; return whether the UNet's weights are pickles.
-    Components in `passed` are not read."""
+def check_checkpoint_folder(folder: str, passed: Collection[str]) -> dict:
+    """Refuse a pipeline folder that would import code, was saved by a newer hfddpm or misses a part, each in one
+    line naming the fix; return its model_index.json. Components in `passed` are not read; the UNet's weights are
+    `check_weights`'s."""
     index_path = os.path.join(folder, "model_index.json")
     index = _read_json(
         index_path, f"{folder} holds no pipeline (no model_index.json); pass the folder save_pretrained wrote"
@@ -79,7 +79,7 @@ def check_checkpoint_folder(folder: str, allow_pickle: bool, passed: Collection[
             os.path.join(subfolder, config_name),
             f"{subfolder} has no {config_name}; copy it from the source or re-save the pipeline with save_pretrained",
         )
-    return "unet" not in passed and _check_weights(os.path.join(folder, "unet"), allow_pickle)
+    return index
 
 
 def check_model_index(index: dict, where: str) -> None:
@@ -109,7 +109,7 @@ def check_model_index(index: dict, where: str) -> None:
         )
 
 
-def _check_weights(unet_folder: str, allow_pickle: bool) -> bool:
+def check_weights(unet_folder: str, allow_pickle: bool) -> bool:
     """Refuse a UNet folder without weights, or with pickle weights only unless `allow_pickle`; with it, refuse a
     pickle that holds more than tensors, as `torch.load(weights_only=True)` judges (nothing in it is executed).
     Return whether the weights are (allowed) pickles."""

@@ -36,7 +36,7 @@ from ..models.eval_mode import eval_mode
 from ..schedulers import DDIMScheduler, DDPMScheduler
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
 from ..schedulers.langevin import langevin_corrector_step
-from .checkpoint_safety import check_checkpoint_folder, check_model_index, fetch_model_index
+from .checkpoint_safety import check_checkpoint_folder, check_model_index, check_weights, fetch_model_index
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +121,11 @@ class HFDDPMPipeline(DiffusionPipeline):
             # Pickle-only weights are fetched too (not unpickled), so the folder check below names them.
             download_kwargs["use_safetensors"] = kwargs.get("use_safetensors") if allow_pickle else None
             folder = cls.download(folder, **download_kwargs)
-        if check_checkpoint_folder(folder, allow_pickle, passed=kwargs):  # pickle weights, allowed
+        index = check_checkpoint_folder(folder, passed=kwargs)
+        if "unet" not in kwargs and check_weights(os.path.join(folder, "unet"), allow_pickle):  # allowed pickles
             kwargs["use_safetensors"] = False  # read them without diffusers' warning about missing safetensors
         if "scheduler" not in kwargs:
-            scheduler_class = _hfddpm_scheduler_class(folder)
+            scheduler_class = _hfddpm_scheduler_class(index)
             if scheduler_class is not None:
                 kwargs["scheduler"] = scheduler_class.from_pretrained(folder, subfolder="scheduler")
         return super().from_pretrained(folder, **kwargs)
@@ -290,13 +291,9 @@ class HFDDPMPipeline(DiffusionPipeline):
         return kwargs
 
 
-def _hfddpm_scheduler_class(folder: str) -> type | None:
-    """hfddpm's subclass for a folder whose scheduler is a stock (or hfddpm) DDPM or DDIM scheduler."""
-    index_path = os.path.join(folder, "model_index.json")
-    if not os.path.isfile(index_path):
-        return None
-    with open(index_path, encoding="utf-8") as file:
-        library, class_name = (json.load(file).get("scheduler") or [None, None])[:2]
+def _hfddpm_scheduler_class(index: dict) -> type | None:
+    """hfddpm's subclass for a model_index.json whose scheduler is a stock (or hfddpm) DDPM or DDIM scheduler."""
+    library, class_name = (index.get("scheduler") or [None, None])[:2]
     if library in ("diffusers", *(cls.__module__ for cls in _HFDDPM_SCHEDULERS.values())):
         return _HFDDPM_SCHEDULERS.get(class_name)
     return None

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from .durable import fsync_tree, is_disk_full, remove_tree
+from .durable import fsync_tree, is_disk_full, remove_tree, write_text
 
 TRAINING_STATE = "training_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -109,7 +109,7 @@ class CheckpointManager:
         if accelerator.is_main_process:
             fsync_tree(partial)
             state = {"global_step": step, **position, "hfddpm_version": __version__}
-            _write_json_durably(partial / TRAINING_STATE, state)
+            write_text(partial / TRAINING_STATE, json.dumps(state))
             if final.exists():
                 remove_tree(final)
             os.replace(partial, final)
@@ -191,10 +191,3 @@ def load_state_dict(stem: Path) -> dict:
             state[name] = [tensors.pop(f"{name}.{i}") for i in range(plain[key])]
     state.update(tensors)
     return state
-
-
-def _write_json_durably(path: Path, value: dict) -> None:
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(value, file)
-        file.flush()
-        os.fsync(file.fileno())
