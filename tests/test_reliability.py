@@ -248,27 +248,26 @@ def test_many_training_runs_in_one_process_keep_memory_flat(tmp_path, training_r
 
 
 SAMPLING_LOOP = """
-import gc, json, resource, torch
-from pathlib import Path
+import json, torch
 from hfddpm import DDIMScheduler, HFDDPMPipeline, create_unet
+from tests.training_runner import memory_kb
 torch.manual_seed(0)
 pipe = HFDDPMPipeline(create_unet("tiny", in_channels=1, sample_size=8), DDIMScheduler())
 pipe.set_progress_bar_config(disable=True)
-def resident_kb():
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
-    return int(line.split()[1])
 records = []
 for block in range(5):
     for _ in range(25):
         pipe(batch_size=8, num_inference_steps=5, generator=torch.manual_seed(block), output_type="pil")
-    gc.collect()
-    records.append({"resident_kb": resident_kb(), "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
+    records.append(memory_kb())
 print(json.dumps(records))
 """
 
 
 def test_sampling_many_batches_keeps_memory_flat():
-    result = subprocess.run([sys.executable, "-c", SAMPLING_LOOP], capture_output=True, text=True, timeout=300)
+    repository = Path(__file__).resolve().parents[1]  # where `tests.training_runner` imports from
+    result = subprocess.run(
+        [sys.executable, "-c", SAMPLING_LOOP], capture_output=True, text=True, timeout=300, cwd=repository
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     memory = json.loads(result.stdout.splitlines()[-1])
     # 100 batches after the first 25: less than 5 MB more, resident or peak (measured: under 0.1 MB).

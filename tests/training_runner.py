@@ -132,11 +132,12 @@ def _install_faults(faults: dict) -> None:
         _patch(target, lambda original: _counted(original, call, after=shrink))
 
 
-def _resident_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+def memory_kb() -> dict[str, int]:
+    """This process's memory after a garbage collection: resident now and the peak so far, in kB."""
+    gc.collect()
+    status = Path("/proc/self/status").read_text().splitlines()
+    resident = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return {"resident_kb": resident, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
 def _child(request: dict, script) -> int:
@@ -157,10 +158,7 @@ def _child(request: dict, script) -> int:
                 print(exit.code, file=sys.stderr)
             code = exit.code if isinstance(exit.code, int) else 1
         if request["repeat"] > 1:
-            gc.collect()
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            memory = {"repetition": repetition, "peak_kb": peak, "resident_kb": _resident_kb()}
-            print("MEMORY " + json.dumps(memory), flush=True)
+            print("MEMORY " + json.dumps({"repetition": repetition, **memory_kb()}), flush=True)
             shutil.rmtree(request["argv"][request["argv"].index("--output_dir") + 1], ignore_errors=True)
     return code
 
