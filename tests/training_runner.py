@@ -163,11 +163,24 @@ def _child(request: dict, script) -> int:
     return code
 
 
-def serve() -> None:
+def _import_script():
     spec = importlib.util.spec_from_file_location("train_unconditional", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     sys.modules["train_unconditional"] = script
     spec.loader.exec_module(script)
+    return script
+
+
+def run_once(argv: list[str], kill_after_first_checkpoint: bool = False) -> int:
+    """One run in this process; with `kill_after_first_checkpoint`, SIGKILL right after the first checkpoint."""
+    script = _import_script()
+    if kill_after_first_checkpoint:
+        _install_faults({"kill_after": {"hfddpm.training.checkpoints:CheckpointManager.save": 1}})
+    return script.run(argv)
+
+
+def serve() -> None:
+    script = _import_script()
     for line in sys.stdin:
         request = json.loads(line)
         pid = os.fork()
