@@ -23,9 +23,9 @@ import matplotlib.pyplot as plt
 import torch
 
 from hfddpm import DDPMScheduler
-from hfddpm.evaluation.likelihood import Decoder
 from hfddpm.evaluation.sliced_wasserstein import sliced_wasserstein
 from hfddpm.models.point_denoiser import PointDenoiser
+from hfddpm.schedulers.bound_terms import Decoder
 from hfddpm.training.loop import TrainingRandomness, training_step
 from hfddpm.training.losses import DiffusionLoss
 from hfddpm.training.timestep_sampling import LossSecondMomentSampler

@@ -15,7 +15,7 @@ from hfddpm.evaluation.digits_classifier import digits_tensors
 from hfddpm.evaluation.features import DigitsFeatures
 from hfddpm.evaluation.frechet import FeatureStatistics, frechet_distance
 from hfddpm.evaluation.sample_quality import generate_samples, reference_statistics
-from hfddpm.training.data import image_batches
+from hfddpm.image_data import image_batches
 
 from .conftest import tiny_unet
 

@@ -8,14 +8,9 @@ import torch
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from hfddpm import DDPMScheduler, GaussianMixtureDenoiser
-from hfddpm.evaluation import (
-    discretized_gaussian_log_likelihood,
-    normal_kl,
-    plot_bound_terms,
-    prior_term,
-    variational_bound,
-)
+from hfddpm.evaluation import plot_bound_terms, variational_bound
 from hfddpm.evaluation.likelihood import timestep_strata
+from hfddpm.schedulers.bound_terms import discretized_gaussian_log_likelihood, normal_kl, prior_term
 
 from .conftest import gaussian_denoiser
 

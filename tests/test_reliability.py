@@ -96,7 +96,7 @@ def test_a_run_killed_anywhere_resumes_from_its_last_complete_checkpoint_exactly
     assert (checkpoints / ".checkpoint-4.removing").is_dir()
     assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
     # 5: inside the first pipeline save (step 24), its files staged but not yet moved into place.
-    killed({"kill_after": {"hfddpm.training.durable:fsync_tree": 1}})
+    killed({"kill_after": {"hfddpm.durable:fsync_tree": 1}})
     assert (run / ".pipeline.partial" / "model_index.json").is_file() and not (run / "model_index.json").exists()
 
     # SIGTERM and SIGINT during training: a checkpoint at the step reached, exit status 128 + signal.

@@ -6,7 +6,7 @@ import PIL.Image
 import pytest
 import torch
 
-from hfddpm.training.data import (
+from hfddpm.image_data import (
     ImagePreprocessing,
     TrainingImages,
     load_digits_dataset,

@@ -12,8 +12,8 @@ from diffusers.training_utils import EMAModel
 from safetensors import SafetensorError
 
 from hfddpm import DDPMScheduler
+from hfddpm.durable import is_disk_full
 from hfddpm.training.checkpoints import CheckpointError, CheckpointManager, load_state_dict, save_state_dict
-from hfddpm.training.durable import is_disk_full
 from hfddpm.training.loop import TrainingRandomness, averaged_copy, replica_checksum, training_step
 from hfddpm.training.losses import DiffusionLoss
 

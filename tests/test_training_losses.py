@@ -8,7 +8,7 @@ import torch
 from diffusers.training_utils import compute_snr
 
 from hfddpm import DDPMScheduler
-from hfddpm.evaluation import discretized_gaussian_log_likelihood, normal_kl, vlb_terms
+from hfddpm.schedulers.bound_terms import discretized_gaussian_log_likelihood, normal_kl, vlb_terms
 from hfddpm.training.losses import DiffusionLoss
 
 

@@ -1,6 +1,7 @@
-"""Run examples/train_unconditional.py many times without paying its imports each time, and inject faults.
+"""Run the training command (`hfddpm.training.train_unconditional_command`, which examples/train_unconditional.py
+calls) many times without paying its imports each time, and inject faults.
 
-`python tests/training_runner.py` imports the script once, then reads one JSON request per line on stdin and runs
+`python tests/training_runner.py` imports the package once, then reads one JSON request per line on stdin and runs
 each in a forked child (a real process: SIGKILL, SIGTERM and exit codes are real), answering `{"pid": …}` when the
 child starts and `{"returncode": …}` when it ends. A request may ask the child to kill itself with SIGKILL at a
 chosen call of a chosen function (before, after, or half-way through deleting a folder), to make chosen losses NaN,
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import importlib.util
 import json
 import os
 import resource
@@ -23,7 +23,7 @@ import sys
 import traceback
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_unconditional.py"
+from hfddpm.training import train_unconditional_command
 
 
 class TrainingRunner:
@@ -49,10 +49,9 @@ class TrainingRunner:
 
 
 def _patch(target: str, make_wrapper) -> None:
-    """Replace `module:attribute` or `module:Class.method` ("script" is the training script) by
-    `make_wrapper(original)`."""
+    """Replace `module:attribute` or `module:Class.method` by `make_wrapper(original)`."""
     module_name, path = target.split(":")
-    owner = sys.modules["train_unconditional"] if module_name == "script" else importlib.import_module(module_name)
+    owner = importlib.import_module(module_name)
     *classes, attribute = path.split(".")
     for name in classes:
         owner = getattr(owner, name)
@@ -110,18 +109,18 @@ def _install_faults(faults: dict) -> None:
     if "nan_loss_at_calls" in faults:
         nan_calls, calls = set(faults["nan_loss_at_calls"]), 0
 
-        def make_wrapper(training_step):
+        def make_wrapper(objective_call):
             def wrapper(*args, **kwargs):
                 nonlocal calls
                 calls += 1
-                output = training_step(*args, **kwargs)
+                output = objective_call(*args, **kwargs)
                 if calls in nan_calls:
                     output.loss = output.loss * float("nan")
                 return output
 
             return wrapper
 
-        _patch("script:training_step", make_wrapper)
+        _patch("hfddpm.training.objectives:DenoisingObjective.__call__", make_wrapper)
     if "file_size_limit_after" in faults:
         target, call, limit = faults["file_size_limit_after"]
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
@@ -140,7 +139,7 @@ def memory_kb() -> dict[str, int]:
     return {"resident_kb": resident, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
-def _child(request: dict, script) -> int:
+def _child(request: dict) -> int:
     console = os.open(request["console"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(console, 1)
     os.dup2(console, 2)
@@ -152,7 +151,7 @@ def _child(request: dict, script) -> int:
     code = 0
     for repetition in range(request["repeat"]):
         try:
-            code = script.run(request["argv"])
+            code = train_unconditional_command(request["argv"])
         except SystemExit as exit:  # argparse, and parse_args' checks: as the interpreter reports them
             if isinstance(exit.code, str):
                 print(exit.code, file=sys.stderr)
@@ -163,30 +162,23 @@ def _child(request: dict, script) -> int:
     return code
 
 
-def _import_script():
-    spec = importlib.util.spec_from_file_location("train_unconditional", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    sys.modules["train_unconditional"] = script
-    spec.loader.exec_module(script)
-    return script
-
-
 def run_once(argv: list[str], kill_after_first_checkpoint: bool = False) -> int:
     """One run in this process; with `kill_after_first_checkpoint`, SIGKILL right after the first checkpoint."""
-    script = _import_script()
     if kill_after_first_checkpoint:
         _install_faults({"kill_after": {"hfddpm.training.checkpoints:CheckpointManager.save": 1}})
-    return script.run(argv)
+    return train_unconditional_command(argv)
 
 
 def serve() -> None:
-    script = _import_script()
+    import datasets  # noqa: F401  (loaded by the data module on first use: once here, not in every child)
+    import sklearn.datasets  # noqa: F401
+
     for line in sys.stdin:
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
             try:
-                code = _child(request, script)
+                code = _child(request)
             except BaseException:
                 traceback.print_exc()
                 code = 99

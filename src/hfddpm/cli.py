@@ -105,9 +105,10 @@ def add_analytic_variance_parser(subparsers) -> None:
 def run_analytic_variance(args: argparse.Namespace) -> None:
     import torch
 
+    from . import durable
+    from .image_data import image_batches
     from .pipelines import HFDDPMPipeline
     from .schedulers.analytic_dpm import fit_analytic_variance
-    from .training.data import image_batches
 
     if args.output_dir is None and not os.path.isdir(args.checkpoint):
         raise FileNotFoundError(f"{args.checkpoint} is not a local folder; pass --output_dir to save the result")
@@ -131,11 +132,8 @@ def run_analytic_variance(args: argparse.Namespace) -> None:
     else:  # rewrite only the scheduler config, atomically
         staging = os.path.join(args.checkpoint, ".scheduler.partial")
         pipeline.scheduler.save_pretrained(staging)
-        os.replace(
-            os.path.join(staging, "scheduler_config.json"),
-            os.path.join(args.checkpoint, "scheduler", "scheduler_config.json"),
-        )
-        os.rmdir(staging)
+        durable.fsync_tree(staging)
+        durable.move_files_into(staging, os.path.join(args.checkpoint, "scheduler"))
         target = args.checkpoint
     gamma = pipeline.scheduler.config.analytic_gamma
     print(
@@ -258,9 +256,9 @@ def add_visualize_parser(subparsers) -> None:
 def run_visualize(args: argparse.Namespace) -> None:
     import torch
 
+    from .image_data import image_batches
     from .pipelines import HFDDPMPipeline
     from .schedulers import DDPMScheduler
-    from .training.data import image_batches
     from .visualize import forward_noising_grid, reverse_trajectory_grid
 
     generator = torch.Generator().manual_seed(args.seed)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from ..training.data import load_digits_dataset
+from ..image_data import load_digits_dataset
 
 SHIPPED_WEIGHTS = Path(__file__).parent / "assets" / "digits-classifier"
 HELD_OUT_ACCURACY = 287 / 297  # of the shipped weights on the "test" split (0.966), measured by the training script

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import durable
+
 
 @dataclass
 class FeatureStatistics:
@@ -42,10 +44,9 @@ class FeatureStatistics:
         """Write to a safetensors file atomically (a temporary file renamed into place)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
         tensors = {"mean": self.mean, "covariance": self.covariance, "count": torch.tensor(self.count)}
-        save_file(tensors, partial, metadata=metadata)
-        os.replace(partial, path)
+        with durable.replacing(path) as temporary:
+            save_file(tensors, temporary, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStatistics:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
+from ..image_data import DIGITS, image_batches
 from ..models.eval_mode import eval_mode
 from ..pipelines import HFDDPMPipeline
-from ..training.data import DIGITS, image_batches
 from .features import DINOV2_DEFAULT, DigitsFeatures, Dinov2Features, InceptionFeatures
 from .frechet import FeatureStatistics, frechet_distance
 from .likelihood import Decoder, plot_bound_terms, variational_bound

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..training.data import image_batches
+from ..image_data import channels_of_mode, image_batches
 from .frechet import FeatureStatistics, cached_statistics
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -71,7 +71,7 @@ def load_image_folder(folder: str | os.PathLike, channels: int | None = None) ->
         try:
             with PIL.Image.open(path) as image:
                 if channels is None:
-                    channels = 1 if image.mode in ("1", "L", "I", "I;16", "F") else 3
+                    channels = channels_of_mode(image.mode)
                 arrays.append(np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8))
         except (OSError, SyntaxError) as error:
             raise ValueError(f"cannot read {path}: {error}; remove or replace the file") from error

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from .durable import fsync_tree, is_disk_full, remove_tree, write_text
+from ..durable import fsync_tree, is_disk_full, remove_tree, write_text
 
 TRAINING_STATE = "training_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")

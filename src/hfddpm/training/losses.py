@@ -7,7 +7,7 @@ from enum import Enum
 
 import torch
 
-from ..evaluation.likelihood import Decoder, mean_over_pixels, vlb_terms
+from ..schedulers.bound_terms import Decoder, mean_over_pixels, vlb_terms
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
 
 

@@ -10,15 +10,19 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 import PIL.Image
 import torch
 
+if TYPE_CHECKING:  # imported where used: `import hfddpm` does not load datasets
+    import datasets
+
 DIGITS = "digits"
 DIGITS_TRAIN_SIZE = 1500  # of sklearn's 1797 UCI digits; the last 297 are the held-out "test" split
-GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes without colour
+# PIL modes without colour: bilevel, grey (with alpha), 32-bit integer, 16-bit integer (any byte order), float.
+GRAYSCALE_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
 def load_digits_dataset(split: str = "train") -> datasets.Dataset:
@@ -27,6 +31,7 @@ def load_digits_dataset(split: str = "train") -> datasets.Dataset:
     Returned as a `datasets.Dataset` with an "image" (PIL, mode "L", levels scaled to 0–255) and a "label" column;
     "train" is the first 1500 images, "test" the remaining 297.
     """
+    import datasets
     from sklearn.datasets import load_digits
 
     if split not in ("train", "test"):
@@ -55,6 +60,8 @@ def load_image_dataset(
     `save_to_disk` or a Hub dataset (e.g. "ylecun/mnist"); with neither, the built-in digits. The image column is
     `image_column`, or the dataset's first column of `datasets.Image` type.
     """
+    import datasets
+
     if train_data_dir is not None and dataset_name is not None:
         raise ValueError("pass either --dataset_name or --train_data_dir, not both")
     if train_data_dir is not None:
@@ -135,6 +142,7 @@ def pretensorize(
 ) -> datasets.Dataset:
     """Decode and resize every image once into a dataset of raw uint8 pixels ("pixels" bytes and their "shape",
     and the image's original PIL "mode")."""
+    import datasets
 
     def convert(batch):
         images = [_open_image(entry) for entry in batch[image_column]]
@@ -157,6 +165,8 @@ def pretensorize(
 
 def first_image_mode(dataset: datasets.Dataset, image_column: str) -> str:
     """The PIL mode of the first image, read with the same clear error as `pretensorize` when it is unreadable."""
+    import datasets
+
     return _open_image(dataset.cast_column(image_column, datasets.Image(decode=False))[0][image_column]).mode
 
 

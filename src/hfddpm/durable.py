@@ -44,6 +44,19 @@ def fsync_tree(folder: str | os.PathLike) -> None:
             _fsync(path)
 
 
+def move_files_into(staging: str | os.PathLike, target: str | os.PathLike, last: str | None = None) -> None:
+    """Move every file of `staging` to the same relative place under `target`, each one replacing its old version
+    atomically, the files named `last` after all others; then remove `staging`. Flush `staging` first
+    (`fsync_tree`) for the moved files to survive a power cut."""
+    staging, target = Path(staging), Path(target)
+    files = sorted((path for path in staging.rglob("*") if path.is_file()), key=lambda path: path.name == last)
+    for file in files:
+        destination = target / file.relative_to(staging)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(file, destination)
+    shutil.rmtree(staging)
+
+
 def remove_tree(folder: str | os.PathLike) -> None:
     """Remove `folder`: renamed to a hidden `.<name>.removing` first, then deleted."""
     folder = Path(folder)

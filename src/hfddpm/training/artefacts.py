@@ -1,0 +1,150 @@
+"""What a run leaves besides checkpoints: the pipeline, sample grids, evaluations, its records, and Hub pushes."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+from concurrent.futures import Future
+from pathlib import Path
+
+import accelerate
+import diffusers
+import PIL.Image
+import torch
+
+from .. import __version__, durable
+from ..pipelines import HFDDPMPipeline
+from ..visualize import sample_grid
+from .checkpoints import CheckpointError
+from .config import TrainingConfig
+
+
+def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
+    """Save to a staging folder, then move its files into place: a kill leaves a loadable pipeline (each file the
+    old or the new one, which share their configuration within a run), a failed write the earlier pipeline."""
+    staging = output_dir / ".pipeline.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        pipeline.save_pretrained(staging)
+        durable.fsync_tree(staging)
+    except (OSError, RuntimeError) as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        problem = "no space left" if durable.is_disk_full(error) else "could not write"
+        raise CheckpointError(
+            f"{problem} to save the pipeline in {output_dir} ({str(error).splitlines()[0]}); the earlier files are "
+            "kept: free disk space, then resume with --resume_from_checkpoint latest"
+        ) from error
+    durable.move_files_into(staging, output_dir, last="model_index.json")
+
+
+def save_sample_grid(pipeline: HFDDPMPipeline, path: Path, config: TrainingConfig) -> PIL.Image.Image:
+    """Sample `config.num_sample_images` images (seed `config.seed`) and save their grid atomically to `path`."""
+    images = pipeline(
+        batch_size=config.num_sample_images,
+        generator=torch.Generator().manual_seed(config.seed),
+        num_inference_steps=config.num_inference_steps,
+    ).images
+    grid = sample_grid(images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with durable.replacing(path) as temporary:
+        grid.save(temporary, format="PNG")
+    return grid
+
+
+def evaluate_during_training(config: TrainingConfig, pipeline: HFDDPMPipeline, device: torch.device):
+    """--eval_metrics of the current EMA pipeline against the training split (bits/dim: 100 terms per image)."""
+    from ..evaluation import evaluate_pipeline
+
+    return evaluate_pipeline(
+        pipeline,
+        config.dataset_source,
+        config.eval_metrics,
+        split=config.split,
+        reference_split=config.split,
+        image_column=config.image_column,
+        num_timesteps=100,
+        num_samples=config.eval_num_samples,
+        num_inference_steps=config.num_inference_steps,
+        device=device,
+        seed=config.seed,
+        progress_bar=False,
+    )
+
+
+def training_info(accelerator: accelerate.Accelerator, model: torch.nn.Module, **run: object) -> dict:
+    """What the model card reports of the run besides its configuration: hardware, versions, and `run`'s values
+    (time, steps, final loss, counters)."""
+    device = accelerator.device
+    if device.type == "cuda":
+        hardware = f"{accelerator.num_processes} × {torch.cuda.get_device_name(device)}"
+    else:
+        hardware = (
+            f"CPU ({platform.machine()}, {torch.get_num_threads()} threads × {accelerator.num_processes} process(es))"
+        )
+    return {
+        "device": hardware,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        **run,
+        "parameters": f"{sum(p.numel() for p in accelerator.unwrap_model(model).parameters()) / 1e6:.2f}M",
+        "versions": {
+            "hfddpm": __version__,
+            "diffusers": diffusers.__version__,
+            "torch": torch.__version__,
+            "accelerate": accelerate.__version__,
+        },
+    }
+
+
+def push_in_background(config: TrainingConfig, output_dir: Path, step: int) -> Future:
+    """Push the pipeline saved at `step` while training goes on (--hub_push_intermediate)."""
+    from ..hub import push_to_hub
+
+    return push_to_hub(
+        output_dir,
+        config.hub_model_id,
+        token=config.hub_token,
+        private=config.hub_private_repo,
+        revision=config.hub_revision,
+        commit_message=f"Pipeline at step {step}",
+        run_as_future=True,
+    )
+
+
+def publish(config: TrainingConfig, output_dir: Path, intermediate_pushes: list[Future]) -> int:
+    """Push (or, with --hub_dry_run, export) the finished run; 1 when a push failed, after saying why."""
+    from ..hub import HubError, export_for_hub, push_to_hub
+
+    for future in intermediate_pushes:
+        try:
+            future.result()
+        except Exception as error:  # a lost intermediate push does not fail the run
+            print(f"warning: an intermediate push failed: {str(error).splitlines()[0]}", file=sys.stderr)
+    try:
+        if config.hub_dry_run:
+            export = output_dir / "hub-export"
+            files = export_for_hub(output_dir, export, config.hub_model_id, config.hub_include_training_state)
+            print(f"--hub_dry_run: the {len(files)} files a push to {config.hub_model_id} uploads are in {export}")
+        elif config.push_to_hub:
+            commit = push_to_hub(
+                output_dir,
+                config.hub_model_id,
+                token=config.hub_token,
+                private=config.hub_private_repo,
+                revision=config.hub_revision,
+                commit_message="Final pipeline",
+                include_training_state=config.hub_include_training_state,
+            )
+            print(f"Pushed {output_dir} to {config.hub_model_id}: {commit.commit_url}")
+    except HubError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def model_card_text(output_dir: Path, config: TrainingConfig) -> str:
+    """The model card of the run in `output_dir` (README.md), from its records."""
+    from ..model_cards import model_card
+
+    return str(model_card(output_dir, config.hub_model_id or output_dir.resolve().name))

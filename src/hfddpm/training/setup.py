@@ -1,0 +1,148 @@
+"""Setting up a run: the output folder, Accelerate, the training images, the UNet, the optimizer and the EMA."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import UNet2DModel
+from diffusers.training_utils import EMAModel
+
+from ..image_data import (
+    ImagePreprocessing,
+    TrainingImages,
+    channels_of_mode,
+    check_same_colour,
+    first_image_mode,
+    load_image_dataset,
+    pretensorize,
+)
+from ..models.unet_presets import check_sample_size, create_unet
+from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
+from .config import TrainingConfig
+from .tracking import JSONLinesTracker
+
+# What a run writes at the top of its output folder, and so what --overwrite_output_dir may remove.
+RUN_OUTPUTS = ("checkpoints", "samples", "logs", "unet", "scheduler", "model_index.json")
+
+
+def check_output_dir(config: TrainingConfig) -> Path:
+    """The output folder, refused when it is a file or holds an earlier run that the config neither resumes nor
+    overwrites."""
+    output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output_dir {output_dir} is a file; choose a folder")
+    earlier_run = (output_dir / "checkpoints").is_dir() or (output_dir / "model_index.json").is_file()
+    if earlier_run and config.resume_from_checkpoint is None and not config.overwrite_output_dir:
+        raise ValueError(
+            f"{output_dir} holds an earlier run; pass --resume_from_checkpoint latest to continue it, "
+            "--overwrite_output_dir to replace it, or another --output_dir"
+        )
+    return output_dir
+
+
+def create_accelerator(config: TrainingConfig, output_dir: Path) -> Accelerator:
+    """Accelerate with the run's accumulation, precision and trackers (JSON lines always, TensorBoard if asked);
+    removes an earlier run's outputs with --overwrite_output_dir, sets the CPU threads and seeds every generator."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=[JSONLinesTracker("train", output_dir / "logs")]
+        + (["tensorboard"] if config.report_to == "tensorboard" else []),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    if accelerator.mixed_precision == "fp16" and accelerator.scaler is None:
+        raise ValueError(
+            f"--mixed_precision fp16 needs a GPU (Accelerate has no fp16 training on {accelerator.device.type}); "
+            "use --mixed_precision bf16 or no"
+        )
+    if accelerator.is_main_process and config.overwrite_output_dir and config.resume_from_checkpoint is None:
+        for part in RUN_OUTPUTS:
+            path = output_dir / part
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    if accelerator.device.type == "cpu":
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(config.cpu_threads or max(1, cores // local_processes))
+    set_seed(config.seed)
+    return accelerator
+
+
+def load_training_images(config: TrainingConfig, accelerator: Accelerator) -> TrainingImages:
+    """The training images, decoded and resized once (by the main process first, so the others reuse its cache),
+    then cropped and flipped per item."""
+    dataset, image_column = load_image_dataset(
+        config.dataset_name,
+        config.dataset_config_name,
+        config.train_data_dir,
+        config.split,
+        config.image_column,
+        config.cache_dir,
+    )
+    channels = config.channels or channels_of_mode(first_image_mode(dataset, image_column))
+    preprocessing = ImagePreprocessing(config.resolution, channels, not config.random_crop, config.random_flip)
+    with accelerator.main_process_first():
+        pixels = pretensorize(dataset, image_column, preprocessing, config.preprocessing_num_workers)
+    if config.channels is None:
+        check_same_colour(pixels)
+    return TrainingImages(pixels, preprocessing, seed=config.seed)
+
+
+def create_training_unet(config: TrainingConfig, channels: int) -> UNet2DModel:
+    """The UNet to train: a preset or `--model_config`, with the data's channels (doubled for a learned variance)
+    and resolution."""
+    learned = config.reverse_variance in LEARNED_VARIANCES
+    if not config.model_config:
+        unet = create_unet(
+            config.model_preset, learned_variance=learned, in_channels=channels, sample_size=config.resolution
+        )
+    else:
+        try:
+            unet_config = json.loads(Path(config.model_config).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--model_config {config.model_config} does not exist; fix the path") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"--model_config {config.model_config} is not valid JSON ({error}); fix the file"
+            ) from None
+        unet_config.update(
+            in_channels=channels, out_channels=channels * (2 if learned else 1), sample_size=config.resolution
+        )
+        check_sample_size(unet_config, f"--model_config {config.model_config}")
+        unet = UNet2DModel.from_config(unet_config)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return unet
+
+
+def create_optimizer(config: TrainingConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel where PyTorch has one (CPU and CUDA) instead of a loop over parameters."""
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+        fused=device.type in ("cpu", "cuda"),
+    )
+
+
+def create_ema(config: TrainingConfig, model: torch.nn.Module) -> EMAModel | None:
+    """diffusers' EMA of the weights with Improved DDPM's warm-up (decay 1 − (1 + step/γ)^−p, capped), or None."""
+    if not config.use_ema:
+        return None
+    return EMAModel(
+        model.parameters(),
+        decay=config.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=config.ema_inv_gamma,
+        power=config.ema_power,
+        foreach=True,
+    )
