@@ -20,7 +20,7 @@ import PIL.Image
 import torch
 
 from hfddpm.evaluation import evaluate
-from hfddpm.training.data import image_batches
+from hfddpm.image_data import image_batches
 
 NUM_IMAGES = 297
 COLUMNS = ("fd_digits", "digits_class_coverage", "digits_confidence", "bits_per_dim")

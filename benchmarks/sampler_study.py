@@ -34,8 +34,8 @@ from hfddpm import DDIMScheduler, DDPMScheduler, GaussianMixtureDenoiser, HFDDPM
 from hfddpm.evaluation.features import DigitsFeatures
 from hfddpm.evaluation.frechet import FeatureStatistics, frechet_distance
 from hfddpm.evaluation.sample_quality import generate_samples, reference_statistics
+from hfddpm.image_data import image_batches
 from hfddpm.schedulers.analytic_dpm import estimate_analytic_gamma
-from hfddpm.training.data import image_batches
 
 STEPS = (10, 20, 50, 100, 1000)
 # On the trained model 1000 steps of every sampler would take an hour of CPU: there only these two references run them.

@@ -35,7 +35,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from hfddpm import DDPMScheduler, create_unet
-from hfddpm.training.data import ImagePreprocessing, TrainingImages, load_digits_dataset, pretensorize
+from hfddpm.image_data import ImagePreprocessing, TrainingImages, load_digits_dataset, pretensorize
 from hfddpm.training.loop import TrainingRandomness, training_step
 from hfddpm.training.losses import DiffusionLoss
 

@@ -173,7 +173,9 @@ def add_sample_parser(subparsers) -> None:
     )
     parser.add_argument("checkpoint", help="pipeline folder or Hub repository")
     parser.add_argument("--num_images", type=int, default=16, help="images to draw (default 16)")
-    parser.add_argument("--steps", type=int, default=50, help="reverse steps (num_inference_steps)")
+    parser.add_argument(
+        "--num_inference_steps", "--steps", type=int, default=50, help="reverse steps (--steps for short)"
+    )
     parser.add_argument("--scheduler", default="checkpoint", choices=SCHEDULERS, help="default: the saved one")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta")
     parser.add_argument("--corrector_steps", type=int, default=0, help="Langevin corrector steps per step")
@@ -203,7 +205,14 @@ def run_sample(args: argparse.Namespace) -> None:
         pipeline.scheduler = scheduler_for(args.scheduler, pipeline.scheduler.config)
     options = {"corrector_steps": args.corrector_steps} if args.corrector_steps else {}
     images = generate_samples(
-        pipeline, args.num_images, args.batch_size, args.steps, args.eta, args.seed, progress_bar=True, **options
+        pipeline,
+        args.num_images,
+        args.batch_size,
+        args.num_inference_steps,
+        args.eta,
+        args.seed,
+        progress_bar=True,
+        **options,
     )
     pictures = to_pil(images * 2 - 1)
     if args.output_dir:
@@ -216,7 +225,7 @@ def run_sample(args: argparse.Namespace) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     grid.save(args.output)
     print(
-        f"{args.num_images} images ({type(pipeline.scheduler).__name__}, {args.steps} steps) written to {args.output}"
+        f"{args.num_images} images ({type(pipeline.scheduler).__name__}, {args.num_inference_steps} steps) written to {args.output}"
     )
 
 
@@ -244,7 +253,9 @@ def add_visualize_parser(subparsers) -> None:
         "--timesteps", type=int, nargs="+", default=[0, 50, 100, 200, 300, 400, 500, 700, 999], help="forward"
     )
     parser.add_argument("--beta_schedule", default="linear", choices=("linear", "cosine"), help="forward")
-    parser.add_argument("--steps", type=int, default=50, help="reverse: sampling steps")
+    parser.add_argument(
+        "--num_inference_steps", "--steps", type=int, default=50, help="reverse: sampling steps (--steps for short)"
+    )
     parser.add_argument("--every", type=int, default=5, help="reverse: a column every N steps")
     parser.add_argument("--scheduler", default="checkpoint", choices=SCHEDULERS, help="reverse: default the saved one")
     parser.add_argument("--seed", type=int, default=0)
@@ -275,7 +286,9 @@ def run_visualize(args: argparse.Namespace) -> None:
         pipeline.set_progress_bar_config(disable=True)
         if args.scheduler != "checkpoint":
             pipeline.scheduler = scheduler_for(args.scheduler, pipeline.scheduler.config)
-        grid = reverse_trajectory_grid(pipeline, args.num_images, args.steps, args.every, generator, args.scale)
+        grid = reverse_trajectory_grid(
+            pipeline, args.num_images, args.num_inference_steps, args.every, generator, args.scale
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     grid.save(args.output)
     print(f"{args.process} process of {args.num_images} images written to {args.output} ({grid.width}×{grid.height})")

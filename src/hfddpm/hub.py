@@ -22,9 +22,9 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .model_cards import model_card
+from .pipelines.checkpoint_safety import PICKLE_SUFFIXES
 
 RUN_RECORDS = ("training_args.json", "training_info.json", "evaluation.json")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 class HubError(RuntimeError):

@@ -12,7 +12,7 @@ import PIL.ImageOps
 import torch
 from diffusers.utils import make_image_grid
 
-from .models.eval_mode import eval_mode
+from .eval_mode import eval_mode
 
 LABEL_HEIGHT = 14  # pixels of the text line above a labelled grid
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..eval_mode import eval_mode
 from ..image_data import DIGITS, image_batches
-from ..models.eval_mode import eval_mode
 from ..pipelines import HFDDPMPipeline
 from .features import DINOV2_DEFAULT, DigitsFeatures, Dinov2Features, InceptionFeatures
 from .frechet import FeatureStatistics, frechet_distance

@@ -21,7 +21,9 @@ from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 from packaging.version import Version
 
 from .. import __version__
-from ..hub import PICKLE_SUFFIXES
+
+# Weight files that are pickles, which can run code when loaded: refused unless the user opts in, never published.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 # The only libraries model_index.json may load components from: installed code, never code shipped in a checkpoint.
 _TRUSTED_LIBRARIES = ("diffusers", "hfddpm")

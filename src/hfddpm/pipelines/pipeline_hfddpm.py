@@ -32,7 +32,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import __version__
-from ..models.eval_mode import eval_mode
+from ..eval_mode import eval_mode
 from ..schedulers import DDIMScheduler, DDPMScheduler
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
 from ..schedulers.langevin import langevin_corrector_step

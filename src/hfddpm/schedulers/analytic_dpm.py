@@ -14,7 +14,7 @@ import diffusers
 import torch
 from tqdm.auto import tqdm
 
-from ..models.eval_mode import eval_mode
+from ..eval_mode import eval_mode
 from .scheduling_ddim import DDIMScheduler
 from .scheduling_ddpm import DDPMScheduler
 

@@ -74,8 +74,9 @@ def validate_common_options(
     *,
     beta_schedules: tuple[str, ...],
     uses_trained_betas: bool = False,
-) -> tuple[str, str | None]:
-    """Check the option names both schedulers share; return the stored beta schedule and reverse variance names.
+) -> tuple[str, str | None, list[float] | None]:
+    """Check the options both schedulers share; return the stored beta schedule and reverse variance names and Γ_t
+    as plain floats (a config is JSON).
 
     `beta_schedules` are the stock names the scheduler implements; `beta_schedule` is ignored, as in stock diffusers,
     when the scheduler `uses_trained_betas`. Checked here, an unknown name gets the list of choices rather than stock's
@@ -103,7 +104,9 @@ def validate_common_options(
         raise ValueError(
             f"analytic_gamma needs one Γ_t per training timestep ({num_train_timesteps}), got {len(analytic_gamma)}"
         )
-    return beta_schedule, reverse_variance
+    if analytic_gamma is not None:
+        analytic_gamma = [float(value) for value in analytic_gamma]
+    return beta_schedule, reverse_variance, analytic_gamma
 
 
 def check_num_inference_steps(num_inference_steps: int | None, num_train_timesteps: int) -> None:
@@ -167,6 +170,12 @@ def convert_prediction(
 def velocity(original_samples: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
     """v = √ᾱ ε − √(1 − ᾱ) x_0 (Salimans & Ho 2022, §4); `alpha_bar` broadcasts against the samples."""
     return alpha_bar**0.5 * noise - (1 - alpha_bar) ** 0.5 * original_samples
+
+
+def posterior_variance(alpha_bar_t: torch.Tensor, alpha_bar_s: torch.Tensor) -> torch.Tensor:
+    """β̃_{t,s} = (1 − ᾱ_s)/(1 − ᾱ_t) · β_{t,s} with β_{t,s} = 1 − ᾱ_t/ᾱ_s: the variance of q(x_s|x_t, x_0) (Ho et al.
+    2020, eq. 7, with t − 1 replaced by any s < t)."""
+    return (1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s)
 
 
 def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -259,7 +268,7 @@ class GaussianDiffusionMixin:
         mean = (alpha_bar_s**0.5 * beta_ts) / beta_bar_t * original_samples + (
             alpha_ts**0.5 * beta_bar_s / beta_bar_t
         ) * sample
-        return mean, beta_bar_s / beta_bar_t * beta_ts
+        return mean, posterior_variance(alpha_bar_t, alpha_bar_s)
 
     def convert_prediction(
         self,
@@ -310,10 +319,10 @@ class GaussianDiffusionMixin:
         alpha_bar_t = self.alpha_bar(timesteps).double()
         alpha_bar_s = self.alpha_bar(prev_timesteps).double()
         log_beta = torch.log(1 - alpha_bar_t / alpha_bar_s)
-        posterior_variance = (1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s)
+        small_variance = posterior_variance(alpha_bar_t, alpha_bar_s)
         log_posterior_variance = torch.where(
             prev_timesteps >= 0,
-            torch.log(posterior_variance.clamp(min=1e-20)),
+            torch.log(small_variance.clamp(min=1e-20)),
             self._last_step_log_variance(timesteps),
         )
         if choice == ReverseVariance.FIXED_SMALL:
@@ -321,7 +330,7 @@ class GaussianDiffusionMixin:
         if choice == ReverseVariance.FIXED_LARGE:
             return torch.where(prev_timesteps >= 0, log_beta, log_posterior_variance).float()
         if choice == ReverseVariance.ANALYTIC:
-            analytic = self.analytic_variance(timesteps, prev_timesteps, posterior_variance)
+            analytic = self.analytic_variance(timesteps, prev_timesteps, small_variance)
             return torch.where(
                 prev_timesteps >= 0, torch.log(analytic.clamp(min=1e-20)), log_posterior_variance
             ).float()
@@ -362,9 +371,7 @@ class GaussianDiffusionMixin:
         Stands in for the posterior variance on the step that returns x_0, where it is 0 (Ho et al. 2020, code).
         """
         n = (timesteps + 1).clamp(1, self.config.num_train_timesteps - 1)
-        alpha_bar_n = self.alpha_bar(n).double()
-        alpha_bar_m = self.alpha_bar(n - 1).double()
-        return torch.log((1 - alpha_bar_m) / (1 - alpha_bar_n) * (1 - alpha_bar_n / alpha_bar_m))
+        return torch.log(posterior_variance(self.alpha_bar(n).double(), self.alpha_bar(n - 1).double()))
 
     def split_model_output(
         self, model_output: torch.Tensor, sample: torch.Tensor

@@ -66,7 +66,7 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
         reverse_variance: str | None = None,
         analytic_gamma: list[float] | None = None,
     ):
-        beta_schedule, reverse_variance = validate_common_options(
+        beta_schedule, reverse_variance, analytic_gamma = validate_common_options(
             beta_schedule,
             prediction_type,
             timestep_spacing,
@@ -76,8 +76,6 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
             beta_schedules=BETA_SCHEDULES,
             uses_trained_betas=trained_betas is not None,
         )
-        if analytic_gamma is not None:
-            analytic_gamma = [float(value) for value in analytic_gamma]
         self.register_to_config(reverse_variance=reverse_variance, analytic_gamma=analytic_gamma)
         super().__init__(
             num_train_timesteps=num_train_timesteps,

@@ -65,7 +65,7 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         reverse_variance: str | None = None,
         analytic_gamma: list[float] | None = None,
     ):
-        beta_schedule, reverse_variance = validate_common_options(
+        beta_schedule, reverse_variance, analytic_gamma = validate_common_options(
             beta_schedule,
             prediction_type,
             timestep_spacing,
@@ -77,8 +77,6 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         )
         if variance_type is not None and variance_type not in STOCK_VARIANCE_TYPES:  # None: old stock configs
             raise ValueError(f"variance_type must be one of {STOCK_VARIANCE_TYPES}, got {variance_type!r}")
-        if analytic_gamma is not None:
-            analytic_gamma = [float(value) for value in analytic_gamma]
         self.register_to_config(reverse_variance=reverse_variance, analytic_gamma=analytic_gamma)
         if reverse_variance is not None:  # stock diffusers samples with the nearest choice it has
             variance_type = "fixed_small" if reverse_variance == ReverseVariance.ANALYTIC else reverse_variance
