@@ -225,7 +225,8 @@ def run_sample(args: argparse.Namespace) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     grid.save(args.output)
     print(
-        f"{args.num_images} images ({type(pipeline.scheduler).__name__}, {args.num_inference_steps} steps) written to {args.output}"
+        f"{args.num_images} images ({type(pipeline.scheduler).__name__}, {args.num_inference_steps} steps) written "
+        f"to {args.output}"
     )
 
 
