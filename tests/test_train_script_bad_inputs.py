@@ -123,8 +123,14 @@ CASES = {
     "loss that cannot train the variance": (
         ["--loss_type", "hybrid"],
         2,
-        ["needs a learned variance", "--variance_type"],
+        ["needs a learned variance", "--reverse_variance"],
     ),
+    "non-finite learning rate": (["--learning_rate", "nan"], 2, ["--learning_rate must be a finite number", "nan"]),
+    "infinite gradient clipping norm": (["--max_grad_norm", "inf"], 2, ["--max_grad_norm must be a finite number"]),
+    "Adam beta of 1": (["--adam_beta2", "1"], 2, ["--adam_beta2 must be a finite number in [0, 1)", "got 1.0"]),
+    "EMA decay above 1": (["--ema_max_decay", "1.5"], 2, ["--ema_max_decay must be a finite number in [0, 1]"]),
+    "negative seed": (["--seed", "-1"], 2, ["--seed must be in [0, 4294967295]", "got -1"]),
+    "negative warm-up": (["--lr_warmup_steps", "-5"], 2, ["--lr_warmup_steps must be at least 0", "got -5"]),
     "output directory is a file": (
         lambda tmp: ["--output_dir", file_as(tmp, "taken", "")],
         2,

@@ -1,0 +1,145 @@
+"""The training engine, reached directly: a new objective reuses its loop, checkpoints and resume; the
+configuration checks its values; the old flag name still works."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hfddpm import DDIMScheduler, HFDDPMPipeline
+from hfddpm.training import Trainer, TrainingConfig, parse_training_config
+from hfddpm.training.setup import check_output_dir, create_accelerator, create_training_unet, load_training_images
+from hfddpm.training.tracking import read_jsonl_log
+
+
+class CallCount:
+    """An objective's own state, which checkpoints must save and resume must restore."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def state_dict(self) -> dict:
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = state["calls"]
+
+
+class Output:
+    def __init__(self, loss: torch.Tensor):
+        self.loss = loss
+
+
+class DenoiseAtOneLevel:
+    """Not DDPM: recover x_0 from x_0 + 0.3 ε at a single timestep (a 10-line objective the engine must carry)."""
+
+    def __init__(self):
+        self.count = CallCount()
+
+    def __call__(self, model, batch, randomness):
+        self.count.calls += 1
+        noise = torch.randn(batch.shape, generator=randomness.generator)
+        prediction = model(batch + 0.3 * noise, torch.zeros(len(batch), dtype=torch.long)).sample
+        return Output(((prediction - batch) ** 2).mean())
+
+    def checkpoint_objects(self):
+        return {"call_count": self.count}
+
+    def observe(self, accelerator, output):
+        pass
+
+    def logs(self, accelerator, output):
+        return {"objective_calls": self.count.calls}
+
+    def pipeline(self, unet):
+        return HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=10))
+
+
+def train(output_dir, **options) -> DenoiseAtOneLevel:
+    config = TrainingConfig(
+        output_dir=str(output_dir),
+        model_preset="tiny",
+        train_batch_size=16,
+        max_train_steps=10,
+        checkpointing_steps=4,
+        save_images_steps=1000,
+        num_sample_images=2,
+        num_inference_steps=2,
+        logging_steps=1,
+        lr_warmup_steps=2,
+        report_to="none",
+        **options,
+    )
+    objective = DenoiseAtOneLevel()
+    accelerator = create_accelerator(config, check_output_dir(config))
+    images = load_training_images(config, accelerator)
+    unet = create_training_unet(config, images.preprocessing.channels)
+    assert Trainer(config, accelerator, objective, unet, images).run() == 0
+    return objective
+
+
+@pytest.mark.slow
+def test_a_new_objective_reuses_the_loop_checkpoints_and_resume(tmp_path):
+    whole = train(tmp_path / "whole")
+    assert whole.count.calls == 10
+    log = read_jsonl_log(tmp_path / "whole" / "logs" / "train.jsonl")
+    assert [log[step]["objective_calls"] for step in (1, 10)] == [1, 10]
+    assert log[10]["loss"] < log[1]["loss"]  # it learns
+    assert json.loads((tmp_path / "whole" / "checkpoints" / "checkpoint-8" / "call_count.json").read_text()) == {
+        "calls": 8
+    }
+    pipe = HFDDPMPipeline.from_pretrained(tmp_path / "whole")
+    assert pipe.unet.config.sample_size == 8 and type(pipe.scheduler) is DDIMScheduler
+
+    # Resume the same run from its step-4 checkpoint: the objective's count and every weight continue exactly.
+    resumed_dir = tmp_path / "resumed"
+    checkpoint = tmp_path / "whole" / "checkpoints" / "checkpoint-4"
+    resumed = train(resumed_dir, resume_from_checkpoint=str(checkpoint))
+    assert resumed.count.calls == 10  # 4 restored + 6
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(tmp_path / "whole" / weights), load_file(resumed_dir / weights)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"learning_rate": float("nan")}, "--learning_rate must be a finite number in (0, inf), got nan"),
+        ({"max_grad_norm": float("inf")}, "--max_grad_norm must be a finite number in (0, inf), got inf"),
+        ({"max_grad_norm": 0.0}, "--max_grad_norm must be a finite number in (0, inf), got 0.0"),
+        ({"adam_beta1": 1.0}, "--adam_beta1 must be a finite number in [0, 1), got 1.0"),
+        ({"adam_epsilon": -1e-8}, "--adam_epsilon must be a finite number in (0, inf), got -1e-08"),
+        ({"ema_max_decay": float("nan")}, "--ema_max_decay must be a finite number in [0, 1], got nan"),
+        ({"vlb_weight": -1.0}, "--vlb_weight must be a finite number in [0, inf), got -1.0"),
+        ({"seed": 2**32}, "--seed must be in [0, 4294967295], got 4294967296"),
+        ({"train_batch_size": 0}, "--train_batch_size must be at least 1, got 0"),
+        ({"dataloader_num_workers": -1}, "--dataloader_num_workers must be at least 0, got -1"),
+    ],
+)
+def test_the_configuration_refuses_out_of_range_values(options, message):
+    with pytest.raises(ValueError) as error:
+        TrainingConfig(**options)
+    assert str(error.value) == message
+
+
+def test_the_configuration_fills_its_defaults_and_records_no_token():
+    config = TrainingConfig(hub_token="hf_secret")
+    assert config.max_train_steps == 2000 and config.num_epochs is None
+    assert "hub_token" not in config.recorded() and "hf_secret" not in json.dumps(config.recorded())
+    assert TrainingConfig(num_epochs=3).max_train_steps is None  # epochs alone decide the length
+    assert TrainingConfig(eval_every=5).eval_metrics == ["fd_digits", "digits_scores"]
+
+
+def test_the_command_line_sets_only_what_it_is_given():
+    config = parse_training_config(["--learning_rate", "1e-4", "--no-use_ema", "--eval_metrics", "fid", "fd_dinov2"])
+    assert config == TrainingConfig(learning_rate=1e-4, use_ema=False, eval_metrics=["fid", "fd_dinov2"])
+
+
+def test_the_old_variance_flag_still_works_and_says_its_new_name(capsys):
+    config = parse_training_config(["--variance_type", "learned_range"])
+    assert config.reverse_variance == "learned_range"
+    assert capsys.readouterr().err.strip() == "warning: --variance_type is deprecated; use --reverse_variance"
+    assert parse_training_config(["--reverse_variance", "fixed_large"]).reverse_variance == "fixed_large"
