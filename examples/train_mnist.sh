@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 accelerate launch examples/train_unconditional.py \
     --dataset_name ylecun/mnist --resolution 28 --channels 1 --model_preset mnist-28 \
-    --beta_schedule linear --num_train_timesteps 1000 --prediction_type epsilon --variance_type fixed_small \
+    --beta_schedule linear --num_train_timesteps 1000 --prediction_type epsilon --reverse_variance fixed_small \
     --train_batch_size 128 --num_epochs 20 --learning_rate 2e-4 --lr_scheduler constant_with_warmup \
     --lr_warmup_steps 500 --ema_max_decay 0.9999 \
     --eval_every 1000 --eval_metrics fd_digits digits_scores --eval_num_samples 1000 \
