@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .hub import HubError
 from .schedulers import ReverseVariance
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
 
 
 def add_allow_pickle_argument(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +24,7 @@ def add_allow_pickle_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_evaluate_parser(subparsers) -> None:
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     from .evaluation.features import DINOV2_DEFAULT
     from .evaluation.report import METRICS
 
@@ -79,7 +83,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         print(f"  written to {args.output_dir}/evaluation.json")
 
 
-def add_analytic_variance_parser(subparsers) -> None:
+def add_analytic_variance_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "analytic-variance",
         help="measure Γ_t of a checkpoint and make it sample with Analytic-DPM's variance",
@@ -145,7 +149,7 @@ def run_analytic_variance(args: argparse.Namespace) -> None:
 SCHEDULERS = ("ddpm", "ddim", "dpm-solver", "euler", "checkpoint")
 
 
-def scheduler_for(name: str, config):
+def scheduler_for(name: str, config: dict[str, Any]) -> SchedulerMixin:
     """A scheduler by its CLI name, built from a checkpoint's scheduler config ("checkpoint": the saved one)."""
     import diffusers
 
@@ -160,7 +164,7 @@ def scheduler_for(name: str, config):
     return classes[name].from_config(config)
 
 
-def add_sample_parser(subparsers) -> None:
+def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "sample",
         help="draw images from a checkpoint into a grid PNG or a folder",
@@ -230,7 +234,7 @@ def run_sample(args: argparse.Namespace) -> None:
     )
 
 
-def add_visualize_parser(subparsers) -> None:
+def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "visualize",
         help="picture the forward noising of real images or a pipeline's reverse trajectory",
@@ -295,7 +299,7 @@ def run_visualize(args: argparse.Namespace) -> None:
     print(f"{args.process} process of {args.num_images} images written to {args.output} ({grid.width}×{grid.height})")
 
 
-def add_push_parser(subparsers) -> None:
+def add_push_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "push",
         help="publish a checkpoint folder to the Hugging Face Hub (or export what would be published)",

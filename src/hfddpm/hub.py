@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from concurrent.futures import Future
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HFValidationError
@@ -23,6 +24,9 @@ from huggingface_hub.utils import validate_repo_id
 
 from .model_cards import model_card
 from .pipelines.checkpoint_safety import PICKLE_SUFFIXES
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 RUN_RECORDS = ("training_args.json", "training_info.json", "evaluation.json")
 
@@ -109,7 +113,7 @@ def push_to_hub(
     include_training_state: bool = False,
     run_as_future: bool = False,
     endpoint: str | None = None,
-):
+) -> CommitInfo | Future[CommitInfo]:
     """Publish `folder` to the Hub repository `repo_id` (created if needed, `private` if asked) on `revision`.
 
     The upload goes through huggingface_hub's `upload_folder` from an export next to `folder` (`export_for_hub`),

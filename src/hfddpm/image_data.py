@@ -203,7 +203,7 @@ class TrainingImages(torch.utils.data.Dataset):
     Item i of epoch e draws its crop offset and flip from a generator seeded with (seed, e, i).
     """
 
-    def __init__(self, pixels: datasets.Dataset, preprocessing: ImagePreprocessing, seed: int = 0):
+    def __init__(self, pixels: datasets.Dataset, preprocessing: ImagePreprocessing, seed: int = 0) -> None:
         self.pixels = pixels
         self.preprocessing = preprocessing
         self.seed = seed

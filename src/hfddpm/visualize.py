@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import PIL.Image
 import PIL.ImageDraw
@@ -13,6 +14,11 @@ import torch
 from diffusers.utils import make_image_grid
 
 from .eval_mode import eval_mode
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
+
+    from .pipelines import HFDDPMPipeline
 
 LABEL_HEIGHT = 14  # pixels of the text line above a labelled grid
 
@@ -59,7 +65,7 @@ def labelled_grid(rows: list[list[PIL.Image.Image]], column_labels: Sequence[str
 
 def forward_noising_grid(
     images: torch.Tensor,
-    scheduler,
+    scheduler: SchedulerMixin,
     timesteps: Sequence[int] = (0, 50, 100, 200, 300, 400, 500, 700, 999),
     generator: torch.Generator | None = None,
     scale: int = 4,
@@ -76,13 +82,13 @@ def forward_noising_grid(
 
 @torch.no_grad()
 def reverse_trajectory_grid(
-    pipeline,
+    pipeline: HFDDPMPipeline,
     num_images: int = 4,
     num_inference_steps: int = 50,
     every: int = 5,
     generator: torch.Generator | list[torch.Generator] | None = None,
     scale: int = 4,
-    **call_options,
+    **call_options: Any,
 ) -> PIL.Image.Image:
     """For each image two rows: x_t and the step's prediction x̂_0, every `every` steps and at the last one.
 

@@ -34,7 +34,9 @@ class DigitsClassifier(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, channels: tuple[int, int, int] = (32, 64, 64), feature_dim: int = 64, image_size: int = 8):
+    def __init__(
+        self, channels: tuple[int, int, int] = (32, 64, 64), feature_dim: int = 64, image_size: int = 8
+    ) -> None:
         super().__init__()
         first, second, third = channels
         self.body = torch.nn.Sequential(

@@ -34,7 +34,7 @@ def _rgb(images: torch.Tensor) -> torch.Tensor:
 class DigitsFeatures:
     """The 64 penultimate activations of the shipped digits classifier (`digits_classifier`); offline."""
 
-    def __init__(self, path: str | os.PathLike = SHIPPED_WEIGHTS, device: str | torch.device = "cpu"):
+    def __init__(self, path: str | os.PathLike = SHIPPED_WEIGHTS, device: str | torch.device = "cpu") -> None:
         self.model = load_digits_classifier(path).to(device)
         self.name = f"digits-classifier-{_file_digest(Path(path) / 'diffusion_pytorch_model.safetensors')}"
 
@@ -60,7 +60,7 @@ class InceptionFeatures:
     at `weights` or in torch hub's checkpoint folder; the file is checked to hold tensors only before use.
     """
 
-    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> None:
         path = Path(weights) if weights is not None else default_inception_weights()
         if not path.is_file():
             raise FileNotFoundError(
@@ -98,7 +98,7 @@ class Dinov2Features:
     in Stein et al.'s dgm-eval.
     """
 
-    def __init__(self, model: str | os.PathLike = DINOV2_DEFAULT, device: str | torch.device = "cpu"):
+    def __init__(self, model: str | os.PathLike = DINOV2_DEFAULT, device: str | torch.device = "cpu") -> None:
         from transformers import Dinov2Model
 
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,9 @@ def statistics_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hfddpm"
 
 
-def cached_statistics(key: dict, compute, cache_dir: str | os.PathLike | None = None) -> FeatureStatistics:
+def cached_statistics(
+    key: dict, compute: Callable[[], FeatureStatistics], cache_dir: str | os.PathLike | None = None
+) -> FeatureStatistics:
     """The statistics `compute()` returns, cached in a file named by a hash of `key` (dataset, split, image size,
     feature extractor, …: everything they depend on). The key is stored in the file's metadata."""
     key_json = json.dumps(key, sort_keys=True)

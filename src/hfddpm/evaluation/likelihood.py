@@ -14,12 +14,18 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from ..schedulers.bound_terms import Decoder, prior_term, vlb_terms
 from ..schedulers.gaussian_diffusion import reverse_variance_of
+
+if TYPE_CHECKING:
+    from diffusers import ModelMixin, SchedulerMixin
+
+    from ..schedulers import DDPMScheduler
 
 
 def timestep_strata(num_train_timesteps: int, num_timesteps: int | None = None) -> list[tuple[int, int]]:
@@ -58,7 +64,7 @@ class VariationalBound:
         return asdict(self)
 
 
-def bound_scheduler(scheduler, reverse_variance: str | None = None):
+def bound_scheduler(scheduler: SchedulerMixin, reverse_variance: str | None = None) -> DDPMScheduler:
     """hfddpm's `DDPMScheduler` with `scheduler`'s noise schedule and prediction type and the reverse variance to
     evaluate (by default the one `scheduler` samples with, see `reverse_variance_of`)."""
     from ..schedulers import DDPMScheduler
@@ -71,8 +77,8 @@ def bound_scheduler(scheduler, reverse_variance: str | None = None):
 
 @torch.no_grad()
 def variational_bound(
-    model,
-    scheduler,
+    model: ModelMixin,
+    scheduler: SchedulerMixin,
     batches: Iterable[torch.Tensor],
     num_timesteps: int | None = None,
     reverse_variance: str | None = None,

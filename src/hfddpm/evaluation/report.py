@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,7 +68,12 @@ class EvaluationReport:
 
 
 def evaluate(
-    checkpoint: str | os.PathLike, dataset: str = DIGITS, metrics=None, *, allow_pickle: bool = False, **options
+    checkpoint: str | os.PathLike,
+    dataset: str = DIGITS,
+    metrics: tuple[str, ...] | list[str] | str | None = None,
+    *,
+    allow_pickle: bool = False,
+    **options: Any,
 ) -> EvaluationReport:
     """Measure a pipeline checkpoint, or a folder of generated images, against a dataset (see `METRICS`).
 

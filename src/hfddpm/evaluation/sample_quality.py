@@ -9,7 +9,9 @@ channels, count and feature extractor.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL.Image
@@ -20,20 +22,24 @@ from .. import __version__
 from ..image_data import channels_of_mode, image_batches
 from .frechet import FeatureStatistics, cached_statistics
 
+if TYPE_CHECKING:
+    from ..pipelines import HFDDPMPipeline
+    from .features import DigitsFeatures, Dinov2Features, InceptionFeatures
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # A digit class counts as drawn when it gets at least half of its fair share of the samples.
 COVERAGE_SHARE = 0.05
 
 
 def generate_samples(
-    pipeline,
+    pipeline: HFDDPMPipeline,
     num_samples: int,
     batch_size: int = 250,
     num_inference_steps: int = 50,
     eta: float = 0.0,
     seed: int = 0,
     progress_bar: bool = True,
-    **call_options,
+    **call_options: Any,
 ) -> torch.Tensor:
     """`num_samples` images in [0, 1], on the CPU. Image i is drawn from its own generator seeded with seed + i, so
     the samples do not depend on the batch size. `call_options` go to the pipeline's call (e.g. corrector_steps)."""
@@ -81,13 +87,15 @@ def load_image_folder(folder: str | os.PathLike, channels: int | None = None) ->
     return stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
 
 
-def extract_features(extractor, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+def extract_features(
+    extractor: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 250
+) -> torch.Tensor:
     """The extractor's features of images in [0, 1], batch by batch, on the CPU in float64."""
     return torch.cat([extractor(batch).double().cpu() for batch in images.split(batch_size)])
 
 
 def reference_statistics(
-    extractor,
+    extractor: DigitsFeatures | InceptionFeatures | Dinov2Features,
     dataset: str,
     split: str,
     resolution: int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -11,6 +12,9 @@ from diffusers.models.modeling_utils import ModelMixin  # looked up by name by t
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from ..schedulers.gaussian_diffusion import convert_prediction
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
 
 
 class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
@@ -38,7 +42,7 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
         weights: Sequence[float],
         alphas_cumprod: Sequence[float],
         prediction_type: str = "epsilon",
-    ):
+    ) -> None:
         super().__init__()
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.ndim != 4 or not len(means) == len(stds) == len(weights):
@@ -55,7 +59,11 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
 
     @classmethod
     def for_scheduler(
-        cls, scheduler, means: torch.Tensor, stds: Sequence[float], weights: Sequence[float] | None = None
+        cls,
+        scheduler: SchedulerMixin,
+        means: torch.Tensor,
+        stds: Sequence[float],
+        weights: Sequence[float] | None = None,
     ) -> GaussianMixtureDenoiser:
         """The exact denoiser for `scheduler`'s noise schedule and prediction type."""
         weights = [1.0] * len(means) if weights is None else list(weights)
@@ -67,7 +75,9 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
             prediction_type=scheduler.config.prediction_type,
         )
 
-    def forward(self, sample: torch.Tensor, timestep: int | torch.Tensor, return_dict: bool = True):
+    def forward(
+        self, sample: torch.Tensor, timestep: int | torch.Tensor, return_dict: bool = True
+    ) -> UNet2DOutput | tuple[torch.Tensor]:
         x = sample.to(torch.float64)
         t = torch.as_tensor(timestep, device=x.device).long().reshape(-1)
         alpha_bar = self.schedule_alphas_cumprod[t].reshape(-1, 1).expand(len(x), 1)  # (B, 1)

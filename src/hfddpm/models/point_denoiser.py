@@ -42,7 +42,7 @@ class PointDenoiser(ModelMixin, ConfigMixin):
         layers: int = 3,
         embedding_dim: int = 32,
         learned_variance: bool = False,
-    ):
+    ) -> None:
         super().__init__()
         blocks, width = [], dims * (1 + embedding_dim) + embedding_dim
         for _ in range(layers):
@@ -52,7 +52,9 @@ class PointDenoiser(ModelMixin, ConfigMixin):
         self.head = torch.nn.Linear(hidden, dims * (2 if learned_variance else 1))
         self.register_to_config(in_channels=dims, out_channels=dims * (2 if learned_variance else 1), sample_size=1)
 
-    def forward(self, sample: torch.Tensor, timestep: int | torch.Tensor, return_dict: bool = True):
+    def forward(
+        self, sample: torch.Tensor, timestep: int | torch.Tensor, return_dict: bool = True
+    ) -> UNet2DOutput | tuple[torch.Tensor]:
         points = sample.flatten(1)
         timesteps = torch.as_tensor(timestep, device=points.device).reshape(-1).expand(len(points))
         dim = self.config.embedding_dim

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 import diffusers
 import torch
@@ -82,13 +83,13 @@ class HFDDPMPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["sample", "pred_original_sample"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, *, allow_pickle: bool = False, **kwargs
+        cls, pretrained_model_name_or_path: str | os.PathLike, *, allow_pickle: bool = False, **kwargs: Any
     ) -> HFDDPMPipeline:
         """Load a pipeline folder or Hub repository, as `DiffusionPipeline.from_pretrained` does, but safely.
 

@@ -9,6 +9,7 @@ so a saved pipeline keeps it; `GaussianDiffusionMixin.analytic_variance` turns i
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import diffusers
 import torch
@@ -18,11 +19,14 @@ from ..eval_mode import eval_mode
 from .scheduling_ddim import DDIMScheduler
 from .scheduling_ddpm import DDPMScheduler
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline, ModelMixin
+
 
 @torch.no_grad()
 def estimate_analytic_gamma(
-    model,
-    scheduler,
+    model: ModelMixin,
+    scheduler: DDPMScheduler | DDIMScheduler,
     batches: Iterable[torch.Tensor],
     generator: torch.Generator | None = None,
     progress_bar: bool = True,
@@ -60,8 +64,11 @@ def estimate_analytic_gamma(
 
 
 def fit_analytic_variance(
-    pipeline, batches: Iterable[torch.Tensor], generator: torch.Generator | None = None, progress_bar: bool = True
-):
+    pipeline: DiffusionPipeline,
+    batches: Iterable[torch.Tensor],
+    generator: torch.Generator | None = None,
+    progress_bar: bool = True,
+) -> DiffusionPipeline:
     """Give `pipeline` (in place, and return it) an hfddpm DDPM or DDIM scheduler that samples with Analytic-DPM's
     variance: ``reverse_variance="analytic"`` and the `analytic_gamma` measured on `batches`.
 

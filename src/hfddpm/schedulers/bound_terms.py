@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import math
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import torch
 
 from .gaussian_diffusion import per_sample
+
+if TYPE_CHECKING:
+    from .scheduling_ddim import DDIMScheduler
+    from .scheduling_ddpm import DDPMScheduler
 
 
 class Decoder(str, Enum):
@@ -78,7 +83,7 @@ def mean_over_pixels(values: torch.Tensor) -> torch.Tensor:
     return values.flatten(1).mean(1)
 
 
-def prior_term(scheduler, original_samples: torch.Tensor) -> torch.Tensor:
+def prior_term(scheduler: DDPMScheduler | DDIMScheduler, original_samples: torch.Tensor) -> torch.Tensor:
     """L_T = KL(q(x_T|x_0) ‖ N(0, I)) with q(x_T|x_0) = N(√ᾱ_T x_0, (1 − ᾱ_T) I), per sample, in bits/dim.
 
     No parameter enters it; for the standard schedules it is ≈ 0 (ᾱ_T ≈ 4·10⁻⁵ for DDPM's linear schedule).
@@ -91,7 +96,7 @@ def prior_term(scheduler, original_samples: torch.Tensor) -> torch.Tensor:
 
 
 def vlb_terms(
-    scheduler,
+    scheduler: DDPMScheduler | DDIMScheduler,
     model_output: torch.Tensor,
     original_samples: torch.Tensor,
     noisy_samples: torch.Tensor,

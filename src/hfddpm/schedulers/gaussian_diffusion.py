@@ -14,7 +14,9 @@ Everything here is computed in at least float32, whatever the dtype of the sampl
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from enum import Enum
+from typing import Any
 
 import torch
 
@@ -115,7 +117,7 @@ def check_num_inference_steps(num_inference_steps: int | None, num_train_timeste
         raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}")
 
 
-def reverse_variance_of(config) -> str:
+def reverse_variance_of(config: Mapping[str, Any]) -> str:
     """The `ReverseVariance` a DDPM or DDIM scheduler config samples with.
 
     hfddpm's `reverse_variance` when set; otherwise the stock `variance_type`'s equivalent, and β̃ (``fixed_small``)

@@ -65,7 +65,7 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
         rescale_betas_zero_snr: bool = False,
         reverse_variance: str | None = None,
         analytic_gamma: list[float] | None = None,
-    ):
+    ) -> None:
         beta_schedule, reverse_variance, analytic_gamma = validate_common_options(
             beta_schedule,
             prediction_type,
@@ -95,7 +95,7 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
             rescale_betas_zero_snr=rescale_betas_zero_snr,
         )
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """As diffusers' `set_timesteps`, refusing a step count outside [1, T] in one line, and with the
         "quadratic" spacing of the DDIM paper besides the stock ones."""
         check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)

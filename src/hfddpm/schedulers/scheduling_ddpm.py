@@ -64,7 +64,7 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         rescale_betas_zero_snr: bool = False,
         reverse_variance: str | None = None,
         analytic_gamma: list[float] | None = None,
-    ):
+    ) -> None:
         beta_schedule, reverse_variance, analytic_gamma = validate_common_options(
             beta_schedule,
             prediction_type,
@@ -108,7 +108,7 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         timesteps: list[int] | None = None,
-    ):
+    ) -> None:
         """As diffusers' `set_timesteps`, refusing a step count outside [1, T] in one line, and with the
         "quadratic" spacing of the DDIM paper besides the stock ones."""
         if num_inference_steps is None and timesteps is None:
