@@ -7,6 +7,7 @@ import shutil
 import sys
 from concurrent.futures import Future
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import accelerate
 import diffusers
@@ -18,6 +19,9 @@ from ..pipelines import HFDDPMPipeline
 from ..visualize import sample_grid
 from .checkpoints import CheckpointError
 from .config import TrainingConfig
+
+if TYPE_CHECKING:
+    from ..evaluation import EvaluationReport
 
 
 def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
@@ -52,7 +56,9 @@ def save_sample_grid(pipeline: HFDDPMPipeline, path: Path, config: TrainingConfi
     return grid
 
 
-def evaluate_during_training(config: TrainingConfig, pipeline: HFDDPMPipeline, device: torch.device):
+def evaluate_during_training(
+    config: TrainingConfig, pipeline: HFDDPMPipeline, device: torch.device
+) -> EvaluationReport:
     """--eval_metrics of the current EMA pipeline against the training split (bits/dim: 100 terms per image)."""
     from ..evaluation import evaluate_pipeline
 

@@ -18,12 +18,19 @@ import pickle
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from .loop import TrainingRandomness
+
 from ..durable import fsync_tree, is_disk_full, remove_tree, write_text
 
 TRAINING_STATE = "training_state.json"
@@ -39,7 +46,7 @@ class CheckpointError(RuntimeError):
 class CheckpointManager:
     """The checkpoints of one run, in `folder`, keeping at most `total_limit` of them (all if None)."""
 
-    def __init__(self, folder: str | os.PathLike, total_limit: int | None = None):
+    def __init__(self, folder: str | os.PathLike, total_limit: int | None = None) -> None:
         if total_limit is not None and total_limit < 1:
             raise ValueError(f"checkpoints_total_limit must be at least 1, got {total_limit}")
         self.folder = Path(folder)
@@ -78,7 +85,9 @@ class CheckpointManager:
             )
         return path
 
-    def save(self, accelerator, step: int, position: dict, objects: dict, randomness) -> Path:
+    def save(
+        self, accelerator: Accelerator, step: int, position: dict, objects: dict, randomness: TrainingRandomness
+    ) -> Path:
         """Save the run's state at optimizer step `step`; call on every process.
 
         `position` is JSON (epoch, batches seen in the epoch, …); `objects` maps names to objects with
@@ -117,7 +126,7 @@ class CheckpointManager:
         accelerator.wait_for_everyone()
         return final
 
-    def load(self, accelerator, path: Path, objects: dict, randomness) -> dict:
+    def load(self, accelerator: Accelerator, path: Path, objects: dict, randomness: TrainingRandomness) -> dict:
         """Restore what `save` wrote; return the training state (global step and position).
 
         Raises `CheckpointError` naming the checkpoint when a file is missing, damaged, or holds a pickle that

@@ -190,11 +190,17 @@ class TrainingConfig:
 class _DeprecatedAlias(argparse.Action):
     """An old flag name: sets the new one's value and says, once, on the main process, to use the new name."""
 
-    def __init__(self, option_strings, dest, new_flag: str, **kwargs):
+    def __init__(self, option_strings: list[str], dest: str, new_flag: str, **kwargs: object) -> None:
         self.new_flag = new_flag
         super().__init__(option_strings, dest, **kwargs)
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
         if os.environ.get("RANK", "0") == "0":
             print(f"warning: {option_string} is deprecated; use {self.new_flag}", file=sys.stderr)
         setattr(namespace, self.dest, values)

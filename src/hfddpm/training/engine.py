@@ -25,6 +25,7 @@ import sys
 import time
 from concurrent.futures import Future
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -51,6 +52,9 @@ from .objectives import Objective
 from .setup import create_ema, create_optimizer
 from .state import RunState
 
+if TYPE_CHECKING:
+    from ..evaluation import EvaluationReport
+
 
 class Trainer:
     """Train `model` on `images` (a dataset with `set_epoch`) to minimise `objective`, as `config` says."""
@@ -62,7 +66,7 @@ class Trainer:
         objective: Objective,
         model: torch.nn.Module,
         images: torch.utils.data.Dataset,
-    ):
+    ) -> None:
         self.config, self.accelerator, self.objective, self.images = config, accelerator, objective, images
         self.output_dir = Path(config.output_dir)
         self.started = time.perf_counter()
@@ -299,7 +303,7 @@ class Trainer:
             writer = self.accelerator.get_tracker("tensorboard").writer
             writer.add_image("samples", np.asarray(grid.convert("RGB")), self.state.global_step, dataformats="HWC")
 
-    def evaluate(self, pipeline: HFDDPMPipeline):
+    def evaluate(self, pipeline: HFDDPMPipeline) -> EvaluationReport:
         report = evaluate_during_training(self.config, pipeline, self.accelerator.device)
         metrics = {f"eval/{name}": value for name, value in report.metrics.items()}
         self.accelerator.log(metrics, step=self.state.global_step)

@@ -12,8 +12,12 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 class NonFiniteLossError(RuntimeError):
@@ -23,7 +27,7 @@ class NonFiniteLossError(RuntimeError):
 class RunInterrupted(Exception):
     """SIGTERM or SIGINT stopped the run after it saved a checkpoint; `exit_code` is 128 + the signal number."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
 
@@ -37,7 +41,7 @@ class StopRequest:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
@@ -73,7 +77,9 @@ class StepCheck:
     stop_signal: int | None  # the signal that asked the run to stop, or None
 
 
-def check_step(accelerator, step_loss: torch.Tensor, grad_norm: torch.Tensor, stop: StopRequest) -> StepCheck:
+def check_step(
+    accelerator: Accelerator, step_loss: torch.Tensor, grad_norm: torch.Tensor, stop: StopRequest
+) -> StepCheck:
     """Gather this step's loss (summed over accumulated batches), gradient norm and stop request from every process.
 
     A non-finite loss is a fault in every precision. A non-finite gradient norm is one too, except under fp16's

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+from diffusers import ModelMixin
 from diffusers.training_utils import EMAModel
 
+from ..schedulers import DDPMScheduler
 from .losses import DiffusionLoss, LossOutput
 from .timestep_sampling import UniformTimestepSampler
 
@@ -16,7 +18,7 @@ class TrainingRandomness:
     checkpoints (`state_dict`), so a resumed run draws what the uninterrupted run would have drawn.
     """
 
-    def __init__(self, seed: int, process_index: int = 0, device: torch.device | str = "cpu"):
+    def __init__(self, seed: int, process_index: int = 0, device: torch.device | str = "cpu") -> None:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed + process_index)
 
@@ -31,7 +33,7 @@ class TrainingRandomness:
 
 def training_step(
     model: torch.nn.Module,
-    scheduler,
+    scheduler: DDPMScheduler,
     loss_fn: DiffusionLoss,
     clean_images: torch.Tensor,
     randomness: TrainingRandomness,
@@ -54,7 +56,7 @@ def training_step(
     return loss_fn(model_output, clean_images, noise, timesteps, noisy_images, importance_weights)
 
 
-def averaged_copy(model, ema: EMAModel):
+def averaged_copy(model: ModelMixin, ema: EMAModel) -> ModelMixin:
     """A new model of `model`'s class and config holding the EMA weights, in float32, on `model`'s device."""
     averaged = type(model).from_config(model.config).to(model.device).eval()
     ema.copy_to(averaged.parameters())

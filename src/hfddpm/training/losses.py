@@ -7,6 +7,7 @@ from enum import Enum
 
 import torch
 
+from ..schedulers import DDPMScheduler
 from ..schedulers.bound_terms import Decoder, mean_over_pixels, vlb_terms
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
 
@@ -53,12 +54,12 @@ class DiffusionLoss:
 
     def __init__(
         self,
-        scheduler,
+        scheduler: DDPMScheduler,
         loss_type: str | None = None,
         snr_gamma: float | None = None,
         vlb_weight: float = 1e-3,
         decoder: str = Decoder.DISCRETIZED,
-    ):
+    ) -> None:
         learned_variance = scheduler.config.reverse_variance in LEARNED_VARIANCES
         if loss_type is None:
             loss_type = LossType.HYBRID if learned_variance else LossType.SIMPLE

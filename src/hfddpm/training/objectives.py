@@ -54,7 +54,7 @@ class DenoisingObjective:
         loss_fn: DiffusionLoss,
         timestep_sampler: UniformTimestepSampler,
         inference_scheduler: str = "ddim",
-    ):
+    ) -> None:
         self.noise_scheduler = noise_scheduler
         self.loss_fn = loss_fn
         self.timestep_sampler = timestep_sampler

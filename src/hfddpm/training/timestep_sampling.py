@@ -25,7 +25,7 @@ class TimestepSampling(str, Enum):
 class UniformTimestepSampler:
     """t ~ U{0, …, T−1}, every importance weight 1."""
 
-    def __init__(self, num_timesteps: int):
+    def __init__(self, num_timesteps: int) -> None:
         self.num_timesteps = num_timesteps
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +51,7 @@ class LossSecondMomentSampler(UniformTimestepSampler):
     Call `update` with the losses of every process (gathered) so that data-parallel replicas stay identical.
     """
 
-    def __init__(self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001):
+    def __init__(self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001) -> None:
         super().__init__(num_timesteps)
         self.history_per_term = history_per_term
         self.uniform_prob = uniform_prob

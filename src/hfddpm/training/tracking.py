@@ -19,7 +19,7 @@ class JSONLinesTracker(GeneralTracker):
     name = "jsonl"
     requires_logging_directory = True
 
-    def __init__(self, run_name: str, logging_dir: str | os.PathLike):
+    def __init__(self, run_name: str, logging_dir: str | os.PathLike) -> None:
         super().__init__()
         self.path = Path(logging_dir) / f"{run_name}.jsonl"
 
@@ -30,7 +30,7 @@ class JSONLinesTracker(GeneralTracker):
     def store_init_configuration(self, values: dict) -> None:
         self._append({"config": values})
 
-    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+    def log(self, values: dict, step: int | None = None, **kwargs: object) -> None:
         self._append({"step": step, **{key: _plain(value) for key, value in values.items()}})
 
     def _append(self, record: dict) -> None:
