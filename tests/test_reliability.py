@@ -72,6 +72,7 @@ CHAIN = ["--max_train_steps", "72", "--checkpointing_steps", "4", "--checkpoints
 CHAIN += ["--gradient_accumulation_steps", "2", "--save_images_steps", "20", "--save_model_steps", "24"]
 
 
+@pytest.mark.slow
 def test_a_run_killed_anywhere_resumes_from_its_last_complete_checkpoint_exactly(tmp_path, training_runner):
     runner, run, console = training_runner, tmp_path / "run", tmp_path / "console.txt"
     runner.start(run_args(tmp_path / "whole", *CHAIN), tmp_path / "whole.txt")
@@ -138,6 +139,7 @@ def error_lines(console: Path) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_previous_checkpoint(tmp_path, training_runner):
     # After checkpoint-3, no file may grow past 64 KiB (the kernel's file-size limit: writes fail with EFBIG, as
     # they fail with ENOSPC on a full disk); checkpoint-6's 4 MB of weights cannot be written.
@@ -160,6 +162,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_previous_checkpoint
     assert f"Resuming from {run / 'checkpoints' / 'checkpoint-3'} at step 3" in console.read_text()
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_the_run_at_its_step_without_touching_the_weights(tmp_path, training_runner):
     run, console = tmp_path / "run", tmp_path / "console.txt"
     training_runner.start(
@@ -176,6 +179,7 @@ def test_a_nan_loss_stops_the_run_at_its_step_without_touching_the_weights(tmp_p
     assert not (run / "model_index.json").exists()
 
 
+@pytest.mark.slow
 def test_nan_losses_can_be_skipped_one_update_each(tmp_path, training_runner):
     run, console = tmp_path / "run", tmp_path / "console.txt"
     args = run_args(run, "--max_train_steps", "8", "--on_nonfinite_loss", "skip")
@@ -235,6 +239,7 @@ def memory_records(console: Path) -> list[dict]:
     return [json.loads(line[7:]) for line in console.read_text().splitlines() if line.startswith("MEMORY ")]
 
 
+@pytest.mark.slow
 def test_many_training_runs_in_one_process_keep_memory_flat(tmp_path, training_runner):
     console = tmp_path / "console.txt"
     training_runner.start(run_args(tmp_path / "run", "--max_train_steps", "3"), console, repeat=8)
@@ -263,6 +268,7 @@ print(json.dumps(records))
 """
 
 
+@pytest.mark.slow
 def test_sampling_many_batches_keeps_memory_flat():
     repository = Path(__file__).resolve().parents[1]  # where `tests.training_runner` imports from
     result = subprocess.run(

@@ -21,6 +21,8 @@ from hfddpm.training.tracking import read_jsonl_log
 
 from .fake_hub import FakeHub
 
+pytestmark = pytest.mark.slow  # every test here trains or starts an interpreter
+
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_unconditional.py"
 FAST = [
     "--train_batch_size", "16",

@@ -196,6 +196,7 @@ def test_training_script_refuses_bad_input_in_one_line(tmp_path, training_runner
     assert not (tmp_path / "run" / "model_index.json").exists()
 
 
+@pytest.mark.slow  # its fixture trains a run to damage
 @pytest.mark.parametrize("case", CHECKPOINT_CASES)
 def test_a_damaged_checkpoint_is_refused_in_one_line_and_left_as_it_was(tmp_path, training_runner, checkpoint, case):
     damage, words = CHECKPOINT_CASES[case]
