@@ -130,6 +130,7 @@ def test_analytic_needs_gamma_of_the_right_length():
         fit_analytic_variance(make_pipeline(tiny_unet(), diffusers.EulerDiscreteScheduler()), [])
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and diffusers: seconds before the command starts
 def test_command_line_stores_gamma_in_the_checkpoint(tmp_path):
     scheduler = DDIMScheduler(num_train_timesteps=20)
     HFDDPMPipeline(unet=tiny_unet(channels=1, sample_size=8), scheduler=scheduler).save_pretrained(tmp_path)

@@ -131,8 +131,10 @@ def test_the_recursion_reproduces_the_known_exact_case():
 
 @pytest.mark.parametrize(
     "scheduler, num_inference_steps",
-    [(DDPMScheduler(clip_sample=False), 1000), (DDIMScheduler(clip_sample=False, timestep_spacing="trailing"), 50)],
-    ids=["ddpm-1000", "ddim-50"],
+    [
+        pytest.param(DDPMScheduler(clip_sample=False), 1000, id="ddpm-1000", marks=pytest.mark.slow),
+        pytest.param(DDIMScheduler(clip_sample=False, timestep_spacing="trailing"), 50, id="ddim-50"),
+    ],
 )
 def test_mixture_weights_are_reproduced(scheduler, num_inference_steps):
     mean = data_mean()

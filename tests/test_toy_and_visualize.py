@@ -98,6 +98,7 @@ def checkpoint(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and diffusers: seconds before the command starts
 def test_sample_command_writes_a_grid_from_the_installed_entry_point(checkpoint, tmp_path):
     command = shutil.which("hfddpm") or pytest.fail("the hfddpm console script is not installed")
     grid = tmp_path / "grid.png"
