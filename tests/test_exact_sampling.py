@@ -199,6 +199,8 @@ def test_sigma_schedulers_work_because_the_pipeline_scales_inputs():
     )
     samples = ours.images.double() * 2 - 1
     assert (samples.mean(0) - mean).abs().max().item() < 0.05
+    # 100 Euler steps of the probability-flow ODE leave the spread 8 % low on this narrow data (measured 0.916 of s;
+    # coarse steps where the score changes fast, as for DDIM above): 10 % allows that, not stock's third.
     assert samples.std(0).mean().item() == pytest.approx(DATA_STD, rel=0.1)
 
     # Stock DDPMPipeline starts Euler from N(0, I) instead of N(0, σ_max² I) and skips scale_model_input:
