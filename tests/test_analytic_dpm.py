@@ -101,12 +101,16 @@ def test_analytic_ddim_with_eta_one_is_analytic_ddpm():
 
 
 def test_fit_analytic_variance_stores_gamma_in_the_saved_config(tmp_path):
-    pipe = HFDDPMPipeline(unet=tiny_unet(channels=1, sample_size=8), scheduler=diffusers.DDPMScheduler())
+    # T = 20 training timesteps: one network evaluation per timestep, so T = 1000 costs 50 times as much and checks
+    # the same thing (one Γ_t per training timestep).
+    pipe = HFDDPMPipeline(
+        unet=tiny_unet(channels=1, sample_size=8), scheduler=diffusers.DDPMScheduler(num_train_timesteps=20)
+    )
     images = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     fit_analytic_variance(pipe, [images], progress_bar=False)
     scheduler = pipe.scheduler
     assert type(scheduler) is DDPMScheduler and scheduler.config.reverse_variance == "analytic"
-    assert len(scheduler.config.analytic_gamma) == 1000 and all(g > 0 for g in scheduler.config.analytic_gamma)
+    assert len(scheduler.config.analytic_gamma) == 20 and all(g > 0 for g in scheduler.config.analytic_gamma)
     pipe.save_pretrained(tmp_path)
     loaded = HFDDPMPipeline.from_pretrained(tmp_path)
     assert loaded.scheduler.config.analytic_gamma == scheduler.config.analytic_gamma
@@ -126,6 +130,7 @@ def test_analytic_needs_gamma_of_the_right_length():
         fit_analytic_variance(make_pipeline(tiny_unet(), diffusers.EulerDiscreteScheduler()), [])
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and diffusers: seconds before the command starts
 def test_command_line_stores_gamma_in_the_checkpoint(tmp_path):
     scheduler = DDIMScheduler(num_train_timesteps=20)
     HFDDPMPipeline(unet=tiny_unet(channels=1, sample_size=8), scheduler=scheduler).save_pretrained(tmp_path)

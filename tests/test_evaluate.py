@@ -14,7 +14,7 @@ from hfddpm.evaluation import variational_bound
 from hfddpm.evaluation.digits_classifier import digits_tensors
 from hfddpm.evaluation.features import DigitsFeatures
 from hfddpm.evaluation.frechet import FeatureStatistics, frechet_distance
-from hfddpm.evaluation.sample_quality import generate_samples, reference_statistics
+from hfddpm.evaluation.sample_quality import digits_scores, generate_samples, reference_statistics
 from hfddpm.image_data import image_batches
 
 from .conftest import tiny_unet
@@ -61,7 +61,6 @@ def test_evaluate_draws_seeded_samples_and_measures_them_against_the_reference_s
     options = {"num_samples": 24, "num_inference_steps": 4, "batch_size": 10, "cache_dir": tmp_path}
     report = hfddpm.evaluate(checkpoint, "digits", ["fd_digits", "digits_scores"], progress_bar=False, **options)
     assert report.details["samples"]["num_samples"] == 24 and report.details["fd_digits"]["num_reference"] == 1500
-    assert 0 <= report.metrics["digits_class_coverage"] <= 1 and 0 < report.metrics["digits_confidence"] <= 1
 
     # Independently: the same seeded samples (image i from seed i, whatever the batch size) and the same features.
     pipe = HFDDPMPipeline.from_pretrained(checkpoint)
@@ -70,6 +69,9 @@ def test_evaluate_draws_seeded_samples_and_measures_them_against_the_reference_s
     reference = reference_statistics(extractor, "digits", "train", 8, 1, cache_dir=tmp_path)
     expected = frechet_distance(FeatureStatistics.of(extractor(samples)), reference)
     assert report.metrics["fd_digits"] == pytest.approx(expected, rel=1e-6)
+    scores = digits_scores(extractor.probabilities(samples))
+    assert report.metrics["digits_class_coverage"] == scores["digits_class_coverage"]
+    assert report.metrics["digits_confidence"] == pytest.approx(scores["digits_confidence"], rel=1e-6)
 
 
 def test_a_folder_of_real_digits_scores_as_a_near_perfect_generator(tmp_path):

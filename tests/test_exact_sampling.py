@@ -131,8 +131,10 @@ def test_the_recursion_reproduces_the_known_exact_case():
 
 @pytest.mark.parametrize(
     "scheduler, num_inference_steps",
-    [(DDPMScheduler(clip_sample=False), 1000), (DDIMScheduler(clip_sample=False, timestep_spacing="trailing"), 50)],
-    ids=["ddpm-1000", "ddim-50"],
+    [
+        pytest.param(DDPMScheduler(clip_sample=False), 1000, id="ddpm-1000", marks=pytest.mark.slow),
+        pytest.param(DDIMScheduler(clip_sample=False, timestep_spacing="trailing"), 50, id="ddim-50"),
+    ],
 )
 def test_mixture_weights_are_reproduced(scheduler, num_inference_steps):
     mean = data_mean()
@@ -197,6 +199,8 @@ def test_sigma_schedulers_work_because_the_pipeline_scales_inputs():
     )
     samples = ours.images.double() * 2 - 1
     assert (samples.mean(0) - mean).abs().max().item() < 0.05
+    # 100 Euler steps of the probability-flow ODE leave the spread 8 % low on this narrow data (measured 0.916 of s;
+    # coarse steps where the score changes fast, as for DDIM above): 10 % allows that, not stock's third.
     assert samples.std(0).mean().item() == pytest.approx(DATA_STD, rel=0.1)
 
     # Stock DDPMPipeline starts Euler from N(0, I) instead of N(0, σ_max² I) and skips scale_model_input:

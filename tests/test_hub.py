@@ -179,12 +179,23 @@ def _fill_hub_cache(cache_dir, repo_id: str, folder) -> None:
     (repo / "refs" / "main").write_text(snapshot)
 
 
-def test_a_cached_hub_repository_loads_offline(run_folder, tmp_path):
+def _cached_export(run_folder, tmp_path):
+    """A Hub cache holding the export of `run_folder` as user/ddpm-digits."""
     cache = tmp_path / "cache"
     export_for_hub(run_folder, tmp_path / "export", "user/ddpm-digits")
     _fill_hub_cache(cache, "user/ddpm-digits", tmp_path / "export")
+    return cache
+
+
+def test_a_cached_hub_repository_loads_with_local_files_only(run_folder, tmp_path):
+    cache = _cached_export(run_folder, tmp_path)
     pipe = HFDDPMPipeline.from_pretrained("user/ddpm-digits", cache_dir=cache, local_files_only=True)
     assert type(pipe.scheduler) is DDIMScheduler
+
+
+@pytest.mark.slow  # HF_HUB_OFFLINE is read at import: a fresh interpreter imports torch and diffusers
+def test_a_cached_hub_repository_loads_offline(run_folder, tmp_path):
+    cache = _cached_export(run_folder, tmp_path)
     code = (
         "import sys; from hfddpm import HFDDPMPipeline;"
         "pipe = HFDDPMPipeline.from_pretrained('user/ddpm-digits', cache_dir=sys.argv[1], revision='main');"

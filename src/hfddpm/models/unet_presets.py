@@ -38,7 +38,7 @@ UNET_PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyTy
                 "attention_head_dim": 32,
             }
         ),
-        # MNIST at 28×28: 6.6M parameters, three resolutions (28, 14, 7), two residual blocks per resolution,
+        # MNIST at 28×28: 6.5M parameters, three resolutions (28, 14, 7), two residual blocks per resolution,
         # attention at 7×7, dropout 0.1 (the CIFAR-10 model's recipe at a third of its width).
         "mnist-28": MappingProxyType(
             {
