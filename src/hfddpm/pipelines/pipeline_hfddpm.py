@@ -27,8 +27,7 @@ from collections.abc import Callable
 
 import diffusers
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import __version__
@@ -80,6 +79,7 @@ class HFDDPMPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    # Subclassing API: diffusers' callbacks documentation names this attribute as where a pipeline lists its tensors.
     _callback_tensor_inputs = ["sample", "pred_original_sample"]
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
@@ -196,6 +196,7 @@ class HFDDPMPipeline(DiffusionPipeline):
                 f"corrector_steps must be >= 0 and needs hfddpm's DDPMScheduler or DDIMScheduler, got "
                 f"{corrector_steps} with {type(self.scheduler).__name__}"
             )
+        # Private, no public twin: under enable_model_cpu_offload `self.device` is cpu, the UNet runs elsewhere.
         device = self._execution_device
         channels = self.unet.config.in_channels
         size = self.unet.config.sample_size

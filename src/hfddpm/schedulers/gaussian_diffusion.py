@@ -261,6 +261,18 @@ class GaussianDiffusionMixin:
         ) * sample
         return mean, beta_bar_s / beta_bar_t * beta_ts
 
+    def posterior_variance(
+        self,
+        timesteps: int | torch.Tensor,
+        prev_timesteps: int | torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """β̃_{t,s} = (1 − ᾱ_s)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_s), the variance of q(x_s|x_t, x_0) (Ho et al. 2020, eq. 7,
+        with t − 1 replaced by any s < t), in `dtype`, shaped like `timesteps`. It is 0 at s = −1 when ᾱ_{−1} = 1."""
+        alpha_bar_t = self.alpha_bar(timesteps).to(dtype)
+        alpha_bar_s = self.alpha_bar(prev_timesteps).to(dtype)
+        return (1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s)
+
     def convert_prediction(
         self,
         model_output: torch.Tensor,
@@ -310,7 +322,7 @@ class GaussianDiffusionMixin:
         alpha_bar_t = self.alpha_bar(timesteps).double()
         alpha_bar_s = self.alpha_bar(prev_timesteps).double()
         log_beta = torch.log(1 - alpha_bar_t / alpha_bar_s)
-        posterior_variance = (1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s)
+        posterior_variance = self.posterior_variance(timesteps, prev_timesteps, torch.float64)
         log_posterior_variance = torch.where(
             prev_timesteps >= 0,
             torch.log(posterior_variance.clamp(min=1e-20)),
@@ -362,9 +374,7 @@ class GaussianDiffusionMixin:
         Stands in for the posterior variance on the step that returns x_0, where it is 0 (Ho et al. 2020, code).
         """
         n = (timesteps + 1).clamp(1, self.config.num_train_timesteps - 1)
-        alpha_bar_n = self.alpha_bar(n).double()
-        alpha_bar_m = self.alpha_bar(n - 1).double()
-        return torch.log((1 - alpha_bar_m) / (1 - alpha_bar_n) * (1 - alpha_bar_n / alpha_bar_m))
+        return torch.log(self.posterior_variance(n, n - 1, torch.float64))
 
     def split_model_output(
         self, model_output: torch.Tensor, sample: torch.Tensor
@@ -385,6 +395,7 @@ class GaussianDiffusionMixin:
     def clip_original_sample(self, original_sample: torch.Tensor) -> torch.Tensor:
         """Dynamic thresholding (Saharia et al. 2022) or clipping of x̂_0, as the stock config asks."""
         if self.config.thresholding:
+            # Private stock method, no public twin: calling it keeps DDIM's thresholding bit for bit the stock one.
             return self._threshold_sample(original_sample)
         if self.config.clip_sample:
             return original_sample.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
