@@ -17,8 +17,7 @@ weights need `allow_pickle=True`, and even then go through `torch.load(weights_o
 from diffusers and hfddpm only.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: diffusers < 0.37 needs `__init__`'s annotations as classes, not strings.
 import inspect
 import json
 import logging
@@ -89,7 +88,7 @@ class HFDDPMPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, *, allow_pickle: bool = False, **kwargs
-    ) -> HFDDPMPipeline:
+    ) -> "HFDDPMPipeline":
         """Load a pipeline folder or Hub repository, as `DiffusionPipeline.from_pretrained` does, but safely.
 
         A stock `DDPMScheduler`/`DDIMScheduler` entry loads as hfddpm's subclass (so hfddpm's options in its config
