@@ -12,6 +12,7 @@ import diffusers
 import numpy as np
 import pytest
 import torch
+from packaging.version import Version
 
 from hfddpm import DDIMScheduler, DDPMScheduler, GaussianMixtureDenoiser
 
@@ -205,6 +206,8 @@ def test_sigma_schedulers_work_because_the_pipeline_scales_inputs():
 
     # Stock DDPMPipeline starts Euler from N(0, I) instead of N(0, σ_max² I) and skips scale_model_input:
     # the spread comes out a third too small.
+    if Version(diffusers.__version__) < Version("0.41"):
+        pytest.skip("stock DDPMPipeline ignores output_type='pt' before diffusers 0.41 (hfddpm's half passed)")
     stock = diffusers.DDPMPipeline(unet=denoiser, scheduler=euler)
     stock.set_progress_bar_config(disable=True)
     wrong = stock(batch_size=500, generator=torch.manual_seed(0), num_inference_steps=100, output_type="pt").images

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin  # looked up by name by the loader
+from diffusers import ConfigMixin, ModelMixin  # the pipeline loader finds ModelMixin in this module by name
+from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from ..schedulers.gaussian_diffusion import convert_prediction

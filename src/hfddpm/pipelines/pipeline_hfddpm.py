@@ -17,8 +17,7 @@ weights need `allow_pickle=True`, and even then go through `torch.load(weights_o
 from diffusers and hfddpm only.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: diffusers < 0.37 needs `__init__`'s annotations as classes, not strings.
 import inspect
 import json
 import logging
@@ -28,8 +27,7 @@ from typing import Any
 
 import diffusers
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import __version__
@@ -81,6 +79,7 @@ class HFDDPMPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    # Subclassing API: diffusers' callbacks documentation names this attribute as where a pipeline lists its tensors.
     _callback_tensor_inputs = ["sample", "pred_original_sample"]
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin) -> None:
@@ -90,7 +89,7 @@ class HFDDPMPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, *, allow_pickle: bool = False, **kwargs: Any
-    ) -> HFDDPMPipeline:
+    ) -> "HFDDPMPipeline":
         """Load a pipeline folder or Hub repository, as `DiffusionPipeline.from_pretrained` does, but safely.
 
         A stock `DDPMScheduler`/`DDIMScheduler` entry loads as hfddpm's subclass (so hfddpm's options in its config
@@ -197,6 +196,7 @@ class HFDDPMPipeline(DiffusionPipeline):
                 f"corrector_steps must be >= 0 and needs hfddpm's DDPMScheduler or DDIMScheduler, got "
                 f"{corrector_steps} with {type(self.scheduler).__name__}"
             )
+        # Private, no public twin: under enable_model_cpu_offload `self.device` is cpu, the UNet runs elsewhere.
         device = self._execution_device
         channels = self.unet.config.in_channels
         size = self.unet.config.sample_size

@@ -174,7 +174,7 @@ def velocity(original_samples: torch.Tensor, noise: torch.Tensor, alpha_bar: tor
     return alpha_bar**0.5 * noise - (1 - alpha_bar) ** 0.5 * original_samples
 
 
-def posterior_variance(alpha_bar_t: torch.Tensor, alpha_bar_s: torch.Tensor) -> torch.Tensor:
+def posterior_variance_between(alpha_bar_t: torch.Tensor, alpha_bar_s: torch.Tensor) -> torch.Tensor:
     """β̃_{t,s} = (1 − ᾱ_s)/(1 − ᾱ_t) · β_{t,s} with β_{t,s} = 1 − ᾱ_t/ᾱ_s: the variance of q(x_s|x_t, x_0) (Ho et al.
     2020, eq. 7, with t − 1 replaced by any s < t)."""
     return (1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s)
@@ -270,7 +270,19 @@ class GaussianDiffusionMixin:
         mean = (alpha_bar_s**0.5 * beta_ts) / beta_bar_t * original_samples + (
             alpha_ts**0.5 * beta_bar_s / beta_bar_t
         ) * sample
-        return mean, posterior_variance(alpha_bar_t, alpha_bar_s)
+        return mean, posterior_variance_between(alpha_bar_t, alpha_bar_s)
+
+    def posterior_variance(
+        self,
+        timesteps: int | torch.Tensor,
+        prev_timesteps: int | torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """β̃_{t,s} of the step t → s (`posterior_variance_between`), in `dtype`, shaped like `timesteps`. It is 0 at
+        s = −1 when ᾱ_{−1} = 1."""
+        return posterior_variance_between(
+            self.alpha_bar(timesteps).to(dtype), self.alpha_bar(prev_timesteps).to(dtype)
+        )
 
     def convert_prediction(
         self,
@@ -321,7 +333,7 @@ class GaussianDiffusionMixin:
         alpha_bar_t = self.alpha_bar(timesteps).double()
         alpha_bar_s = self.alpha_bar(prev_timesteps).double()
         log_beta = torch.log(1 - alpha_bar_t / alpha_bar_s)
-        small_variance = posterior_variance(alpha_bar_t, alpha_bar_s)
+        small_variance = posterior_variance_between(alpha_bar_t, alpha_bar_s)
         log_posterior_variance = torch.where(
             prev_timesteps >= 0,
             torch.log(small_variance.clamp(min=1e-20)),
@@ -373,7 +385,7 @@ class GaussianDiffusionMixin:
         Stands in for the posterior variance on the step that returns x_0, where it is 0 (Ho et al. 2020, code).
         """
         n = (timesteps + 1).clamp(1, self.config.num_train_timesteps - 1)
-        return torch.log(posterior_variance(self.alpha_bar(n).double(), self.alpha_bar(n - 1).double()))
+        return torch.log(posterior_variance_between(self.alpha_bar(n).double(), self.alpha_bar(n - 1).double()))
 
     def split_model_output(
         self, model_output: torch.Tensor, sample: torch.Tensor
@@ -394,6 +406,7 @@ class GaussianDiffusionMixin:
     def clip_original_sample(self, original_sample: torch.Tensor) -> torch.Tensor:
         """Dynamic thresholding (Saharia et al. 2022) or clipping of x̂_0, as the stock config asks."""
         if self.config.thresholding:
+            # Private stock method, no public twin: calling it keeps DDIM's thresholding bit for bit the stock one.
             return self._threshold_sample(original_sample)
         if self.config.clip_sample:
             return original_sample.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import diffusers
 import numpy as np
 import torch
+from diffusers import SchedulerMixin  # noqa: F401  (the pipeline loader finds the base class in this module by name)
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
-from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (looked up by name by the loader)
 from diffusers.utils.torch_utils import randn_tensor
 
 from .gaussian_diffusion import (
@@ -150,7 +150,7 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
             # Re-derive ε̂ from the clipped x̂_0, as GLIDE does.
             pred_epsilon = self.convert_prediction(pred_original_sample, sample, timestep, "epsilon", "sample")
 
-        std_dev_t = eta * self._get_variance(timestep, prev_timestep) ** 0.5  # λ of eq. 16
+        std_dev_t = eta * self.posterior_variance(timestep, prev_timestep) ** 0.5  # λ of eq. 16
         pred_sample_direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5 * pred_epsilon
         prev_sample = alpha_prod_t_prev**0.5 * pred_original_sample + pred_sample_direction
 

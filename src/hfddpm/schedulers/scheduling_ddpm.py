@@ -5,9 +5,9 @@ from __future__ import annotations
 import diffusers
 import numpy as np
 import torch
+from diffusers import SchedulerMixin  # noqa: F401  (the pipeline loader finds the base class in this module by name)
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
-from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (looked up by name by the loader)
 from diffusers.utils.torch_utils import randn_tensor
 
 from .gaussian_diffusion import (
@@ -97,10 +97,10 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
             steps_offset=steps_offset,
             rescale_betas_zero_snr=rescale_betas_zero_snr,
         )
-        if reverse_variance is not None:
-            # The synced stock key must survive `from_config`, which drops keys recorded as defaults.
-            defaults = [key for key in self.config.get("_use_default_values", []) if key != "variance_type"]
-            self.register_to_config(_use_default_values=defaults)
+        defaults = self.config.get("_use_default_values", [])
+        if reverse_variance is not None and "variance_type" in defaults:
+            # Private diffusers key, no public twin: `from_config` drops the keys it lists; the synced one must stay.
+            self.register_to_config(_use_default_values=[key for key in defaults if key != "variance_type"])
         self.final_alpha_cumprod = torch.tensor(1.0)
 
     def set_timesteps(
