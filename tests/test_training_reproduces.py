@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 REPOSITORY = Path(__file__).resolve().parents[1]
 CHECKSUMS = Path(__file__).with_name("training_checksums.json")
 PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+# Frozen, unlike test_train_script.FAST (a speed knob): the recorded checksums depend on these exact values.
 COMMON = [
     "--train_batch_size", "16",
     "--save_images_steps", "1000",
