@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from hfddpm import DDIMScheduler, HFDDPMPipeline
 from hfddpm.training import Trainer, TrainingConfig, parse_training_config
 from hfddpm.training.setup import check_output_dir, create_accelerator, create_training_unet, load_training_images
+from hfddpm.training.state import RunState
 from hfddpm.training.tracking import read_jsonl_log
 
 
@@ -102,6 +103,26 @@ def test_a_new_objective_reuses_the_loop_checkpoints_and_resume(tmp_path):
     weights = "unet/diffusion_pytorch_model.safetensors"
     a, b = load_file(tmp_path / "whole" / weights), load_file(resumed_dir / weights)
     assert all(torch.equal(a[name], b[name]) for name in a)
+    # The resumed run's training time counts the segment before the checkpoint too.
+    before = json.loads((checkpoint / "training_state.json").read_text())["wall_time_seconds"]
+    assert json.loads((resumed_dir / "training_info.json").read_text())["wall_time_seconds"] >= before
+
+
+def test_the_run_state_records_its_position_counters_and_time_and_reads_them_back():
+    state = RunState(global_step=7, epoch=2, batches_in_epoch=24, skipped_steps=1, nonfinite_steps=2)
+    record = state.record(batches_per_epoch=24, wall_time_seconds=41.26)
+    # An epoch read to its end is recorded as the start of the next one.
+    assert record == {
+        "global_step": 7,
+        "epoch": 3,
+        "batches_in_epoch": 0,
+        "skipped_steps": 1,
+        "nonfinite_steps": 2,
+        "wall_time_seconds": 41.3,
+    }
+    assert RunState.from_record({**record, "hfddpm_version": "0.1.0"}) == RunState(7, 3, 0, 1, 2, 41.3)
+    assert state.record(batches_per_epoch=47, wall_time_seconds=0.0)["epoch"] == 2  # mid-epoch stays
+    assert RunState.from_record({"global_step": 5, "epoch": 1, "batches_in_epoch": 3}) == RunState(5, 1, 3)  # older
 
 
 @pytest.mark.parametrize(
