@@ -83,6 +83,47 @@ def test_the_import_checker_sees_relative_lazy_and_absolute_imports(tmp_path):
 
 
 REPOSITORY = PACKAGE.parents[1]
+DRAWING = REPOSITORY / "docs" / "imports.md"
+
+
+def unit_imports() -> dict[str, set[str]]:
+    """Which units of the package each unit imports (its own aside), read from the code."""
+    edges: dict[str, set[str]] = {unit: set() for unit in LAYERS}
+    for path in modules():
+        unit = unit_of("hfddpm." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts))
+        edges[unit] |= {unit_of(target) for target in imported_modules(path)} - {unit, "__version__"}
+    return edges
+
+
+def drawing(edges: dict[str, set[str]]) -> str:
+    """docs/imports.md: the unit import graph as a Mermaid drawing, lower layers at the bottom."""
+    lines = [
+        "# How hfddpm's modules import each other",
+        "",
+        "An arrow goes from a unit to a unit it imports (lazy imports inside functions included); lower layers are",
+        "drawn lower. Written by `python tests/test_architecture.py` from the code, and checked against it by",
+        "`tests/test_architecture.py`, which also fails on any import of a higher layer, so the graph has no cycle.",
+        "",
+        "```mermaid",
+        "graph BT",
+    ]
+    for unit in sorted(edges, key=lambda unit: (LAYERS[unit], unit)):
+        lines += [f"    {unit} --> {target}" for target in sorted(edges[unit], key=lambda u: (LAYERS[u], u))]
+    return "\n".join([*lines, "```", ""])
+
+
+def test_the_drawing_of_the_imports_is_the_codes():
+    assert DRAWING.read_text() == drawing(unit_imports()), "redraw it with `python tests/test_architecture.py`"
+
+
+def test_the_import_graph_has_no_cycle():
+    edges, done = unit_imports(), []
+    while len(done) < len(edges):  # Kahn's algorithm: a unit whose imports are all placed can be placed next
+        ready = [unit for unit in edges if unit not in done and edges[unit] <= set(done)]
+        assert ready, f"a cycle among {sorted(set(edges) - set(done))}"
+        done += ready
+
+
 BLOCKS = (ast.If, ast.For, ast.While, ast.With, ast.Try, ast.AsyncFor, ast.AsyncWith, ast.Match)
 SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 
@@ -138,3 +179,8 @@ def test_importing_hfddpm_or_its_schedulers_loads_no_heavy_library(statement):
     code = f"import json, sys\n{statement}\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(result.stdout) == []
+
+
+if __name__ == "__main__":
+    DRAWING.write_text(drawing(unit_imports()))
+    print(f"wrote {DRAWING}")
