@@ -16,8 +16,8 @@ train() {
 }
 
 train simple
-train hybrid --variance_type learned_range
-train vlb --variance_type learned_range --loss_type vlb --timestep_sampling loss_second_moment
+train hybrid --reverse_variance learned_range
+train vlb --reverse_variance learned_range --loss_type vlb --timestep_sampling loss_second_moment
 
 hfddpm evaluate "$root/simple" --output_dir "$root/simple/eval-fixed_small"
 hfddpm evaluate "$root/simple" --reverse_variance fixed_large --output_dir "$root/simple/eval-fixed_large"
