@@ -4,7 +4,9 @@ configuration checks its values; the old flag name still works."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -144,6 +146,47 @@ def test_the_configuration_refuses_out_of_range_values(options, message):
     with pytest.raises(ValueError) as error:
         TrainingConfig(**options)
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"train_batch_size": "64"}, "--train_batch_size must be an integer, got '64' (str)"),
+        ({"train_batch_size": True}, "--train_batch_size must be an integer, got True (bool)"),
+        ({"learning_rate": None}, "--learning_rate must be a number, got None (NoneType)"),
+        ({"channels": 3.0}, "--channels must be an integer or None, got 3.0 (float)"),
+        ({"use_ema": "yes"}, "--use_ema must be True or False, got 'yes' (str)"),
+        ({"eval_metrics": "fid"}, "--eval_metrics must be a list of strings or None, got 'fid' (str)"),
+    ],
+)
+def test_the_configuration_refuses_values_of_the_wrong_type(options, message):
+    with pytest.raises(TypeError) as error:
+        TrainingConfig(**options)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"on_nonfinite_loss": "ignore"}, "--on_nonfinite_loss must be one of ['stop', 'skip'], got 'ignore'"),
+        ({"report_to": "wandb"}, "--report_to must be one of ['tensorboard', 'none'], got 'wandb'"),
+        ({"inference_scheduler": "euler"}, "--inference_scheduler must be one of ['ddpm', 'ddim'], got 'euler'"),
+        ({"channels": 2}, "--channels must be one of [1, 3], got 2"),
+        ({"reverse_variance": "analytic"}, "--reverse_variance must be one of"),
+        ({"eval_metrics": ["fid", "is"]}, "--eval_metrics must be among"),
+    ],
+)
+def test_the_configuration_refuses_unknown_choices(options, message):
+    with pytest.raises(ValueError) as error:
+        TrainingConfig(**options)
+    assert str(error.value).startswith(message)
+
+
+def test_numpy_numbers_and_paths_become_plain_values_the_run_can_record():
+    config = TrainingConfig(train_batch_size=np.int64(16), learning_rate=np.float32(0.5), output_dir=Path("out"))
+    assert (config.train_batch_size, config.learning_rate, config.output_dir) == (16, 0.5, "out")
+    assert [type(config.train_batch_size), type(config.learning_rate)] == [int, float]
+    json.dumps(config.recorded())  # training_args.json
 
 
 def test_the_configuration_fills_its_defaults_and_records_no_token():

@@ -9,17 +9,35 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import os
 import sys
-from dataclasses import asdict, dataclass
+import typing
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..image_data import DIGITS
-from ..schedulers.gaussian_diffusion import ReverseVariance
+from ..models.unet_presets import UNET_PRESETS
+from ..schedulers.gaussian_diffusion import PREDICTION_TYPES, ReverseVariance
 from .losses import LossType
 from .timestep_sampling import TimestepSampling
 
 DEFAULT_MAX_TRAIN_STEPS = 2000
+# The values each named option may take, for the dataclass's checks and the command line's choices alike.
+CHOICES = {
+    "channels": (1, 3),
+    "model_preset": tuple(sorted(UNET_PRESETS)),
+    "prediction_type": PREDICTION_TYPES,
+    "beta_schedule": ("linear", "cosine"),
+    "reverse_variance": tuple(choice.value for choice in ReverseVariance if choice != ReverseVariance.ANALYTIC),
+    "loss_type": tuple(choice.value for choice in LossType),
+    "timestep_sampling": tuple(choice.value for choice in TimestepSampling),
+    "lr_scheduler": ("constant", "constant_with_warmup", "linear", "cosine"),
+    "on_nonfinite_loss": ("stop", "skip"),
+    "mixed_precision": ("no", "fp16", "bf16"),
+    "inference_scheduler": ("ddpm", "ddim"),
+    "report_to": ("tensorboard", "none"),
+}
 _POSITIVE_COUNTS = (
     "train_batch_size",
     "gradient_accumulation_steps",
@@ -48,6 +66,15 @@ _INTERVALS = {
     "ema_inv_gamma": ("(", 0.0, math.inf, ")"),
     "ema_power": ("(", 0.0, math.inf, ")"),
 }
+_KIND_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "True or False",
+    list[str]: "a list of strings",
+    type(None): "None",
+}
+_KIND_ORDER = list(_KIND_NAMES)
 MAX_SEED = 2**32 - 1  # NumPy's limit; `accelerate.utils.set_seed` seeds NumPy too
 
 
@@ -135,8 +162,15 @@ class TrainingConfig:
     hub_dry_run: bool = False
 
     def __post_init__(self) -> None:
+        from ..evaluation.report import METRICS
         from ..hub import check_repo_id, resolve_token
 
+        self._check_types()
+        for name, choices in CHOICES.items():
+            if getattr(self, name) is not None and getattr(self, name) not in choices:
+                raise ValueError(f"--{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
+        if unknown := sorted(set(self.eval_metrics or ()) - set(METRICS)):
+            raise ValueError(f"--eval_metrics must be among {list(METRICS)}, got {unknown}")
         if self.num_epochs is None and self.max_train_steps is None:
             self.max_train_steps = DEFAULT_MAX_TRAIN_STEPS
         for name in _POSITIVE_COUNTS:
@@ -168,6 +202,29 @@ class TrainingConfig:
                     "(fid, fd_dinov2 or bits_per_dim)"
                 )
             self.eval_metrics = ["fd_digits", "digits_scores"]
+
+    def _check_types(self) -> None:
+        """Refuse a value of the wrong type in one line; make NumPy numbers and paths plain int, float and str (the
+        configuration is recorded as JSON). A bool is no count and no number."""
+        hints = typing.get_type_hints(TrainingConfig)
+        for field in fields(self):
+            value, hint = getattr(self, field.name), hints[field.name]
+            kinds = set(typing.get_args(hint) or (hint,))
+            if value is None and type(None) in kinds:
+                continue
+            if bool in kinds and isinstance(value, bool):
+                continue
+            if int in kinds and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                setattr(self, field.name, int(value))
+            elif float in kinds and isinstance(value, numbers.Real) and not isinstance(value, bool):
+                setattr(self, field.name, float(value))
+            elif str in kinds and isinstance(value, (str, os.PathLike)):
+                setattr(self, field.name, os.fspath(value))
+            elif list[str] in kinds and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                setattr(self, field.name, list(value))
+            else:
+                expected = " or ".join(_KIND_NAMES[kind] for kind in sorted(kinds, key=_KIND_ORDER.index))
+                raise TypeError(f"--{field.name} must be {expected}, got {value!r} ({type(value).__name__})")
 
     @property
     def dataset_source(self) -> str:
@@ -208,8 +265,6 @@ class _DeprecatedAlias(argparse.Action):
 
 def training_argument_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The training script's command line; `TrainingConfig(**vars(parser.parse_args()))` completes and checks it."""
-    from ..models.unet_presets import UNET_PRESETS
-
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -223,43 +278,44 @@ def training_argument_parser(description: str | None = None) -> argparse.Argumen
     data.add_argument("--image_column", help="column holding the images (default: the first image column)")
     data.add_argument("--cache_dir", help="where datasets caches downloads and preprocessed images")
     data.add_argument("--resolution", type=int, help="square training resolution in pixels (default 8)")
-    data.add_argument("--channels", type=int, choices=(1, 3), help="1 grayscale, 3 RGB (default: the first image's)")
+    data.add_argument(
+        "--channels", type=int, choices=CHOICES["channels"], help="1 grayscale, 3 RGB (default: the first image's)"
+    )
     data.add_argument("--random_crop", action="store_true", help="crop at random instead of at the centre")
     data.add_argument("--random_flip", action="store_true", help="flip horizontally with probability 1/2")
     data.add_argument("--dataloader_num_workers", type=int)
     data.add_argument("--preprocessing_num_workers", type=int, help="processes decoding images once, before training")
 
     model = parser.add_argument_group("model and objective")
-    model.add_argument("--model_preset", choices=sorted(UNET_PRESETS), help="UNet preset (default digits)")
+    model.add_argument("--model_preset", choices=CHOICES["model_preset"], help="UNet preset (default digits)")
     model.add_argument("--model_config", help="UNet2DModel config.json to use instead of a preset")
-    model.add_argument("--prediction_type", choices=("epsilon", "sample", "v_prediction"))
-    model.add_argument("--beta_schedule", choices=("linear", "cosine"))
+    model.add_argument("--prediction_type", choices=CHOICES["prediction_type"])
+    model.add_argument("--beta_schedule", choices=CHOICES["beta_schedule"])
     model.add_argument("--num_train_timesteps", type=int, help="T (default 1000)")
-    variances = [choice.value for choice in ReverseVariance if choice != ReverseVariance.ANALYTIC]
     model.add_argument(
         "--reverse_variance",
-        choices=variances,
+        choices=CHOICES["reverse_variance"],
         help="σ²_t of p_θ(x_{t−1}|x_t) (default fixed_small, β̃_t); the learned ones train with the hybrid loss "
         "L_simple + λ L_vlb",
     )
     model.add_argument(
         "--variance_type",
         dest="reverse_variance",
-        choices=variances,
+        choices=CHOICES["reverse_variance"],
         action=_DeprecatedAlias,
         new_flag="--reverse_variance",
         help="deprecated name of --reverse_variance",
     )
     model.add_argument(
         "--loss_type",
-        choices=[choice.value for choice in LossType],
+        choices=CHOICES["loss_type"],
         help="simple: L_simple; hybrid: L_simple + λ L_vlb (learned variance); vlb: the bound alone "
         "(default: hybrid for a learned variance, simple otherwise)",
     )
     model.add_argument("--vlb_weight", type=float, help="λ of the hybrid loss (learned variance; default 0.001)")
     model.add_argument(
         "--timestep_sampling",
-        choices=[choice.value for choice in TimestepSampling],
+        choices=CHOICES["timestep_sampling"],
         help="how t is drawn; loss_second_moment is Improved DDPM's importance sampling, for --loss_type vlb",
     )
     model.add_argument("--snr_gamma", type=float, help="min-SNR-γ loss weighting (Hang et al. 2023 use 5)")
@@ -280,7 +336,7 @@ def _add_training_arguments(train: argparse._ArgumentGroup) -> None:
     train.add_argument("--gradient_accumulation_steps", type=int)
     train.add_argument("--gradient_checkpointing", action="store_true")
     train.add_argument("--learning_rate", type=float, help="default 2e-3")
-    train.add_argument("--lr_scheduler", choices=("constant", "constant_with_warmup", "linear", "cosine"))
+    train.add_argument("--lr_scheduler", choices=CHOICES["lr_scheduler"])
     train.add_argument("--lr_warmup_steps", type=int, help="in optimizer steps (default 100)")
     train.add_argument("--adam_beta1", type=float)
     train.add_argument("--adam_beta2", type=float)
@@ -289,14 +345,14 @@ def _add_training_arguments(train: argparse._ArgumentGroup) -> None:
     train.add_argument("--max_grad_norm", type=float, help="default 1.0")
     train.add_argument(
         "--on_nonfinite_loss",
-        choices=("stop", "skip"),
+        choices=CHOICES["on_nonfinite_loss"],
         help="a NaN or Inf loss (or gradient) stops the run, keeping the last checkpoint, or skips that update",
     )
     train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, help="save EMA weights (default on)")
     train.add_argument("--ema_max_decay", type=float)
     train.add_argument("--ema_inv_gamma", type=float)
     train.add_argument("--ema_power", type=float)
-    train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), help="default: accelerate's config")
+    train.add_argument("--mixed_precision", choices=CHOICES["mixed_precision"], help="default: accelerate's config")
     train.add_argument(
         "--cpu_threads",
         type=int,
@@ -317,10 +373,12 @@ def _add_output_arguments(output: argparse._ArgumentGroup) -> None:
     output.add_argument("--save_images_steps", type=int, help="sample grid every N steps (default 500)")
     output.add_argument("--save_model_steps", type=int, help="save the pipeline every N steps (always at the end)")
     output.add_argument("--num_sample_images", type=int, help="default 64")
-    output.add_argument("--inference_scheduler", choices=("ddpm", "ddim"), help="saved with the pipeline")
+    output.add_argument(
+        "--inference_scheduler", choices=CHOICES["inference_scheduler"], help="saved with the pipeline"
+    )
     output.add_argument("--num_inference_steps", type=int, help="steps of the sample grids (default 50)")
     output.add_argument("--logging_steps", type=int, help="default 10")
-    output.add_argument("--report_to", choices=("tensorboard", "none"), help="besides jsonl")
+    output.add_argument("--report_to", choices=CHOICES["report_to"], help="besides jsonl")
     output.add_argument(
         "--eval_every", type=int, help="every N steps and at the end, measure --eval_metrics and log them"
     )
