@@ -1,6 +1,6 @@
 """Train an unconditional DDPM with Accelerate and save it as an HFDDPMPipeline.
 
-    accelerate launch examples/train_unconditional.py            # built-in digits, offline, ~8 min on 2 CPU cores
+    accelerate launch examples/train_unconditional.py            # built-in digits, offline, 3-9 min on 2 CPU cores
     accelerate launch examples/train_unconditional.py --dataset_name ylecun/mnist --resolution 28
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 examples/train_unconditional.py   # two processes on CPU
 

@@ -16,6 +16,7 @@ LAYERS = {
     "durable": 0,
     "image_data": 0,
     "eval_mode": 0,
+    "lazy": 0,
     "schedulers": 1,
     "models": 2,
     "pipelines": 3,

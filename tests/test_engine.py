@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,14 @@ from safetensors.torch import load_file
 
 from hfddpm import DDIMScheduler, HFDDPMPipeline
 from hfddpm.training import Trainer, TrainingConfig, parse_training_config
-from hfddpm.training.setup import check_output_dir, create_accelerator, create_training_unet, load_training_images
+from hfddpm.training.setup import (
+    RUN_OUTPUTS,
+    check_output_dir,
+    create_accelerator,
+    create_training_unet,
+    load_training_images,
+    remove_earlier_run_outputs,
+)
 from hfddpm.training.state import RunState
 from hfddpm.training.tracking import read_jsonl_log
 
@@ -108,6 +116,45 @@ def test_a_new_objective_reuses_the_loop_checkpoints_and_resume(tmp_path):
     # The resumed run's training time counts the segment before the checkpoint too.
     before = json.loads((checkpoint / "training_state.json").read_text())["wall_time_seconds"]
     assert json.loads((resumed_dir / "training_info.json").read_text())["wall_time_seconds"] >= before
+
+
+def test_the_engine_refuses_an_accelerator_that_contradicts_the_config_and_a_dataset_without_epochs():
+    config = TrainingConfig(gradient_accumulation_steps=2)
+    with pytest.raises(ValueError, match="the Accelerator accumulates 1 batches, the config 2"):
+        Trainer(config, SimpleNamespace(gradient_accumulation_steps=1), DenoiseAtOneLevel(), None, None)
+    with pytest.raises(TypeError, match="images must be a dataset with set_epoch"):
+        Trainer(TrainingConfig(), SimpleNamespace(gradient_accumulation_steps=1), DenoiseAtOneLevel(), None, [1, 2])
+
+
+def test_an_objective_cannot_take_the_names_of_the_engines_checkpointed_state(tmp_path):
+    class Clashing(DenoiseAtOneLevel):
+        def checkpoint_objects(self):
+            return {"ema": self.count}
+
+    config = TrainingConfig(output_dir=str(tmp_path / "run"), model_preset="tiny", report_to="none")
+    accelerator = create_accelerator(config, tmp_path / "run")
+    images = load_training_images(config, accelerator)
+    with pytest.raises(ValueError, match=r"use the engine's names \['ema'\]; rename them"):
+        Trainer(config, accelerator, Clashing(), create_training_unet(config, 1), images)
+
+
+def test_overwriting_removes_what_an_earlier_run_wrote_and_nothing_else(tmp_path):
+    main_process = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    config = TrainingConfig(overwrite_output_dir=True)
+    run = tmp_path / "run"
+    for part in RUN_OUTPUTS:
+        (run / part).mkdir(parents=True) if "." not in part else (run / part).write_text("{}")
+    (run / "notes.txt").write_text("mine")
+    (run / "my-images").mkdir()
+    remove_earlier_run_outputs(config, main_process, run)
+    assert sorted(path.name for path in run.iterdir()) == ["my-images", "notes.txt"]
+
+    # A folder holding no earlier run (no checkpoints/, no model_index.json) is left whole, run-like names included.
+    folder = tmp_path / "mine"
+    (folder / "samples").mkdir(parents=True)
+    (folder / "README.md").write_text("my notes")
+    remove_earlier_run_outputs(config, main_process, folder)
+    assert (folder / "samples").is_dir() and (folder / "README.md").read_text() == "my notes"
 
 
 def test_the_run_state_records_its_position_counters_and_time_and_reads_them_back():

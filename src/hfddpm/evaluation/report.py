@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .. import durable
 from ..eval_mode import eval_mode
 from ..image_data import DIGITS, image_batches
 from ..pipelines import HFDDPMPipeline
@@ -207,5 +208,5 @@ def evaluate_pipeline(
 
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "evaluation.json").write_text(report.to_json())
+        durable.write_text(Path(output_dir) / "evaluation.json", report.to_json())
     return report

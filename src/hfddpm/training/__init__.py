@@ -3,17 +3,29 @@
     config = TrainingConfig(output_dir="outputs/run", max_train_steps=500)  # or parse_training_config(argv)
     status = run_command(lambda: train_unconditional(config))  # one-line errors and exit codes, as the script
 
-A new objective implements `Objective` (a batch → `LossOutput`) and hands itself to `Trainer` with a model and
-a dataset; everything else — Accelerate, EMA, checkpoints and resume, fault checks, logging, sample grids,
-evaluation, saving and publishing — is the engine's.
+A new objective implements `Objective` (a batch → an output with `.loss`) and hands itself to `Trainer` with a model
+and a dataset; everything else — Accelerate, EMA, checkpoints and resume, fault checks, logging, sample grids,
+evaluation, saving and publishing — is the engine's. The names below are imported on first use, so a module of this
+package (the losses, say) loads without Accelerate.
 """
 
-from .command import run_command
-from .config import TrainingConfig, parse_training_config, training_argument_parser
-from .engine import Trainer
-from .objectives import DenoisingObjective, Objective
-from .unconditional import train_unconditional, train_unconditional_command
+from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "DenoisingObjective": "objectives",
+    "Objective": "objectives",
+    "Trainer": "engine",
+    "TrainingConfig": "config",
+    "parse_training_config": "config",
+    "training_argument_parser": "config",
+    "run_command": "command",
+    "train_unconditional": "unconditional",
+    "train_unconditional_command": "unconditional",
+}
 __all__ = [
     "DenoisingObjective",
     "Objective",
@@ -25,3 +37,13 @@ __all__ = [
     "train_unconditional_command",
     "training_argument_parser",
 ]
+
+if TYPE_CHECKING:
+    from .command import run_command
+    from .config import TrainingConfig, parse_training_config, training_argument_parser
+    from .engine import Trainer
+    from .objectives import DenoisingObjective, Objective
+    from .unconditional import train_unconditional, train_unconditional_command
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

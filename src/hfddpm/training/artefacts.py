@@ -103,8 +103,8 @@ def training_info(accelerator: accelerate.Accelerator, model: torch.nn.Module, *
     }
 
 
-def push_in_background(config: TrainingConfig, output_dir: Path, step: int) -> Future:
-    """Push the pipeline saved at `step` while training goes on (--hub_push_intermediate)."""
+def push(config: TrainingConfig, output_dir: Path, commit_message: str, **options: object) -> object:
+    """Push `output_dir` to the configured Hub repository, branch and visibility (`hfddpm.hub.push_to_hub`)."""
     from ..hub import push_to_hub
 
     return push_to_hub(
@@ -113,14 +113,19 @@ def push_in_background(config: TrainingConfig, output_dir: Path, step: int) -> F
         token=config.hub_token,
         private=config.hub_private_repo,
         revision=config.hub_revision,
-        commit_message=f"Pipeline at step {step}",
-        run_as_future=True,
+        commit_message=commit_message,
+        **options,
     )
+
+
+def push_in_background(config: TrainingConfig, output_dir: Path, step: int) -> Future:
+    """Push the pipeline saved at `step` while training goes on (--hub_push_intermediate)."""
+    return push(config, output_dir, f"Pipeline at step {step}", run_as_future=True)
 
 
 def publish(config: TrainingConfig, output_dir: Path, intermediate_pushes: list[Future]) -> int:
     """Push (or, with --hub_dry_run, export) the finished run; 1 when a push failed, after saying why."""
-    from ..hub import HubError, export_for_hub, push_to_hub
+    from ..hub import HubError, export_for_hub
 
     for future in intermediate_pushes:
         try:
@@ -133,14 +138,8 @@ def publish(config: TrainingConfig, output_dir: Path, intermediate_pushes: list[
             files = export_for_hub(output_dir, export, config.hub_model_id, config.hub_include_training_state)
             print(f"--hub_dry_run: the {len(files)} files a push to {config.hub_model_id} uploads are in {export}")
         elif config.push_to_hub:
-            commit = push_to_hub(
-                output_dir,
-                config.hub_model_id,
-                token=config.hub_token,
-                private=config.hub_private_repo,
-                revision=config.hub_revision,
-                commit_message="Final pipeline",
-                include_training_state=config.hub_include_training_state,
+            commit = push(
+                config, output_dir, "Final pipeline", include_training_state=config.hub_include_training_state
             )
             print(f"Pushed {output_dir} to {config.hub_model_id}: {commit.commit_url}")
     except HubError as error:

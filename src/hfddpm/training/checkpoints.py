@@ -1,9 +1,9 @@
 """Training checkpoints that are complete or absent: written to a partial folder, then renamed into place.
 
 A checkpoint `checkpoints/checkpoint-<step>/` holds Accelerate's state (model, optimizer, RNG states) and hfddpm's
-own: the EMA weights and the training-step randomness as safetensors, the learning-rate schedule and the data
-position as JSON. Nothing of hfddpm's own is pickled, and Accelerate loads its pickled files (optimizer, RNG
-states) with `torch.load(weights_only=True)`, which refuses any pickle that would run code.
+own: the EMA weights and the training-step randomness as safetensors, the learning-rate schedule and the run state
+(position in the data, counters) as JSON. Nothing of hfddpm's own is pickled, and Accelerate loads its pickled files
+(optimizer, RNG states) with `torch.load(weights_only=True)`, which refuses any pickle that would run code.
 
 A checkpoint folder is complete or absent: it is written as `.checkpoint-<step>.partial`, flushed to disk, given
 `training_state.json` last, and only then renamed into place; old checkpoints are renamed to a hidden name before
@@ -25,13 +25,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
+from ..durable import fsync_tree, is_disk_full, remove_tree, write_text
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from .loop import TrainingRandomness
-
-from ..durable import fsync_tree, is_disk_full, remove_tree, write_text
 
 TRAINING_STATE = "training_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -86,11 +85,11 @@ class CheckpointManager:
         return path
 
     def save(
-        self, accelerator: Accelerator, step: int, position: dict, objects: dict, randomness: TrainingRandomness
+        self, accelerator: Accelerator, step: int, run_state: dict, objects: dict, randomness: TrainingRandomness
     ) -> Path:
         """Save the run's state at optimizer step `step`; call on every process.
 
-        `position` is JSON (epoch, batches seen in the epoch, …); `objects` maps names to objects with
+        `run_state` is JSON (epoch, batches seen in the epoch, counters, …); `objects` maps names to objects with
         `state_dict()` saved by the main process (EMA, learning-rate schedule); `randomness` is saved per process.
         Raises `CheckpointError` (on every process) when a process could not write its part; the partial folder
         is then deleted and the earlier checkpoints are kept.
@@ -117,7 +116,7 @@ class CheckpointManager:
             raise CheckpointError(self._write_failure(final, failure)) from failure
         if accelerator.is_main_process:
             fsync_tree(partial)
-            state = {"global_step": step, **position, "hfddpm_version": __version__}
+            state = {"global_step": step, **run_state, "hfddpm_version": __version__}
             write_text(partial / TRAINING_STATE, json.dumps(state))
             if final.exists():
                 remove_tree(final)
@@ -127,7 +126,7 @@ class CheckpointManager:
         return final
 
     def load(self, accelerator: Accelerator, path: Path, objects: dict, randomness: TrainingRandomness) -> dict:
-        """Restore what `save` wrote; return the training state (global step and position).
+        """Restore what `save` wrote; return the run state it recorded (global step, position in the data, counters).
 
         Raises `CheckpointError` naming the checkpoint when a file is missing, damaged, or holds a pickle that
         would run code.

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from collections.abc import Callable
 
 from .checkpoints import CheckpointError
+from .config import launched_as_main_process
 from .guards import NonFiniteLossError, RunInterrupted
 
 
@@ -20,7 +20,7 @@ def run_command(train: Callable[[], int]) -> int:
     """
     from ..hub import HubError
 
-    main_process = os.environ.get("RANK", "0") == "0"
+    main_process = launched_as_main_process()
     try:
         return train()
     except RunInterrupted as interruption:

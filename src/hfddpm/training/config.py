@@ -13,7 +13,7 @@ import numbers
 import os
 import sys
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..image_data import DIGITS
@@ -51,6 +51,10 @@ _POSITIVE_COUNTS = (
     "cpu_threads",
     "eval_every",
     "eval_num_samples",
+    "save_model_steps",
+    "checkpoints_total_limit",
+    "resolution",
+    "num_train_timesteps",
 )
 _NON_NEGATIVE_COUNTS = ("lr_warmup_steps", "dataloader_num_workers")
 # The interval each real-valued option must lie in, as its brackets say; every one must also be finite.
@@ -85,7 +89,7 @@ def _in_interval(value: float, interval: tuple[str, float, float, str]) -> bool:
     return math.isfinite(value) and above and below
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainingConfig:
     """Everything a training run is told; the field names are the training script's flags (see its `--help`)."""
 
@@ -154,7 +158,7 @@ class TrainingConfig:
     # Hugging Face Hub
     push_to_hub: bool = False
     hub_model_id: str | None = None
-    hub_token: str | None = None
+    hub_token: str | None = field(default=None, repr=False)  # never printed, never recorded
     hub_private_repo: bool = False
     hub_revision: str | None = None
     hub_push_intermediate: bool = False
@@ -206,25 +210,25 @@ class TrainingConfig:
     def _check_types(self) -> None:
         """Refuse a value of the wrong type in one line; make NumPy numbers and paths plain int, float and str (the
         configuration is recorded as JSON). A bool is no count and no number."""
-        hints = typing.get_type_hints(TrainingConfig)
-        for field in fields(self):
-            value, hint = getattr(self, field.name), hints[field.name]
+        hints = typing.get_type_hints(type(self))
+        for option in fields(self):
+            value, hint = getattr(self, option.name), hints[option.name]
             kinds = set(typing.get_args(hint) or (hint,))
             if value is None and type(None) in kinds:
                 continue
             if bool in kinds and isinstance(value, bool):
                 continue
             if int in kinds and isinstance(value, numbers.Integral) and not isinstance(value, bool):
-                setattr(self, field.name, int(value))
+                setattr(self, option.name, int(value))
             elif float in kinds and isinstance(value, numbers.Real) and not isinstance(value, bool):
-                setattr(self, field.name, float(value))
+                setattr(self, option.name, float(value))
             elif str in kinds and isinstance(value, (str, os.PathLike)):
-                setattr(self, field.name, os.fspath(value))
+                setattr(self, option.name, os.fspath(value))
             elif list[str] in kinds and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-                setattr(self, field.name, list(value))
+                setattr(self, option.name, list(value))
             else:
                 expected = " or ".join(_KIND_NAMES[kind] for kind in sorted(kinds, key=_KIND_ORDER.index))
-                raise TypeError(f"--{field.name} must be {expected}, got {value!r} ({type(value).__name__})")
+                raise TypeError(f"--{option.name} must be {expected}, got {value!r} ({type(value).__name__})")
 
     @property
     def dataset_source(self) -> str:
@@ -245,7 +249,7 @@ class TrainingConfig:
 
 
 class _DeprecatedAlias(argparse.Action):
-    """An old flag name: sets the new one's value and says, once, on the main process, to use the new name."""
+    """An old flag name: sets the new one's value, and the main process says to use the new name."""
 
     def __init__(self, option_strings: list[str], dest: str, new_flag: str, **kwargs: object) -> None:
         self.new_flag = new_flag
@@ -258,7 +262,7 @@ class _DeprecatedAlias(argparse.Action):
         values: object,
         option_string: str | None = None,
     ) -> None:
-        if os.environ.get("RANK", "0") == "0":
+        if launched_as_main_process():
             print(f"warning: {option_string} is deprecated; use {self.new_flag}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
@@ -274,10 +278,10 @@ def training_argument_parser(description: str | None = None) -> argparse.Argumen
     data.add_argument("--dataset_name", help="Hub dataset or save_to_disk folder (default: the built-in digits)")
     data.add_argument("--dataset_config_name", help="configuration of the Hub dataset")
     data.add_argument("--train_data_dir", help="folder of images, read with datasets' imagefolder")
-    data.add_argument("--split", help="dataset split to train on (default train)")
+    data.add_argument("--split", help="dataset split to train on")
     data.add_argument("--image_column", help="column holding the images (default: the first image column)")
     data.add_argument("--cache_dir", help="where datasets caches downloads and preprocessed images")
-    data.add_argument("--resolution", type=int, help="square training resolution in pixels (default 8)")
+    data.add_argument("--resolution", type=int, help="square training resolution in pixels")
     data.add_argument(
         "--channels", type=int, choices=CHOICES["channels"], help="1 grayscale, 3 RGB (default: the first image's)"
     )
@@ -287,15 +291,15 @@ def training_argument_parser(description: str | None = None) -> argparse.Argumen
     data.add_argument("--preprocessing_num_workers", type=int, help="processes decoding images once, before training")
 
     model = parser.add_argument_group("model and objective")
-    model.add_argument("--model_preset", choices=CHOICES["model_preset"], help="UNet preset (default digits)")
+    model.add_argument("--model_preset", choices=CHOICES["model_preset"], help="UNet preset")
     model.add_argument("--model_config", help="UNet2DModel config.json to use instead of a preset")
     model.add_argument("--prediction_type", choices=CHOICES["prediction_type"])
     model.add_argument("--beta_schedule", choices=CHOICES["beta_schedule"])
-    model.add_argument("--num_train_timesteps", type=int, help="T (default 1000)")
+    model.add_argument("--num_train_timesteps", type=int, help="T, the number of diffusion steps")
     model.add_argument(
         "--reverse_variance",
         choices=CHOICES["reverse_variance"],
-        help="σ²_t of p_θ(x_{t−1}|x_t) (default fixed_small, β̃_t); the learned ones train with the hybrid loss "
+        help="σ²_t of p_θ(x_{t−1}|x_t) (fixed_small is β̃_t); the learned ones train with the hybrid loss "
         "L_simple + λ L_vlb",
     )
     model.add_argument(
@@ -312,7 +316,7 @@ def training_argument_parser(description: str | None = None) -> argparse.Argumen
         help="simple: L_simple; hybrid: L_simple + λ L_vlb (learned variance); vlb: the bound alone "
         "(default: hybrid for a learned variance, simple otherwise)",
     )
-    model.add_argument("--vlb_weight", type=float, help="λ of the hybrid loss (learned variance; default 0.001)")
+    model.add_argument("--vlb_weight", type=float, help="λ of the hybrid loss (learned variance)")
     model.add_argument(
         "--timestep_sampling",
         choices=CHOICES["timestep_sampling"],
@@ -323,32 +327,49 @@ def training_argument_parser(description: str | None = None) -> argparse.Argumen
     _add_training_arguments(parser.add_argument_group("training"))
     _add_output_arguments(parser.add_argument_group("checkpoints, samples and logs"))
     _add_hub_arguments(parser.add_argument_group("Hugging Face Hub"))
+    _document_defaults(parser)
     return parser
 
 
+def _document_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append each flag's default, read from `TrainingConfig` (the one place defaults are written), to its help."""
+    defaults = {option.name: option.default for option in fields(TrainingConfig)}
+    for action in parser._actions:  # argparse has no public list of a parser's actions
+        default = defaults.get(action.dest)
+        shown = default is not None and default is not False  # 0 is a default worth showing; `in` would skip it
+        if action.option_strings and shown and not isinstance(action, _DeprecatedAlias):
+            action.help = f"{action.help}; default {default}" if action.help else f"default {default}"
+
+
+def launched_as_main_process() -> bool:
+    """Whether this process is the main one of its launch (RANK 0, or no distributed launcher): the one that prints,
+    before Accelerate exists to say so."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _add_training_arguments(train: argparse._ArgumentGroup) -> None:
-    train.add_argument("--output_dir", help="default outputs/ddpm-digits")
+    train.add_argument("--output_dir", help="where the run writes everything")
     train.add_argument("--overwrite_output_dir", action="store_true", help="delete an earlier run's output first")
     train.add_argument("--seed", type=int)
-    train.add_argument("--train_batch_size", type=int, help="per process (default 64)")
+    train.add_argument("--train_batch_size", type=int, help="per process")
     train.add_argument("--num_epochs", type=int, help="epochs to train (or set --max_train_steps)")
     train.add_argument("--max_train_steps", type=int, help=f"optimizer steps (default {DEFAULT_MAX_TRAIN_STEPS})")
     train.add_argument("--gradient_accumulation_steps", type=int)
     train.add_argument("--gradient_checkpointing", action="store_true")
-    train.add_argument("--learning_rate", type=float, help="default 2e-3")
+    train.add_argument("--learning_rate", type=float)
     train.add_argument("--lr_scheduler", choices=CHOICES["lr_scheduler"])
-    train.add_argument("--lr_warmup_steps", type=int, help="in optimizer steps (default 100)")
+    train.add_argument("--lr_warmup_steps", type=int, help="in optimizer steps")
     train.add_argument("--adam_beta1", type=float)
     train.add_argument("--adam_beta2", type=float)
     train.add_argument("--adam_weight_decay", type=float)
     train.add_argument("--adam_epsilon", type=float)
-    train.add_argument("--max_grad_norm", type=float, help="default 1.0")
+    train.add_argument("--max_grad_norm", type=float, help="gradient clipping")
     train.add_argument(
         "--on_nonfinite_loss",
         choices=CHOICES["on_nonfinite_loss"],
         help="a NaN or Inf loss (or gradient) stops the run, keeping the last checkpoint, or skips that update",
     )
-    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, help="save EMA weights (default on)")
+    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, help="save EMA weights")
     train.add_argument("--ema_max_decay", type=float)
     train.add_argument("--ema_inv_gamma", type=float)
     train.add_argument("--ema_power", type=float)
@@ -364,20 +385,20 @@ def _add_training_arguments(train: argparse._ArgumentGroup) -> None:
 def _add_output_arguments(output: argparse._ArgumentGroup) -> None:
     from ..evaluation.report import METRICS
 
-    output.add_argument("--checkpointing_steps", type=int, help="default 500")
-    output.add_argument("--checkpoints_total_limit", type=int, help="default 3")
+    output.add_argument("--checkpointing_steps", type=int, help="checkpoint every N steps")
+    output.add_argument("--checkpoints_total_limit", type=int, help="checkpoints kept")
     output.add_argument(
         "--resume_from_checkpoint",
         help='"latest" (the newest complete checkpoint; a fresh start when there is none yet) or a checkpoint folder',
     )
-    output.add_argument("--save_images_steps", type=int, help="sample grid every N steps (default 500)")
+    output.add_argument("--save_images_steps", type=int, help="sample grid every N steps")
     output.add_argument("--save_model_steps", type=int, help="save the pipeline every N steps (always at the end)")
-    output.add_argument("--num_sample_images", type=int, help="default 64")
+    output.add_argument("--num_sample_images", type=int, help="images in each sample grid")
     output.add_argument(
         "--inference_scheduler", choices=CHOICES["inference_scheduler"], help="saved with the pipeline"
     )
-    output.add_argument("--num_inference_steps", type=int, help="steps of the sample grids (default 50)")
-    output.add_argument("--logging_steps", type=int, help="default 10")
+    output.add_argument("--num_inference_steps", type=int, help="steps of the sample grids")
+    output.add_argument("--logging_steps", type=int, help="log every N steps")
     output.add_argument("--report_to", choices=CHOICES["report_to"], help="besides jsonl")
     output.add_argument(
         "--eval_every", type=int, help="every N steps and at the end, measure --eval_metrics and log them"
@@ -388,7 +409,7 @@ def _add_output_arguments(output: argparse._ArgumentGroup) -> None:
         choices=list(METRICS),
         help="default: fd_digits and digits_scores (offline) for the built-in digits; fid and fd_dinov2 need weights",
     )
-    output.add_argument("--eval_num_samples", type=int, help="samples drawn for each evaluation (default 256)")
+    output.add_argument("--eval_num_samples", type=int, help="samples drawn for each evaluation")
 
 
 def _add_hub_arguments(hub: argparse._ArgumentGroup) -> None:

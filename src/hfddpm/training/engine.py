@@ -4,12 +4,14 @@
 (`hfddpm.training.objectives`) and leaves a pipeline folder. Each optimizer step, in the order diffusers' training
 examples follow:
 
-1. forward and backward passes of `gradient_accumulation_steps` batches (`accelerator.accumulate`);
+1. forward and backward passes of `gradient_accumulation_steps` batches (`train_on_batch`, inside
+   `accelerator.accumulate`);
 2. gradient clipping, then one check across processes (`guards.check_step`): a NaN or Inf loss or gradient stops
    the run or skips the update before the optimizer, EMA or learning-rate schedule move; a SIGTERM/SIGINT is
    honoured after the step, with a checkpoint;
 3. the optimizer, learning-rate schedule and EMA step;
-4. the periodic work: log, checkpoint, sample grid, evaluation, pipeline save (and push).
+4. a log line every `logging_steps`, then the periodic work: checkpoint, sample grid, evaluation, pipeline save
+   (and push).
 
 At the end the data-parallel replicas are checked identical, and the EMA pipeline, its sample grid, evaluation,
 `training_info.json` and model card are written. Resume restores the model, optimizer, EMA, schedule, random
@@ -48,6 +50,7 @@ from .checkpoints import CheckpointManager
 from .config import TrainingConfig
 from .guards import NonFiniteLossError, RunInterrupted, StepCheck, StopRequest, check_step
 from .loop import TrainingRandomness, averaged_copy, replica_checksum
+from .losses import LossOutput
 from .objectives import Objective
 from .setup import create_ema, create_optimizer
 from .state import RunState
@@ -57,7 +60,10 @@ if TYPE_CHECKING:
 
 
 class Trainer:
-    """Train `model` on `images` (a dataset with `set_epoch`) to minimise `objective`, as `config` says."""
+    """Train `model` on `images` (a dataset with `set_epoch`) to minimise `objective`, as `config` says.
+
+    `accelerator` is the one `setup.create_accelerator(config, ...)` makes: its accumulation must be the config's.
+    """
 
     def __init__(
         self,
@@ -67,9 +73,19 @@ class Trainer:
         model: torch.nn.Module,
         images: torch.utils.data.Dataset,
     ) -> None:
+        if accelerator.gradient_accumulation_steps != config.gradient_accumulation_steps:
+            raise ValueError(
+                f"the Accelerator accumulates {accelerator.gradient_accumulation_steps} batches, the config "
+                f"{config.gradient_accumulation_steps}: make it with hfddpm.training.setup.create_accelerator(config)"
+            )
+        if not callable(getattr(images, "set_epoch", None)):
+            raise TypeError(
+                f"images must be a dataset with set_epoch(epoch) (e.g. image_data.TrainingImages), got "
+                f"{type(images).__name__}"
+            )
         self.config, self.accelerator, self.objective, self.images = config, accelerator, objective, images
         self.output_dir = Path(config.output_dir)
-        self.started = time.perf_counter()
+        self.started = time.perf_counter()  # training time counts from here: set-up before the engine is not in it
         dataloader = torch.utils.data.DataLoader(
             images, batch_size=config.train_batch_size, shuffle=True, num_workers=config.dataloader_num_workers
         )
@@ -90,14 +106,19 @@ class Trainer:
         )
         self.randomness = TrainingRandomness(config.seed, accelerator.process_index, accelerator.device)
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", config.checkpoints_total_limit)
-        ema = {"ema": self.ema} if self.ema is not None else {}
-        self.checkpointed = {"lr_scheduler": self.lr_scheduler, **ema, **objective.checkpoint_objects()}
+        self.checkpointed = {"lr_scheduler": self.lr_scheduler, **({"ema": self.ema} if self.ema is not None else {})}
+        if clash := set(self.checkpointed) & set(objective.checkpoint_objects()):
+            raise ValueError(f"the objective's checkpoint_objects use the engine's names {sorted(clash)}; rename them")
+        self.checkpointed.update(objective.checkpoint_objects())
         self.state = RunState()
         self.last_checkpoint_step = 0
         self.intermediate_pushes: list[Future] = []
-        self._reset_running_loss()
         self.step_loss = torch.zeros((), device=accelerator.device)  # the loss of this step's accumulated batches
-        self.final_loss: float | None = None
+        self.final_loss: float | None = None  # the last logged loss
+        self.grad_norm: torch.Tensor | None = None  # of the last optimizer step
+        self.last_output: LossOutput | None = None  # of the last batch
+        self.progress: tqdm | None = None  # while `run` trains
+        self._reset_running_loss()
 
     # Run state and resume
 
@@ -149,6 +170,7 @@ class Trainer:
             total=self.max_train_steps, initial=self.state.global_step, disable=not accelerator.is_local_main_process
         )
         self.model.train()
+        self._reset_running_loss()  # images/s counts training, not the set-up and resume before it
         try:
             with StopRequest() as stop_request:
                 self.train_epochs(stop_request)
@@ -169,7 +191,7 @@ class Trainer:
             skipped = state.batches_in_epoch
             batches = self.accelerator.skip_first_batches(self.dataloader, skipped) if skipped else self.dataloader
             for batch in batches:
-                check = self.accumulate(batch, stop_request)
+                check = self.train_on_batch(batch, stop_request)
                 if check is None:  # more batches to accumulate before the optimizer steps
                     continue
                 self.end_optimizer_step(check)
@@ -179,7 +201,7 @@ class Trainer:
                     self.stop(check.stop_signal)
             state.batches_in_epoch = 0
 
-    def accumulate(self, batch: torch.Tensor, stop_request: StopRequest) -> StepCheck | None:
+    def train_on_batch(self, batch: torch.Tensor, stop_request: StopRequest) -> StepCheck | None:
         """The forward and backward pass of one batch; at the last batch of an optimizer step, that step's check
         and update (`optimizer_step`), whose verdict is returned."""
         self.state.batches_in_epoch += 1
@@ -212,7 +234,7 @@ class Trainer:
         """Move the schedule and EMA after an update (or count the skipped one), then do the periodic work."""
         state = self.state
         if check.fault is not None:
-            self.skip_nonfinite_step(check.fault)
+            self.handle_nonfinite_step(check.fault)
         elif self.accelerator.optimizer_step_was_skipped:
             state.skipped_steps += 1  # fp16 overflow: the grad scaler skipped this update
         else:
@@ -225,7 +247,7 @@ class Trainer:
             self.log()
         self.periodic_work()
 
-    def skip_nonfinite_step(self, fault: str) -> None:
+    def handle_nonfinite_step(self, fault: str) -> None:
         """Stop the run on a NaN or Inf step (--on_nonfinite_loss stop), or warn that its update was skipped."""
         self.state.nonfinite_steps += 1
         message = f"step {self.state.global_step + 1}: {fault}"
@@ -299,7 +321,7 @@ class Trainer:
 
     def save_grid(self, path: Path, pipeline: HFDDPMPipeline) -> None:
         grid = save_sample_grid(pipeline, path, self.config)
-        if self.config.report_to == "tensorboard":
+        if any(tracker.name == "tensorboard" for tracker in self.accelerator.trackers):
             writer = self.accelerator.get_tracker("tensorboard").writer
             writer.add_image("samples", np.asarray(grid.convert("RGB")), self.state.global_step, dataformats="HWC")
 

@@ -55,6 +55,8 @@ class DenoisingObjective:
         timestep_sampler: UniformTimestepSampler,
         inference_scheduler: str = "ddim",
     ) -> None:
+        if inference_scheduler not in ("ddim", "ddpm"):
+            raise ValueError(f"inference_scheduler must be 'ddim' or 'ddpm', got {inference_scheduler!r}")
         self.noise_scheduler = noise_scheduler
         self.loss_fn = loss_fn
         self.timestep_sampler = timestep_sampler

@@ -27,8 +27,20 @@ from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
 from .config import TrainingConfig
 from .tracking import JSONLinesTracker
 
-# What a run writes at the top of its output folder, and so what --overwrite_output_dir may remove.
-RUN_OUTPUTS = ("checkpoints", "samples", "logs", "unet", "scheduler", "model_index.json")
+# Everything a run writes at the top of its output folder, and so all that --overwrite_output_dir may remove.
+RUN_OUTPUTS = (
+    "checkpoints",
+    "samples",
+    "logs",
+    "unet",
+    "scheduler",
+    "model_index.json",
+    "training_args.json",
+    "training_info.json",
+    "evaluation.json",
+    "README.md",
+    "hub-export",
+)
 
 
 def check_output_dir(config: TrainingConfig) -> Path:
@@ -37,8 +49,7 @@ def check_output_dir(config: TrainingConfig) -> Path:
     output_dir = Path(config.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"--output_dir {output_dir} is a file; choose a folder")
-    earlier_run = (output_dir / "checkpoints").is_dir() or (output_dir / "model_index.json").is_file()
-    if earlier_run and config.resume_from_checkpoint is None and not config.overwrite_output_dir:
+    if holds_earlier_run(output_dir) and config.resume_from_checkpoint is None and not config.overwrite_output_dir:
         raise ValueError(
             f"{output_dir} holds an earlier run; pass --resume_from_checkpoint latest to continue it, "
             "--overwrite_output_dir to replace it, or another --output_dir"
@@ -46,9 +57,25 @@ def check_output_dir(config: TrainingConfig) -> Path:
     return output_dir
 
 
+def holds_earlier_run(output_dir: Path) -> bool:
+    """Whether `output_dir` holds a run's checkpoints or saved pipeline."""
+    return (output_dir / "checkpoints").is_dir() or (output_dir / "model_index.json").is_file()
+
+
+def remove_earlier_run_outputs(config: TrainingConfig, accelerator: Accelerator, output_dir: Path) -> None:
+    """With --overwrite_output_dir (and no resume), delete what an earlier run wrote in `output_dir` (`RUN_OUTPUTS`,
+    nothing else), and only when it holds an earlier run; the main process deletes, the others wait."""
+    if config.overwrite_output_dir and config.resume_from_checkpoint is None and accelerator.is_main_process:
+        if holds_earlier_run(output_dir):
+            for part in RUN_OUTPUTS:
+                path = output_dir / part
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+
+
 def create_accelerator(config: TrainingConfig, output_dir: Path) -> Accelerator:
-    """Accelerate with the run's accumulation, precision and trackers (JSON lines always, TensorBoard if asked);
-    removes an earlier run's outputs with --overwrite_output_dir, sets the CPU threads and seeds every generator."""
+    """Accelerate with the run's accumulation, precision and trackers (JSON lines always, TensorBoard if asked); sets
+    the CPU threads and seeds every generator."""
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
@@ -62,11 +89,6 @@ def create_accelerator(config: TrainingConfig, output_dir: Path) -> Accelerator:
             f"--mixed_precision fp16 needs a GPU (Accelerate has no fp16 training on {accelerator.device.type}); "
             "use --mixed_precision bf16 or no"
         )
-    if accelerator.is_main_process and config.overwrite_output_dir and config.resume_from_checkpoint is None:
-        for part in RUN_OUTPUTS:
-            path = output_dir / part
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    accelerator.wait_for_everyone()
     if accelerator.device.type == "cpu":
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -135,7 +157,7 @@ def create_optimizer(config: TrainingConfig, model: torch.nn.Module, device: tor
 
 
 def create_ema(config: TrainingConfig, model: torch.nn.Module) -> EMAModel | None:
-    """diffusers' EMA of the weights with Improved DDPM's warm-up (decay 1 − (1 + step/γ)^−p, capped), or None."""
+    """diffusers' `EMAModel` of the weights with its warm-up, decay min(1 − (1 + step/γ)^−p, max decay), or None."""
     if not config.use_ema:
         return None
     return EMAModel(

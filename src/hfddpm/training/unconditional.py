@@ -6,7 +6,13 @@ from .command import run_command
 from .config import TrainingConfig, parse_training_config
 from .engine import Trainer
 from .objectives import DenoisingObjective
-from .setup import check_output_dir, create_accelerator, create_training_unet, load_training_images
+from .setup import (
+    check_output_dir,
+    create_accelerator,
+    create_training_unet,
+    load_training_images,
+    remove_earlier_run_outputs,
+)
 
 
 def train_unconditional(config: TrainingConfig) -> int:
@@ -19,6 +25,7 @@ def train_unconditional(config: TrainingConfig) -> int:
     output_dir = check_output_dir(config)
     objective = DenoisingObjective.from_config(config)
     accelerator = create_accelerator(config, output_dir)
+    remove_earlier_run_outputs(config, accelerator, output_dir)
     images = load_training_images(config, accelerator)
     unet = create_training_unet(config, images.preprocessing.channels)
     return Trainer(config, accelerator, objective, unet, images).run()
