@@ -7,9 +7,10 @@ change to the order of random draws, the arithmetic of a step, the EMA, the lear
 changes them.
 
 Floating-point results depend on the CPU kernels, so the runs pin them: ATen's dispatch, oneDNN and MKL are held to
-AVX2 and the thread count to 2, in a fresh process (the variables are read when torch loads). Any x86-64 CPU with
-AVX2 then gives the same bits. `python tests/test_training_reproduces.py --record` re-records the file; do that only
-for a change that is meant to alter the numbers, and say why in the commit.
+AVX2 and the thread count to 2, in a fresh process (the variables are read when torch loads), so that CPUs with
+and without AVX-512 give the same bits (pinned so, an AVX-512 machine reproduced an AVX2 machine's default run).
+`python tests/test_training_reproduces.py --record` re-records the file; do that only for a change that is meant to
+alter the numbers, and say why in the commit.
 """
 
 from __future__ import annotations
