@@ -62,6 +62,9 @@ class DenoiseAtOneLevel:
     def observe(self, accelerator, output):
         pass
 
+    def after_update(self, model):
+        pass
+
     def logs(self, accelerator, output):
         return {"objective_calls": self.count.calls}
 

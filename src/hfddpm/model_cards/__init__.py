@@ -96,6 +96,32 @@ def _training_rows(args: dict, info: dict, unet: dict, scheduler: dict) -> list[
     return rows
 
 
+def _lineage_rows(lineage: dict, info: dict) -> list[tuple[str, str]]:
+    """How a distilled student came to be, from its `distillation.json` (none for a model trained from data)."""
+    if not lineage:
+        return []
+    rows = [("method", lineage["method"]), ("teacher", lineage["teacher"])]
+    if "round" in lineage:
+        rows += [
+            ("distilled from", lineage["distilled_from"]),
+            (
+                "round",
+                f"{lineage['round']} of {lineage['rounds']}: {lineage['teacher_steps']} → {lineage['steps']} steps",
+            ),
+        ]
+    else:
+        rows.append(
+            (
+                "skipping grid",
+                f"{lineage['num_ddim_timesteps']} DDIM timesteps, target EMA μ = {lineage['target_ema_decay']}",
+            )
+        )
+    if info:
+        total = lineage.get("earlier_rounds_seconds", 0.0) + info["wall_time_seconds"]
+        rows.append(("distillation time, all rounds so far", f"{total / 60:.1f} min"))
+    return rows
+
+
 def _evaluation_rows(evaluation: dict) -> list[tuple[str, str, str]]:
     """(metric, value, how it was measured) rows from an `evaluation.json`."""
     details, rows = evaluation.get("details", {}), []
@@ -146,6 +172,8 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
         eval_results=eval_results or None,
     )
     scheduler_class = (index.get("scheduler") or [None, "scheduler"])[1]
+    lineage = _read_json(folder / "distillation.json")
+    steps = index.get("default_num_inference_steps")
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
@@ -154,9 +182,13 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
         scheduler_class=scheduler_class,
         stock_pipeline=index.get("_class_name", "DDPMPipeline"),
         dataset_description=data.description,
+        distilled_from=lineage.get("teacher"),
+        steps_argument="" if steps else "num_inference_steps=50, ",
+        native_steps=steps,
         sample_grid=SAMPLE_GRID if (folder / SAMPLE_GRID).is_file() else None,
         sample_grid_caption=f"{args.get('num_sample_images', 'Samples')} samples from this model, "
         f"{scheduler_class} with {args.get('num_inference_steps', 50)} steps, seed {args.get('seed', 0)}.",
-        training=_training_rows(args, info, _read_json(folder / "unet" / "config.json"), scheduler),
+        training=_lineage_rows(lineage, info)
+        + _training_rows(args, info, _read_json(folder / "unet" / "config.json"), scheduler),
         evaluation=_evaluation_rows(evaluation),
     )

@@ -76,15 +76,26 @@ class HFDDPMPipeline(DiffusionPipeline):
         unet: a `UNet2DModel` (or any model called as `unet(sample, t).sample`); with 2C output channels it is a
             learned-variance model.
         scheduler: the noise scheduler.
+        default_num_inference_steps: the step count a call without `num_inference_steps` samples at (None: 50),
+            saved in `model_index.json`: a distilled student samples at its own step count without being told.
     """
 
     model_cpu_offload_seq = "unet"
     # Subclassing API: diffusers' callbacks documentation names this attribute as where a pipeline lists its tensors.
     _callback_tensor_inputs = ["sample", "pred_original_sample"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin) -> None:
+    def __init__(
+        self, unet: UNet2DModel, scheduler: SchedulerMixin, default_num_inference_steps: int | None = None
+    ) -> None:
         super().__init__()
+        if default_num_inference_steps is not None and (
+            not isinstance(default_num_inference_steps, int) or default_num_inference_steps < 1
+        ):
+            raise ValueError(
+                f"default_num_inference_steps must be a positive integer or None, got {default_num_inference_steps!r}"
+            )
         self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(default_num_inference_steps=default_num_inference_steps)
 
     @classmethod
     def from_pretrained(
@@ -137,6 +148,8 @@ class HFDDPMPipeline(DiffusionPipeline):
             "DDIMPipeline" if isinstance(self.scheduler, diffusers.DDIMScheduler) else "DDPMPipeline"
         )
         index["_hfddpm_version"] = __version__
+        if index.get("default_num_inference_steps") is None:  # stock pipelines take no such argument
+            index.pop("default_num_inference_steps", None)
         for name, component in self.components.items():
             stock_class = getattr(diffusers, type(component).__name__, None)
             if stock_class is not None and isinstance(component, stock_class):
@@ -148,7 +161,7 @@ class HFDDPMPipeline(DiffusionPipeline):
         self,
         batch_size: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         eta: float = 0.0,
         use_clipped_model_output: bool | None = None,
         output_type: str = "pil",
@@ -163,7 +176,8 @@ class HFDDPMPipeline(DiffusionPipeline):
         Args:
             batch_size: number of images.
             generator: a `torch.Generator`, or one per image (image i then depends on generator i only).
-            num_inference_steps: reverse steps, between 1 and the scheduler's `num_train_timesteps`.
+            num_inference_steps: reverse steps, between 1 and the scheduler's `num_train_timesteps`; None: the
+                pipeline's `default_num_inference_steps` (a distilled student's own step count), else 50.
             eta: DDIM's η (0 deterministic, 1 DDPM-like); used by schedulers whose `step` takes it.
             use_clipped_model_output: passed to `step` (see diffusers' `DDIMScheduler.step`). None means True for
                 hfddpm's `DDIMScheduler` when it clips or thresholds x̂_0: the step's ε̂ is then re-derived from the
@@ -184,6 +198,8 @@ class HFDDPMPipeline(DiffusionPipeline):
 
         The progress bar is configured with `set_progress_bar_config(disable=True)` as in diffusers.
         """
+        if num_inference_steps is None:
+            num_inference_steps = self.config.get("default_num_inference_steps") or 50
         self._check_inputs(batch_size, generator, num_inference_steps, eta, output_type)
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:

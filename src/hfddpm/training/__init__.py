@@ -16,21 +16,37 @@ from typing import TYPE_CHECKING
 from ..lazy import lazy_exports
 
 _EXPORTS = {
+    "ConsistencyDistillationConfig": "distill",
+    "ConsistencyDistillationObjective": "distillation",
     "DenoisingObjective": "objectives",
     "Objective": "objectives",
+    "ProgressiveDistillationConfig": "distill",
+    "ProgressiveDistillationObjective": "distillation",
     "Trainer": "engine",
     "TrainingConfig": "config",
     "parse_training_config": "config",
     "training_argument_parser": "config",
+    "distill_consistency": "distill",
+    "distill_consistency_command": "distill",
+    "distill_progressive": "distill",
+    "distill_progressive_command": "distill",
     "run_command": "command",
     "train_unconditional": "unconditional",
     "train_unconditional_command": "unconditional",
 }
 __all__ = [
+    "ConsistencyDistillationConfig",
+    "ConsistencyDistillationObjective",
     "DenoisingObjective",
     "Objective",
+    "ProgressiveDistillationConfig",
+    "ProgressiveDistillationObjective",
     "Trainer",
     "TrainingConfig",
+    "distill_consistency",
+    "distill_consistency_command",
+    "distill_progressive",
+    "distill_progressive_command",
     "parse_training_config",
     "run_command",
     "train_unconditional",
@@ -41,6 +57,15 @@ __all__ = [
 if TYPE_CHECKING:
     from .command import run_command
     from .config import TrainingConfig, parse_training_config, training_argument_parser
+    from .distill import (
+        ConsistencyDistillationConfig,
+        ProgressiveDistillationConfig,
+        distill_consistency,
+        distill_consistency_command,
+        distill_progressive,
+        distill_progressive_command,
+    )
+    from .distillation import ConsistencyDistillationObjective, ProgressiveDistillationObjective
     from .engine import Trainer
     from .objectives import DenoisingObjective, Objective
     from .unconditional import train_unconditional, train_unconditional_command

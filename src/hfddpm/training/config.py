@@ -267,8 +267,14 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def training_argument_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """The training script's command line; `TrainingConfig(**vars(parser.parse_args()))` completes and checks it."""
+def training_argument_parser(
+    description: str | None = None, config_class: type[TrainingConfig] | None = None, objective_arguments: bool = True
+) -> argparse.ArgumentParser:
+    """The training script's command line; `TrainingConfig(**vars(parser.parse_args()))` completes and checks it.
+
+    A script training another objective passes its `config_class` (a subclass, whose defaults the help shows) and
+    leaves out the "model and objective" flags where the objective sets them (`objective_arguments=False`).
+    """
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -290,7 +296,16 @@ def training_argument_parser(description: str | None = None) -> argparse.Argumen
     data.add_argument("--dataloader_num_workers", type=int)
     data.add_argument("--preprocessing_num_workers", type=int, help="processes decoding images once, before training")
 
-    model = parser.add_argument_group("model and objective")
+    if objective_arguments:
+        _add_objective_arguments(parser.add_argument_group("model and objective"))
+    _add_training_arguments(parser.add_argument_group("training"))
+    _add_output_arguments(parser.add_argument_group("checkpoints, samples and logs"))
+    _add_hub_arguments(parser.add_argument_group("Hugging Face Hub"))
+    _document_defaults(parser, config_class or TrainingConfig)
+    return parser
+
+
+def _add_objective_arguments(model: argparse._ArgumentGroup) -> None:
     model.add_argument("--model_preset", choices=CHOICES["model_preset"], help="UNet preset")
     model.add_argument("--model_config", help="UNet2DModel config.json to use instead of a preset")
     model.add_argument("--prediction_type", choices=CHOICES["prediction_type"])
@@ -324,16 +339,10 @@ def training_argument_parser(description: str | None = None) -> argparse.Argumen
     )
     model.add_argument("--snr_gamma", type=float, help="min-SNR-γ loss weighting (Hang et al. 2023 use 5)")
 
-    _add_training_arguments(parser.add_argument_group("training"))
-    _add_output_arguments(parser.add_argument_group("checkpoints, samples and logs"))
-    _add_hub_arguments(parser.add_argument_group("Hugging Face Hub"))
-    _document_defaults(parser)
-    return parser
 
-
-def _document_defaults(parser: argparse.ArgumentParser) -> None:
-    """Append each flag's default, read from `TrainingConfig` (the one place defaults are written), to its help."""
-    defaults = {option.name: option.default for option in fields(TrainingConfig)}
+def _document_defaults(parser: argparse.ArgumentParser, config_class: type[TrainingConfig]) -> None:
+    """Append each flag's default, read from `config_class` (the one place defaults are written), to its help."""
+    defaults = {option.name: option.default for option in fields(config_class)}
     for action in parser._actions:  # argparse has no public list of a parser's actions
         default = defaults.get(action.dest)
         shown = default is not None and default is not False  # 0 is a default worth showing; `in` would skip it

@@ -9,7 +9,7 @@ examples follow:
 2. gradient clipping, then one check across processes (`guards.check_step`): a NaN or Inf loss or gradient stops
    the run or skips the update before the optimizer, EMA or learning-rate schedule move; a SIGTERM/SIGINT is
    honoured after the step, with a checkpoint;
-3. the optimizer, learning-rate schedule and EMA step;
+3. the optimizer, learning-rate schedule and EMA step, then the objective's `after_update`;
 4. a log line every `logging_steps`, then the periodic work: checkpoint, sample grid, evaluation, pipeline save
    (and push).
 
@@ -241,6 +241,7 @@ class Trainer:
             self.lr_scheduler.step()
             if self.ema is not None:
                 self.ema.step(self.model.parameters())
+            self.objective.after_update(self.accelerator.unwrap_model(self.model))
         state.global_step += 1
         self.progress.update(1)
         if state.global_step % self.config.logging_steps == 0 or state.global_step == self.max_train_steps:

@@ -36,6 +36,9 @@ class Objective(Protocol):
     def observe(self, accelerator: Accelerator, output: LossOutput) -> None:
         """Learn from a batch's losses (called after every batch, on every process)."""
 
+    def after_update(self, model: torch.nn.Module) -> None:
+        """Follow an applied optimizer update of `model` (unwrapped; not called for a skipped update)."""
+
     def logs(self, accelerator: Accelerator, output: LossOutput) -> dict[str, float]:
         """Values to log at a logging step, from the last batch's output."""
 
@@ -90,6 +93,9 @@ class DenoisingObjective:
     def observe(self, accelerator: Accelerator, output: LossOutput) -> None:
         if self.learns_timesteps:  # every replica learns from every process's losses, so all draw alike
             self.timestep_sampler.update(accelerator.gather(output.timesteps), accelerator.gather(output.per_sample))
+
+    def after_update(self, model: torch.nn.Module) -> None:
+        pass
 
     def logs(self, accelerator: Accelerator, output: LossOutput) -> dict[str, float]:
         logs = {}

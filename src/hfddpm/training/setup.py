@@ -40,6 +40,7 @@ RUN_OUTPUTS = (
     "evaluation.json",
     "README.md",
     "hub-export",
+    "distillation.json",
 )
 
 

@@ -1,0 +1,16 @@
+"""Progressive distillation (Salimans & Ho 2022) of any hfddpm or stock DDPM/DDIM checkpoint into 1–4-step students.
+
+    accelerate launch examples/distill_progressive.py --teacher outputs/ddpm-digits
+
+Each round halves the teacher's DDIM step count, 64 → 32 → … → 1 by default, and leaves an ordinary pipeline
+folder, OUTPUT_DIR/steps-N, that samples at its N steps: `HFDDPMPipeline.from_pretrained("OUTPUT_DIR/steps-4")()`.
+The student predicts v (or x_0) and is trained on the teacher's data (the built-in digits unless told otherwise).
+Resume after a stop with --resume_from_checkpoint latest: finished rounds are kept, the unfinished one resumes.
+"""
+
+import sys
+
+from hfddpm.training.distill import distill_progressive_command
+
+if __name__ == "__main__":
+    sys.exit(distill_progressive_command(sys.argv[1:], description=__doc__))

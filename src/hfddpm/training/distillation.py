@@ -1,0 +1,231 @@
+"""Few-step distillation objectives: a student learns from a frozen teacher to sample in 1–4 network evaluations.
+
+- `ProgressiveDistillationObjective` (Salimans & Ho 2022, Algorithm 2): one deterministic DDIM step of the student
+  lands where two of the teacher's land; repeated rounds halve the step count.
+- `ConsistencyDistillationObjective` (Song et al. 2023, Algorithm 2; Luo et al. 2023 for ε-prediction teachers):
+  a consistency model of the teacher's probability-flow ODE, DDIM being the ODE solver over a skipping grid, sampled
+  by diffusers' `LCMScheduler`.
+
+Both are objectives of the training engine (`hfddpm.training.engine.Trainer`): a batch of data images → a loss.
+The closed forms they use are in `hfddpm.schedulers.distillation`.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import TYPE_CHECKING, Any
+
+import diffusers
+import torch
+
+from ..pipelines import HFDDPMPipeline
+from ..schedulers import DDIMScheduler
+from ..schedulers.distillation import (
+    consistency_function,
+    ddim_step,
+    progressive_distillation_target,
+    truncated_snr_weight,
+)
+from ..schedulers.gaussian_diffusion import per_sample
+from .loop import TrainingRandomness
+from .losses import LossOutput
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+STUDENT_PREDICTION_TYPES = ("v_prediction", "sample")  # ε-prediction's x̂_0 = (x_t − σ ε̂)/α explodes as α → 0
+
+
+class Teacher:
+    """A frozen network with its noise schedule, used as the deterministic DDIM sampler it defines.
+
+    Any ε-, x_0- or v-prediction network (a learned variance's extra channels are ignored); x̂_0 is clipped as its
+    scheduler clips (`clip_sample`), with ε̂ re-derived from the clipped x̂_0, as `HFDDPMPipeline` samples it.
+    """
+
+    def __init__(self, unet: torch.nn.Module, scheduler: DDIMScheduler) -> None:
+        self.unet = unet.eval().requires_grad_(False)
+        self.scheduler = scheduler
+
+    @classmethod
+    def from_pipeline(cls, pipeline: HFDDPMPipeline) -> Teacher:
+        """The teacher a pipeline's network and noise schedule define, whatever its scheduler class."""
+        return cls(pipeline.unet, DDIMScheduler.from_config(pipeline.scheduler.config))
+
+    @torch.no_grad()
+    def predict_original(self, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x̂_0(x_t, t), clipped as the teacher's scheduler says."""
+        self.unet.to(sample.device)
+        output = self.unet(sample.to(self.unet.dtype), timesteps).sample.float()[:, : sample.shape[1]]
+        original = self.scheduler.convert_prediction(output, sample, timesteps, "sample")
+        return self.scheduler.clip_original_sample(original)
+
+    def ddim_step(self, sample: torch.Tensor, timesteps: torch.Tensor, prev_timesteps: torch.Tensor) -> torch.Tensor:
+        """One deterministic DDIM step of the teacher, x_t → x_s, per sample (`schedulers.distillation.ddim_step`)."""
+        alpha_bar_t = per_sample(self.scheduler.alpha_bar(timesteps), sample)
+        alpha_bar_s = per_sample(self.scheduler.alpha_bar(prev_timesteps), sample)
+        return ddim_step(sample, self.predict_original(sample, timesteps), alpha_bar_t, alpha_bar_s)
+
+
+def student_scheduler(teacher: Teacher, prediction_type: str) -> DDIMScheduler:
+    """The student's DDIM scheduler: the teacher's noise schedule and clipping, the student's prediction type, and
+    the "trailing" grid, whose N-step timesteps are every other of its 2N-step ones (both are round(T − iT/N) − 1),
+    so each round's grid nests in its teacher's."""
+    if prediction_type not in STUDENT_PREDICTION_TYPES:
+        raise ValueError(
+            f"the student's prediction_type must be one of {STUDENT_PREDICTION_TYPES} (an ε-prediction student's x̂_0 "
+            f"explodes at the first step of few-step sampling), got {prediction_type!r}"
+        )
+    config = {**teacher.scheduler.config, "prediction_type": prediction_type, "timestep_spacing": "trailing"}
+    return DDIMScheduler.from_config(config, reverse_variance="fixed_small", set_alpha_to_one=True)
+
+
+def student_prediction(
+    scheduler: DDIMScheduler, model: torch.nn.Module, sample: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """The student's x̂_0(x_t, t) (unclipped: the loss sees the raw prediction)."""
+    output = model(sample, timesteps).sample.float()[:, : sample.shape[1]]
+    return scheduler.convert_prediction(output, sample, timesteps, "sample")
+
+
+class ProgressiveDistillationObjective:
+    """One round of progressive distillation (Salimans & Ho 2022, Algorithm 2): from the teacher's 2N-step DDIM to a
+    student's N steps.
+
+    For x_t on the student's grid, the teacher takes two deterministic DDIM steps t → t′ → s (t′ the midpoint, s the
+    student's next timestep), the target x̃ is the x̂_0 with which one student step from x_t lands on that result
+    (`progressive_distillation_target`), and the loss is max(SNR_t, 1) ‖x̃ − x̂_0‖² ("truncated SNR" weighting).
+    """
+
+    def __init__(self, teacher: Teacher, prediction_type: str, student_steps: int) -> None:
+        self.teacher = teacher
+        self.scheduler = student_scheduler(teacher, prediction_type)
+        self.student_steps = student_steps
+        self.scheduler.set_timesteps(student_steps)
+        timesteps = self.scheduler.timesteps.long()
+        teacher_grid = copy.deepcopy(self.scheduler)
+        teacher_grid.set_timesteps(2 * student_steps)
+        if not torch.equal(teacher_grid.timesteps[0::2].long(), timesteps):
+            raise ValueError(
+                f"the {student_steps}-step grid is not every other step of the {2 * student_steps}-step one"
+            )
+        self.timesteps = timesteps
+        self.midpoints = teacher_grid.timesteps[1::2].long()
+        self.prev_timesteps = torch.cat([timesteps[1:], torch.tensor([-1])])
+
+    def __call__(self, model: torch.nn.Module, batch: torch.Tensor, randomness: TrainingRandomness) -> LossOutput:
+        original = batch.float()
+        generator = randomness.generator
+        index = torch.randint(
+            0, self.student_steps, (original.shape[0],), generator=generator, device=generator.device
+        )
+        noise = torch.randn(original.shape, generator=generator, device=generator.device).to(original.device)
+        index = index.cpu()
+        t, midpoint, s = (
+            grid[index].to(original.device) for grid in (self.timesteps, self.midpoints, self.prev_timesteps)
+        )
+        alpha_bar_t = per_sample(self.scheduler.alpha_bar(t), original)
+        alpha_bar_s = per_sample(self.scheduler.alpha_bar(s), original)
+        sample = alpha_bar_t**0.5 * original + (1 - alpha_bar_t) ** 0.5 * noise
+        two_steps = self.teacher.ddim_step(self.teacher.ddim_step(sample, t, midpoint), midpoint, s)
+        target = progressive_distillation_target(sample, two_steps, alpha_bar_t, alpha_bar_s)
+        error = (student_prediction(self.scheduler, model, sample, t) - target).pow(2).mean(dim=(1, 2, 3))
+        weighted = truncated_snr_weight(alpha_bar_t.flatten()) * error
+        return LossOutput(
+            loss=weighted.mean(), per_sample=weighted.detach(), mse=error.detach(), vlb=None, timesteps=t
+        )
+
+    def checkpoint_objects(self) -> dict[str, Any]:
+        return {}
+
+    def observe(self, accelerator: Accelerator, output: LossOutput) -> None:
+        pass
+
+    def after_update(self, model: torch.nn.Module) -> None:
+        pass
+
+    def logs(self, accelerator: Accelerator, output: LossOutput) -> dict[str, float]:
+        return {"mse_x0": accelerator.gather(output.mse).mean().item()}
+
+    def pipeline(self, unet: torch.nn.Module) -> HFDDPMPipeline:
+        """The student with its scheduler, sampling at its N steps unless told otherwise."""
+        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        return HFDDPMPipeline(unet=unet, scheduler=scheduler, default_num_inference_steps=self.student_steps)
+
+
+class ConsistencyDistillationObjective:
+    """Consistency distillation (Song et al. 2023, Algorithm 2) of the teacher's probability-flow ODE, with DDIM as
+    the ODE solver on LCM's skipping grid τ_n = (n + 1) k − 1, k = T/N (Luo et al. 2023, §4.2).
+
+    f_θ(x, t) = c_skip(t) x + c_out(t) x̂_0,θ(x, t) with diffusers' `LCMScheduler` scalings, so c_skip(0) = 1 and
+    c_out(0) = 0: f(x, 0) = x exactly. For x_{τ_n} = √ᾱ x_0 + √(1 − ᾱ) ε, one teacher DDIM step gives x̂ at
+    τ_{n−1} = τ_n − k (timestep 0 below τ_0), and the loss is ‖f_θ(x_{τ_n}, τ_n) − f_θ⁻(x̂, τ_{n−1})‖², θ⁻ the target
+    network, an exponential moving average of θ with decay μ updated after every optimizer step.
+    """
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        prediction_type: str,
+        student: torch.nn.Module,
+        num_ddim_timesteps: int = 50,
+        target_ema_decay: float = 0.95,
+        num_inference_steps: int = 2,
+    ) -> None:
+        self.teacher = teacher
+        self.scheduler = student_scheduler(teacher, prediction_type)
+        lcm_options = inspect.signature(diffusers.LCMScheduler.__init__).parameters
+        self.lcm_scheduler = diffusers.LCMScheduler.from_config(
+            {key: value for key, value in self.scheduler.config.items() if key in lcm_options},
+            original_inference_steps=num_ddim_timesteps,
+        )
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        if not 1 <= num_ddim_timesteps <= num_train_timesteps:
+            raise ValueError(f"num_ddim_timesteps must be in [1, {num_train_timesteps}], got {num_ddim_timesteps}")
+        self.skip = num_train_timesteps // num_ddim_timesteps
+        self.timesteps = torch.arange(1, num_ddim_timesteps + 1) * self.skip - 1
+        self.target = copy.deepcopy(student).eval().requires_grad_(False)
+        self.target_ema_decay = target_ema_decay
+        self.num_inference_steps = num_inference_steps
+
+    def consistency(self, model: torch.nn.Module, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """f(x_t, t) of `model` (`schedulers.distillation.consistency_function`)."""
+        c_skip, c_out = self.lcm_scheduler.get_scalings_for_boundary_condition_discrete(timesteps.float())
+        original = student_prediction(self.scheduler, model, sample, timesteps)
+        return consistency_function(sample, original, per_sample(c_skip, sample), per_sample(c_out, sample))
+
+    def __call__(self, model: torch.nn.Module, batch: torch.Tensor, randomness: TrainingRandomness) -> LossOutput:
+        original = batch.float()
+        generator = randomness.generator
+        index = torch.randint(0, len(self.timesteps), (len(original),), generator=generator, device=generator.device)
+        noise = torch.randn(original.shape, generator=generator, device=generator.device).to(original.device)
+        t = self.timesteps[index.cpu()].to(original.device)
+        s = (t - self.skip).clamp(min=0)
+        alpha_bar_t = per_sample(self.scheduler.alpha_bar(t), original)
+        sample = alpha_bar_t**0.5 * original + (1 - alpha_bar_t) ** 0.5 * noise
+        with torch.no_grad():
+            self.target.to(original.device)
+            target = self.consistency(self.target, self.teacher.ddim_step(sample, t, s), s)
+        error = (self.consistency(model, sample, t) - target).pow(2).mean(dim=(1, 2, 3))
+        return LossOutput(loss=error.mean(), per_sample=error.detach(), mse=error.detach(), vlb=None, timesteps=t)
+
+    @torch.no_grad()
+    def after_update(self, model: torch.nn.Module) -> None:
+        """θ⁻ ← μ θ⁻ + (1 − μ) θ."""
+        for target, weight in zip(self.target.parameters(), model.parameters(), strict=True):
+            target.lerp_(weight.detach().to(target.dtype), 1 - self.target_ema_decay)
+
+    def checkpoint_objects(self) -> dict[str, Any]:
+        return {"consistency_target": self.target}
+
+    def observe(self, accelerator: Accelerator, output: LossOutput) -> None:
+        pass
+
+    def logs(self, accelerator: Accelerator, output: LossOutput) -> dict[str, float]:
+        return {}
+
+    def pipeline(self, unet: torch.nn.Module) -> HFDDPMPipeline:
+        """The consistency model with diffusers' `LCMScheduler` (multistep consistency sampling)."""
+        scheduler = diffusers.LCMScheduler.from_config(self.lcm_scheduler.config)
+        return HFDDPMPipeline(unet=unet, scheduler=scheduler, default_num_inference_steps=self.num_inference_steps)

@@ -1,0 +1,298 @@
+"""Few-step distillation: the closed forms against the DDIM step, students against their teachers, and the scripts'
+folders, resume and errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import diffusers
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hfddpm import DDIMScheduler, GaussianMixtureDenoiser, HFDDPMPipeline
+from hfddpm.models.point_denoiser import PointDenoiser
+from hfddpm.models.unet_presets import create_unet
+from hfddpm.schedulers.distillation import (
+    consistency_function,
+    ddim_step,
+    progressive_distillation_target,
+    truncated_snr_weight,
+)
+from hfddpm.training.distill import (
+    ConsistencyDistillationConfig,
+    ProgressiveDistillationConfig,
+    distill_consistency,
+    distill_consistency_command,
+    distill_progressive,
+    distill_progressive_command,
+)
+from hfddpm.training.distillation import (
+    ConsistencyDistillationObjective,
+    ProgressiveDistillationObjective,
+    Teacher,
+)
+from hfddpm.training.loop import TrainingRandomness
+
+
+def alpha_bars(*timesteps: int, dtype=torch.float64) -> list[torch.Tensor]:
+    scheduler = DDIMScheduler()
+    return [scheduler.alpha_bar(t).to(dtype) for t in timesteps]
+
+
+def test_ddim_step_is_the_schedulers_deterministic_step():
+    scheduler = DDIMScheduler(clip_sample=False, timestep_spacing="trailing")
+    scheduler.set_timesteps(10)
+    sample, epsilon = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)).unbind(0)
+    t, s = int(scheduler.timesteps[3]), int(scheduler.timesteps[4])
+    stock = scheduler.step(epsilon[None], t, sample[None], eta=0.0).prev_sample
+    original = scheduler.convert_prediction(epsilon[None], sample[None], t, "sample")
+    ours = ddim_step(sample[None], original, scheduler.alpha_bar(t), scheduler.alpha_bar(s))
+    torch.testing.assert_close(ours, stock, rtol=0, atol=2e-6)  # float32 rounding of the two orders of operations
+
+
+def test_one_step_from_the_target_lands_on_the_teachers_two_steps():
+    """Salimans & Ho 2022, Algorithm 2, in float64: one DDIM step t → t″ with x̃ lands on the teacher's t → t′ → t″."""
+    generator = torch.Generator().manual_seed(1)
+    sample, first, second = torch.randn(3, 4, 1, 8, 8, generator=generator, dtype=torch.float64)
+    for t, midpoint, s in ((999, 874, 749), (249, 124, -1), (61, 30, -1)):
+        alpha_bar_t, alpha_bar_mid, alpha_bar_s = alpha_bars(t, midpoint, s)
+        after_one = ddim_step(sample, first, alpha_bar_t, alpha_bar_mid)  # the teacher's x̂_0 at t, then at t′
+        after_two = ddim_step(after_one, second, alpha_bar_mid, alpha_bar_s)
+        target = progressive_distillation_target(sample, after_two, alpha_bar_t, alpha_bar_s)
+        torch.testing.assert_close(ddim_step(sample, target, alpha_bar_t, alpha_bar_s), after_two, rtol=0, atol=1e-12)
+        # Solving with t′ in place of t″ (the swap of diffusers' first attempt) lands elsewhere.
+        swapped = progressive_distillation_target(sample, after_two, alpha_bar_t, alpha_bar_mid)
+        assert (ddim_step(sample, swapped, alpha_bar_t, alpha_bar_s) - after_two).abs().max() > 1e-2
+
+
+def test_truncated_snr_weight_is_max_snr_one():
+    alpha_bar = torch.tensor([1e-4, 0.5, 0.9, 0.99], dtype=torch.float64)
+    expected = torch.tensor([1.0, 1.0, 9.0, 99.0], dtype=torch.float64)
+    torch.testing.assert_close(truncated_snr_weight(alpha_bar), expected, rtol=1e-12, atol=0)
+
+
+def test_consistency_model_meets_its_boundary_condition_exactly():
+    """f(x, 0) = x bit for bit, whatever the network says (LCMScheduler's c_skip(0) = 1, c_out(0) = 0)."""
+    teacher = Teacher(create_unet("tiny", sample_size=8, in_channels=1), DDIMScheduler())
+    student = create_unet("tiny", sample_size=8, in_channels=1)
+    objective = ConsistencyDistillationObjective(teacher, "v_prediction", student)
+    sample = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        at_zero = objective.consistency(student, sample, torch.zeros(3, dtype=torch.long))
+        at_twenty = objective.consistency(student, sample, torch.full((3,), 19))
+    assert torch.equal(at_zero, sample)
+    assert not torch.allclose(at_twenty, sample, atol=1e-2)  # away from the boundary the network decides
+    assert torch.equal(
+        consistency_function(sample, torch.zeros_like(sample), torch.tensor(1.0), torch.tensor(0.0)), sample
+    )
+
+
+# A student of the exact denoiser of a 2-D Gaussian mixture (points as 2-channel 1×1 images).
+MEANS = torch.tensor([[0.6, 0.3], [-0.5, -0.4]]).reshape(2, 2, 1, 1)
+
+
+def mixture_teacher() -> Teacher:
+    scheduler = DDIMScheduler(clip_sample=False, timestep_spacing="trailing", prediction_type="epsilon")
+    return Teacher(GaussianMixtureDenoiser.for_scheduler(scheduler, MEANS, [0.1, 0.15], [0.4, 0.6]), scheduler)
+
+
+def deterministic_samples(predict_original, scheduler: DDIMScheduler, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    scheduler.set_timesteps(steps)
+    timesteps = [*scheduler.timesteps.tolist(), -1]
+    sample = noise
+    for t, s in zip(timesteps[:-1], timesteps[1:]):
+        batch_t = torch.full((len(sample),), t)
+        sample = ddim_step(sample, predict_original(sample, batch_t), scheduler.alpha_bar(t), scheduler.alpha_bar(s))
+    return sample
+
+
+def test_a_student_distilled_to_half_the_steps_beats_the_teachers_own_half_step_ddim():
+    """Teacher: the exact mixture denoiser at 8 DDIM steps. A 4-step student, trained for 1500 steps, must land
+    closer to the teacher's 8-step samples (same x_T) than the teacher's own 4-step DDIM, and its loss must fall."""
+    torch.manual_seed(0)
+    teacher = mixture_teacher()
+    student = PointDenoiser(dims=2)
+    objective = ProgressiveDistillationObjective(teacher, "v_prediction", student_steps=4)
+    data_generator = torch.Generator().manual_seed(3)
+    fixed_batch = teacher.unet.sample_data(512, data_generator).float()
+    loss_before = objective(student, fixed_batch, TrainingRandomness(7)).loss.item()
+    optimizer = torch.optim.Adam(student.parameters(), lr=2e-3)
+    randomness = TrainingRandomness(0)
+    for _ in range(1500):
+        output = objective(student, teacher.unet.sample_data(256, data_generator).float(), randomness)
+        optimizer.zero_grad()
+        output.loss.backward()
+        optimizer.step()
+    loss_after = objective(student, fixed_batch, TrainingRandomness(7)).loss.item()
+    assert loss_after < 0.2 * loss_before
+
+    noise = torch.randn(2000, 2, 1, 1, generator=torch.Generator().manual_seed(4))
+    teacher_scheduler = teacher.scheduler
+    reference = deterministic_samples(teacher.predict_original, teacher_scheduler, noise, 8)
+    teacher_half = deterministic_samples(teacher.predict_original, teacher_scheduler, noise, 4)
+
+    def student_original(sample, timesteps):
+        with torch.no_grad():
+            output = student(sample, timesteps).sample
+        return objective.scheduler.convert_prediction(output, sample, timesteps, "sample")
+
+    student_half = deterministic_samples(student_original, objective.scheduler, noise, 4)
+    student_error = (student_half - reference).flatten(1).norm(dim=1).mean()
+    teacher_error = (teacher_half - reference).flatten(1).norm(dim=1).mean()
+    assert student_error < 0.5 * teacher_error, (student_error, teacher_error)
+
+
+# The scripts, on a tiny teacher.
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("teacher") / "tiny"
+    unet = create_unet("tiny", sample_size=8, in_channels=1)
+    HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(timestep_spacing="trailing")).save_pretrained(folder)
+    return str(folder)
+
+
+def engine_options(output_dir, **extra) -> dict:
+    return {
+        "output_dir": str(output_dir),
+        "max_train_steps": 6,
+        "checkpointing_steps": 3,
+        "save_images_steps": 100,
+        "num_sample_images": 4,
+        "train_batch_size": 16,
+        "report_to": "none",
+        "cpu_threads": 2,
+        **extra,
+    }
+
+
+def unet_weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(f"{folder}/unet/diffusion_pytorch_model.safetensors")
+
+
+def assert_same_weights(first, second) -> None:
+    one, two = unet_weights(first), unet_weights(second)
+    assert one.keys() == two.keys()
+    assert all(torch.equal(one[name], two[name]) for name in one)
+
+
+def forget_the_end_of_the_run(folder) -> None:
+    """What a kill after the step-3 checkpoint leaves: the checkpoint, not the finished pipeline."""
+    for part in folder.iterdir():
+        if part.name != "checkpoints":
+            shutil.rmtree(part) if part.is_dir() else part.unlink()
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["checkpoint-3"]
+
+
+def count_network_evaluations(pipeline: HFDDPMPipeline) -> int:
+    calls = []
+    pipeline(output_type="np", callback_on_step_end=lambda pipe, i, t, tensors: calls.append(int(t)) or {})
+    return len(calls)
+
+
+@pytest.mark.slow
+def test_progressive_rounds_are_pipelines_at_their_steps_and_resume_bit_exactly(tiny_teacher, tmp_path):
+    config = ProgressiveDistillationConfig(teacher=tiny_teacher, teacher_steps=4, **engine_options(tmp_path / "run"))
+    assert distill_progressive(config) == 0
+    for steps in (2, 1):
+        folder = tmp_path / "run" / f"steps-{steps}"
+        pipeline = HFDDPMPipeline.from_pretrained(folder)
+        assert pipeline.config.default_num_inference_steps == steps
+        assert count_network_evaluations(pipeline) == steps
+        lineage = json.loads((folder / "distillation.json").read_text())
+        assert (lineage["teacher_steps"], lineage["steps"]) == (2 * steps, steps)
+        assert f"{2 * steps} → {steps} steps" in (folder / "README.md").read_text()
+    # A kill in the middle of round 2: the finished round 1 is kept, round 2 resumes from its checkpoint.
+    shutil.copytree(tmp_path / "run", tmp_path / "uninterrupted")
+    forget_the_end_of_the_run(tmp_path / "run" / "steps-1")
+    resumed = ProgressiveDistillationConfig(
+        teacher=tiny_teacher, teacher_steps=4, resume_from_checkpoint="latest", **engine_options(tmp_path / "run")
+    )
+    assert distill_progressive(resumed) == 0
+    assert_same_weights(tmp_path / "run" / "steps-1", tmp_path / "uninterrupted" / "steps-1")
+    assert_same_weights(tmp_path / "run" / "steps-2", tmp_path / "uninterrupted" / "steps-2")
+
+
+@pytest.mark.slow
+def test_consistency_student_samples_with_lcm_and_resumes_bit_exactly(tiny_teacher, tmp_path):
+    config = ConsistencyDistillationConfig(teacher=tiny_teacher, **engine_options(tmp_path / "run"))
+    assert distill_consistency(config) == 0
+    pipeline = HFDDPMPipeline.from_pretrained(tmp_path / "run")
+    assert isinstance(pipeline.scheduler, diffusers.LCMScheduler)
+    assert pipeline.config.default_num_inference_steps == 2
+    assert count_network_evaluations(pipeline) == 2
+    shutil.copytree(tmp_path / "run", tmp_path / "uninterrupted")
+    forget_the_end_of_the_run(tmp_path / "run")
+    resumed = ConsistencyDistillationConfig(
+        teacher=tiny_teacher, resume_from_checkpoint="latest", **engine_options(tmp_path / "run")
+    )
+    assert distill_consistency(resumed) == 0  # the target network resumes too, or the weights would differ
+    assert_same_weights(tmp_path / "run", tmp_path / "uninterrupted")
+
+
+@pytest.mark.slow
+def test_stock_diffusers_loads_a_student_and_matches_it_at_the_students_steps(tiny_teacher, tmp_path):
+    """Stock `DiffusionPipeline` loads a round as `DDIMPipeline`, ignores the default step count (it takes 50
+    steps unless told), and at the student's own count draws our images."""
+    config = ProgressiveDistillationConfig(
+        teacher=tiny_teacher, teacher_steps=2, **engine_options(tmp_path / "run", max_train_steps=2)
+    )
+    assert distill_progressive(config) == 0
+    folder = tmp_path / "run" / "steps-1"
+    stock = diffusers.DiffusionPipeline.from_pretrained(folder)
+    assert type(stock) is diffusers.DDIMPipeline
+    ours = HFDDPMPipeline.from_pretrained(folder)
+    stock_images = stock(batch_size=2, num_inference_steps=1, generator=torch.manual_seed(0), output_type="np")
+    our_images = ours(batch_size=2, generator=torch.manual_seed(0), output_type="np")
+    torch.testing.assert_close(
+        torch.from_numpy(stock_images.images), torch.from_numpy(our_images.images), rtol=0, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "--teacher is required"),
+        ({"teacher": "t", "prediction_type": "epsilon"}, "--prediction_type of a student"),
+        ({"teacher": "t", "teacher_steps": 48}, "times a power of 2"),
+        ({"teacher": "t", "teacher_steps": 4, "final_steps": 4}, "times a power of 2"),
+        ({"teacher": "t", "final_steps": 0}, "--final_steps must be at least 1"),
+    ],
+)
+def test_progressive_config_refuses_bad_values_in_one_line(options, message):
+    with pytest.raises(ValueError, match=message):
+        ProgressiveDistillationConfig(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_inference_steps": 60}, "at most --num_ddim_timesteps"),
+        ({"target_ema_decay": 1.0}, "--target_ema_decay must be a finite number"),
+        ({"target_ema_decay": float("nan")}, "--target_ema_decay must be a finite number"),
+        ({"num_ddim_timesteps": 0}, "--num_ddim_timesteps must be at least 1"),
+    ],
+)
+def test_consistency_config_refuses_bad_values_in_one_line(options, message):
+    with pytest.raises(ValueError, match=message):
+        ConsistencyDistillationConfig(teacher="t", **options)
+
+
+def test_progressive_student_steps_halve_down_to_the_final_count():
+    assert ProgressiveDistillationConfig(teacher="t").student_steps() == [32, 16, 8, 4, 2, 1]
+    assert ProgressiveDistillationConfig(teacher="t", teacher_steps=16, final_steps=4).student_steps() == [8, 4]
+
+
+def test_scripts_refuse_a_missing_teacher_and_a_resolution_it_lacks(tiny_teacher, tmp_path, capsys):
+    missing = tmp_path / "no-such-teacher"
+    assert distill_progressive_command(["--teacher", str(missing), "--output_dir", str(tmp_path / "a")]) == 2
+    assert distill_consistency_command(["--teacher", str(missing), "--output_dir", str(tmp_path / "b")]) == 2
+    argv = ["--teacher", tiny_teacher, "--resolution", "16", "--output_dir", str(tmp_path / "c")]
+    assert distill_consistency_command(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines)
+    assert "differs from the teacher's 8" in lines[2]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
