@@ -50,27 +50,39 @@ def noise_schedule(reverse_variance: str) -> DDPMScheduler:
     )
 
 
+def fit(model, loss_of_batch, data: torch.Tensor, steps: int, batch_size: int, seed: int, lr: float = 1e-3):
+    """AdamW with a cosine schedule and clipping on random batches of `data`; `loss_of_batch(model, batch,
+    randomness)` returns a `LossOutput` (a diffusion step, or a distillation objective). The per-step losses."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    randomness = TrainingRandomness(seed)
+    losses = []
+    for _ in range(steps):
+        batch = data[torch.randint(0, len(data), (batch_size,), generator=randomness.generator)]
+        output = loss_of_batch(model, batch[:, :, None, None], randomness)
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(output.loss.item())
+    return losses
+
+
 def train(data: torch.Tensor, options: dict, steps: int, batch_size: int, seed: int):
     torch.manual_seed(seed)
     scheduler = noise_schedule(options["reverse_variance"])
     model = PointDenoiser(learned_variance=options["reverse_variance"] == "learned_range")
     loss_fn = DiffusionLoss(scheduler, options["loss_type"], decoder=Decoder.CONTINUOUS)
     sampler = LossSecondMomentSampler(NUM_TIMESTEPS) if options["loss_type"] == "vlb" else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    randomness = TrainingRandomness(seed)
-    losses = []
-    for _ in range(steps):
-        batch = data[torch.randint(0, len(data), (batch_size,), generator=randomness.generator)]
-        output = training_step(model, scheduler, loss_fn, batch[:, :, None, None], randomness, sampler)
-        optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+
+    def loss_of_batch(model, batch, randomness):
+        output = training_step(model, scheduler, loss_fn, batch, randomness, sampler)
         if sampler is not None:
             sampler.update(output.timesteps, output.per_sample)
-        losses.append(output.loss.item())
+        return output
+
+    losses = fit(model, loss_of_batch, data, steps, batch_size, seed)
     return model.eval(), scheduler, losses
 
 

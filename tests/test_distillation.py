@@ -4,7 +4,10 @@ folders, resume and errors."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import diffusers
 import pytest
@@ -102,7 +105,7 @@ def deterministic_samples(predict_original, scheduler: DDIMScheduler, noise: tor
     scheduler.set_timesteps(steps)
     timesteps = [*scheduler.timesteps.tolist(), -1]
     sample = noise
-    for t, s in zip(timesteps[:-1], timesteps[1:]):
+    for t, s in zip(timesteps[:-1], timesteps[1:], strict=True):
         batch_t = torch.full((len(sample),), t)
         sample = ddim_step(sample, predict_original(sample, batch_t), scheduler.alpha_bar(t), scheduler.alpha_bar(s))
     return sample
@@ -205,6 +208,8 @@ def test_progressive_rounds_are_pipelines_at_their_steps_and_resume_bit_exactly(
         lineage = json.loads((folder / "distillation.json").read_text())
         assert (lineage["teacher_steps"], lineage["steps"]) == (2 * steps, steps)
         assert f"{2 * steps} → {steps} steps" in (folder / "README.md").read_text()
+    with pytest.raises(ValueError, match="holds an earlier run"):  # neither resumed nor overwritten
+        distill_progressive(config)
     # A kill in the middle of round 2: the finished round 1 is kept, round 2 resumes from its checkpoint.
     shutil.copytree(tmp_path / "run", tmp_path / "uninterrupted")
     forget_the_end_of_the_run(tmp_path / "run" / "steps-1")
@@ -296,3 +301,76 @@ def test_scripts_refuse_a_missing_teacher_and_a_resolution_it_lacks(tiny_teacher
     assert len(lines) == 3 and all(line.startswith("error: ") for line in lines)
     assert "differs from the teacher's 8" in lines[2]
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_learned_variance_teacher_is_distilled_from_its_prediction_channels():
+    """A 2C-channel teacher (ε and the variance interpolation): its extra channels are ignored, the objective is
+    finite, and the student pipeline samples with a fixed variance."""
+    teacher_unet = create_unet("tiny", learned_variance=True, sample_size=8, in_channels=1)
+    teacher = Teacher(teacher_unet, DDIMScheduler(reverse_variance="learned_range"))
+    student = create_unet("tiny", learned_variance=True, sample_size=8, in_channels=1)
+    objective = ProgressiveDistillationObjective(teacher, "v_prediction", 2)
+    output = objective(student, torch.rand(4, 1, 8, 8) * 2 - 1, TrainingRandomness(0))
+    assert torch.isfinite(output.loss)
+    pipeline = objective.pipeline(student)
+    assert pipeline.scheduler.config.reverse_variance == "fixed_small"
+    assert pipeline(output_type="np").images.shape == (1, 8, 8, 1)
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 2.0, "4"])
+def test_a_pipelines_default_step_count_must_be_a_positive_integer(value):
+    with pytest.raises(ValueError, match="default_num_inference_steps must be a positive integer"):
+        HFDDPMPipeline(unet=create_unet("tiny"), scheduler=DDIMScheduler(), default_num_inference_steps=value)
+
+
+def test_without_a_default_step_count_model_index_is_stocks_and_calls_take_50_steps(tmp_path):
+    pipeline = HFDDPMPipeline(unet=create_unet("tiny", sample_size=8, in_channels=1), scheduler=DDIMScheduler())
+    pipeline.save_pretrained(tmp_path)
+    assert "default_num_inference_steps" not in json.loads((tmp_path / "model_index.json").read_text())
+    assert pipeline.inference_steps() == 50 and pipeline.inference_steps(3) == 3
+
+
+@pytest.mark.slow
+def test_two_processes_distil_two_rounds_with_identical_replicas(tiny_teacher, tmp_path):
+    """Rounds follow each other in one process group: the engine ends its trackers, not the group, after a round."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    script = ["examples/distill_progressive.py", "--teacher", tiny_teacher, "--teacher_steps", "4"]
+    options = ["--output_dir", str(tmp_path / "ddp"), "--max_train_steps", "3", "--train_batch_size", "8"]
+    options += ["--num_sample_images", "4", "--report_to", "none", "--cpu_threads", "1"]
+    result = subprocess.run(
+        [*launcher, *script, *options],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ACCELERATE_USE_CPU": "1"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for steps in (2, 1):
+        log = [json.loads(line) for line in (tmp_path / "ddp" / f"steps-{steps}" / "logs" / "train.jsonl").open()]
+        assert any(entry.get("num_processes") == 2 and "replica_checksum" in entry for entry in log)
+
+
+@pytest.mark.slow
+def test_resuming_refuses_a_finished_round_of_another_distillation(tiny_teacher, tmp_path):
+    options = engine_options(tmp_path / "run", max_train_steps=2)
+    assert distill_progressive(ProgressiveDistillationConfig(teacher=tiny_teacher, teacher_steps=4, **options)) == 0
+    other = ProgressiveDistillationConfig(
+        teacher=tiny_teacher, teacher_steps=8, resume_from_checkpoint="latest", **options
+    )
+    with pytest.raises(ValueError, match="steps-2 holds a round of another distillation"):
+        distill_progressive(other)  # steps-2 was round 1 of 2, here it would be round 2 of 3
+    assert not (tmp_path / "run" / "steps-4").exists()  # refused before the first round started
+
+
+def test_progressive_resume_takes_latest_only():
+    with pytest.raises(ValueError, match="must be 'latest' for progressive distillation"):
+        ProgressiveDistillationConfig(teacher="t", resume_from_checkpoint="checkpoint-3")
+
+
+def test_a_teacher_that_records_no_data_must_be_told_it(tmp_path, capsys):
+    """An 8×8 grey teacher defaults to the built-in digits; any other needs --dataset_name or --train_data_dir."""
+    folder = tmp_path / "teacher16"
+    unet = create_unet("tiny", sample_size=16, in_channels=1)
+    HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler()).save_pretrained(folder)
+    assert distill_consistency_command(["--teacher", str(folder), "--output_dir", str(tmp_path / "out")]) == 2
+    assert "does not record its training data: pass --dataset_name or --train_data_dir" in capsys.readouterr().err

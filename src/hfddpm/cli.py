@@ -60,7 +60,9 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         help="bits/dim: the reverse variance to evaluate (default: the checkpoint's)",
     )
     parser.add_argument("--num_samples", type=int, default=1000, help="samples drawn for the sample metrics")
-    parser.add_argument("--num_inference_steps", type=int, default=50, help="sampling steps")
+    parser.add_argument(
+        "--num_inference_steps", type=int, help="sampling steps (default: the checkpoint's own, 50 unless distilled)"
+    )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta for sampling")
     parser.add_argument("--batch_size", type=int, default=250, help="images per network call (default 250)")
     parser.add_argument("--inception_weights", help="FID: path of pt_inception-2015-12-05-6726825d.pth")
@@ -178,7 +180,10 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", help="pipeline folder or Hub repository")
     parser.add_argument("--num_images", type=int, default=16, help="images to draw (default 16)")
     parser.add_argument(
-        "--num_inference_steps", "--steps", type=int, default=50, help="reverse steps (--steps for short)"
+        "--num_inference_steps",
+        "--steps",
+        type=int,
+        help="reverse steps (--steps for short; default: the checkpoint's own, 50 unless distilled)",
     )
     parser.add_argument("--scheduler", default="checkpoint", choices=SCHEDULERS, help="default: the saved one")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta")
@@ -229,7 +234,8 @@ def run_sample(args: argparse.Namespace) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     grid.save(args.output)
     print(
-        f"{args.num_images} images ({type(pipeline.scheduler).__name__}, {args.num_inference_steps} steps) written "
+        f"{args.num_images} images ({type(pipeline.scheduler).__name__}, "
+        f"{pipeline.inference_steps(args.num_inference_steps)} steps) written "
         f"to {args.output}"
     )
 

@@ -28,7 +28,7 @@ from .pipelines.checkpoint_safety import PICKLE_SUFFIXES
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
-RUN_RECORDS = ("training_args.json", "training_info.json", "evaluation.json")
+RUN_RECORDS = ("training_args.json", "training_info.json", "evaluation.json", "distillation.json")
 
 
 class HubError(RuntimeError):
@@ -62,7 +62,8 @@ def files_to_publish(folder: str | os.PathLike, include_training_state: bool = F
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise FileNotFoundError(f"{folder} holds no pipeline (no model_index.json); save or train one first")
-    components = [name for name in json.loads(index_path.read_text()) if not name.startswith("_")]
+    index = json.loads(index_path.read_text())
+    components = [name for name, entry in index.items() if not name.startswith("_") and isinstance(entry, list)]
     selected = ["model_index.json"]
     for component in components:
         files = sorted(p for p in (folder / component).glob("*") if p.is_file())

@@ -106,7 +106,7 @@ def evaluate_pipeline(
     num_timesteps: int | None = None,
     reverse_variance: str | None = None,
     num_samples: int = 1000,
-    num_inference_steps: int = 50,
+    num_inference_steps: int | None = None,
     eta: float = 0.0,
     batch_size: int = 250,
     inception_weights: str | os.PathLike | None = None,
@@ -127,7 +127,7 @@ def evaluate_pipeline(
         num_timesteps: ``bits_per_dim`` terms per image: all T when None (the exact sum), else a stratified
             unbiased estimate; `reverse_variance` overrides the checkpoint's σ²_t.
         num_samples, num_inference_steps, eta: the samples drawn with the pipeline's scheduler for the sample
-            metrics, image i seeded with `seed` + i.
+            metrics, image i seeded with `seed` + i; `num_inference_steps` None is the pipeline's own count.
         inception_weights, dinov2_model: where ``fid`` and ``fd_dinov2`` find their networks.
         output_dir: when given, `evaluation.json` and the plot of the bound's terms are written there.
         cache_dir: where reference statistics are cached (default `frechet.statistics_cache_dir()`).
@@ -177,7 +177,8 @@ def evaluate_pipeline(
             samples = generate_samples(
                 pipeline, num_samples, batch_size, num_inference_steps, eta, seed, progress_bar=progress_bar
             )
-            source = f"{type(pipeline.scheduler).__name__}, {num_inference_steps} steps, eta {eta}, seed {seed}"
+            steps = pipeline.inference_steps(num_inference_steps)
+            source = f"{type(pipeline.scheduler).__name__}, {steps} steps, eta {eta}, seed {seed}"
         else:
             source = f"images in {name}"
         resolution, channels = samples.shape[-1], samples.shape[1]

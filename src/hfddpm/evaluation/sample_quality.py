@@ -35,14 +35,15 @@ def generate_samples(
     pipeline: HFDDPMPipeline,
     num_samples: int,
     batch_size: int = 250,
-    num_inference_steps: int = 50,
+    num_inference_steps: int | None = None,
     eta: float = 0.0,
     seed: int = 0,
     progress_bar: bool = True,
     **call_options: Any,
 ) -> torch.Tensor:
     """`num_samples` images in [0, 1], on the CPU. Image i is drawn from its own generator seeded with seed + i, so
-    the samples do not depend on the batch size. `call_options` go to the pipeline's call (e.g. corrector_steps)."""
+    the samples do not depend on the batch size; `num_inference_steps` None is the pipeline's own count (50 unless
+    it is a distilled student). `call_options` go to the pipeline's call (e.g. corrector_steps)."""
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be at least 1, got {num_samples} and {batch_size}")
     pipeline.set_progress_bar_config(disable=True)

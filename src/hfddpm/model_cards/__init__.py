@@ -57,14 +57,15 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _training_rows(args: dict, info: dict, unet: dict, scheduler: dict) -> list[tuple[str, str]]:
+def _training_rows(args: dict, info: dict, unet: dict, scheduler: dict, lineage: dict) -> list[tuple[str, str]]:
     """The training configuration as (setting, value) rows, from whatever of it the folder records."""
     learned = str(scheduler.get("reverse_variance")).startswith("learned")
-    loss = args.get("loss_type") or ("hybrid" if learned else "simple")
+    loss = lineage.get("loss") or args.get("loss_type") or ("hybrid" if learned else "simple")
+    preset = "the teacher's" if lineage else f"preset {args.get('model_preset', '?')}"
     rows = [
         ("data", f"{training_data(args).description}, split {args.get('split', 'train')}"),
         ("resolution", f"{unet.get('sample_size')} px, {unet.get('in_channels')} channel(s)"),
-        ("network", f"UNet2DModel, {info.get('parameters', '?')} parameters, preset {args.get('model_preset', '?')}"),
+        ("network", f"UNet2DModel, {info.get('parameters', '?')} parameters, {preset}"),
         ("noise schedule", f"{scheduler.get('beta_schedule')}, T = {scheduler.get('num_train_timesteps')}"),
         ("prediction", str(scheduler.get("prediction_type"))),
         ("reverse variance", str(scheduler.get("reverse_variance") or scheduler.get("variance_type"))),
@@ -116,9 +117,9 @@ def _lineage_rows(lineage: dict, info: dict) -> list[tuple[str, str]]:
                 f"{lineage['num_ddim_timesteps']} DDIM timesteps, target EMA μ = {lineage['target_ema_decay']}",
             )
         )
-    if info:
+    if info and "round" in lineage:
         total = lineage.get("earlier_rounds_seconds", 0.0) + info["wall_time_seconds"]
-        rows.append(("distillation time, all rounds so far", f"{total / 60:.1f} min"))
+        rows.append(("distillation time, this round and the earlier ones", f"{total / 60:.1f} min"))
     return rows
 
 
@@ -189,6 +190,6 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
         sample_grid_caption=f"{args.get('num_sample_images', 'Samples')} samples from this model, "
         f"{scheduler_class} with {args.get('num_inference_steps', 50)} steps, seed {args.get('seed', 0)}.",
         training=_lineage_rows(lineage, info)
-        + _training_rows(args, info, _read_json(folder / "unet" / "config.json"), scheduler),
+        + _training_rows(args, info, _read_json(folder / "unet" / "config.json"), scheduler, lineage),
         evaluation=_evaluation_rows(evaluation),
     )

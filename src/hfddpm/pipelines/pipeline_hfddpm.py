@@ -89,7 +89,7 @@ class HFDDPMPipeline(DiffusionPipeline):
     ) -> None:
         super().__init__()
         if default_num_inference_steps is not None and (
-            not isinstance(default_num_inference_steps, int) or default_num_inference_steps < 1
+            type(default_num_inference_steps) is not int or default_num_inference_steps < 1
         ):
             raise ValueError(
                 f"default_num_inference_steps must be a positive integer or None, got {default_num_inference_steps!r}"
@@ -156,6 +156,13 @@ class HFDDPMPipeline(DiffusionPipeline):
                 index[name] = ["diffusers", stock_class.__name__]
         return json.dumps(index, indent=2, sort_keys=True) + "\n"
 
+    def inference_steps(self, num_inference_steps: int | None = None) -> int:
+        """The step count a call with `num_inference_steps` samples at: that, else `default_num_inference_steps`,
+        else 50."""
+        if num_inference_steps is not None:
+            return num_inference_steps
+        return self.config.get("default_num_inference_steps") or 50
+
     @torch.no_grad()
     def __call__(
         self,
@@ -198,8 +205,7 @@ class HFDDPMPipeline(DiffusionPipeline):
 
         The progress bar is configured with `set_progress_bar_config(disable=True)` as in diffusers.
         """
-        if num_inference_steps is None:
-            num_inference_steps = self.config.get("default_num_inference_steps") or 50
+        num_inference_steps = self.inference_steps(num_inference_steps)
         self._check_inputs(batch_size, generator, num_inference_steps, eta, output_type)
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:

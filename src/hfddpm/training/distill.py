@@ -12,42 +12,57 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import torch
+from accelerate import PartialState
 
 from .. import durable
 from ..pipelines import HFDDPMPipeline
 from .command import run_command
-from .config import TrainingConfig, training_argument_parser
+from .config import TrainingConfig, launched_as_main_process, training_argument_parser
 from .distillation import (
     STUDENT_PREDICTION_TYPES,
     ConsistencyDistillationObjective,
+    DistillationObjective,
     ProgressiveDistillationObjective,
     Teacher,
 )
 from .engine import Trainer
-from .setup import check_output_dir, create_accelerator, load_training_images, remove_earlier_run_outputs
+from .setup import (
+    check_output_dir,
+    create_accelerator,
+    delete_run_outputs,
+    load_training_images,
+    remove_earlier_run_outputs,
+)
 
 LINEAGE_FILE = "distillation.json"
+# The options that say which images a run trains on, read from a teacher's training_args.json when none is given.
+DATA_OPTIONS = ("dataset_name", "dataset_config_name", "train_data_dir", "split", "image_column")
 
 
 @dataclass(kw_only=True)
 class DistillationConfig(TrainingConfig):
-    """A distillation run: the engine's options, the teacher, and the student's prediction type. The resolution and
-    channels are the teacher's; the noise schedule is the teacher's."""
+    """A distillation run: the engine's options, the teacher, and the student's prediction type (None: the teacher's
+    when it is v or x_0, else v). The noise schedule, resolution and channels are the teacher's, and so is the data
+    when the teacher's folder records it (`load_teacher`)."""
 
     teacher: str | None = None
-    prediction_type: str = "v_prediction"
+    prediction_type: str | None = None
     resolution: int | None = None
     learning_rate: float = 2e-4
     lr_scheduler: str = "linear"
     lr_warmup_steps: int = 0
+    checkpointing_steps: int = 100
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.teacher:
             raise ValueError("--teacher is required: a pipeline folder or Hub repository to distil")
-        if self.prediction_type not in STUDENT_PREDICTION_TYPES:
+        if self.prediction_type is not None and self.prediction_type not in STUDENT_PREDICTION_TYPES:
             raise ValueError(
                 f"--prediction_type of a student must be one of {list(STUDENT_PREDICTION_TYPES)} (an ε-prediction "
                 f"student's x̂_0 explodes at the first of few steps), got {self.prediction_type!r}"
@@ -65,6 +80,11 @@ class ProgressiveDistillationConfig(DistillationConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.resume_from_checkpoint not in (None, "latest"):
+            raise ValueError(
+                "--resume_from_checkpoint must be 'latest' for progressive distillation: each round has its own "
+                f"checkpoints, and the unfinished round resumes from its newest; got {self.resume_from_checkpoint!r}"
+            )
         for name in ("teacher_steps", "final_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
@@ -121,8 +141,8 @@ def distillation_argument_parser(config_class: type[DistillationConfig], descrip
 
 
 def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, DistillationConfig]:
-    """The teacher pipeline, and `config` with the teacher's resolution and channels (a different --resolution is
-    refused)."""
+    """The teacher pipeline, and `config` completed from it: its resolution and channels (others are refused), the
+    student's prediction type, and its training data unless --dataset_name or --train_data_dir name some."""
     teacher = HFDDPMPipeline.from_pretrained(config.teacher)
     size, channels = teacher.unet.config.sample_size, teacher.unet.config.in_channels
     size = size if isinstance(size, int) else size[0]
@@ -130,18 +150,48 @@ def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, Distillati
         raise ValueError(f"--resolution {config.resolution} differs from the teacher's {size}; leave it out")
     if config.channels not in (None, channels):
         raise ValueError(f"--channels {config.channels} differs from the teacher's {channels}; leave it out")
-    return teacher, replace(config, resolution=size, channels=channels)
+    teacher_prediction = teacher.scheduler.config.get("prediction_type", "epsilon")
+    prediction_type = config.prediction_type or (
+        teacher_prediction if teacher_prediction in STUDENT_PREDICTION_TYPES else "v_prediction"
+    )
+    data = {}
+    if not (config.dataset_name or config.train_data_dir):
+        data = teacher_data(config.teacher, size, channels)
+    return teacher, replace(config, resolution=size, channels=channels, prediction_type=prediction_type, **data)
+
+
+def teacher_data(teacher: str, size: int, channels: int) -> dict:
+    """The data options the teacher's training_args.json records; the built-in digits ({}) for an 8×8 grey teacher
+    that records none; otherwise a ValueError asking for the data."""
+    record = Path(teacher) / "training_args.json"
+    if record.is_file():
+        args = json.loads(record.read_text(encoding="utf-8"))
+        return {name: args[name] for name in DATA_OPTIONS if name in args}
+    if (size, channels) == (8, 1):
+        return {}
+    raise ValueError(
+        f"--teacher {teacher} does not record its training data: pass --dataset_name or --train_data_dir (the "
+        "images the teacher was trained on)"
+    )
 
 
 def write_lineage(output_dir: Path, lineage: dict) -> None:
+    """`distillation.json`: how the student in `output_dir` came to be, which its model card shows."""
     durable.write_text(output_dir / LINEAGE_FILE, json.dumps(lineage, indent=2))
 
 
-def train_student(config: DistillationConfig, objective_for, teacher: HFDDPMPipeline, lineage: dict) -> int:
+def train_student(
+    config: DistillationConfig,
+    objective_for: Callable[[Teacher, torch.nn.Module], DistillationObjective],
+    teacher: HFDDPMPipeline,
+    lineage: dict,
+) -> int:
     """One engine run: the student starts as a copy of the teacher's network; `objective_for(teacher, student)`
     makes the objective."""
     output_dir = Path(config.output_dir)
     student = copy.deepcopy(teacher.unet).float().train().requires_grad_(True)
+    if config.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
     objective = objective_for(Teacher.from_pipeline(teacher), student)
     accelerator = create_accelerator(config, output_dir)
     remove_earlier_run_outputs(config, accelerator, output_dir)
@@ -154,20 +204,27 @@ def train_student(config: DistillationConfig, objective_for, teacher: HFDDPMPipe
     return status
 
 
-def round_finished(round_dir: Path) -> bool:
-    return (round_dir / "training_info.json").is_file() and (round_dir / "model_index.json").is_file()
+def finished_round(round_dir: Path, lineage: dict) -> bool:
+    """Whether `round_dir` holds the finished round `lineage` describes; a finished round of another distillation
+    (another teacher or step counts) is refused."""
+    if not ((round_dir / "training_info.json").is_file() and (round_dir / LINEAGE_FILE).is_file()):
+        return False
+    recorded = json.loads((round_dir / LINEAGE_FILE).read_text(encoding="utf-8"))
+    if any(
+        recorded.get(key) != lineage[key] for key in ("method", "teacher", "round", "rounds", "teacher_steps", "steps")
+    ):
+        raise ValueError(
+            f"{round_dir} holds a round of another distillation (teacher {recorded.get('teacher')}, "
+            f"{recorded.get('teacher_steps')} → {recorded.get('steps')} steps); pass --overwrite_output_dir to "
+            "replace it, or another --output_dir"
+        )
+    return True
 
 
-def distill_progressive(config: ProgressiveDistillationConfig) -> int:
-    """Progressive distillation, round by round; with --resume_from_checkpoint latest, finished rounds are kept and
-    the unfinished one resumes. The exit status (0, or 1 when a push failed)."""
-    check_output_dir(config)
-    teacher, config = load_teacher(config)
-    num_train_timesteps = teacher.scheduler.config.num_train_timesteps
-    if config.teacher_steps > num_train_timesteps:
-        raise ValueError(f"--teacher_steps {config.teacher_steps} exceeds the teacher's T = {num_train_timesteps}")
+def round_configs(config: ProgressiveDistillationConfig) -> list[ProgressiveDistillationConfig]:
+    """Each round's configuration: its folder `steps-N`, its step count, and the push for the last round only."""
     steps = config.student_steps()
-    rounds = [
+    return [
         replace(
             config,
             output_dir=str(Path(config.output_dir) / f"steps-{n}"),
@@ -178,30 +235,56 @@ def distill_progressive(config: ProgressiveDistillationConfig) -> int:
         )
         for n in steps
     ]
+
+
+def distill_progressive(config: ProgressiveDistillationConfig) -> int:
+    """Progressive distillation, round by round; with --resume_from_checkpoint latest, finished rounds are kept and
+    the unfinished one resumes. Every folder is checked before the first round. The exit status (0, or 1 when a
+    push failed)."""
+    check_output_dir(config)
+    teacher, config = load_teacher(config)
+    num_train_timesteps = teacher.scheduler.config.num_train_timesteps
+    if config.teacher_steps > num_train_timesteps:
+        raise ValueError(f"--teacher_steps {config.teacher_steps} exceeds the teacher's T = {num_train_timesteps}")
+    rounds = round_configs(config)
+    lineages = [
+        {
+            "method": "progressive distillation (Salimans & Ho 2022)",
+            "loss": "x-space squared error to the two-teacher-step target, weight max(SNR, 1)",
+            "teacher": config.teacher,
+            "round": number,
+            "rounds": len(rounds),
+            "teacher_steps": 2 * round_config.num_inference_steps,
+            "steps": round_config.num_inference_steps,
+        }
+        for number, round_config in enumerate(rounds, start=1)
+    ]
     resuming = config.resume_from_checkpoint is not None
-    for round_config in rounds:  # refuse an earlier run in any round's folder before the first round starts
-        if not (resuming and round_finished(Path(round_config.output_dir))):
+    finished = [
+        resuming and finished_round(Path(round_config.output_dir), lineage)
+        for round_config, lineage in zip(rounds, lineages, strict=True)
+    ]
+    for round_config, done in zip(rounds, finished, strict=True):
+        if not done:
             check_output_dir(round_config)
+    if config.overwrite_output_dir and not resuming and launched_as_main_process():
+        for round_config in rounds:  # all at once: no stale later round may outlive a stopped run
+            delete_run_outputs(Path(round_config.output_dir))
     status, earlier_seconds, source = 0, 0.0, config.teacher
-    for number, (n, round_config) in enumerate(zip(steps, rounds, strict=True), start=1):
+    for round_config, lineage, done in zip(rounds, lineages, finished, strict=True):
         round_dir = Path(round_config.output_dir)
-        if not (resuming and round_finished(round_dir)):
-            lineage = {
-                "method": "progressive distillation (Salimans & Ho 2022)",
-                "teacher": config.teacher,
-                "distilled_from": source,
-                "round": number,
-                "rounds": len(steps),
-                "teacher_steps": 2 * n,
-                "steps": n,
-                "earlier_rounds_seconds": round(earlier_seconds, 1),
-            }
-            objective = lambda teacher, student, n=n: ProgressiveDistillationObjective(  # noqa: E731
-                teacher, config.prediction_type, n
-            )
+        if not done:
+            lineage.update(distilled_from=source, earlier_rounds_seconds=round(earlier_seconds, 1))
+
+            def objective(
+                teacher: Teacher, student: torch.nn.Module, n: int = lineage["steps"]
+            ) -> DistillationObjective:
+                return ProgressiveDistillationObjective(teacher, config.prediction_type, n)
+
             status = max(status, train_student(round_config, objective, teacher, lineage))
         earlier_seconds += json.loads((round_dir / "training_info.json").read_text())["wall_time_seconds"]
         teacher, source = HFDDPMPipeline.from_pretrained(round_dir), str(round_dir)
+    PartialState().destroy_process_group()
     return status
 
 
@@ -211,6 +294,7 @@ def distill_consistency(config: ConsistencyDistillationConfig) -> int:
     teacher, config = load_teacher(config)
     lineage = {
         "method": "consistency distillation (Song et al. 2023; Luo et al. 2023)",
+        "loss": "‖f_θ(x_t, t) − f_θ⁻(x̂_s, s)‖² across one teacher DDIM step",
         "teacher": config.teacher,
         "distilled_from": config.teacher,
         "num_ddim_timesteps": config.num_ddim_timesteps,
@@ -218,7 +302,7 @@ def distill_consistency(config: ConsistencyDistillationConfig) -> int:
         "steps": config.num_inference_steps,
     }
 
-    def objective(teacher: Teacher, student) -> ConsistencyDistillationObjective:
+    def objective(teacher: Teacher, student: torch.nn.Module) -> DistillationObjective:
         return ConsistencyDistillationObjective(
             teacher,
             config.prediction_type,
@@ -228,7 +312,9 @@ def distill_consistency(config: ConsistencyDistillationConfig) -> int:
             config.num_inference_steps,
         )
 
-    return train_student(config, objective, teacher, lineage)
+    status = train_student(config, objective, teacher, lineage)
+    PartialState().destroy_process_group()
+    return status
 
 
 def distill_progressive_command(argv: list[str] | None = None, description: str | None = None) -> int:

@@ -50,8 +50,10 @@ class Teacher:
 
     @classmethod
     def from_pipeline(cls, pipeline: HFDDPMPipeline) -> Teacher:
-        """The teacher a pipeline's network and noise schedule define, whatever its scheduler class."""
-        return cls(pipeline.unet, DDIMScheduler.from_config(pipeline.scheduler.config))
+        """The teacher a pipeline's network and noise schedule define, whatever its scheduler class; its last step
+        lands on x_0 itself (ᾱ = 1), as the students' do."""
+        config = stated_config(pipeline.scheduler.config)
+        return cls(pipeline.unet, DDIMScheduler.from_config(config, set_alpha_to_one=True))
 
     @torch.no_grad()
     def predict_original(self, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -68,6 +70,12 @@ class Teacher:
         return ddim_step(sample, self.predict_original(sample, timesteps), alpha_bar_t, alpha_bar_s)
 
 
+def stated_config(config: dict) -> dict:
+    """A scheduler config without diffusers' private keys: its `_use_default_values` would make `from_config` put
+    the new class's defaults back in place of the values given."""
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
 def student_scheduler(teacher: Teacher, prediction_type: str) -> DDIMScheduler:
     """The student's DDIM scheduler: the teacher's noise schedule and clipping, the student's prediction type, and
     the "trailing" grid, whose N-step timesteps are every other of its 2N-step ones (both are round(T − iT/N) − 1),
@@ -77,8 +85,14 @@ def student_scheduler(teacher: Teacher, prediction_type: str) -> DDIMScheduler:
             f"the student's prediction_type must be one of {STUDENT_PREDICTION_TYPES} (an ε-prediction student's x̂_0 "
             f"explodes at the first step of few-step sampling), got {prediction_type!r}"
         )
-    config = {**teacher.scheduler.config, "prediction_type": prediction_type, "timestep_spacing": "trailing"}
-    return DDIMScheduler.from_config(config, reverse_variance="fixed_small", set_alpha_to_one=True)
+    return DDIMScheduler.from_config(
+        stated_config(teacher.scheduler.config),
+        prediction_type=prediction_type,
+        timestep_spacing="trailing",
+        reverse_variance="fixed_small",
+        analytic_gamma=None,
+        set_alpha_to_one=True,
+    )
 
 
 def student_prediction(
@@ -89,7 +103,36 @@ def student_prediction(
     return scheduler.convert_prediction(output, sample, timesteps, "sample")
 
 
-class ProgressiveDistillationObjective:
+class DistillationObjective:
+    """What both distillation objectives share: a frozen teacher, the student's DDIM scheduler (its noise schedule,
+    prediction type and grid), and x_t drawn at timesteps of a grid."""
+
+    def __init__(self, teacher: Teacher, prediction_type: str) -> None:
+        self.teacher = teacher
+        self.scheduler = student_scheduler(teacher, prediction_type)
+
+    def noisy_batch(
+        self, batch: torch.Tensor, grid: torch.Tensor, randomness: TrainingRandomness
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_0, x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, the index into `grid` of each sample's t), all drawn from the run's
+        generator."""
+        original = batch.float()
+        generator = randomness.generator
+        index = torch.randint(0, len(grid), (len(original),), generator=generator, device=generator.device).cpu()
+        noise = torch.randn(original.shape, generator=generator, device=generator.device).to(original.device)
+        return original, self.scheduler.add_noise(original, noise, grid[index].to(original.device)), index
+
+    def checkpoint_objects(self) -> dict[str, Any]:
+        return {}
+
+    def observe(self, accelerator: Accelerator, output: LossOutput) -> None:
+        pass
+
+    def logs(self, accelerator: Accelerator, output: LossOutput) -> dict[str, float]:
+        return {}
+
+
+class ProgressiveDistillationObjective(DistillationObjective):
     """One round of progressive distillation (Salimans & Ho 2022, Algorithm 2): from the teacher's 2N-step DDIM to a
     student's N steps.
 
@@ -99,8 +142,7 @@ class ProgressiveDistillationObjective:
     """
 
     def __init__(self, teacher: Teacher, prediction_type: str, student_steps: int) -> None:
-        self.teacher = teacher
-        self.scheduler = student_scheduler(teacher, prediction_type)
+        super().__init__(teacher, prediction_type)
         self.student_steps = student_steps
         self.scheduler.set_timesteps(student_steps)
         timesteps = self.scheduler.timesteps.long()
@@ -115,19 +157,12 @@ class ProgressiveDistillationObjective:
         self.prev_timesteps = torch.cat([timesteps[1:], torch.tensor([-1])])
 
     def __call__(self, model: torch.nn.Module, batch: torch.Tensor, randomness: TrainingRandomness) -> LossOutput:
-        original = batch.float()
-        generator = randomness.generator
-        index = torch.randint(
-            0, self.student_steps, (original.shape[0],), generator=generator, device=generator.device
-        )
-        noise = torch.randn(original.shape, generator=generator, device=generator.device).to(original.device)
-        index = index.cpu()
+        original, sample, index = self.noisy_batch(batch, self.timesteps, randomness)
         t, midpoint, s = (
             grid[index].to(original.device) for grid in (self.timesteps, self.midpoints, self.prev_timesteps)
         )
         alpha_bar_t = per_sample(self.scheduler.alpha_bar(t), original)
         alpha_bar_s = per_sample(self.scheduler.alpha_bar(s), original)
-        sample = alpha_bar_t**0.5 * original + (1 - alpha_bar_t) ** 0.5 * noise
         two_steps = self.teacher.ddim_step(self.teacher.ddim_step(sample, t, midpoint), midpoint, s)
         target = progressive_distillation_target(sample, two_steps, alpha_bar_t, alpha_bar_s)
         error = (student_prediction(self.scheduler, model, sample, t) - target).pow(2).mean(dim=(1, 2, 3))
@@ -135,15 +170,6 @@ class ProgressiveDistillationObjective:
         return LossOutput(
             loss=weighted.mean(), per_sample=weighted.detach(), mse=error.detach(), vlb=None, timesteps=t
         )
-
-    def checkpoint_objects(self) -> dict[str, Any]:
-        return {}
-
-    def observe(self, accelerator: Accelerator, output: LossOutput) -> None:
-        pass
-
-    def after_update(self, model: torch.nn.Module) -> None:
-        pass
 
     def logs(self, accelerator: Accelerator, output: LossOutput) -> dict[str, float]:
         return {"mse_x0": accelerator.gather(output.mse).mean().item()}
@@ -154,7 +180,7 @@ class ProgressiveDistillationObjective:
         return HFDDPMPipeline(unet=unet, scheduler=scheduler, default_num_inference_steps=self.student_steps)
 
 
-class ConsistencyDistillationObjective:
+class ConsistencyDistillationObjective(DistillationObjective):
     """Consistency distillation (Song et al. 2023, Algorithm 2) of the teacher's probability-flow ODE, with DDIM as
     the ODE solver on LCM's skipping grid τ_n = (n + 1) k − 1, k = T/N (Luo et al. 2023, §4.2).
 
@@ -173,16 +199,15 @@ class ConsistencyDistillationObjective:
         target_ema_decay: float = 0.95,
         num_inference_steps: int = 2,
     ) -> None:
-        self.teacher = teacher
-        self.scheduler = student_scheduler(teacher, prediction_type)
-        lcm_options = inspect.signature(diffusers.LCMScheduler.__init__).parameters
-        self.lcm_scheduler = diffusers.LCMScheduler.from_config(
-            {key: value for key, value in self.scheduler.config.items() if key in lcm_options},
-            original_inference_steps=num_ddim_timesteps,
-        )
+        super().__init__(teacher, prediction_type)
         num_train_timesteps = self.scheduler.config.num_train_timesteps
         if not 1 <= num_ddim_timesteps <= num_train_timesteps:
             raise ValueError(f"num_ddim_timesteps must be in [1, {num_train_timesteps}], got {num_ddim_timesteps}")
+        lcm_options = inspect.signature(diffusers.LCMScheduler.__init__).parameters
+        self.lcm_scheduler = diffusers.LCMScheduler.from_config(
+            {key: value for key, value in stated_config(self.scheduler.config).items() if key in lcm_options},
+            original_inference_steps=num_ddim_timesteps,
+        )
         self.skip = num_train_timesteps // num_ddim_timesteps
         self.timesteps = torch.arange(1, num_ddim_timesteps + 1) * self.skip - 1
         self.target = copy.deepcopy(student).eval().requires_grad_(False)
@@ -196,14 +221,9 @@ class ConsistencyDistillationObjective:
         return consistency_function(sample, original, per_sample(c_skip, sample), per_sample(c_out, sample))
 
     def __call__(self, model: torch.nn.Module, batch: torch.Tensor, randomness: TrainingRandomness) -> LossOutput:
-        original = batch.float()
-        generator = randomness.generator
-        index = torch.randint(0, len(self.timesteps), (len(original),), generator=generator, device=generator.device)
-        noise = torch.randn(original.shape, generator=generator, device=generator.device).to(original.device)
-        t = self.timesteps[index.cpu()].to(original.device)
+        original, sample, index = self.noisy_batch(batch, self.timesteps, randomness)
+        t = self.timesteps[index].to(original.device)
         s = (t - self.skip).clamp(min=0)
-        alpha_bar_t = per_sample(self.scheduler.alpha_bar(t), original)
-        sample = alpha_bar_t**0.5 * original + (1 - alpha_bar_t) ** 0.5 * noise
         with torch.no_grad():
             self.target.to(original.device)
             target = self.consistency(self.target, self.teacher.ddim_step(sample, t, s), s)
@@ -218,12 +238,6 @@ class ConsistencyDistillationObjective:
 
     def checkpoint_objects(self) -> dict[str, Any]:
         return {"consistency_target": self.target}
-
-    def observe(self, accelerator: Accelerator, output: LossOutput) -> None:
-        pass
-
-    def logs(self, accelerator: Accelerator, output: LossOutput) -> dict[str, float]:
-        return {}
 
     def pipeline(self, unet: torch.nn.Module) -> HFDDPMPipeline:
         """The consistency model with diffusers' `LCMScheduler` (multistep consistency sampling)."""

@@ -110,6 +110,7 @@ class Trainer:
         if clash := set(self.checkpointed) & set(objective.checkpoint_objects()):
             raise ValueError(f"the objective's checkpoint_objects use the engine's names {sorted(clash)}; rename them")
         self.checkpointed.update(objective.checkpoint_objects())
+        self.after_update = getattr(objective, "after_update", None)  # optional in an `Objective`
         self.state = RunState()
         self.last_checkpoint_step = 0
         self.intermediate_pushes: list[Future] = []
@@ -178,7 +179,8 @@ class Trainer:
             self.finish()
         finally:
             self.progress.close()
-            accelerator.end_training()
+            for tracker in accelerator.trackers:  # not `end_training`: that also ends the process group, which
+                tracker.finish()  # another run in this process (a distillation round) still needs
         return publish(self.config, self.output_dir, self.intermediate_pushes) if accelerator.is_main_process else 0
 
     def train_epochs(self, stop_request: StopRequest) -> None:
@@ -241,7 +243,8 @@ class Trainer:
             self.lr_scheduler.step()
             if self.ema is not None:
                 self.ema.step(self.model.parameters())
-            self.objective.after_update(self.accelerator.unwrap_model(self.model))
+            if self.after_update is not None:
+                self.after_update(self.accelerator.unwrap_model(self.model))
         state.global_step += 1
         self.progress.update(1)
         if state.global_step % self.config.logging_steps == 0 or state.global_step == self.max_train_steps:

@@ -37,7 +37,7 @@ class Objective(Protocol):
         """Learn from a batch's losses (called after every batch, on every process)."""
 
     def after_update(self, model: torch.nn.Module) -> None:
-        """Follow an applied optimizer update of `model` (unwrapped; not called for a skipped update)."""
+        """Optional: follow an applied optimizer update of `model` (unwrapped; not called for a skipped update)."""
 
     def logs(self, accelerator: Accelerator, output: LossOutput) -> dict[str, float]:
         """Values to log at a logging step, from the last batch's output."""
@@ -93,9 +93,6 @@ class DenoisingObjective:
     def observe(self, accelerator: Accelerator, output: LossOutput) -> None:
         if self.learns_timesteps:  # every replica learns from every process's losses, so all draw alike
             self.timestep_sampler.update(accelerator.gather(output.timesteps), accelerator.gather(output.per_sample))
-
-    def after_update(self, model: torch.nn.Module) -> None:
-        pass
 
     def logs(self, accelerator: Accelerator, output: LossOutput) -> dict[str, float]:
         logs = {}

@@ -67,11 +67,16 @@ def remove_earlier_run_outputs(config: TrainingConfig, accelerator: Accelerator,
     """With --overwrite_output_dir (and no resume), delete what an earlier run wrote in `output_dir` (`RUN_OUTPUTS`,
     nothing else), and only when it holds an earlier run; the main process deletes, the others wait."""
     if config.overwrite_output_dir and config.resume_from_checkpoint is None and accelerator.is_main_process:
-        if holds_earlier_run(output_dir):
-            for part in RUN_OUTPUTS:
-                path = output_dir / part
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        delete_run_outputs(output_dir)
     accelerator.wait_for_everyone()
+
+
+def delete_run_outputs(output_dir: Path) -> None:
+    """Delete what a run wrote in `output_dir` (`RUN_OUTPUTS`, nothing else), if it holds an earlier run."""
+    if holds_earlier_run(output_dir):
+        for part in RUN_OUTPUTS:
+            path = output_dir / part
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def create_accelerator(config: TrainingConfig, output_dir: Path) -> Accelerator:

@@ -28,7 +28,9 @@ def train_unconditional(config: TrainingConfig) -> int:
     remove_earlier_run_outputs(config, accelerator, output_dir)
     images = load_training_images(config, accelerator)
     unet = create_training_unet(config, images.preprocessing.channels)
-    return Trainer(config, accelerator, objective, unet, images).run()
+    status = Trainer(config, accelerator, objective, unet, images).run()
+    accelerator.end_training()
+    return status
 
 
 def train_unconditional_command(argv: list[str] | None = None, description: str | None = None) -> int:

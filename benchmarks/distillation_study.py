@@ -1,0 +1,137 @@
+"""Few-step generation: distilled students against the teacher's samplers at 1, 2, 4 and 8 network evaluations.
+
+    accelerate launch examples/train_unconditional.py                                   # the teacher (~3 min)
+    accelerate launch examples/distill_progressive.py --teacher outputs/ddpm-digits     # steps-32 … steps-1
+    accelerate launch examples/distill_consistency.py --teacher outputs/ddpm-digits
+    python benchmarks/distillation_study.py outputs/ddpm-digits outputs/progressive-digits outputs/consistency-digits
+
+Every cell: 500 samples, image i from seed i (the same x_T for every sampler at a given step count), scored as in
+the sampler study: fd_digits (Fréchet distance in the shipped digits classifier's features against the 1500
+training digits), the digit classes drawn (share of the ten with ≥ 5 % of the samples) and the classifier's mean
+confidence. Rows: the progressive student of each round at its own step count; the consistency student through
+`LCMScheduler`; the teacher with DDIM η = 0 on its "trailing" grid, stock `DPMSolverMultistepScheduler` and
+stock `UniPCMultistepScheduler` (each on the "trailing" grid and on their default, "linspace"); and the teacher's
+DDIM at 50 and 1000 steps as references. Writes distillation_study.json, distillation_study.png (quality against
+network evaluations) and the 1- and 4-step students' grids into --output_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers.utils import make_image_grid
+from sampler_study import plot
+
+from hfddpm import DDIMScheduler, HFDDPMPipeline
+from hfddpm.evaluation.features import DigitsFeatures
+from hfddpm.evaluation.frechet import FeatureStatistics, frechet_distance
+from hfddpm.evaluation.sample_quality import digits_scores, generate_samples, reference_statistics
+
+EVALUATIONS = (1, 2, 4, 8)
+REFERENCE_STEPS = (50, 1000)
+NUM_SAMPLES = 500
+
+
+def teacher_samplers(teacher: HFDDPMPipeline) -> dict[str, HFDDPMPipeline]:
+    """The teacher's network with DDIM η = 0 and two stock multistep solvers, as pipelines."""
+    config = dict(teacher.scheduler.config)
+    stock_config = {
+        key: value for key, value in config.items() if key not in DDIMScheduler.hfddpm_options and key[0] != "_"
+    }
+    schedulers = {
+        "teacher DDIM η=0 (trailing)": DDIMScheduler.from_config(config, timestep_spacing="trailing"),
+    }
+    for name, solver in (
+        ("DPM-Solver++(2M)", diffusers.DPMSolverMultistepScheduler),
+        ("UniPC", diffusers.UniPCMultistepScheduler),
+    ):
+        for spacing in ("trailing", "linspace"):
+            schedulers[f"stock {name}, {spacing}"] = solver.from_config(stock_config, timestep_spacing=spacing)
+    return {name: HFDDPMPipeline(unet=teacher.unet, scheduler=scheduler) for name, scheduler in schedulers.items()}
+
+
+def score(pipeline: HFDDPMPipeline, steps: int, extractor: DigitsFeatures, reference: FeatureStatistics) -> dict:
+    """fd_digits, classes drawn and confidence of `NUM_SAMPLES` samples at `steps` steps."""
+    start = time.perf_counter()
+    images = generate_samples(pipeline, NUM_SAMPLES, batch_size=500, num_inference_steps=steps, progress_bar=False)
+    if not torch.isfinite(images).all():
+        return {"fd": float("nan"), "nfe": steps}
+    scores = digits_scores(extractor.probabilities(images))
+    return {
+        "fd": frechet_distance(FeatureStatistics.of(extractor(images)), reference),
+        "classes": scores["digits_class_coverage"],
+        "confidence": scores["digits_confidence"],
+        "nfe": steps,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def study(teacher_path: str, progressive: str, consistency: str, output: Path, tag: str) -> dict:
+    extractor = DigitsFeatures()
+    reference = reference_statistics(extractor, "digits", "train", 8, 1)
+    teacher = HFDDPMPipeline.from_pretrained(teacher_path)
+    rows: dict[str, list[tuple[int, HFDDPMPipeline]]] = {
+        "progressive student": [
+            (n, HFDDPMPipeline.from_pretrained(Path(progressive) / f"steps-{n}")) for n in EVALUATIONS
+        ],
+        "consistency student (LCMScheduler)": [(n, HFDDPMPipeline.from_pretrained(consistency)) for n in EVALUATIONS],
+    }
+    for name, pipeline in teacher_samplers(teacher).items():
+        rows[name] = [(n, pipeline) for n in EVALUATIONS]
+    rows["teacher DDIM η=0 (trailing)"] += [(n, rows["teacher DDIM η=0 (trailing)"][0][1]) for n in REFERENCE_STEPS]
+    results: dict[str, dict[int, dict]] = {}
+    for name, cells in rows.items():
+        for steps, pipeline in cells:
+            results.setdefault(name, {})[steps] = cell = score(pipeline, steps, extractor, reference)
+            print(
+                f"{name:40s} {steps:5d}  fd {cell['fd']:.3f}  classes {cell.get('classes', float('nan')):.1f}  "
+                f"confidence {cell.get('confidence', float('nan')):.3f}",
+                flush=True,
+            )
+            (output / f"distillation_study{tag}.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    return results
+
+
+def student_grids(progressive: str, consistency: str, output: Path, tag: str) -> None:
+    """8×8 grids (seeds 0–63) of the progressive and consistency students at 1 and 4 steps."""
+    for label, folder, steps in (
+        ("progressive", Path(progressive) / "steps-1", 1),
+        ("progressive", Path(progressive) / "steps-4", 4),
+        ("consistency", Path(consistency), 1),
+        ("consistency", Path(consistency), 4),
+    ):
+        pipeline = HFDDPMPipeline.from_pretrained(folder)
+        generators = [torch.Generator().manual_seed(i) for i in range(64)]
+        images = pipeline(batch_size=64, generator=generators, num_inference_steps=steps).images
+        grid = make_image_grid([image.resize((32, 32), 0) for image in images], rows=8, cols=8)
+        grid.save(output / f"distilled_{label}_{steps}step{tag}.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("teacher", nargs="?", default="outputs/ddpm-digits")
+    parser.add_argument("progressive", nargs="?", default="outputs/progressive-digits")
+    parser.add_argument("consistency", nargs="?", default="outputs/consistency-digits")
+    parser.add_argument("--output_dir", default="benchmarks")
+    parser.add_argument("--tag", default="", help="suffix of the files written, e.g. _v for a v-prediction teacher")
+    args = parser.parse_args()
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    results = study(args.teacher, args.progressive, args.consistency, output, args.tag)
+    plot(
+        {name: {n: cell for n, cell in cells.items() if n <= 8} for name, cells in results.items()},
+        output / f"distillation_study{args.tag}.png",
+        "fd_digits (lower is better)",
+        f"Few-step generation on the digits model ({args.teacher})",
+    )
+    student_grids(args.progressive, args.consistency, output, args.tag)
+    print(f"written to {output / f'distillation_study{args.tag}.json'}")
+
+
+if __name__ == "__main__":
+    main()
