@@ -24,13 +24,13 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers.utils import make_image_grid
 from sampler_study import plot
 
 from hfddpm import DDIMScheduler, HFDDPMPipeline
 from hfddpm.evaluation.features import DigitsFeatures
 from hfddpm.evaluation.frechet import FeatureStatistics, frechet_distance
 from hfddpm.evaluation.sample_quality import digits_scores, generate_samples, reference_statistics
+from hfddpm.visualize import sample_grid
 
 EVALUATIONS = (1, 2, 4, 8)
 REFERENCE_STEPS = (50, 1000)
@@ -84,6 +84,8 @@ def study(teacher_path: str, progressive: str, consistency: str, output: Path, t
     for name, pipeline in teacher_samplers(teacher).items():
         rows[name] = [(n, pipeline) for n in EVALUATIONS]
     rows["teacher DDIM η=0 (trailing)"] += [(n, rows["teacher DDIM η=0 (trailing)"][0][1]) for n in REFERENCE_STEPS]
+    # The yardstick: stock DPM-Solver++ at 10 steps, the sampler study's best at 10.
+    rows["stock DPM-Solver++(2M), linspace"].append((10, rows["stock DPM-Solver++(2M), linspace"][0][1]))
     results: dict[str, dict[int, dict]] = {}
     for name, cells in rows.items():
         for steps, pipeline in cells:
@@ -108,8 +110,7 @@ def student_grids(progressive: str, consistency: str, output: Path, tag: str) ->
         pipeline = HFDDPMPipeline.from_pretrained(folder)
         generators = [torch.Generator().manual_seed(i) for i in range(64)]
         images = pipeline(batch_size=64, generator=generators, num_inference_steps=steps).images
-        grid = make_image_grid([image.resize((32, 32), 0) for image in images], rows=8, cols=8)
-        grid.save(output / f"distilled_{label}_{steps}step{tag}.png")
+        sample_grid(images, cell_size=32).save(output / f"distilled_{label}_{steps}step{tag}.png")
 
 
 def main() -> None:

@@ -374,3 +374,27 @@ def test_a_teacher_that_records_no_data_must_be_told_it(tmp_path, capsys):
     HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler()).save_pretrained(folder)
     assert distill_consistency_command(["--teacher", str(folder), "--output_dir", str(tmp_path / "out")]) == 2
     assert "does not record its training data: pass --dataset_name or --train_data_dir" in capsys.readouterr().err
+
+
+def test_the_command_line_samples_and_evaluates_a_student_at_its_own_step_count(tmp_path, capsys):
+    from hfddpm.cli import main
+
+    folder = tmp_path / "student"
+    unet = create_unet("tiny", sample_size=8, in_channels=1)
+    scheduler = DDIMScheduler(timestep_spacing="trailing", prediction_type="v_prediction")
+    HFDDPMPipeline(unet=unet, scheduler=scheduler, default_num_inference_steps=2).save_pretrained(folder)
+    assert main(["sample", str(folder), "--num_images", "2", "--output", str(tmp_path / "grid.png")]) == 0
+    assert "(DDIMScheduler, 2 steps)" in capsys.readouterr().out
+    report_path = tmp_path / "report"
+    argv = [
+        "evaluate",
+        str(folder),
+        "--metrics",
+        "digits_scores",
+        "--num_samples",
+        "4",
+        "--output_dir",
+        str(report_path),
+    ]
+    assert main(argv) == 0
+    assert "2 steps" in json.loads((report_path / "evaluation.json").read_text())["details"]["samples"]["source"]
