@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from hfddpm import DDIMScheduler, GaussianMixtureDenoiser, HFDDPMPipeline
+from hfddpm.cli import main
 from hfddpm.models.point_denoiser import PointDenoiser
 from hfddpm.models.unet_presets import create_unet
 from hfddpm.schedulers.distillation import (
@@ -37,6 +38,7 @@ from hfddpm.training.distillation import (
     Teacher,
 )
 from hfddpm.training.loop import TrainingRandomness
+from hfddpm.visualize import reverse_trajectory_grid
 
 
 def alpha_bars(*timesteps: int, dtype=torch.float64) -> list[torch.Tensor]:
@@ -377,8 +379,6 @@ def test_a_teacher_that_records_no_data_must_be_told_it(tmp_path, capsys):
 
 
 def test_the_command_line_samples_and_evaluates_a_student_at_its_own_step_count(tmp_path, capsys):
-    from hfddpm.cli import main
-
     folder = tmp_path / "student"
     unet = create_unet("tiny", sample_size=8, in_channels=1)
     scheduler = DDIMScheduler(timestep_spacing="trailing", prediction_type="v_prediction")
@@ -398,3 +398,6 @@ def test_the_command_line_samples_and_evaluates_a_student_at_its_own_step_count(
     ]
     assert main(argv) == 0
     assert "2 steps" in json.loads((report_path / "evaluation.json").read_text())["details"]["samples"]["source"]
+    steps_drawn = reverse_trajectory_grid(HFDDPMPipeline.from_pretrained(folder), num_images=1, every=1, scale=1)
+    two_steps = reverse_trajectory_grid(HFDDPMPipeline.from_pretrained(folder), 1, 2, every=1, scale=1)
+    assert steps_drawn.size == two_steps.size  # one column per step: the student's 2

@@ -265,7 +265,10 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--beta_schedule", default="linear", choices=("linear", "cosine"), help="forward")
     parser.add_argument(
-        "--num_inference_steps", "--steps", type=int, default=50, help="reverse: sampling steps (--steps for short)"
+        "--num_inference_steps",
+        "--steps",
+        type=int,
+        help="reverse: sampling steps (--steps for short; default: the checkpoint's own, 50 unless distilled)",
     )
     parser.add_argument("--every", type=int, default=5, help="reverse: a column every N steps")
     parser.add_argument("--scheduler", default="checkpoint", choices=SCHEDULERS, help="reverse: default the saved one")

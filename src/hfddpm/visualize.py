@@ -84,19 +84,21 @@ def forward_noising_grid(
 def reverse_trajectory_grid(
     pipeline: HFDDPMPipeline,
     num_images: int = 4,
-    num_inference_steps: int = 50,
+    num_inference_steps: int | None = None,
     every: int = 5,
     generator: torch.Generator | list[torch.Generator] | None = None,
     scale: int = 4,
     **call_options: Any,
 ) -> PIL.Image.Image:
-    """For each image two rows: x_t and the step's prediction x̂_0, every `every` steps and at the last one.
+    """For each image two rows: x_t and the step's prediction x̂_0, every `every` steps and at the last one; at the
+    pipeline's own step count unless `num_inference_steps` is given.
 
     Runs the pipeline (its own scheduler, `call_options` passed on) and records the tensors through its
     `callback_on_step_end`.
     """
     if every < 1:
         raise ValueError(f"every must be at least 1, got {every}")
+    num_inference_steps = pipeline.inference_steps(num_inference_steps)
     recorded: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
     def record(pipe, index, timestep, tensors):
