@@ -30,6 +30,7 @@ from hfddpm import DDIMScheduler, HFDDPMPipeline
 from hfddpm.evaluation.features import DigitsFeatures
 from hfddpm.evaluation.frechet import FeatureStatistics, frechet_distance
 from hfddpm.evaluation.sample_quality import digits_scores, generate_samples, reference_statistics
+from hfddpm.training.distillation import stated_config
 from hfddpm.visualize import sample_grid
 
 EVALUATIONS = (1, 2, 4, 8)
@@ -41,7 +42,7 @@ def teacher_samplers(teacher: HFDDPMPipeline) -> dict[str, HFDDPMPipeline]:
     """The teacher's network with DDIM η = 0 and two stock multistep solvers, as pipelines."""
     config = dict(teacher.scheduler.config)
     stock_config = {
-        key: value for key, value in config.items() if key not in DDIMScheduler.hfddpm_options and key[0] != "_"
+        key: value for key, value in stated_config(config).items() if key not in DDIMScheduler.hfddpm_options
     }
     schedulers = {
         "teacher DDIM η=0 (trailing)": DDIMScheduler.from_config(config, timestep_spacing="trailing"),

@@ -15,6 +15,7 @@ import sys
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 from ..image_data import DIGITS
 from ..models.unet_presets import UNET_PRESETS
@@ -91,7 +92,13 @@ def _in_interval(value: float, interval: tuple[str, float, float, str]) -> bool:
 
 @dataclass(kw_only=True)
 class TrainingConfig:
-    """Everything a training run is told; the field names are the training script's flags (see its `--help`)."""
+    """Everything a training run is told; the field names are the training script's flags (see its `--help`).
+
+    A subclass adding options extends `positive_counts` and `intervals`, the tables its values are checked against.
+    """
+
+    positive_counts: ClassVar[tuple[str, ...]] = _POSITIVE_COUNTS
+    intervals: ClassVar[dict[str, tuple[str, float, float, str]]] = _INTERVALS
 
     # data
     dataset_name: str | None = None
@@ -177,7 +184,7 @@ class TrainingConfig:
             raise ValueError(f"--eval_metrics must be among {list(METRICS)}, got {unknown}")
         if self.num_epochs is None and self.max_train_steps is None:
             self.max_train_steps = DEFAULT_MAX_TRAIN_STEPS
-        for name in _POSITIVE_COUNTS:
+        for name in self.positive_counts:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}")
@@ -186,7 +193,7 @@ class TrainingConfig:
                 raise ValueError(f"--{name} must be at least 0, got {getattr(self, name)}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
-        for name, interval in _INTERVALS.items():
+        for name, interval in self.intervals.items():
             if not _in_interval(getattr(self, name), interval):
                 left, low, high, right = interval
                 raise ValueError(

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from accelerate import PartialState
@@ -29,6 +30,7 @@ from .distillation import (
     DistillationObjective,
     ProgressiveDistillationObjective,
     Teacher,
+    check_student_prediction_type,
 )
 from .engine import Trainer
 from .setup import (
@@ -62,17 +64,15 @@ class DistillationConfig(TrainingConfig):
         super().__post_init__()
         if not self.teacher:
             raise ValueError("--teacher is required: a pipeline folder or Hub repository to distil")
-        if self.prediction_type is not None and self.prediction_type not in STUDENT_PREDICTION_TYPES:
-            raise ValueError(
-                f"--prediction_type of a student must be one of {list(STUDENT_PREDICTION_TYPES)} (an ε-prediction "
-                f"student's x̂_0 explodes at the first of few steps), got {self.prediction_type!r}"
-            )
+        if self.prediction_type is not None:
+            check_student_prediction_type(self.prediction_type, "--prediction_type")
 
 
 @dataclass(kw_only=True)
 class ProgressiveDistillationConfig(DistillationConfig):
     """Progressive distillation: rounds from `teacher_steps` to `final_steps`, `max_train_steps` each."""
 
+    positive_counts: ClassVar[tuple[str, ...]] = (*TrainingConfig.positive_counts, "teacher_steps", "final_steps")
     output_dir: str = "outputs/progressive-digits"
     teacher_steps: int = 64
     final_steps: int = 1
@@ -85,9 +85,6 @@ class ProgressiveDistillationConfig(DistillationConfig):
                 "--resume_from_checkpoint must be 'latest' for progressive distillation: each round has its own "
                 f"checkpoints, and the unfinished round resumes from its newest; got {self.resume_from_checkpoint!r}"
             )
-        for name in ("teacher_steps", "final_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         halvings = math.log2(self.teacher_steps / self.final_steps)
         if halvings < 1 or halvings != int(halvings):
             raise ValueError(
@@ -105,6 +102,11 @@ class ConsistencyDistillationConfig(DistillationConfig):
     """Consistency distillation on an N-point skipping grid with a target network of decay μ; the saved pipeline
     samples at `num_inference_steps`."""
 
+    positive_counts: ClassVar[tuple[str, ...]] = (*TrainingConfig.positive_counts, "num_ddim_timesteps")
+    intervals: ClassVar[dict[str, tuple[str, float, float, str]]] = {
+        **TrainingConfig.intervals,
+        "target_ema_decay": ("[", 0.0, 1.0, ")"),
+    }
     output_dir: str = "outputs/consistency-digits"
     num_ddim_timesteps: int = 50
     target_ema_decay: float = 0.95
@@ -113,15 +115,11 @@ class ConsistencyDistillationConfig(DistillationConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_ddim_timesteps < 1:
-            raise ValueError(f"--num_ddim_timesteps must be at least 1, got {self.num_ddim_timesteps}")
         if not self.num_inference_steps <= self.num_ddim_timesteps:
             raise ValueError(
                 f"--num_inference_steps ({self.num_inference_steps}) must be at most --num_ddim_timesteps "
                 f"({self.num_ddim_timesteps}): LCMScheduler samples on that grid"
             )
-        if not (math.isfinite(self.target_ema_decay) and 0 <= self.target_ema_decay < 1):
-            raise ValueError(f"--target_ema_decay must be a finite number in [0, 1), got {self.target_ema_decay}")
 
 
 def distillation_argument_parser(config_class: type[DistillationConfig], description: str | None = None):

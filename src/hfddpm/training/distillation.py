@@ -59,9 +59,8 @@ class Teacher:
     def predict_original(self, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x̂_0(x_t, t), clipped as the teacher's scheduler says."""
         self.unet.to(sample.device)
-        output = self.unet(sample.to(self.unet.dtype), timesteps).sample.float()[:, : sample.shape[1]]
-        original = self.scheduler.convert_prediction(output, sample, timesteps, "sample")
-        return self.scheduler.clip_original_sample(original)
+        output = self.unet(sample.to(self.unet.dtype), timesteps).sample
+        return self.scheduler.clip_original_sample(predicted_original(self.scheduler, output, sample, timesteps))
 
     def ddim_step(self, sample: torch.Tensor, timesteps: torch.Tensor, prev_timesteps: torch.Tensor) -> torch.Tensor:
         """One deterministic DDIM step of the teacher, x_t → x_s, per sample (`schedulers.distillation.ddim_step`)."""
@@ -76,15 +75,21 @@ def stated_config(config: dict) -> dict:
     return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
+def check_student_prediction_type(prediction_type: str, name: str = "prediction_type") -> None:
+    """Refuse an ε-prediction (or unknown) student: its x̂_0 = (x_t − σ ε̂)/α explodes as α → 0, at the first of few
+    steps."""
+    if prediction_type not in STUDENT_PREDICTION_TYPES:
+        raise ValueError(
+            f"{name} of a student must be one of {list(STUDENT_PREDICTION_TYPES)} (an ε-prediction student's x̂_0 "
+            f"explodes at the first of few steps), got {prediction_type!r}"
+        )
+
+
 def student_scheduler(teacher: Teacher, prediction_type: str) -> DDIMScheduler:
     """The student's DDIM scheduler: the teacher's noise schedule and clipping, the student's prediction type, and
     the "trailing" grid, whose N-step timesteps are every other of its 2N-step ones (both are round(T − iT/N) − 1),
     so each round's grid nests in its teacher's."""
-    if prediction_type not in STUDENT_PREDICTION_TYPES:
-        raise ValueError(
-            f"the student's prediction_type must be one of {STUDENT_PREDICTION_TYPES} (an ε-prediction student's x̂_0 "
-            f"explodes at the first step of few-step sampling), got {prediction_type!r}"
-        )
+    check_student_prediction_type(prediction_type)
     return DDIMScheduler.from_config(
         stated_config(teacher.scheduler.config),
         prediction_type=prediction_type,
@@ -95,12 +100,13 @@ def student_scheduler(teacher: Teacher, prediction_type: str) -> DDIMScheduler:
     )
 
 
-def student_prediction(
-    scheduler: DDIMScheduler, model: torch.nn.Module, sample: torch.Tensor, timesteps: torch.Tensor
+def predicted_original(
+    scheduler: DDIMScheduler, output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
-    """The student's x̂_0(x_t, t) (unclipped: the loss sees the raw prediction)."""
-    output = model(sample, timesteps).sample.float()[:, : sample.shape[1]]
-    return scheduler.convert_prediction(output, sample, timesteps, "sample")
+    """x̂_0(x_t, t) from a network's `output` read as the scheduler's prediction type (a learned variance's extra
+    channels dropped), in float32 and unclipped."""
+    prediction = output.float()[:, : sample.shape[1]]
+    return scheduler.convert_prediction(prediction, sample, timesteps, "sample")
 
 
 class DistillationObjective:
@@ -165,7 +171,8 @@ class ProgressiveDistillationObjective(DistillationObjective):
         alpha_bar_s = per_sample(self.scheduler.alpha_bar(s), original)
         two_steps = self.teacher.ddim_step(self.teacher.ddim_step(sample, t, midpoint), midpoint, s)
         target = progressive_distillation_target(sample, two_steps, alpha_bar_t, alpha_bar_s)
-        error = (student_prediction(self.scheduler, model, sample, t) - target).pow(2).mean(dim=(1, 2, 3))
+        prediction = predicted_original(self.scheduler, model(sample, t).sample, sample, t)
+        error = (prediction - target).pow(2).mean(dim=(1, 2, 3))
         weighted = truncated_snr_weight(alpha_bar_t.flatten()) * error
         return LossOutput(
             loss=weighted.mean(), per_sample=weighted.detach(), mse=error.detach(), vlb=None, timesteps=t
@@ -217,7 +224,7 @@ class ConsistencyDistillationObjective(DistillationObjective):
     def consistency(self, model: torch.nn.Module, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """f(x_t, t) of `model` (`schedulers.distillation.consistency_function`)."""
         c_skip, c_out = self.lcm_scheduler.get_scalings_for_boundary_condition_discrete(timesteps.float())
-        original = student_prediction(self.scheduler, model, sample, timesteps)
+        original = predicted_original(self.scheduler, model(sample, timesteps).sample, sample, timesteps)
         return consistency_function(sample, original, per_sample(c_skip, sample), per_sample(c_out, sample))
 
     def __call__(self, model: torch.nn.Module, batch: torch.Tensor, randomness: TrainingRandomness) -> LossOutput:
