@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hfddpm"
 # Each unit of the package and its layer: a module may import its own unit and units of lower layers only.
 LAYERS = {
     "durable": 0,
+    "conditioning": 0,
     "image_data": 0,
     "eval_mode": 0,
     "lazy": 0,

@@ -18,6 +18,7 @@ _EXPORTS = {
     "create_unet": "models",
     "unet_config": "models",
     "HFDDPMPipeline": "pipelines",
+    "HFDDPMInpaintPipeline": "pipelines",
     "DDIMScheduler": "schedulers",
     "DDPMScheduler": "schedulers",
     "ReverseVariance": "schedulers",
@@ -28,6 +29,7 @@ __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
     "GaussianMixtureDenoiser",
+    "HFDDPMInpaintPipeline",
     "HFDDPMPipeline",
     "ReverseVariance",
     "__version__",
@@ -39,7 +41,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .evaluation import evaluate
     from .models import UNET_PRESETS, GaussianMixtureDenoiser, create_unet, unet_config
-    from .pipelines import HFDDPMPipeline
+    from .pipelines import HFDDPMInpaintPipeline, HFDDPMPipeline
     from .schedulers import DDIMScheduler, DDPMScheduler, ReverseVariance
 
 

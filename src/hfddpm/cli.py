@@ -174,11 +174,16 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
         "them as one grid image (--output grid.png) or one PNG per image (--output_dir folder/).",
         epilog="examples:\n"
         "  hfddpm sample outputs/ddpm-digits --num_images 64 --output samples.png\n"
-        "  hfddpm sample outputs/ddpm-digits --scheduler ddpm --steps 1000 --output_dir samples/ --num_images 500",
+        "  hfddpm sample outputs/ddpm-digits --scheduler ddpm --steps 1000 --output_dir samples/ --num_images 500\n"
+        "  hfddpm sample outputs/ddpm-digits-cond --class_labels 3 7 --guidance_scale 3 --num_images 8 "
+        "--output sevens.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoint", help="pipeline folder or Hub repository")
-    parser.add_argument("--num_images", type=int, default=16, help="images to draw (default 16)")
+    parser.add_argument(
+        "--num_images", type=int, default=16, help="images to draw, of each label with --class_labels (default 16)"
+    )
+    add_class_label_arguments(parser)
     parser.add_argument(
         "--num_inference_steps",
         "--steps",
@@ -197,6 +202,33 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_sample, command="sample")
 
 
+def add_class_label_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--class_labels` and `--guidance_scale`, for the commands that draw from a class-conditional checkpoint."""
+    parser.add_argument(
+        "--class_labels", nargs="+", help="class names or ids of a class-conditional checkpoint (default: none)"
+    )
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        help="classifier-free guidance w: 1 conditional, 0 unconditional, > 1 closer to the label (default 2)",
+    )
+
+
+def label_ids(pipeline: Any, labels: list[str] | None) -> list[int] | None:
+    """The command line's class labels as ids: each a class name of the checkpoint, else an integer id."""
+    if labels is None:
+        return None
+    if pipeline.num_classes is None:
+        raise ValueError(f"--class_labels {' '.join(labels)}: the checkpoint is unconditional; drop --class_labels")
+    known = pipeline.labels
+    ids = []
+    for label in labels:
+        if label not in known and not label.lstrip("-").isdigit():
+            raise ValueError(f"--class_labels {label!r} is neither a class name nor an id; the classes are {known}")
+        ids.append(known[label] if label in known else int(label))
+    return ids
+
+
 def run_sample(args: argparse.Namespace) -> None:
     import torch
 
@@ -212,32 +244,115 @@ def run_sample(args: argparse.Namespace) -> None:
     pipeline = HFDDPMPipeline.from_pretrained(args.checkpoint, allow_pickle=args.allow_pickle).to(device)
     if args.scheduler != "checkpoint":
         pipeline.scheduler = scheduler_for(args.scheduler, pipeline.scheduler.config)
+    ids = label_ids(pipeline, args.class_labels)
+    pipeline.check_guidance_scale(args.guidance_scale, ids)
     options = {"corrector_steps": args.corrector_steps} if args.corrector_steps else {}
+    if args.guidance_scale is not None:
+        options["guidance_scale"] = args.guidance_scale
+    per_image = None if ids is None else [i for i in ids for _ in range(args.num_images)]
     images = generate_samples(
         pipeline,
-        args.num_images,
+        args.num_images * len(ids or [None]),
         args.batch_size,
         args.num_inference_steps,
         args.eta,
         args.seed,
         progress_bar=True,
+        class_labels=per_image,
         **options,
     )
     pictures = to_pil(images * 2 - 1)
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
         for i, picture in enumerate(pictures):
-            picture.save(os.path.join(args.output_dir, f"{args.seed + i:06d}.png"))
+            suffix = "" if per_image is None else f"_class{per_image[i]}"
+            picture.save(os.path.join(args.output_dir, f"{args.seed + i:06d}{suffix}.png"))
         print(f"{len(pictures)} images written to {args.output_dir}")
         return
-    grid = sample_grid(pictures)
+    grid = sample_grid(pictures, cols=None if ids is None else args.num_images)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     grid.save(args.output)
     print(
-        f"{args.num_images} images ({type(pipeline.scheduler).__name__}, "
+        f"{len(pictures)} images ({type(pipeline.scheduler).__name__}, "
         f"{pipeline.inference_steps(args.num_inference_steps)} steps) written "
         f"to {args.output}"
     )
+
+
+def add_inpaint_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "inpaint",
+        help="complete the masked part of an image with a checkpoint (RePaint)",
+        description="Generate the pixels of --image where --mask is white, keeping the others exactly, with any "
+        "unconditional or class-conditional checkpoint and its own scheduler (RePaint, Lugmayr et al. 2022).",
+        epilog="examples:\n"
+        "  hfddpm inpaint outputs/ddpm-digits --image digit.png --mask bottom-half.png --output completed.png\n"
+        "  hfddpm inpaint outputs/ddpm-digits-cond --image digit.png --mask m.png --class_labels 7 --num_images 8 "
+        "--output sevens.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("checkpoint", help="pipeline folder or Hub repository")
+    parser.add_argument("--image", required=True, help="the image to complete, of the model's size")
+    parser.add_argument("--mask", required=True, help="white where pixels are generated, black where kept")
+    parser.add_argument(
+        "--output", required=True, help="PNG to write: the completed image, or a grid of --num_images completions"
+    )
+    parser.add_argument("--num_images", type=int, default=1, help="completions to draw (default 1)")
+    parser.add_argument(
+        "--num_inference_steps",
+        "--steps",
+        type=int,
+        help="reverse steps before resampling (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--jump_length", type=int, default=10, help="RePaint's j: steps of each jump back (default 10)"
+    )
+    parser.add_argument(
+        "--jump_n_sample", type=int, default=10, help="RePaint's r: resamplings of each stretch (default 10; 1: none)"
+    )
+    parser.add_argument("--scheduler", default="checkpoint", choices=("ddpm", "ddim", "checkpoint"))
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", help="e.g. cpu, cuda (default: cuda when available)")
+    add_class_label_arguments(parser)
+    add_allow_pickle_argument(parser)
+    parser.set_defaults(run=run_inpaint, command="inpaint")
+
+
+def run_inpaint(args: argparse.Namespace) -> None:
+    import torch
+
+    from .image_data import read_image
+    from .pipelines import HFDDPMInpaintPipeline
+    from .visualize import sample_grid
+
+    if not args.output.lower().endswith(".png") or os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output} must name a .png file")
+    if args.num_images < 1:
+        raise ValueError(f"--num_images must be at least 1, got {args.num_images}")
+    image, mask = read_image(args.image, f"--image {args.image}"), read_image(args.mask, f"--mask {args.mask}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipeline = HFDDPMInpaintPipeline.from_pretrained(args.checkpoint, allow_pickle=args.allow_pickle).to(device)
+    if args.scheduler != "checkpoint":
+        pipeline.scheduler = scheduler_for(args.scheduler, pipeline.scheduler.config)
+    ids = label_ids(pipeline, args.class_labels)
+    if ids is not None and len(ids) != 1:
+        raise ValueError(f"--class_labels: inpainting takes one label, got {len(ids)}")
+    completions = pipeline(
+        [image] * args.num_images,
+        mask,
+        num_inference_steps=args.num_inference_steps,
+        jump_length=args.jump_length,
+        jump_n_sample=args.jump_n_sample,
+        eta=args.eta,
+        generator=[torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)],
+        class_labels=None if ids is None else ids[0],
+        guidance_scale=args.guidance_scale,
+    ).images
+    result = completions[0] if args.num_images == 1 else sample_grid(completions)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    result.save(args.output)
+    print(f"{args.num_images} completion(s) of {args.image} written to {args.output}")
 
 
 def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -360,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hfddpm {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add_sample_parser(subparsers)
+    add_inpaint_parser(subparsers)
     add_evaluate_parser(subparsers)
     add_visualize_parser(subparsers)
     add_push_parser(subparsers)

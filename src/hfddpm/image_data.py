@@ -98,6 +98,47 @@ def load_image_dataset(
     return dataset, image_column
 
 
+def class_labels(dataset: datasets.Dataset, label_column: str | None = None) -> tuple[list[int], list[str]]:
+    """Each image's class id and the class names, from `label_column` or else the first `ClassLabel` column (the
+    digits' "label", an image folder's subfolder names).
+
+    A `ClassLabel` column keeps its ids and names; any other column of integers or strings is numbered in the sorted
+    order of its distinct values, which become the names.
+    """
+    import datasets
+
+    if label_column is None:
+        found = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.ClassLabel)]
+        if not found:
+            raise ValueError(
+                f"--class_conditional needs class labels, and none of the columns {dataset.column_names} is a "
+                "ClassLabel; name one with --label_column (an image folder takes its labels from its subfolders)"
+            )
+        label_column = found[0]
+    elif label_column not in dataset.column_names:
+        raise ValueError(f"--label_column {label_column!r} is not a column; the columns are {dataset.column_names}")
+    feature, values = dataset.features[label_column], dataset[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        names = list(feature.names)
+        if bad := [i for i, value in enumerate(values) if not 0 <= value < len(names)]:
+            raise ValueError(f"image {bad[0]} (and {len(bad) - 1} more) has no class label in {label_column!r}")
+        ids = list(values)
+    else:
+        if bad := [i for i, value in enumerate(values) if type(value) not in (int, str)]:
+            raise ValueError(
+                f"--label_column {label_column!r} must hold integers or strings; image {bad[0]} has {values[bad[0]]!r}"
+            )
+        distinct = sorted(set(values), key=lambda value: (isinstance(value, str), value))
+        names, index = [str(value) for value in distinct], {value: i for i, value in enumerate(distinct)}
+        ids = [index[value] for value in values]
+    if len(names) < 2:
+        raise ValueError(
+            f"the labels in {label_column!r} name {len(names)} class; class-conditional training needs at least 2 "
+            "(drop --class_conditional to train unconditionally)"
+        )
+    return ids, names
+
+
 def is_saved_dataset(folder: str) -> bool:
     """Whether `folder` was written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`."""
     return any(os.path.exists(os.path.join(folder, name)) for name in ("dataset_info.json", "dataset_dict.json"))
@@ -189,8 +230,13 @@ def check_same_colour(pixels: datasets.Dataset) -> None:
 def _open_image(entry: dict) -> PIL.Image.Image:
     """Decode an undecoded `datasets.Image` entry, naming the file when it is not a readable image."""
     source = entry.get("path") or "an embedded image"
+    return read_image(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"], source)
+
+
+def read_image(file: str | os.PathLike | io.BytesIO, source: str) -> PIL.Image.Image:
+    """The image in `file`, decoded in full; one line naming `source` when it is not a readable image."""
     try:
-        image = PIL.Image.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"])
+        image = PIL.Image.open(file)
         image.load()
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot read {source}: {error}; remove or replace the file") from error
@@ -198,15 +244,27 @@ def _open_image(entry: dict) -> PIL.Image.Image:
 
 
 class TrainingImages(torch.utils.data.Dataset):
-    """Pre-tensorised images as float tensors in [−1, 1], cropped and flipped reproducibly.
+    """Pre-tensorised images as float tensors in [−1, 1], cropped and flipped reproducibly; with `labels` (one class
+    id per image, the classes named by `label_names`), each item is the pair (image, class id).
 
     Item i of epoch e draws its crop offset and flip from a generator seeded with (seed, e, i).
     """
 
-    def __init__(self, pixels: datasets.Dataset, preprocessing: ImagePreprocessing, seed: int = 0) -> None:
+    def __init__(
+        self,
+        pixels: datasets.Dataset,
+        preprocessing: ImagePreprocessing,
+        seed: int = 0,
+        labels: list[int] | None = None,
+        label_names: list[str] | None = None,
+    ) -> None:
+        if (labels is None) != (label_names is None) or (labels is not None and len(labels) != len(pixels)):
+            raise ValueError("labels need label_names, and one label per image")
         self.pixels = pixels
         self.preprocessing = preprocessing
         self.seed = seed
+        self.labels = labels
+        self.label_names = label_names
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -218,13 +276,16 @@ class TrainingImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.__getitems__([index])[0]
 
-    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor] | list[tuple[torch.Tensor, int]]:
         """A batch of items with one read of the stored pixels (DataLoader calls this when it exists)."""
         rows = self.pixels[[int(i) for i in indices]]
-        return [
+        images = [
             self._augment(np.frombuffer(pixels, dtype=np.uint8).reshape(shape), int(index))
             for index, pixels, shape in zip(indices, rows["pixels"], rows["shape"], strict=True)
         ]
+        if self.labels is None:
+            return images
+        return [(image, self.labels[int(index)]) for image, index in zip(images, indices, strict=True)]
 
     def _augment(self, image: np.ndarray, index: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, self.epoch, index])

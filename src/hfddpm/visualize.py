@@ -33,10 +33,10 @@ def to_pil(images: torch.Tensor, scale: int = 1) -> list[PIL.Image.Image]:
     )
 
 
-def sample_grid(pictures: list[PIL.Image.Image], cell_size: int = 64) -> PIL.Image.Image:
-    """Images in a near-square grid, each enlarged (nearest neighbour) to at least `cell_size` pixels wide and framed
-    by a black border one original pixel wide; empty cells are black."""
-    cols = math.ceil(math.sqrt(len(pictures)))
+def sample_grid(pictures: list[PIL.Image.Image], cell_size: int = 64, cols: int | None = None) -> PIL.Image.Image:
+    """Images in a grid of `cols` columns (None: near-square), row by row, each enlarged (nearest neighbour) to at
+    least `cell_size` pixels wide and framed by a black border one original pixel wide; empty cells are black."""
+    cols = cols or math.ceil(math.sqrt(len(pictures)))
     rows = math.ceil(len(pictures) / cols)
     scale = max(1, cell_size // pictures[0].width)
     cells = [

@@ -4,7 +4,8 @@ L = L_T + Σ_t L_t, each term a closed form of `hfddpm.schedulers.bound_terms`, 
 timestep (or per stratum of timesteps). Every term is reported in bits per dimension: nats summed over pixels,
 divided by their number and by log 2. For 8-bit images scaled to [−1, 1] the decoder is the discretised Gaussian of
 Ho et al. (eq. 13), and the bound is an upper bound on the negative log-likelihood of the discrete data; the
-continuous decoder bounds the density instead.
+continuous decoder bounds the density instead. A class-conditional model is evaluated as its unconditional model
+ε_θ(x_t, t, ∅) (`hfddpm.conditioning.predict`): the bound is on its marginal p_θ(x_0).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from ..conditioning import predict
 from ..schedulers.bound_terms import Decoder, prior_term, vlb_terms
 from ..schedulers.gaussian_diffusion import reverse_variance_of
 
@@ -118,7 +120,7 @@ def variational_bound(
             timesteps = torch.randint(low, high, (len(original),), generator=generator)
             noise = torch.randn(original.shape, generator=generator, dtype=torch.float64).to(device)
             noisy = scheduler.add_noise(original, noise, timesteps.to(device))
-            model_output = model(noisy.to(dtype), timesteps.to(device)).sample.to(torch.float64)
+            model_output = predict(model, noisy.to(dtype), timesteps.to(device)).to(torch.float64)
             terms = vlb_terms(scheduler, model_output, original, noisy, timesteps.to(device), decoder).cpu()
             bound += (high - low) * terms
             term_sums.index_add_(0, timesteps, terms)

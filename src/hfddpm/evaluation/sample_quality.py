@@ -9,7 +9,7 @@ channels, count and feature extractor.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,18 +39,24 @@ def generate_samples(
     eta: float = 0.0,
     seed: int = 0,
     progress_bar: bool = True,
+    class_labels: Sequence[int | str] | None = None,
     **call_options: Any,
 ) -> torch.Tensor:
-    """`num_samples` images in [0, 1], on the CPU. Image i is drawn from its own generator seeded with seed + i, so
-    the samples do not depend on the batch size; `num_inference_steps` None is the pipeline's own count (50 unless
-    it is a distilled student). `call_options` go to the pipeline's call (e.g. corrector_steps)."""
+    """`num_samples` images in [0, 1], on the CPU. Image i is drawn from its own generator seeded with seed + i (and
+    of class `class_labels[i]` when given), so the samples do not depend on the batch size; `num_inference_steps`
+    None is the pipeline's own count (50 unless it is a distilled student). `call_options` go to the pipeline's
+    call (e.g. corrector_steps, guidance_scale)."""
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be at least 1, got {num_samples} and {batch_size}")
+    if class_labels is not None and len(class_labels) != num_samples:
+        raise ValueError(f"got {len(class_labels)} class_labels for {num_samples} samples: pass one per sample")
     pipeline.set_progress_bar_config(disable=True)
     images = []
     for start in tqdm(range(0, num_samples, batch_size), desc="Sampling", unit="batch", disable=not progress_bar):
         count = min(batch_size, num_samples - start)
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
+        if class_labels is not None:
+            call_options["class_labels"] = list(class_labels[start : start + count])
         output = pipeline(
             batch_size=count,
             generator=generators,

@@ -53,6 +53,12 @@ def training_data(args: dict) -> TrainingData:
     return TrainingData(f"[{name}](https://huggingface.co/datasets/{name})", [name], name, name)
 
 
+def _unnamed_classes(folder: Path) -> list[str]:
+    """The ids of a class-conditional UNet's classes, as names, when model_index.json names none."""
+    embeds = _read_json(folder / "unet" / "config.json").get("num_class_embeds")
+    return [str(i) for i in range(embeds - 1)] if embeds else []
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
@@ -71,6 +77,9 @@ def _training_rows(args: dict, info: dict, unet: dict, scheduler: dict, lineage:
         ("reverse variance", str(scheduler.get("reverse_variance") or scheduler.get("variance_type"))),
         ("loss", loss + (f", min-SNR γ = {args['snr_gamma']}" if args.get("snr_gamma") else "")),
     ]
+    if unet.get("num_class_embeds"):
+        dropout = f", label dropout p = {args['class_dropout_prob']}" if args.get("class_dropout_prob") else ""
+        rows.append(("class conditioning", f"{unet['num_class_embeds'] - 1} classes + 'no label'{dropout}"))
     if args:
         processes, accumulation = info.get("num_processes", 1), args.get("gradient_accumulation_steps", 1)
         batch = f"batch {args.get('train_batch_size')} × {processes} process(es) × {accumulation} accumulation"
@@ -149,6 +158,7 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
     index = _read_json(folder / "model_index.json")
     scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
     data = training_data(args)
+    classes = list((index.get("id2label") or {}).values()) or _unnamed_classes(folder)
     model_name = repo_id.split("/")[-1]
     splits = {"bits_per_dim": evaluation.get("details", {}).get("bits_per_dim", {}).get("split")}
     eval_results = [
@@ -167,7 +177,7 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
         license=license,
-        tags=TAGS,
+        tags=TAGS + (["class-conditional"] if classes else []),
         datasets=data.hub_ids or None,
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,
@@ -184,6 +194,7 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
         stock_pipeline=index.get("_class_name", "DDPMPipeline"),
         dataset_description=data.description,
         distilled_from=lineage.get("teacher"),
+        classes=classes,
         steps_argument="" if steps else "num_inference_steps=50, ",
         native_steps=steps,
         sample_grid=SAMPLE_GRID if (folder / SAMPLE_GRID).is_file() else None,

@@ -18,20 +18,27 @@ if TYPE_CHECKING:
 
 
 class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
-    """Bayes-optimal prediction for data x_0 ~ Σ_k w_k N(μ_k, s_k² I), called like a `UNet2DModel`.
+    """Bayes-optimal prediction for data x_0 ~ Σ_k w_k N(μ_k, Σ_k), called like a `UNet2DModel`.
 
-    Under q(x_t|x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) the noisy data is the mixture Σ_k w_k N(√ᾱ_t μ_k, v_k I) with
-    v_k = ᾱ_t s_k² + 1 − ᾱ_t, and the minimiser of E‖ε − ε_θ(x_t, t)‖² is
-    E[ε|x_t] = Σ_k r_k(x_t) √(1 − ᾱ_t) (x_t − √ᾱ_t μ_k)/v_k, with r_k the posterior responsibilities
-    (Tweedie's formula). It is returned as ε, x_0 or v according to `prediction_type`. A component with s_k = 0 is
-    a point mass, and N(0, I) is the single component μ = 0, s = 1.
+    Under q(x_t|x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) the noisy data is the mixture Σ_k w_k N(√ᾱ_t μ_k, V_k) with
+    V_k = ᾱ_t Σ_k + (1 − ᾱ_t) I, and the minimiser of E‖ε − ε_θ(x_t, t)‖² is
+    E[ε|x_t] = Σ_k r_k(x_t) √(1 − ᾱ_t) V_k⁻¹ (x_t − √ᾱ_t μ_k), with r_k the posterior responsibilities
+    (Tweedie's formula), computed in the eigenbasis of each Σ_k. It is returned as ε, x_0 or v according to
+    `prediction_type`. Σ_k = s_k² I unless `covariances` are given; a component with s_k = 0 is a point mass, and
+    N(0, I) is the single component μ = 0, s = 1.
+
+    With `class_conditional`, the component is the class label: the model takes `class_labels` as a class-
+    conditional `UNet2DModel` does (`num_class_embeds` = K + 1, see `hfddpm.conditioning`), label k giving the
+    exact denoiser of component k alone and label K ("no label") that of the whole mixture.
 
     Args:
         means: one image-shaped mean per component, as nested lists of shape (K, C, H, W).
-        stds: the K standard deviations s_k.
+        stds: the K standard deviations s_k (ignored where `covariances` are given).
         weights: the K mixture weights (normalised here).
         alphas_cumprod: ᾱ_t of the scheduler the model is paired with (`scheduler.alphas_cumprod`).
         prediction_type: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``.
+        covariances: optional full covariances Σ_k of the flattened images, shape (K, D, D) with D = C·H·W.
+        class_conditional: take the component as a class label.
     """
 
     @register_to_config
@@ -42,20 +49,37 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
         weights: Sequence[float],
         alphas_cumprod: Sequence[float],
         prediction_type: str = "epsilon",
+        covariances: Sequence | None = None,
+        class_conditional: bool = False,
     ) -> None:
         super().__init__()
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.ndim != 4 or not len(means) == len(stds) == len(weights):
             raise ValueError("means must have shape (K, C, H, W), with one std and one weight per component")
+        num_components, dim = len(means), means[0].numel()
+        stds = torch.as_tensor(stds, dtype=torch.float64)
+        if covariances is None:
+            eigenvalues, eigenvectors = (stds**2)[:, None].expand(-1, dim), torch.eye(dim, dtype=torch.float64)
+            eigenvectors = eigenvectors.expand(num_components, dim, dim)
+        else:
+            covariances = torch.as_tensor(covariances, dtype=torch.float64)
+            if covariances.shape != (num_components, dim, dim):
+                raise ValueError(f"covariances must have shape (K, D, D) = {(num_components, dim, dim)}")
+            eigenvalues, eigenvectors = torch.linalg.eigh(covariances)
+            eigenvalues = eigenvalues.clamp(min=0)  # round-off of a positive semi-definite matrix
         weights = torch.as_tensor(weights, dtype=torch.float64)
         self.register_buffer("component_means", means, persistent=False)
-        self.register_buffer("component_stds", torch.as_tensor(stds, dtype=torch.float64), persistent=False)
+        self.register_buffer("component_stds", stds, persistent=False)
+        self.register_buffer("component_eigenvalues", eigenvalues.contiguous(), persistent=False)  # (K, D)
+        self.register_buffer("component_eigenvectors", eigenvectors.contiguous(), persistent=False)  # (K, D, D)
         self.register_buffer("log_weights", torch.log(weights / weights.sum()), persistent=False)
         self.register_buffer(
             "schedule_alphas_cumprod", torch.as_tensor(alphas_cumprod, dtype=torch.float64), persistent=False
         )
         self.register_to_config(sample_size=tuple(means.shape[2:]), in_channels=means.shape[1])
-        self.register_to_config(out_channels=means.shape[1])
+        self.register_to_config(
+            out_channels=means.shape[1], num_class_embeds=num_components + 1 if class_conditional else None
+        )
 
     @classmethod
     def for_scheduler(
@@ -64,6 +88,8 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
         means: torch.Tensor,
         stds: Sequence[float],
         weights: Sequence[float] | None = None,
+        covariances: torch.Tensor | None = None,
+        class_conditional: bool = False,
     ) -> GaussianMixtureDenoiser:
         """The exact denoiser for `scheduler`'s noise schedule and prediction type."""
         weights = [1.0] * len(means) if weights is None else list(weights)
@@ -73,10 +99,16 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
             weights=[float(w) for w in weights],
             alphas_cumprod=scheduler.alphas_cumprod.tolist(),
             prediction_type=scheduler.config.prediction_type,
+            covariances=None if covariances is None else torch.as_tensor(covariances).tolist(),
+            class_conditional=class_conditional,
         )
 
     def forward(
-        self, sample: torch.Tensor, timestep: int | torch.Tensor, return_dict: bool = True
+        self,
+        sample: torch.Tensor,
+        timestep: int | torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
     ) -> UNet2DOutput | tuple[torch.Tensor]:
         x = sample.to(torch.float64)
         t = torch.as_tensor(timestep, device=x.device).long().reshape(-1)
@@ -85,11 +117,13 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
         centred = flat - alpha_bar.unsqueeze(-1).sqrt() * self.component_means.reshape(
             1, len(self.component_means), -1
         )  # (B, K, D)
-        variance = alpha_bar * self.component_stds**2 + (1 - alpha_bar)  # (B, K)
-        dim = flat.shape[-1]
-        log_likelihood = -0.5 * (centred**2).sum(-1) / variance - 0.5 * dim * torch.log(2 * math.pi * variance)
-        responsibilities = torch.softmax(self.log_weights + log_likelihood, dim=1)  # (B, K)
-        epsilon = ((responsibilities / variance).unsqueeze(-1) * centred).sum(1) * (1 - alpha_bar).sqrt()
+        # In each component's eigenbasis V_k is diagonal: ᾱ_t λ_k + 1 − ᾱ_t.
+        rotated = torch.einsum("kde,bkd->bke", self.component_eigenvectors, centred)  # U_kᵀ (x − √ᾱ μ_k)
+        variance = alpha_bar.unsqueeze(-1) * self.component_eigenvalues + (1 - alpha_bar.unsqueeze(-1))  # (B, K, D)
+        log_likelihood = -0.5 * (rotated**2 / variance + torch.log(2 * math.pi * variance)).sum(-1)
+        responsibilities = torch.softmax(self._log_weights(class_labels, len(x)) + log_likelihood, dim=1)  # (B, K)
+        scores = torch.einsum("kde,bke->bkd", self.component_eigenvectors, rotated / variance)  # V_k⁻¹ (x − √ᾱ μ_k)
+        epsilon = (responsibilities.unsqueeze(-1) * scores).sum(1) * (1 - alpha_bar).sqrt()
         epsilon = epsilon.reshape(x.shape)
         prediction = convert_prediction(
             epsilon, x, alpha_bar.reshape(-1, 1, 1, 1), "epsilon", self.config.prediction_type
@@ -98,11 +132,35 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
             return (prediction,)
         return UNet2DOutput(sample=prediction)
 
-    def sample_data(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw x_0 from the mixture (float64, on the model's device)."""
-        components = torch.multinomial(
-            self.log_weights.exp().cpu(), num_samples, replacement=True, generator=generator
-        )
-        noise = torch.randn((num_samples, *self.component_means.shape[1:]), generator=generator, dtype=torch.float64)
+    def _log_weights(self, class_labels: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """log w_k per sample (B, K): the mixture's, or for a class label k only component k's."""
+        if self.config.num_class_embeds is None:
+            if class_labels is not None:
+                raise ValueError(
+                    "class_labels were given to a GaussianMixtureDenoiser built without class_conditional"
+                )
+            return self.log_weights.expand(batch_size, -1)
+        if class_labels is None:
+            raise ValueError("class_labels should be provided when doing class conditioning")
+        labels = torch.as_tensor(class_labels, device=self.log_weights.device).long().reshape(-1).expand(batch_size)
+        one_component = torch.nn.functional.one_hot(labels, len(self.log_weights) + 1)[:, :-1].bool()
+        labelled = torch.where(one_component, 0.0, -math.inf).to(self.log_weights)
+        unlabelled = (labels == len(self.log_weights)).unsqueeze(1)
+        return torch.where(unlabelled, self.log_weights, labelled)
+
+    def sample_data(
+        self, num_samples: int, generator: torch.Generator | None = None, component: int | None = None
+    ) -> torch.Tensor:
+        """Draw x_0 from the mixture, or from one `component` (float64, on the model's device)."""
+        if component is None:
+            components = torch.multinomial(
+                self.log_weights.exp().cpu(), num_samples, replacement=True, generator=generator
+            )
+        else:
+            components = torch.full((num_samples,), component)
+        shape = self.component_means.shape[1:]
+        noise = torch.randn((num_samples, shape.numel()), generator=generator, dtype=torch.float64)
         components, noise = components.to(self.component_means.device), noise.to(self.component_means.device)
-        return self.component_means[components] + self.component_stds[components].reshape(-1, 1, 1, 1) * noise
+        scaled = self.component_eigenvalues[components].sqrt() * noise  # in the eigenbasis: N(0, diag λ_k)
+        offsets = torch.einsum("bde,be->bd", self.component_eigenvectors[components], scaled)
+        return self.component_means[components] + offsets.reshape(num_samples, *shape)

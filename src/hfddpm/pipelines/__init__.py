@@ -1,5 +1,6 @@
-"""Pipelines: HFDDPMPipeline, unconditional image generation."""
+"""Pipelines: HFDDPMPipeline (unconditional or class-conditional generation) and HFDDPMInpaintPipeline (RePaint)."""
 
 from .pipeline_hfddpm import HFDDPMPipeline
+from .pipeline_hfddpm_inpaint import HFDDPMInpaintPipeline
 
-__all__ = ["HFDDPMPipeline"]
+__all__ = ["HFDDPMInpaintPipeline", "HFDDPMPipeline"]

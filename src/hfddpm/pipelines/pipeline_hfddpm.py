@@ -1,4 +1,5 @@
-"""`HFDDPMPipeline`: unconditional image generation with any diffusers scheduler, saved in the stock layout.
+"""`HFDDPMPipeline`: image generation with any diffusers scheduler, unconditional or class-conditional with
+classifier-free guidance, saved in the stock layout.
 
 Checkpoint layout. `save_pretrained` writes the folder stock `DDPMPipeline` writes — `model_index.json`,
 `unet/` (config and safetensors weights) and `scheduler/` (`scheduler_config.json`) — and `model_index.json` names
@@ -19,18 +20,22 @@ from diffusers and hfddpm only.
 
 # No `from __future__ import annotations`: diffusers < 0.37 needs `__init__`'s annotations as classes, not strings.
 import inspect
+import itertools
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import Any
 
 import diffusers
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import __version__
+from ..conditioning import guided_prediction, num_classes, predict
 from ..eval_mode import eval_mode
 from ..schedulers import DDIMScheduler, DDPMScheduler
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
@@ -40,6 +45,9 @@ from .checkpoint_safety import check_checkpoint_folder, check_model_index, check
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+# w of classifier-free guidance when class labels are given without a guidance_scale (benchmarks/RESULTS.md,
+# "Class-conditional generation", measures the choice).
+DEFAULT_GUIDANCE_SCALE = 2.0
 # Keyword arguments of `from_pretrained` that say where and how to fetch a Hub repository.
 _DOWNLOAD_KWARGS = (
     "cache_dir",
@@ -65,12 +73,16 @@ def consumes_model_variance(scheduler: SchedulerMixin) -> bool:
 
 
 class HFDDPMPipeline(DiffusionPipeline):
-    """Unconditional image generation: start from N(0, σ_max² I) and apply the scheduler's reverse steps.
+    """Image generation: start from N(0, σ_max² I) and apply the scheduler's reverse steps.
 
     Works with hfddpm's `DDPMScheduler` and `DDIMScheduler` and with any stock diffusers scheduler: the loop calls
     `scale_model_input` and starts from `init_noise_sigma`, which sigma-parameterised schedulers (Euler, Heun, …)
     need. The sample is kept in float32 whatever the UNet's dtype, so a half-precision UNet only changes the network
     evaluations. See the module docstring for the checkpoint layout.
+
+    A class-conditional UNet (`num_class_embeds` = classes + 1, the last index meaning "no label"; see
+    `hfddpm.conditioning`) draws images of the `class_labels` it is given, with classifier-free guidance, and
+    unconditional images when given none.
 
     Args:
         unet: a `UNet2DModel` (or any model called as `unet(sample, t).sample`); with 2C output channels it is a
@@ -78,6 +90,8 @@ class HFDDPMPipeline(DiffusionPipeline):
         scheduler: the noise scheduler.
         default_num_inference_steps: the step count a call without `num_inference_steps` samples at (None: 50),
             saved in `model_index.json`: a distilled student samples at its own step count without being told.
+        id2label: the names of a class-conditional UNet's classes, {id: name} as in `DiTPipeline` (None: the ids'
+            digits), saved in `model_index.json`.
     """
 
     model_cpu_offload_seq = "unet"
@@ -85,7 +99,11 @@ class HFDDPMPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["sample", "pred_original_sample"]
 
     def __init__(
-        self, unet: UNet2DModel, scheduler: SchedulerMixin, default_num_inference_steps: int | None = None
+        self,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        default_num_inference_steps: int | None = None,
+        id2label: dict | None = None,
     ) -> None:
         super().__init__()
         if default_num_inference_steps is not None and (
@@ -95,7 +113,36 @@ class HFDDPMPipeline(DiffusionPipeline):
                 f"default_num_inference_steps must be a positive integer or None, got {default_num_inference_steps!r}"
             )
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(default_num_inference_steps=default_num_inference_steps)
+        self.register_to_config(
+            default_num_inference_steps=default_num_inference_steps,
+            id2label=None if id2label is None else _checked_id2label(id2label, num_classes(unet)),
+        )
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes of a class-conditional UNet, or None for an unconditional one."""
+        return num_classes(self.unet)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """{id: name} of the classes (names "0", "1", … when none were saved); empty for an unconditional UNet."""
+        saved = self.config.get("id2label")
+        if saved is not None:
+            return {int(key): name for key, name in saved.items()}
+        return {i: str(i) for i in range(self.num_classes or 0)}
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """{name: id} of the classes, sorted by name, as `DiTPipeline.labels`."""
+        return dict(sorted((name, i) for i, name in self.id2label.items()))
+
+    def get_label_ids(self, label: str | list[str]) -> list[int]:
+        """The ids of class names, as `DiTPipeline.get_label_ids`; an unknown name is refused with the known ones."""
+        names = [label] if isinstance(label, str) else list(label)
+        labels = self.labels
+        if unknown := [name for name in names if name not in labels]:
+            raise ValueError(f"unknown class name(s) {unknown}; this model's classes are {list(labels)}")
+        return [labels[name] for name in names]
 
     @classmethod
     def from_pretrained(
@@ -148,8 +195,9 @@ class HFDDPMPipeline(DiffusionPipeline):
             "DDIMPipeline" if isinstance(self.scheduler, diffusers.DDIMScheduler) else "DDPMPipeline"
         )
         index["_hfddpm_version"] = __version__
-        if index.get("default_num_inference_steps") is None:  # stock pipelines take no such argument
-            index.pop("default_num_inference_steps", None)
+        for option in ("default_num_inference_steps", "id2label"):
+            if index.get(option) is None:  # an ordinary folder stays stock-identical
+                index.pop(option, None)
         for name, component in self.components.items():
             stock_class = getattr(diffusers, type(component).__name__, None)
             if stock_class is not None and isinstance(component, stock_class):
@@ -175,6 +223,8 @@ class HFDDPMPipeline(DiffusionPipeline):
         return_dict: bool = True,
         corrector_steps: int = 0,
         corrector_snr: float = 0.16,
+        class_labels: int | str | list[int | str] | torch.Tensor | None = None,
+        guidance_scale: float | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("sample",),
     ) -> ImagePipelineOutput | tuple:
@@ -198,6 +248,13 @@ class HFDDPMPipeline(DiffusionPipeline):
                 corrector sampling (Song et al. 2021, Algorithms 1 and 5), each costing one more network
                 evaluation; needs hfddpm's `DDPMScheduler` or `DDIMScheduler`.
             corrector_snr: the corrector's signal-to-noise ratio r, which sets its step size.
+            class_labels: for a class-conditional UNet, the class of each image — ids or names (`labels`), one per
+                image (the batch is then their number; `batch_size` must be 1 or that number) or one for the
+                whole batch. None draws unconditionally, from ε_θ(x_t, t, ∅).
+            guidance_scale: classifier-free guidance's w (`hfddpm.conditioning.guided_prediction`): 1 samples the
+                conditional model, 0 the unconditional one, w > 1 trades diversity for fidelity to the label at the
+                cost of a second network evaluation per step (both run as one batch). Default
+                `DEFAULT_GUIDANCE_SCALE`; needs `class_labels`.
             callback_on_step_end: called after each step as in diffusers' pipelines,
                 `callback_on_step_end(pipeline, step_index, timestep, callback_kwargs)`, with the tensors named in
                 `callback_on_step_end_tensor_inputs` ("sample": x after the step, "pred_original_sample": the
@@ -206,46 +263,150 @@ class HFDDPMPipeline(DiffusionPipeline):
         The progress bar is configured with `set_progress_bar_config(disable=True)` as in diffusers.
         """
         num_inference_steps = self.inference_steps(num_inference_steps)
+        device = self._execution_device  # private, no public twin: under CPU offload `self.device` is cpu
+        class_labels, batch_size = self.class_label_ids(class_labels, batch_size, device)
+        guidance_scale = self.check_guidance_scale(guidance_scale, class_labels)
         self._check_inputs(batch_size, generator, num_inference_steps, eta, output_type)
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(
-                f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
-                f"got {sorted(unknown)}"
-            )
+        self._check_callback_inputs(callback_on_step_end_tensor_inputs)
         if corrector_steps < 0 or (corrector_steps and not isinstance(self.scheduler, (DDPMScheduler, DDIMScheduler))):
             raise ValueError(
                 f"corrector_steps must be >= 0 and needs hfddpm's DDPMScheduler or DDIMScheduler, got "
                 f"{corrector_steps} with {type(self.scheduler).__name__}"
             )
-        # Private, no public twin: under enable_model_cpu_offload `self.device` is cpu, the UNet runs elsewhere.
-        device = self._execution_device
         channels = self.unet.config.in_channels
-        size = self.unet.config.sample_size
-        shape = (batch_size, channels, *((size, size) if isinstance(size, int) else size))
-
-        sample = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        sample = randn_tensor(self.sample_shape(batch_size), generator=generator, device=device, dtype=torch.float32)
         sample = sample * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         step_kwargs = self._step_kwargs(generator, eta, use_clipped_model_output)
         keep_variance = consumes_model_variance(self.scheduler)
-        unet_dtype = self.unet.dtype  # diffusers finds it by walking every module: once, not at every step
 
         with eval_mode(self.unet):
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 for _ in range(corrector_steps):
-                    sample = self._langevin_correction(sample, t, corrector_snr, generator, unet_dtype)
-                model_input = self.scheduler.scale_model_input(sample, t).to(unet_dtype)
-                model_output = self.unet(model_input, t).sample.to(torch.float32)
+                    sample = self._langevin_correction(
+                        sample, t, corrector_snr, generator, class_labels, guidance_scale
+                    )
+                model_input = self.scheduler.scale_model_input(sample, t)
+                model_output = self.model_output(model_input, t, class_labels, guidance_scale)
                 if model_output.shape[1] == 2 * channels and not keep_variance:
                     model_output = model_output[:, :channels]
                 output = self.scheduler.step(model_output, t, sample, **step_kwargs)
                 sample = output.prev_sample
                 if callback_on_step_end is not None:
-                    tensors = {"sample": sample, "pred_original_sample": getattr(output, "pred_original_sample", None)}
-                    callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
-                    sample = callback_on_step_end(self, i, t, callback_kwargs).get("sample", sample)
+                    sample = self._call_back(
+                        callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, sample, output
+                    )
+        return self.postprocess(sample, output_type, return_dict)
 
+    def sample_shape(self, batch_size: int) -> tuple[int, ...]:
+        """(batch_size, C, H, W) of the UNet's samples."""
+        size = self.unet.config.sample_size
+        return (batch_size, self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+
+    def model_output(
+        self, sample: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None, guidance_scale: float
+    ) -> torch.Tensor:
+        """The network's output at (x_t, t) in float32, guided towards `class_labels` with scale w.
+
+        w = 1 (or no labels) is one evaluation of the conditional (or unconditional) network and w = 0 one of the
+        unconditional network, so both are exact; any other w evaluates both halves as one batch of 2B.
+        """
+        sample = sample.to(self._network_dtype())
+        if class_labels is None or guidance_scale == 1:
+            return predict(self.unet, sample, t, class_labels).to(torch.float32)
+        if guidance_scale == 0:
+            return predict(self.unet, sample, t).to(torch.float32)
+        null = torch.full_like(class_labels, self.num_classes)
+        both = predict(self.unet, torch.cat([sample, sample]), t, torch.cat([class_labels, null])).to(torch.float32)
+        conditional, unconditional = both.chunk(2)
+        return guided_prediction(conditional, unconditional, guidance_scale, sample.shape[1])
+
+    def _network_dtype(self) -> torch.dtype:
+        """The UNet's dtype from its first parameter (or buffer): `ModelMixin.dtype` walks every module, and this
+        is asked at every step."""
+        tensor = next(itertools.chain(self.unet.parameters(), self.unet.buffers()), None)
+        return torch.float32 if tensor is None else tensor.dtype
+
+    def class_label_ids(
+        self, class_labels: Any, batch_size: int, device: torch.device
+    ) -> tuple[torch.Tensor | None, int]:
+        """`class_labels` (ids or names, one or one per image) as a tensor of ids, and the batch size they make."""
+        if class_labels is None:
+            return None, batch_size
+        if self.num_classes is None:
+            raise ValueError(
+                "class_labels were given, but this checkpoint is unconditional (its UNet has no num_class_embeds); "
+                "drop class_labels and guidance_scale"
+            )
+        if isinstance(class_labels, (torch.Tensor, np.ndarray)):
+            if class_labels.ndim > 1:
+                raise ValueError(
+                    f"class_labels must be one label or a 1-D sequence, got shape {tuple(class_labels.shape)}"
+                )
+            class_labels = class_labels.tolist()  # a 0-d array gives its one value
+        single = not isinstance(class_labels, (list, tuple))
+        values = [class_labels] if single else list(class_labels)
+        if not values:
+            raise ValueError("class_labels is empty; pass at least one label, or None to draw unconditionally")
+        ids = [self._class_id(value) for value in values]
+        if single:
+            ids = ids * batch_size
+        elif batch_size not in (1, len(ids)):
+            raise ValueError(
+                f"got {len(ids)} class_labels for batch_size={batch_size}: pass one label per image (the batch is "
+                "then their number), or a single label for the whole batch"
+            )
+        return torch.tensor(ids, dtype=torch.long, device=device), len(ids)
+
+    def _class_id(self, value: Any) -> int:
+        """One label, an id or a name, as an id among the UNet's classes."""
+        if isinstance(value, str):
+            return self.get_label_ids(value)[0]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"a class label is an integer id or a class name, got {value!r} ({type(value).__name__})")
+        if not 0 <= value < self.num_classes:
+            raise ValueError(
+                f"class label {value} is not one of this model's {self.num_classes} classes (ids 0 to "
+                f"{self.num_classes - 1}: {self.id2label})"
+            )
+        return int(value)
+
+    def check_guidance_scale(self, guidance_scale: float | None, class_labels: torch.Tensor | None) -> float:
+        """w, checked: a finite number ≥ 0, and only with class labels (default `DEFAULT_GUIDANCE_SCALE`)."""
+        if guidance_scale is None:
+            return DEFAULT_GUIDANCE_SCALE if class_labels is not None else 1.0
+        if class_labels is None:
+            raise ValueError(
+                "guidance_scale guides towards class_labels, and none were given: pass class_labels, or drop "
+                "guidance_scale to draw unconditionally"
+            )
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.floating, np.integer)):
+            raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}")
+        if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ValueError(
+                f"guidance_scale must be a finite number >= 0 (1: the conditional model, 0: the unconditional one), "
+                f"got {guidance_scale}"
+            )
+        return float(guidance_scale)
+
+    def _check_callback_inputs(self, names: list[str]) -> None:
+        if unknown := set(names) - set(self._callback_tensor_inputs):
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
+                f"got {sorted(unknown)}"
+            )
+
+    def _call_back(
+        self, callback: Callable, names: list[str], i: int, t: torch.Tensor, sample: torch.Tensor, output: Any
+    ) -> torch.Tensor:
+        """Run `callback_on_step_end` after step i, which left `sample`; the sample it returns (else `sample`)
+        continues."""
+        tensors = {"sample": sample, "pred_original_sample": getattr(output, "pred_original_sample", None)}
+        return callback(self, i, t, {name: tensors[name] for name in names}).get("sample", sample)
+
+    def postprocess(self, sample: torch.Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
+        """x in [−1, 1] as images in [0, 1] of `output_type`, in an `ImagePipelineOutput` unless `return_dict` is
+        False."""
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             image = image.cpu().permute(0, 2, 3, 1).numpy()
@@ -256,9 +417,9 @@ class HFDDPMPipeline(DiffusionPipeline):
             return (image,)
         return ImagePipelineOutput(images=image)
 
-    def _langevin_correction(self, sample, t, snr, generator, unet_dtype: torch.dtype) -> torch.Tensor:
-        """One corrector step at timestep t (`langevin_corrector_step`), from the network's ε̂."""
-        output = self.unet(sample.to(unet_dtype), t).sample.to(torch.float32)
+    def _langevin_correction(self, sample, t, snr, generator, class_labels, guidance_scale) -> torch.Tensor:
+        """One corrector step at timestep t (`langevin_corrector_step`), from the network's (guided) ε̂."""
+        output = self.model_output(sample, t, class_labels, guidance_scale)
         epsilon = self.scheduler.convert_prediction(output[:, : sample.shape[1]], sample, t, "epsilon")
         alpha_bar = self.scheduler.alpha_bar(t)
         alpha = alpha_bar / self.scheduler.alpha_bar(int(t) - 1)  # α_t = 1 − β_t
@@ -320,3 +481,25 @@ def _hfddpm_scheduler_class(index: dict) -> type | None:
     if library in ("diffusers", *(cls.__module__ for cls in _HFDDPM_SCHEDULERS.values())):
         return _HFDDPM_SCHEDULERS.get(class_name)
     return None
+
+
+def _checked_id2label(id2label: Any, classes: int | None) -> dict[str, str]:
+    """`id2label` as model_index.json stores it ({"0": name, …}), refused unless it names exactly the UNet's classes
+    0 … K−1 with distinct strings."""
+    if classes is None:
+        raise ValueError("id2label names classes, but the UNet is unconditional (no num_class_embeds); drop id2label")
+    if not isinstance(id2label, dict):
+        raise TypeError(f"id2label must be a dict {{id: name}}, got {type(id2label).__name__}")
+    try:
+        ids = sorted(int(key) for key in id2label)
+    except (TypeError, ValueError):
+        raise ValueError(f"id2label's keys must be class ids 0 to {classes - 1}, got {list(id2label)}") from None
+    names = list(id2label.values())
+    if ids != list(range(classes)) or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(
+            f"id2label must name each of the UNet's {classes} classes (ids 0 to {classes - 1}) with a non-empty "
+            f"string, got {dict(id2label)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"id2label gives two classes the same name: {dict(id2label)}")
+    return {str(int(key)): name for key, name in sorted(id2label.items(), key=lambda item: int(item[0]))}

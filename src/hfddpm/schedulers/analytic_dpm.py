@@ -4,6 +4,7 @@ The optimal variance of every step needs one number per timestep, Γ_t = E_{q(x_
 mean squared noise prediction, which `estimate_analytic_gamma` measures by Monte Carlo over training images.
 `fit_analytic_variance` stores it in the scheduler's config (`analytic_gamma`) with ``reverse_variance="analytic"``,
 so a saved pipeline keeps it; `GaussianDiffusionMixin.analytic_variance` turns it into σ*² for any pair of steps.
+A class-conditional model's Γ_t is measured on its unconditional prediction ε_θ(x_t, t, ∅).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import diffusers
 import torch
 from tqdm.auto import tqdm
 
+from ..conditioning import predict
 from ..eval_mode import eval_mode
 from .scheduling_ddim import DDIMScheduler
 from .scheduling_ddpm import DDPMScheduler
@@ -51,7 +53,7 @@ def estimate_analytic_gamma(
             timesteps = torch.full((len(original),), t, device=device)
             noise = torch.randn(original.shape, generator=generator, dtype=torch.float64).to(device)
             noisy = scheduler.add_noise(original, noise, timesteps)
-            output = model(noisy.to(dtype), timesteps).sample.to(torch.float64)
+            output = predict(model, noisy.to(dtype), timesteps).to(torch.float64)
             prediction, _ = scheduler.split_model_output(output, noisy)
             epsilon = scheduler.convert_prediction(prediction, noisy, timesteps, "epsilon")
             sums[t] += epsilon.pow(2).flatten(1).mean(1).sum().item()

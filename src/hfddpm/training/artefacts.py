@@ -43,13 +43,17 @@ def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
 
 
 def save_sample_grid(pipeline: HFDDPMPipeline, path: Path, config: TrainingConfig) -> PIL.Image.Image:
-    """Sample `config.num_sample_images` images (seed `config.seed`) and save their grid atomically to `path`."""
+    """Sample `config.num_sample_images` images (seed `config.seed`) and save their grid atomically to `path`; a
+    class-conditional model draws class k in column k (at the default guidance scale)."""
+    classes = pipeline.num_classes
+    labels = {"class_labels": [i % classes for i in range(config.num_sample_images)]} if classes else {}
     images = pipeline(
         batch_size=config.num_sample_images,
         generator=torch.Generator().manual_seed(config.seed),
         num_inference_steps=config.num_inference_steps,
+        **labels,
     ).images
-    grid = sample_grid(images)
+    grid = sample_grid(images, cols=classes)
     path.parent.mkdir(parents=True, exist_ok=True)
     with durable.replacing(path) as temporary:
         grid.save(temporary, format="PNG")

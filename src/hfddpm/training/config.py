@@ -24,6 +24,9 @@ from .losses import LossType
 from .timestep_sampling import TimestepSampling
 
 DEFAULT_MAX_TRAIN_STEPS = 2000
+# p_uncond of Ho & Salimans (2022): the share of training labels replaced by "no label", so that one network learns
+# the conditional and the unconditional model.
+DEFAULT_CLASS_DROPOUT_PROB = 0.1
 # The values each named option may take, for the dataclass's checks and the command line's choices alike.
 CHOICES = {
     "channels": (1, 3),
@@ -113,6 +116,8 @@ class TrainingConfig:
     random_flip: bool = False
     dataloader_num_workers: int = 0
     preprocessing_num_workers: int | None = None
+    class_conditional: bool = False
+    label_column: str | None = None
     # model and objective
     model_preset: str = "digits"
     model_config: str | None = None
@@ -124,6 +129,7 @@ class TrainingConfig:
     vlb_weight: float = 1e-3
     timestep_sampling: str = TimestepSampling.UNIFORM.value
     snr_gamma: float | None = None
+    class_dropout_prob: float | None = None
     # training
     output_dir: str = "outputs/ddpm-digits"
     overwrite_output_dir: bool = False
@@ -199,6 +205,7 @@ class TrainingConfig:
                 raise ValueError(
                     f"--{name} must be a finite number in {left}{low:g}, {high:g}{right}, got {getattr(self, name)}"
                 )
+        self._check_class_conditioning()
         if self.hub_push_intermediate and not (self.push_to_hub and self.save_model_steps):
             raise ValueError("--hub_push_intermediate needs --push_to_hub and --save_model_steps")
         if self.push_to_hub or self.hub_dry_run:
@@ -213,6 +220,21 @@ class TrainingConfig:
                     "(fid, fd_dinov2 or bits_per_dim)"
                 )
             self.eval_metrics = ["fd_digits", "digits_scores"]
+
+    def _check_class_conditioning(self) -> None:
+        """--label_column and --class_dropout_prob only with --class_conditional, whose dropout defaults to 0.1."""
+        if not self.class_conditional:
+            for name in ("label_column", "class_dropout_prob"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"--{name} is for class-conditional training; add --class_conditional or drop it")
+            return
+        if self.class_dropout_prob is None:
+            self.class_dropout_prob = DEFAULT_CLASS_DROPOUT_PROB
+        if not _in_interval(self.class_dropout_prob, ("[", 0.0, 1.0, ")")):
+            raise ValueError(
+                f"--class_dropout_prob must be a finite number in [0, 1) (0.1 or 0.2 in Ho & Salimans 2022), got "
+                f"{self.class_dropout_prob}"
+            )
 
     def _check_types(self) -> None:
         """Refuse a value of the wrong type in one line; make NumPy numbers and paths plain int, float and str (the
@@ -302,6 +324,12 @@ def training_argument_parser(
     data.add_argument("--random_flip", action="store_true", help="flip horizontally with probability 1/2")
     data.add_argument("--dataloader_num_workers", type=int)
     data.add_argument("--preprocessing_num_workers", type=int, help="processes decoding images once, before training")
+    data.add_argument(
+        "--class_conditional",
+        action="store_true",
+        help="condition on class labels: the digits' own, an image folder's subfolder names, or --label_column",
+    )
+    data.add_argument("--label_column", help="column holding the class labels (default: the first ClassLabel column)")
 
     if objective_arguments:
         _add_objective_arguments(parser.add_argument_group("model and objective"))
@@ -345,6 +373,12 @@ def _add_objective_arguments(model: argparse._ArgumentGroup) -> None:
         help="how t is drawn; loss_second_moment is Improved DDPM's importance sampling, for --loss_type vlb",
     )
     model.add_argument("--snr_gamma", type=float, help="min-SNR-γ loss weighting (Hang et al. 2023 use 5)")
+    model.add_argument(
+        "--class_dropout_prob",
+        type=float,
+        help=f"share of labels dropped to 'no label' in class-conditional training, so one network is also "
+        f"unconditional and classifier-free guidance works (default {DEFAULT_CLASS_DROPOUT_PROB})",
+    )
 
 
 def _document_defaults(parser: argparse.ArgumentParser, config_class: type[TrainingConfig]) -> None:

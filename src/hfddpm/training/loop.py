@@ -38,9 +38,11 @@ def training_step(
     clean_images: torch.Tensor,
     randomness: TrainingRandomness,
     timestep_sampler: UniformTimestepSampler | None = None,
+    class_labels: torch.Tensor | None = None,
 ) -> LossOutput:
     """The loss of one batch: draw t (uniformly unless `timestep_sampler` says otherwise) and ε ~ N(0, I), form
-    x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, predict, and weight each sample's loss by the sampler's importance weight.
+    x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, predict (given `class_labels` for a class-conditional model), and weight each
+    sample's loss by the sampler's importance weight.
 
     x_t and the loss target are computed in float32 whatever the mixed precision (in float16 √(1 − ᾱ_t) rounds to
     0 at the first timesteps); only the network runs under autocast. No backward pass here.
@@ -52,7 +54,9 @@ def training_step(
     timesteps, importance_weights = timesteps.to(clean_images.device), importance_weights.to(clean_images.device)
     noise = torch.randn(clean_images.shape, generator=generator, device=generator.device).to(clean_images.device)
     noisy_images = scheduler.add_noise(clean_images, noise, timesteps)
-    model_output = model(noisy_images, timesteps).sample
+    # Called directly, not through `conditioning.predict`: a data-parallel wrapper has no `config` to read.
+    labels = {} if class_labels is None else {"class_labels": class_labels}
+    model_output = model(noisy_images, timesteps, **labels).sample
     return loss_fn(model_output, clean_images, noise, timesteps, noisy_images, importance_weights)
 
 

@@ -18,6 +18,7 @@ from ..image_data import (
     TrainingImages,
     channels_of_mode,
     check_same_colour,
+    class_labels,
     first_image_mode,
     load_image_dataset,
     pretensorize,
@@ -105,7 +106,7 @@ def create_accelerator(config: TrainingConfig, output_dir: Path) -> Accelerator:
 
 def load_training_images(config: TrainingConfig, accelerator: Accelerator) -> TrainingImages:
     """The training images, decoded and resized once (by the main process first, so the others reuse its cache),
-    then cropped and flipped per item."""
+    then cropped and flipped per item; with their class labels for class-conditional training."""
     dataset, image_column = load_image_dataset(
         config.dataset_name,
         config.dataset_config_name,
@@ -114,22 +115,29 @@ def load_training_images(config: TrainingConfig, accelerator: Accelerator) -> Tr
         config.image_column,
         config.cache_dir,
     )
+    labels, label_names = class_labels(dataset, config.label_column) if config.class_conditional else (None, None)
     channels = config.channels or channels_of_mode(first_image_mode(dataset, image_column))
     preprocessing = ImagePreprocessing(config.resolution, channels, not config.random_crop, config.random_flip)
     with accelerator.main_process_first():
         pixels = pretensorize(dataset, image_column, preprocessing, config.preprocessing_num_workers)
     if config.channels is None:
         check_same_colour(pixels)
-    return TrainingImages(pixels, preprocessing, seed=config.seed)
+    return TrainingImages(pixels, preprocessing, seed=config.seed, labels=labels, label_names=label_names)
 
 
-def create_training_unet(config: TrainingConfig, channels: int) -> UNet2DModel:
+def create_training_unet(config: TrainingConfig, channels: int, num_classes: int | None = None) -> UNet2DModel:
     """The UNet to train: a preset or `--model_config`, with the data's channels (doubled for a learned variance)
-    and resolution."""
+    and resolution, and for `num_classes` classes a class embedding with one more entry, "no label"
+    (`hfddpm.conditioning`)."""
     learned = config.reverse_variance in LEARNED_VARIANCES
+    classes = {"num_class_embeds": num_classes + 1, "class_embed_type": None} if num_classes else {}
     if not config.model_config:
         unet = create_unet(
-            config.model_preset, learned_variance=learned, in_channels=channels, sample_size=config.resolution
+            config.model_preset,
+            learned_variance=learned,
+            in_channels=channels,
+            sample_size=config.resolution,
+            **classes,
         )
     else:
         try:
@@ -140,8 +148,16 @@ def create_training_unet(config: TrainingConfig, channels: int) -> UNet2DModel:
             raise ValueError(
                 f"--model_config {config.model_config} is not valid JSON ({error}); fix the file"
             ) from None
+        if not num_classes and (unet_config.get("num_class_embeds") or unet_config.get("class_embed_type")):
+            raise ValueError(
+                f"--model_config {config.model_config} has a class embedding; pass --class_conditional to train it "
+                "on labels, or remove num_class_embeds and class_embed_type from it"
+            )
         unet_config.update(
-            in_channels=channels, out_channels=channels * (2 if learned else 1), sample_size=config.resolution
+            in_channels=channels,
+            out_channels=channels * (2 if learned else 1),
+            sample_size=config.resolution,
+            **classes,
         )
         check_sample_size(unet_config, f"--model_config {config.model_config}")
         unet = UNet2DModel.from_config(unet_config)

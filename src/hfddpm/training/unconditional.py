@@ -1,4 +1,5 @@
-"""Unconditional DDPM training: the denoising objective on an image dataset, run by the engine."""
+"""DDPM training, unconditional or class-conditional: the denoising objective on an image dataset, run by the
+engine."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from .setup import (
 
 
 def train_unconditional(config: TrainingConfig) -> int:
-    """Train a `UNet2DModel` on `config`'s images to predict the noise (or x_0, or v) of x_t, and save the EMA
-    weights as an `HFDDPMPipeline` in `config.output_dir`; the exit status (0, or 1 when a push failed).
+    """Train a `UNet2DModel` on `config`'s images (and their class labels, with --class_conditional) to predict the
+    noise (or x_0, or v) of x_t, and save the EMA weights as an `HFDDPMPipeline` in `config.output_dir`; the exit
+    status (0, or 1 when a push failed).
 
     Every option is checked before the data or the model is loaded: the configuration when it is built, the
     objective here, the output folder first.
@@ -27,7 +29,11 @@ def train_unconditional(config: TrainingConfig) -> int:
     accelerator = create_accelerator(config, output_dir)
     remove_earlier_run_outputs(config, accelerator, output_dir)
     images = load_training_images(config, accelerator)
-    unet = create_training_unet(config, images.preprocessing.channels)
+    num_classes = None
+    if config.class_conditional:  # the objective again, now with the data's class names
+        objective = DenoisingObjective.from_config(config, images.label_names)
+        num_classes = len(images.label_names)
+    unet = create_training_unet(config, images.preprocessing.channels, num_classes)
     status = Trainer(config, accelerator, objective, unet, images).run()
     accelerator.end_training()
     return status

@@ -1,0 +1,87 @@
+"""Class conditioning: which networks take class labels, the "no label" index, and classifier-free guidance.
+
+A class-conditional network is a `UNet2DModel` (or a model with the same config keys) whose `num_class_embeds` is
+the number of classes plus one: labels 0 … K−1 are the classes and K, the last index, means "no label" (∅). A
+network trained with label dropout (Ho & Salimans 2022) learns both ε_θ(x_t, t, c) and ε_θ(x_t, t, ∅), and the
+guided prediction mixes them (`guided_prediction`). Every call of a network in hfddpm goes through
+`predict`, so a class-conditional network given no labels is the unconditional model ε_θ(x_t, t, ∅).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def num_classes(model: torch.nn.Module) -> int | None:
+    """K, the classes `model` is conditioned on (its `num_class_embeds` − 1), or None for an unconditional model
+    (one without a config counts as unconditional).
+
+    Only a learned class embedding (`class_embed_type` None) has a "no label" index; the other kinds of
+    `UNet2DModel` conditioning (a timestep-like or identity embedding of a continuous value) are refused.
+    """
+    config = getattr(model, "config", None) or {}
+    embed_type = config.get("class_embed_type")
+    if embed_type is not None:
+        raise ValueError(
+            f"the network's class_embed_type is {embed_type!r}; hfddpm conditions on class labels through a learned "
+            "embedding only (class_embed_type None with num_class_embeds = classes + 1)"
+        )
+    embeds = config.get("num_class_embeds")
+    if embeds is None:
+        return None
+    if embeds < 2:
+        raise ValueError(
+            f"the network has num_class_embeds={embeds}; a class-conditional network needs the classes plus one "
+            "'no label' embedding, so at least 2"
+        )
+    return embeds - 1
+
+
+def null_labels(model: torch.nn.Module, batch_size: int, device: torch.device | str) -> torch.Tensor:
+    """`batch_size` copies of the "no label" index K of a class-conditional `model`."""
+    return torch.full((batch_size,), num_classes(model), dtype=torch.long, device=device)
+
+
+def predict(
+    model: torch.nn.Module,
+    sample: torch.Tensor,
+    timestep: int | torch.Tensor,
+    class_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The network's output `model(sample, timestep).sample`, with `class_labels` for a class-conditional model.
+
+    A class-conditional model given no labels is called with the "no label" index (its unconditional prediction);
+    an unconditional model given labels is refused.
+    """
+    classes = num_classes(model)
+    if classes is None:
+        if class_labels is not None:
+            raise ValueError(
+                "class labels were given to an unconditional network (its config has no num_class_embeds); drop "
+                "them, or train with --class_conditional"
+            )
+        return model(sample, timestep).sample
+    if class_labels is None:
+        class_labels = null_labels(model, len(sample), sample.device)
+    return model(sample, timestep, class_labels=class_labels).sample
+
+
+def guided_prediction(
+    conditional: torch.Tensor, unconditional: torch.Tensor, guidance_scale: float, channels: int
+) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6, written as in GLIDE and diffusers):
+    ε̂ = ε̂_∅ + w (ε̂_c − ε̂_∅) on the first `channels` output channels (the prediction), while any further channels
+    (a learned variance) are the conditional network's, as in GLIDE (Nichol et al. 2022, §2.3).
+
+    w = 1 returns the conditional output and w = 0 the unconditional one (variance included), exactly. An x_0 or v
+    prediction is guided by the same formula: each is an affine function of ε̂ at fixed (x_t, t), and affine maps
+    keep weights summing to one.
+    """
+    if not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+    if guidance_scale in (0, 1):  # u + 1·(c − u) need not round to c
+        return conditional if guidance_scale == 1 else unconditional
+    guided = unconditional[:, :channels] + guidance_scale * (conditional[:, :channels] - unconditional[:, :channels])
+    return torch.cat([guided, conditional[:, channels:]], dim=1)

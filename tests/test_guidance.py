@@ -1,0 +1,197 @@
+"""Class-conditional sampling and classifier-free guidance, against closed forms and the exact conditional denoiser
+of a labelled Gaussian mixture (label = component)."""
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+
+from hfddpm import DDIMScheduler, DDPMScheduler, GaussianMixtureDenoiser, HFDDPMPipeline, create_unet
+from hfddpm.conditioning import guided_prediction, num_classes, predict
+
+MEANS = torch.stack([torch.full((1, 2, 2), -0.5), torch.full((1, 2, 2), 0.5)])
+STDS = [0.1, 0.2]
+
+
+def mixture(scheduler, class_conditional=True):
+    return GaussianMixtureDenoiser.for_scheduler(
+        scheduler, MEANS, STDS, weights=[0.3, 0.7], class_conditional=class_conditional
+    )
+
+
+def pipeline(model, scheduler, **kwargs):
+    pipe = HFDDPMPipeline(unet=model, scheduler=scheduler, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def draw(pipe, n=8, seed=0, **kwargs):
+    return pipe(batch_size=n, generator=torch.Generator().manual_seed(seed), output_type="pt", **kwargs).images
+
+
+def test_guided_prediction_is_the_conditional_one_at_w_1_and_the_unconditional_one_at_w_0():
+    conditional, unconditional = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    assert torch.equal(guided_prediction(conditional, unconditional, 1.0, 2), conditional)
+    assert torch.equal(guided_prediction(conditional, unconditional, 0.0, 2), unconditional)
+    expected = unconditional + 3.0 * (conditional - unconditional)
+    torch.testing.assert_close(guided_prediction(conditional, unconditional, 3.0, 2), expected)
+
+
+def test_a_learned_variance_keeps_the_conditional_variance_and_guides_the_prediction_only():
+    conditional, unconditional = torch.randn(2, 6, 4, 4), torch.randn(2, 6, 4, 4)
+    guided = guided_prediction(conditional, unconditional, 4.0, 3)
+    assert torch.equal(guided[:, 3:], conditional[:, 3:])  # GLIDE's choice
+    assert torch.equal(guided_prediction(conditional, unconditional, 0.0, 3), unconditional)  # w = 0: all of it
+    torch.testing.assert_close(guided[:, :3], unconditional[:, :3] + 4.0 * (conditional - unconditional)[:, :3])
+
+
+def test_label_k_of_the_conditional_mixture_is_the_exact_denoiser_of_component_k():
+    scheduler = DDPMScheduler()
+    model = mixture(scheduler)
+    x, t = torch.randn(5, 1, 2, 2), torch.tensor(400)
+    for k in (0, 1):
+        alone = GaussianMixtureDenoiser.for_scheduler(scheduler, MEANS[k : k + 1], STDS[k : k + 1])
+        assert torch.equal(predict(model, x, t, torch.full((5,), k)), alone(x, t).sample)
+    assert torch.equal(predict(model, x, t), mixture(scheduler, class_conditional=False)(x, t).sample)
+
+
+@pytest.mark.parametrize("scheduler_class", [DDPMScheduler, DDIMScheduler, diffusers.DPMSolverMultistepScheduler])
+def test_w_1_samples_the_conditional_model_and_w_0_the_unconditional_one_exactly(scheduler_class):
+    # hfddpm's schedulers and a stock multistep one: the guidance sits in the network call, whatever the step.
+    scheduler = scheduler_class.from_config(DDPMScheduler(clip_sample=False).config)
+    pipe = pipeline(mixture(scheduler), scheduler)
+    for k in (0, 1):
+        alone = GaussianMixtureDenoiser.for_scheduler(scheduler, MEANS[k : k + 1], STDS[k : k + 1])
+        expected = draw(pipeline(alone, scheduler), num_inference_steps=20)
+        assert torch.equal(draw(pipe, class_labels=k, guidance_scale=1.0, num_inference_steps=20), expected)
+    unconditional = draw(pipeline(mixture(scheduler, class_conditional=False), scheduler), num_inference_steps=20)
+    assert torch.equal(draw(pipe, class_labels=1, guidance_scale=0.0, num_inference_steps=20), unconditional)
+    assert torch.equal(draw(pipe, num_inference_steps=20), unconditional)  # no labels: ε_θ(x_t, t, ∅)
+
+
+def test_guidance_runs_both_halves_as_one_batch_with_the_formula_of_separate_calls():
+    torch.manual_seed(0)
+    unet = create_unet("tiny", in_channels=1, sample_size=8, num_class_embeds=4).eval()
+    pipe = pipeline(unet, DDIMScheduler(), id2label={0: "a", 1: "b", 2: "c"})
+    x, t, labels = torch.randn(3, 1, 8, 8), torch.tensor(500), torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        conditional = unet(x, t, class_labels=labels).sample
+        unconditional = unet(x, t, class_labels=torch.full((3,), 3)).sample
+        guided = pipe.model_output(x, t, labels, 2.5)
+    # float32 convolutions of a batch of 6 and of 3 may round differently
+    torch.testing.assert_close(guided, unconditional + 2.5 * (conditional - unconditional), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_sampling_with_label_k_reproduces_component_k(k):
+    # Label k's exact denoiser and DDPM with component k's exact reverse variance — Analytic-DPM's, whose
+    # Γ_t = E‖ε̂‖²/d is (1 − ᾱ_t)/(ᾱ_t s_k² + 1 − ᾱ_t) in closed form for N(μ_k, s_k² I) — sample N(μ_k, s_k² I). The
+    # tolerance is four standard errors of the Monte Carlo mean and spread (2000 samples × 4 pixels); the spread
+    # also falls short by Var(x_0|x_1) ≈ 10⁻⁴ s_k²/(s_k² + 10⁻⁴) (the last step returns the mean), under 0.5 %.
+    alpha_bar = DDPMScheduler().alphas_cumprod.double()
+    gamma = ((1 - alpha_bar) / (alpha_bar * STDS[k] ** 2 + 1 - alpha_bar)).tolist()
+    scheduler = DDPMScheduler(clip_sample=False, reverse_variance="analytic", analytic_gamma=gamma)
+    pipe = pipeline(mixture(scheduler), scheduler)
+    samples = draw(pipe, n=2000, class_labels=k, guidance_scale=1.0, num_inference_steps=1000) * 2 - 1
+    mean, std, n = MEANS[k].mean().item(), STDS[k], samples.numel()
+    assert abs(samples.mean().item() - mean) < 4 * std / n**0.5
+    assert abs(samples.std().item() - std) < 4 * std / (2 * n) ** 0.5 + 0.005 * std
+
+
+def test_guidance_above_1_sharpens_each_label_away_from_the_other_component():
+    # w > 1 trades diversity for fidelity: label 0's samples move away from component 1 and tighten.
+    scheduler = DDIMScheduler(clip_sample=False)
+    pipe = pipeline(mixture(scheduler), scheduler)
+    spreads = []
+    for w in (1.0, 3.0):
+        samples = draw(pipe, n=1000, class_labels=0, guidance_scale=w, num_inference_steps=50) * 2 - 1
+        spreads.append(samples.flatten(1).mean(1).std().item())
+        assert (samples.flatten(1).mean(1) < 0).all()
+    assert spreads[1] < spreads[0]
+
+
+def test_labels_are_ids_or_names_one_per_image_or_one_for_the_batch():
+    scheduler = DDIMScheduler(clip_sample=False)
+    pipe = pipeline(mixture(scheduler), scheduler, id2label={0: "dark", 1: "light"})
+    assert pipe.labels == {"dark": 0, "light": 1} and pipe.get_label_ids(["light"]) == [1]
+    by_name = draw(pipe, n=1, class_labels=["dark", "light", "light"], num_inference_steps=5)
+    by_id = draw(pipe, n=3, class_labels=torch.tensor([0, 1, 1]), num_inference_steps=5)
+    by_numpy = draw(pipe, n=3, class_labels=np.array([0, 1, 1]), num_inference_steps=5)
+    assert torch.equal(by_name, by_id) and torch.equal(by_id, by_numpy) and by_name.shape[0] == 3
+    assert torch.equal(draw(pipe, n=3, class_labels="light", num_inference_steps=5)[1:], by_id[1:])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"class_labels": 2}, "not one of this model's 2 classes"),
+        ({"class_labels": -1}, "not one of this model's 2 classes"),
+        ({"class_labels": "grey"}, "unknown class name"),
+        ({"class_labels": []}, "class_labels is empty"),
+        ({"class_labels": [0, 1], "batch_size": 3}, "got 2 class_labels for batch_size=3"),
+        ({"class_labels": True}, "integer id or a class name"),
+        ({"class_labels": 0.5}, "integer id or a class name"),
+        ({"guidance_scale": 2.0}, "guidance_scale guides towards class_labels"),
+        ({"class_labels": 0, "guidance_scale": float("nan")}, "finite number >= 0"),
+        ({"class_labels": 0, "guidance_scale": -1.0}, "finite number >= 0"),
+        ({"class_labels": 0, "guidance_scale": "3"}, "must be a number"),
+    ],
+)
+def test_bad_labels_and_guidance_are_refused_in_one_line(kwargs, message):
+    scheduler = DDIMScheduler()
+    pipe = pipeline(mixture(scheduler), scheduler, id2label={0: "dark", 1: "light"})
+    with pytest.raises((ValueError, TypeError), match=message):
+        pipe(num_inference_steps=2, **kwargs)
+
+
+def test_an_unconditional_model_given_labels_is_refused():
+    scheduler = DDIMScheduler()
+    pipe = pipeline(mixture(scheduler, class_conditional=False), scheduler)
+    with pytest.raises(ValueError, match="this checkpoint is unconditional"):
+        pipe(class_labels=0, num_inference_steps=2)
+    with pytest.raises(ValueError, match="the UNet is unconditional"):
+        HFDDPMPipeline(unet=pipe.unet, scheduler=scheduler, id2label={0: "a"})
+
+
+@pytest.mark.parametrize(
+    "id2label",
+    [{0: "a"}, {0: "a", 2: "b"}, {0: "a", 1: "a"}, {0: "a", 1: ""}, {"x": "a", "y": "b"}, ["a", "b"]],
+    ids=["too few", "gap", "same name", "empty name", "not ids", "a list"],
+)
+def test_id2label_must_name_exactly_the_unets_classes(id2label):
+    scheduler = DDIMScheduler()
+    with pytest.raises((ValueError, TypeError), match="id2label"):
+        HFDDPMPipeline(unet=mixture(scheduler), scheduler=scheduler, id2label=id2label)
+
+
+def test_other_kinds_of_class_embedding_are_refused():
+    unet = create_unet("tiny", in_channels=1, sample_size=8, class_embed_type="timestep")
+    with pytest.raises(ValueError, match="class_embed_type is 'timestep'"):
+        num_classes(unet)
+
+
+def test_a_class_conditional_folder_round_trips_and_stock_diffusers_loads_it_but_needs_labels(tmp_path):
+    torch.manual_seed(0)
+    unet = create_unet("tiny", in_channels=1, sample_size=8, num_class_embeds=4)
+    pipe = pipeline(unet, DDIMScheduler(), id2label={0: "cat", 1: "dog", 2: "owl"})
+    pipe.save_pretrained(tmp_path)
+    loaded = HFDDPMPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.id2label == {0: "cat", 1: "dog", 2: "owl"} and loaded.num_classes == 3
+    same = {"num_inference_steps": 3, "class_labels": ["owl", "cat"], "guidance_scale": 2.0}
+    assert torch.equal(draw(pipe, n=1, **same), draw(loaded, n=1, **same))
+
+    # Stock diffusers loads the folder as a DDIMPipeline (id2label is ignored with a warning) and its UNet as is,
+    # but DDIMPipeline passes no class labels, so calling it raises diffusers' own error.
+    stock = diffusers.DiffusionPipeline.from_pretrained(tmp_path)
+    assert type(stock) is diffusers.DDIMPipeline
+    with pytest.raises(ValueError, match="class_labels should be provided when doing class conditioning"):
+        stock(num_inference_steps=2)
+    stock_unet = diffusers.UNet2DModel.from_pretrained(tmp_path, subfolder="unet")
+    x = torch.randn(1, 1, 8, 8)
+    with torch.no_grad():
+        unet.eval()
+        torch.testing.assert_close(  # the same weights; the attention kernels may round differently
+            stock_unet(x, 10, class_labels=torch.tensor([2])).sample,
+            unet(x, 10, class_labels=torch.tensor([2])).sample,
+        )
