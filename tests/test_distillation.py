@@ -401,3 +401,46 @@ def test_the_command_line_samples_and_evaluates_a_student_at_its_own_step_count(
     steps_drawn = reverse_trajectory_grid(HFDDPMPipeline.from_pretrained(folder), num_images=1, every=1, scale=1)
     two_steps = reverse_trajectory_grid(HFDDPMPipeline.from_pretrained(folder), 1, 2, every=1, scale=1)
     assert steps_drawn.size == two_steps.size  # one column per step: the student's 2
+
+
+def test_a_class_conditional_teachers_target_for_label_k_is_its_component_k_teachers():
+    # The conditional teacher's two DDIM steps for a sample labelled k are those of component k's exact denoiser, and
+    # for a dropped label ("no label") those of the whole mixture: the student learns both, as guidance needs.
+    scheduler = DDIMScheduler(clip_sample=False, timestep_spacing="trailing")
+    conditional = Teacher(
+        GaussianMixtureDenoiser.for_scheduler(scheduler, MEANS, [0.1, 0.15], [0.4, 0.6], class_conditional=True),
+        scheduler,
+    )
+    sample, t, s = torch.randn(6, 2, 1, 1), torch.full((6,), 749), torch.full((6,), 499)
+    labels = torch.tensor([0, 1, 2, 0, 2, 1])
+    stepped = conditional.ddim_step(sample, t, s, labels)
+    for k, means, stds, weights in (
+        (0, MEANS[:1], [0.1], [1.0]),
+        (1, MEANS[1:], [0.15], [1.0]),
+        (2, MEANS, [0.1, 0.15], [0.4, 0.6]),
+    ):
+        alone = Teacher(GaussianMixtureDenoiser.for_scheduler(scheduler, means, stds, weights), scheduler)
+        assert torch.equal(stepped[labels == k], alone.ddim_step(sample, t, s)[labels == k])
+
+
+@pytest.mark.slow
+def test_a_class_conditional_teacher_gives_a_class_conditional_student(tmp_path):
+    teacher = tmp_path / "teacher"
+    torch.manual_seed(0)
+    unet = create_unet("tiny", sample_size=8, in_channels=1, num_class_embeds=11)
+    scheduler = DDIMScheduler(timestep_spacing="trailing")
+    HFDDPMPipeline(unet=unet, scheduler=scheduler, id2label={k: f"digit {k}" for k in range(10)}).save_pretrained(
+        teacher
+    )
+    config = ProgressiveDistillationConfig(teacher=str(teacher), teacher_steps=2, **engine_options(tmp_path / "run"))
+    assert distill_progressive(config) == 0  # the built-in digits and their labels, as the 8×8 grey teacher
+    student = HFDDPMPipeline.from_pretrained(tmp_path / "run" / "steps-1")
+    assert student.id2label == {k: f"digit {k}" for k in range(10)} and student.unet.config.num_class_embeds == 11
+    assert json.loads((tmp_path / "run" / "steps-1" / "training_args.json").read_text())["class_dropout_prob"] == 0.1
+    student.set_progress_bar_config(disable=True)
+    calls = []
+    images = student(
+        class_labels=["digit 3", "digit 7"], guidance_scale=2.0, output_type="np",
+        callback_on_step_end=lambda pipe, i, t, tensors: calls.append(int(t)) or {},
+    ).images  # fmt: skip
+    assert images.shape == (2, 8, 8, 1) and len(calls) == 1  # guided, at its one step

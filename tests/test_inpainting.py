@@ -161,6 +161,8 @@ def test_a_class_conditional_model_inpaints_towards_its_label():
         (torch.full((1, 1, 2, 2), -0.5), torch.ones(1, 1, 2, 2), "finite and in \\[0, 1\\]"),
         ([], torch.ones(1, 1, 2, 2), "empty list"),
         ("x.png", torch.ones(1, 1, 2, 2), "must be a PIL image"),
+        (PIL.Image.new("I;16", (2, 2), 40000), torch.ones(1, 1, 2, 2), "'I;16' pixels \\(more than 8 bits\\)"),
+        (torch.rand(1, 1, 2, 2), PIL.Image.new("F", (2, 2), 0.5), "mask_image has 'F' pixels"),
     ],
 )
 def test_bad_images_and_masks_are_refused_in_one_line(image, mask, message):
@@ -175,3 +177,99 @@ def test_a_scheduler_that_cannot_go_back_up_is_refused():
     model = GaussianMixtureDenoiser.for_scheduler(scheduler, torch.zeros(1, 1, 2, 2), [0.3])
     with pytest.raises(ValueError, match="use a DDPMScheduler or DDIMScheduler"):
         inpainter(model, scheduler)(torch.rand(1, 1, 2, 2), BOTTOM_ROW)
+
+
+@pytest.fixture(scope="module")
+def conditional_checkpoint(tmp_path_factory):
+    """A tiny class-conditional digits-sized checkpoint with named classes."""
+    from hfddpm import HFDDPMPipeline
+
+    torch.manual_seed(0)
+    unet = create_unet("tiny", in_channels=1, sample_size=8, num_class_embeds=4)
+    folder = tmp_path_factory.mktemp("conditional")
+    HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(), id2label={0: "cat", 1: "dog", 2: "owl"}).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def test_sample_command_draws_one_row_per_label(conditional_checkpoint, tmp_path):
+    from hfddpm.cli import main
+
+    grid = tmp_path / "grid.png"
+    argv = ["sample", str(conditional_checkpoint), "--class_labels", "owl", "0", "--num_images", "3", "--steps", "2"]
+    assert main([*argv, "--guidance_scale", "2", "--output", str(grid)]) == 0
+    assert PIL.Image.open(grid).size == (3 * 80, 2 * 80)  # 3 columns × 2 labels; cells of 64 pixels framed by 8
+    assert main([*argv, "--output_dir", str(tmp_path / "each")]) == 0
+    assert sorted(p.name for p in (tmp_path / "each").iterdir())[0] == "000000_class2.png"
+
+
+def test_inpaint_command_keeps_the_known_pixels(conditional_checkpoint, tmp_path):
+    from hfddpm.cli import main
+
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[2:6, 2:6] = 255
+    PIL.Image.fromarray(pixels).save(tmp_path / "digit.png")
+    PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
+    argv = ["inpaint", str(conditional_checkpoint), "--image", str(tmp_path / "digit.png"), "--mask"]
+    argv += [str(tmp_path / "mask.png"), "--steps", "4", "--jump_length", "2", "--jump_n_sample", "2"]
+    assert main([*argv, "--class_labels", "dog", "--output", str(tmp_path / "out.png")]) == 0
+    completed = np.asarray(PIL.Image.open(tmp_path / "out.png"))
+    assert completed.shape == (8, 8) and np.array_equal(completed[mask == 0], pixels[mask == 0])
+    assert main([*argv, "--num_images", "4", "--output", str(tmp_path / "grid.png")]) == 0
+    assert PIL.Image.open(tmp_path / "grid.png").size == (2 * 80, 2 * 80)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--class_labels", "7"], "not one of this model's 3 classes"),
+        (["--class_labels", "bat"], "neither a class name nor an id"),
+        (["--class_labels", "cat", "dog"], "inpainting takes one label"),
+        (["--guidance_scale", "2"], "guidance_scale guides towards class_labels"),
+        (["--mask_size", "4"], "give a mask of the image's size"),
+        (["--image", "missing.png"], "missing.png does not exist; fix the path"),
+        (["--mask", "not-an-image.png"], "cannot read --mask"),
+        (["--output", "out.jpg"], "must name a .png file"),
+    ],
+)
+def test_inpaint_command_refuses_bad_input_in_one_line(conditional_checkpoint, tmp_path, capsys, extra, words):
+    from hfddpm.cli import main
+
+    PIL.Image.new("L", (8, 8), 128).save(tmp_path / "digit.png")
+    (tmp_path / "not-an-image.png").write_text("text")
+    size = int(extra[1]) if extra[0] == "--mask_size" else 8
+    PIL.Image.new("L", (size, size), 255).save(tmp_path / "mask.png")
+    options = {
+        "--image": str(tmp_path / "digit.png"),
+        "--mask": str(tmp_path / "mask.png"),
+        "--output": str(tmp_path / "o.png"),
+    }
+    if extra[0] in options:
+        options[extra[0]] = str(tmp_path / extra[1])
+        extra = []
+    elif extra[0] == "--mask_size":
+        extra = []
+    argv = [
+        "inpaint",
+        str(conditional_checkpoint),
+        *[x for pair in options.items() for x in pair],
+        "--steps",
+        "2",
+        *extra,
+    ]
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert words in line and not (tmp_path / "o.png").exists()
+
+
+def test_sample_command_refuses_labels_for_an_unconditional_checkpoint(tmp_path, capsys):
+    from hfddpm import HFDDPMPipeline
+    from hfddpm.cli import main
+
+    HFDDPMPipeline(unet=create_unet("tiny", in_channels=1, sample_size=8), scheduler=DDIMScheduler()).save_pretrained(
+        tmp_path / "u"
+    )
+    assert main(["sample", str(tmp_path / "u"), "--class_labels", "3", "--output", str(tmp_path / "g.png")]) == 2
+    assert "the checkpoint is unconditional" in capsys.readouterr().err

@@ -153,7 +153,9 @@ def test_visualize_command_draws_both_processes(checkpoint, tmp_path):
     assert PIL.Image.open(tmp_path / "r.png").size == (2 * 64 + 2, 14 + 8 * 64 + 7 * 2)
 
 
-@pytest.mark.parametrize("command", [[], ["sample"], ["evaluate"], ["visualize"], ["push"], ["analytic-variance"]])
+@pytest.mark.parametrize(
+    "command", [[], ["sample"], ["inpaint"], ["evaluate"], ["visualize"], ["push"], ["analytic-variance"]]
+)
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])

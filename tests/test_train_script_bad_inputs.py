@@ -151,6 +151,49 @@ CASES = {
         2,
         ["--eval_every needs --eval_metrics", "fid, fd_dinov2 or bits_per_dim"],
     ),
+    "label column without --class_conditional": (
+        ["--label_column", "label"],
+        2,
+        ["--label_column is for class-conditional training", "add --class_conditional"],
+    ),
+    "label dropout of 1": (
+        ["--class_conditional", "--class_dropout_prob", "1"],
+        2,
+        ["--class_dropout_prob must be a finite number in [0, 1)", "got 1.0"],
+    ),
+    "non-finite label dropout": (
+        ["--class_conditional", "--class_dropout_prob", "nan"],
+        2,
+        ["finite number in [0, 1)"],
+    ),
+    "class-conditional on an image folder without subfolders": (
+        lambda tmp: [
+            "--class_conditional",
+            "--train_data_dir",
+            image_folder(tmp / "images", {"a.png": grey(), "b.png": grey()}),
+        ],
+        2,
+        ["needs class labels", "none of the columns ['image'] is a classlabel", "--label_column"],
+    ),
+    "unknown label column": (
+        ["--class_conditional", "--label_column", "digit"],
+        2,
+        ["--label_column 'digit' is not a column", "['image', 'label']"],
+    ),
+    "an image folder of one subfolder": (
+        lambda tmp: [
+            "--class_conditional",
+            "--train_data_dir",
+            image_folder(tmp / "images" / "cats", {"a.png": grey(), "b.png": grey()}).parent,
+        ],
+        2,
+        ["needs class labels", "two or more subfolders"],
+    ),
+    "a model config with a class embedding but no --class_conditional": (
+        lambda tmp: ["--model_config", file_as(tmp, "config.json", '{"num_class_embeds": 11}')],
+        2,
+        ["has a class embedding", "pass --class_conditional"],
+    ),
     "intermediate pushes without saves": (
         ["--hub_push_intermediate", "--push_to_hub", "--hub_model_id", "u/m"],
         2,

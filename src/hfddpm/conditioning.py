@@ -44,6 +44,16 @@ def null_labels(model: torch.nn.Module, batch_size: int, device: torch.device | 
     return torch.full((batch_size,), num_classes(model), dtype=torch.long, device=device)
 
 
+def call_network(
+    model: torch.nn.Module, sample: torch.Tensor, timestep: int | torch.Tensor, class_labels: torch.Tensor | None
+) -> torch.Tensor:
+    """`model(sample, timestep).sample`, passing `class_labels` when there are any; reads no config, so it also calls
+    a network wrapped for data-parallel training."""
+    if class_labels is None:
+        return model(sample, timestep).sample
+    return model(sample, timestep, class_labels=class_labels).sample
+
+
 def predict(
     model: torch.nn.Module,
     sample: torch.Tensor,
@@ -62,10 +72,10 @@ def predict(
                 "class labels were given to an unconditional network (its config has no num_class_embeds); drop "
                 "them, or train with --class_conditional"
             )
-        return model(sample, timestep).sample
+        return call_network(model, sample, timestep, None)
     if class_labels is None:
         class_labels = null_labels(model, len(sample), sample.device)
-    return model(sample, timestep, class_labels=class_labels).sample
+    return call_network(model, sample, timestep, class_labels)
 
 
 def guided_prediction(

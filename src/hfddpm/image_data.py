@@ -23,6 +23,8 @@ DIGITS = "digits"
 DIGITS_TRAIN_SIZE = 1500  # of sklearn's 1797 UCI digits; the last 297 are the held-out "test" split
 # PIL modes without colour: bilevel, grey (with alpha), 32-bit integer, 16-bit integer (any byte order), float.
 GRAYSCALE_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+# PIL modes with more than 8 bits per channel, whose conversion to "L" or "RGB" clips values above 255.
+DEEP_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
 def load_digits_dataset(split: str = "train") -> datasets.Dataset:
@@ -112,7 +114,8 @@ def class_labels(dataset: datasets.Dataset, label_column: str | None = None) -> 
         if not found:
             raise ValueError(
                 f"--class_conditional needs class labels, and none of the columns {dataset.column_names} is a "
-                "ClassLabel; name one with --label_column (an image folder takes its labels from its subfolders)"
+                "ClassLabel; name one with --label_column (an image folder takes its labels from two or more "
+                "subfolders)"
             )
         label_column = found[0]
     elif label_column not in dataset.column_names:
@@ -211,6 +214,16 @@ def first_image_mode(dataset: datasets.Dataset, image_column: str) -> str:
     return _open_image(dataset.cast_column(image_column, datasets.Image(decode=False))[0][image_column]).mode
 
 
+def check_eight_bit(image: PIL.Image.Image, source: str) -> PIL.Image.Image:
+    """`image` unless its pixels have more than 8 bits, which converting to 8-bit "L" or "RGB" would clip."""
+    if image.mode in DEEP_MODES:
+        raise ValueError(
+            f"{source} has {image.mode!r} pixels (more than 8 bits), which converting to 8-bit would clip; save it "
+            "as an 8-bit image first"
+        )
+    return image
+
+
 def channels_of_mode(mode: str) -> int:
     """1 for a grayscale PIL mode, 3 for a colour one."""
     return 1 if mode in GRAYSCALE_MODES else 3
@@ -238,6 +251,8 @@ def read_image(file: str | os.PathLike | io.BytesIO, source: str) -> PIL.Image.I
     try:
         image = PIL.Image.open(file)
         image.load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{source} does not exist; fix the path") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot read {source}: {error}; remove or replace the file") from error
     return image

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
+
 TEMPLATE = Path(__file__).parent / "template.md"
 SAMPLE_GRID = "samples/final.png"
 TAGS = ["diffusers", "diffusers:HFDDPMPipeline", "hfddpm", "ddpm", "unconditional-image-generation"]
@@ -195,6 +197,7 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
         dataset_description=data.description,
         distilled_from=lineage.get("teacher"),
         classes=classes,
+        guidance_scale=DEFAULT_GUIDANCE_SCALE,
         steps_argument="" if steps else "num_inference_steps=50, ",
         native_steps=steps,
         sample_grid=SAMPLE_GRID if (folder / SAMPLE_GRID).is_file() else None,

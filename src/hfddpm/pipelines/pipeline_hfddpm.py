@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 OUTPUT_TYPES = ("pil", "np", "pt")
 # w of classifier-free guidance when class labels are given without a guidance_scale (benchmarks/RESULTS.md,
 # "Class-conditional generation", measures the choice).
-DEFAULT_GUIDANCE_SCALE = 2.0
+DEFAULT_GUIDANCE_SCALE = 1.5
 # Keyword arguments of `from_pretrained` that say where and how to fetch a Hub repository.
 _DOWNLOAD_KWARGS = (
     "cache_dir",

@@ -17,6 +17,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..eval_mode import eval_mode
+from ..image_data import check_eight_bit
 from ..schedulers.repaint import renoise, repaint_schedule
 from .pipeline_hfddpm import HFDDPMPipeline, consumes_model_variance
 
@@ -144,9 +145,12 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
 
 
 def _checked_image(image: Any, name: str) -> Any:
-    """`image` unless it is empty, or a tensor holding a NaN or an infinity."""
+    """`image` unless it is empty, of more than 8 bits, or a tensor outside [0, 1] (NaN and infinities included)."""
     if isinstance(image, list) and not image:
         raise ValueError(f"{name} is an empty list; pass at least one image")
+    for picture in image if isinstance(image, list) else [image]:
+        if isinstance(picture, PIL.Image.Image):
+            check_eight_bit(picture, name)
     if isinstance(image, torch.Tensor) and not (torch.isfinite(image).all() and 0 <= image.min() <= image.max() <= 1):
         raise ValueError(
             f"{name} tensor values must be finite and in [0, 1] (as output_type='pt' returns images), got values "

@@ -21,9 +21,10 @@ import torch
 from accelerate import PartialState
 
 from .. import durable
+from ..conditioning import num_classes
 from ..pipelines import HFDDPMPipeline
 from .command import run_command
-from .config import TrainingConfig, launched_as_main_process, training_argument_parser
+from .config import DEFAULT_CLASS_DROPOUT_PROB, TrainingConfig, launched_as_main_process, training_argument_parser
 from .distillation import (
     STUDENT_PREDICTION_TYPES,
     ConsistencyDistillationObjective,
@@ -42,8 +43,17 @@ from .setup import (
 )
 
 LINEAGE_FILE = "distillation.json"
-# The options that say which images a run trains on, read from a teacher's training_args.json when none is given.
-DATA_OPTIONS = ("dataset_name", "dataset_config_name", "train_data_dir", "split", "image_column")
+# The options that say which images (and labels) a run trains on, read from a teacher's training_args.json when none
+# is given, and the label dropout the teacher trained with.
+DATA_OPTIONS = (
+    "dataset_name",
+    "dataset_config_name",
+    "train_data_dir",
+    "split",
+    "image_column",
+    "label_column",
+    "class_dropout_prob",
+)
 
 
 @dataclass(kw_only=True)
@@ -155,6 +165,12 @@ def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, Distillati
     data = {}
     if not (config.dataset_name or config.train_data_dir):
         data = teacher_data(config.teacher, size, channels)
+    classes = num_classes(teacher.unet)
+    if config.class_conditional and classes is None:
+        raise ValueError(f"--class_conditional: the teacher {config.teacher} is unconditional; drop the flag")
+    if classes is not None:  # the student learns the teacher's conditional and unconditional steps, as it trained
+        given = (config.class_dropout_prob, data.get("class_dropout_prob"), DEFAULT_CLASS_DROPOUT_PROB)
+        data.update(class_conditional=True, class_dropout_prob=next(p for p in given if p is not None))
     return teacher, replace(config, resolution=size, channels=channels, prediction_type=prediction_type, **data)
 
 
@@ -194,6 +210,11 @@ def train_student(
     accelerator = create_accelerator(config, output_dir)
     remove_earlier_run_outputs(config, accelerator, output_dir)
     images = load_training_images(config, accelerator)
+    if config.class_conditional and len(images.label_names) != num_classes(teacher.unet):
+        raise ValueError(
+            f"the data has {len(images.label_names)} classes, the teacher {num_classes(teacher.unet)}; pass the "
+            "teacher's data (--dataset_name or --train_data_dir, and --label_column)"
+        )
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_lineage(output_dir, lineage)
@@ -277,7 +298,9 @@ def distill_progressive(config: ProgressiveDistillationConfig) -> int:
             def objective(
                 teacher: Teacher, student: torch.nn.Module, n: int = lineage["steps"]
             ) -> DistillationObjective:
-                return ProgressiveDistillationObjective(teacher, config.prediction_type, n)
+                return ProgressiveDistillationObjective(
+                    teacher, config.prediction_type, n, config.class_dropout_prob or 0.0
+                )
 
             status = max(status, train_student(round_config, objective, teacher, lineage))
         earlier_seconds += json.loads((round_dir / "training_info.json").read_text())["wall_time_seconds"]
@@ -308,6 +331,7 @@ def distill_consistency(config: ConsistencyDistillationConfig) -> int:
             config.num_ddim_timesteps,
             config.target_ema_decay,
             config.num_inference_steps,
+            config.class_dropout_prob or 0.0,
         )
 
     status = train_student(config, objective, teacher, lineage)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import diffusers
 import torch
 
+from ..conditioning import call_network, num_classes, predict
 from ..pipelines import HFDDPMPipeline
 from ..schedulers import DDIMScheduler
 from ..schedulers.distillation import (
@@ -30,6 +31,7 @@ from ..schedulers.distillation import (
 from ..schedulers.gaussian_diffusion import per_sample
 from .loop import TrainingRandomness
 from .losses import LossOutput
+from .objectives import drop_labels
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -41,32 +43,48 @@ class Teacher:
     """A frozen network with its noise schedule, used as the deterministic DDIM sampler it defines.
 
     Any ε-, x_0- or v-prediction network (a learned variance's extra channels are ignored); x̂_0 is clipped as its
-    scheduler clips (`clip_sample`), with ε̂ re-derived from the clipped x̂_0, as `HFDDPMPipeline` samples it.
+    scheduler clips (`clip_sample`), with ε̂ re-derived from the clipped x̂_0, as `HFDDPMPipeline` samples it. A
+    class-conditional teacher is called with each sample's label ("no label" included), and its class names
+    (`id2label`) pass to the student.
     """
 
-    def __init__(self, unet: torch.nn.Module, scheduler: DDIMScheduler) -> None:
+    def __init__(
+        self, unet: torch.nn.Module, scheduler: DDIMScheduler, id2label: dict[int, str] | None = None
+    ) -> None:
         self.unet = unet.eval().requires_grad_(False)
         self.scheduler = scheduler
+        self.num_classes = num_classes(unet)
+        self.id2label = id2label
 
     @classmethod
     def from_pipeline(cls, pipeline: HFDDPMPipeline) -> Teacher:
         """The teacher a pipeline's network and noise schedule define, whatever its scheduler class; its last step
         lands on x_0 itself (ᾱ = 1), as the students' do."""
         config = stated_config(pipeline.scheduler.config)
-        return cls(pipeline.unet, DDIMScheduler.from_config(config, set_alpha_to_one=True))
+        id2label = pipeline.id2label if num_classes(pipeline.unet) is not None else None
+        return cls(pipeline.unet, DDIMScheduler.from_config(config, set_alpha_to_one=True), id2label)
 
     @torch.no_grad()
-    def predict_original(self, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x̂_0(x_t, t), clipped as the teacher's scheduler says."""
+    def predict_original(
+        self, sample: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x̂_0(x_t, t[, c]), clipped as the teacher's scheduler says."""
         self.unet.to(sample.device)
-        output = self.unet(sample.to(self.unet.dtype), timesteps).sample
+        output = predict(self.unet, sample.to(self.unet.dtype), timesteps, class_labels)
         return self.scheduler.clip_original_sample(predicted_original(self.scheduler, output, sample, timesteps))
 
-    def ddim_step(self, sample: torch.Tensor, timesteps: torch.Tensor, prev_timesteps: torch.Tensor) -> torch.Tensor:
+    def ddim_step(
+        self,
+        sample: torch.Tensor,
+        timesteps: torch.Tensor,
+        prev_timesteps: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """One deterministic DDIM step of the teacher, x_t → x_s, per sample (`schedulers.distillation.ddim_step`)."""
         alpha_bar_t = per_sample(self.scheduler.alpha_bar(timesteps), sample)
         alpha_bar_s = per_sample(self.scheduler.alpha_bar(prev_timesteps), sample)
-        return ddim_step(sample, self.predict_original(sample, timesteps), alpha_bar_t, alpha_bar_s)
+        original = self.predict_original(sample, timesteps, class_labels)
+        return ddim_step(sample, original, alpha_bar_t, alpha_bar_s)
 
 
 def stated_config(config: dict) -> dict:
@@ -111,22 +129,38 @@ def predicted_original(
 
 class DistillationObjective:
     """What both distillation objectives share: a frozen teacher, the student's DDIM scheduler (its noise schedule,
-    prediction type and grid), and x_t drawn at timesteps of a grid."""
+    prediction type and grid), and x_t drawn at timesteps of a grid.
 
-    def __init__(self, teacher: Teacher, prediction_type: str) -> None:
+    A class-conditional teacher's student learns the teacher's conditional and unconditional steps alike: batches are
+    (images, labels), and each label becomes "no label" with probability `class_dropout_prob`, as in training, so
+    the student is guided at sampling time as its teacher is.
+    """
+
+    def __init__(self, teacher: Teacher, prediction_type: str, class_dropout_prob: float = 0.0) -> None:
         self.teacher = teacher
         self.scheduler = student_scheduler(teacher, prediction_type)
+        self.class_dropout_prob = class_dropout_prob
 
     def noisy_batch(
-        self, batch: torch.Tensor, grid: torch.Tensor, randomness: TrainingRandomness
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_0, x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, the index into `grid` of each sample's t), all drawn from the run's
-        generator."""
-        original = batch.float()
+        self, batch: Any, grid: torch.Tensor, randomness: TrainingRandomness
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(x_0, x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, the index into `grid` of each sample's t, the labels after dropout
+        or None), all drawn from the run's generator."""
+        images, labels = batch if self.teacher.num_classes is not None else (batch, None)
+        original = images.float()
         generator = randomness.generator
         index = torch.randint(0, len(grid), (len(original),), generator=generator, device=generator.device).cpu()
         noise = torch.randn(original.shape, generator=generator, device=generator.device).to(original.device)
-        return original, self.scheduler.add_noise(original, noise, grid[index].to(original.device)), index
+        if labels is not None:
+            labels = drop_labels(labels, self.teacher.num_classes, self.class_dropout_prob, generator)
+        return original, self.scheduler.add_noise(original, noise, grid[index].to(original.device)), index, labels
+
+    def student_pipeline(self, unet: torch.nn.Module, scheduler: Any, steps: int) -> HFDDPMPipeline:
+        """The student with `scheduler`, sampling at `steps` steps unless told otherwise, with the teacher's
+        classes."""
+        return HFDDPMPipeline(
+            unet=unet, scheduler=scheduler, default_num_inference_steps=steps, id2label=self.teacher.id2label
+        )
 
     def checkpoint_objects(self) -> dict[str, Any]:
         return {}
@@ -147,8 +181,10 @@ class ProgressiveDistillationObjective(DistillationObjective):
     (`progressive_distillation_target`), and the loss is max(SNR_t, 1) ‖x̃ − x̂_0‖² ("truncated SNR" weighting).
     """
 
-    def __init__(self, teacher: Teacher, prediction_type: str, student_steps: int) -> None:
-        super().__init__(teacher, prediction_type)
+    def __init__(
+        self, teacher: Teacher, prediction_type: str, student_steps: int, class_dropout_prob: float = 0.0
+    ) -> None:
+        super().__init__(teacher, prediction_type, class_dropout_prob)
         self.student_steps = student_steps
         self.scheduler.set_timesteps(student_steps)
         timesteps = self.scheduler.timesteps.long()
@@ -163,15 +199,16 @@ class ProgressiveDistillationObjective(DistillationObjective):
         self.prev_timesteps = torch.cat([timesteps[1:], torch.tensor([-1])])
 
     def __call__(self, model: torch.nn.Module, batch: torch.Tensor, randomness: TrainingRandomness) -> LossOutput:
-        original, sample, index = self.noisy_batch(batch, self.timesteps, randomness)
+        original, sample, index, labels = self.noisy_batch(batch, self.timesteps, randomness)
         t, midpoint, s = (
             grid[index].to(original.device) for grid in (self.timesteps, self.midpoints, self.prev_timesteps)
         )
         alpha_bar_t = per_sample(self.scheduler.alpha_bar(t), original)
         alpha_bar_s = per_sample(self.scheduler.alpha_bar(s), original)
-        two_steps = self.teacher.ddim_step(self.teacher.ddim_step(sample, t, midpoint), midpoint, s)
+        one_step = self.teacher.ddim_step(sample, t, midpoint, labels)
+        two_steps = self.teacher.ddim_step(one_step, midpoint, s, labels)
         target = progressive_distillation_target(sample, two_steps, alpha_bar_t, alpha_bar_s)
-        prediction = predicted_original(self.scheduler, model(sample, t).sample, sample, t)
+        prediction = predicted_original(self.scheduler, call_network(model, sample, t, labels), sample, t)
         error = (prediction - target).pow(2).mean(dim=(1, 2, 3))
         weighted = truncated_snr_weight(alpha_bar_t.flatten()) * error
         return LossOutput(
@@ -183,8 +220,7 @@ class ProgressiveDistillationObjective(DistillationObjective):
 
     def pipeline(self, unet: torch.nn.Module) -> HFDDPMPipeline:
         """The student with its scheduler, sampling at its N steps unless told otherwise."""
-        scheduler = DDIMScheduler.from_config(self.scheduler.config)
-        return HFDDPMPipeline(unet=unet, scheduler=scheduler, default_num_inference_steps=self.student_steps)
+        return self.student_pipeline(unet, DDIMScheduler.from_config(self.scheduler.config), self.student_steps)
 
 
 class ConsistencyDistillationObjective(DistillationObjective):
@@ -205,8 +241,9 @@ class ConsistencyDistillationObjective(DistillationObjective):
         num_ddim_timesteps: int = 50,
         target_ema_decay: float = 0.95,
         num_inference_steps: int = 2,
+        class_dropout_prob: float = 0.0,
     ) -> None:
-        super().__init__(teacher, prediction_type)
+        super().__init__(teacher, prediction_type, class_dropout_prob)
         num_train_timesteps = self.scheduler.config.num_train_timesteps
         if not 1 <= num_ddim_timesteps <= num_train_timesteps:
             raise ValueError(f"num_ddim_timesteps must be in [1, {num_train_timesteps}], got {num_ddim_timesteps}")
@@ -221,20 +258,23 @@ class ConsistencyDistillationObjective(DistillationObjective):
         self.target_ema_decay = target_ema_decay
         self.num_inference_steps = num_inference_steps
 
-    def consistency(self, model: torch.nn.Module, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """f(x_t, t) of `model` (`schedulers.distillation.consistency_function`)."""
+    def consistency(
+        self, model: torch.nn.Module, sample: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """f(x_t, t[, c]) of `model` (`schedulers.distillation.consistency_function`)."""
         c_skip, c_out = self.lcm_scheduler.get_scalings_for_boundary_condition_discrete(timesteps.float())
-        original = predicted_original(self.scheduler, model(sample, timesteps).sample, sample, timesteps)
+        output = call_network(model, sample, timesteps, labels)
+        original = predicted_original(self.scheduler, output, sample, timesteps)
         return consistency_function(sample, original, per_sample(c_skip, sample), per_sample(c_out, sample))
 
     def __call__(self, model: torch.nn.Module, batch: torch.Tensor, randomness: TrainingRandomness) -> LossOutput:
-        original, sample, index = self.noisy_batch(batch, self.timesteps, randomness)
+        original, sample, index, labels = self.noisy_batch(batch, self.timesteps, randomness)
         t = self.timesteps[index].to(original.device)
         s = (t - self.skip).clamp(min=0)
         with torch.no_grad():
             self.target.to(original.device)
-            target = self.consistency(self.target, self.teacher.ddim_step(sample, t, s), s)
-        error = (self.consistency(model, sample, t) - target).pow(2).mean(dim=(1, 2, 3))
+            target = self.consistency(self.target, self.teacher.ddim_step(sample, t, s, labels), s, labels)
+        error = (self.consistency(model, sample, t, labels) - target).pow(2).mean(dim=(1, 2, 3))
         return LossOutput(loss=error.mean(), per_sample=error.detach(), mse=error.detach(), vlb=None, timesteps=t)
 
     @torch.no_grad()
@@ -249,4 +289,4 @@ class ConsistencyDistillationObjective(DistillationObjective):
     def pipeline(self, unet: torch.nn.Module) -> HFDDPMPipeline:
         """The consistency model with diffusers' `LCMScheduler` (multistep consistency sampling)."""
         scheduler = diffusers.LCMScheduler.from_config(self.lcm_scheduler.config)
-        return HFDDPMPipeline(unet=unet, scheduler=scheduler, default_num_inference_steps=self.num_inference_steps)
+        return self.student_pipeline(unet, scheduler, self.num_inference_steps)

@@ -6,6 +6,7 @@ import torch
 from diffusers import ModelMixin
 from diffusers.training_utils import EMAModel
 
+from ..conditioning import call_network
 from ..schedulers import DDPMScheduler
 from .losses import DiffusionLoss, LossOutput
 from .timestep_sampling import UniformTimestepSampler
@@ -54,9 +55,7 @@ def training_step(
     timesteps, importance_weights = timesteps.to(clean_images.device), importance_weights.to(clean_images.device)
     noise = torch.randn(clean_images.shape, generator=generator, device=generator.device).to(clean_images.device)
     noisy_images = scheduler.add_noise(clean_images, noise, timesteps)
-    # Called directly, not through `conditioning.predict`: a data-parallel wrapper has no `config` to read.
-    labels = {} if class_labels is None else {"class_labels": class_labels}
-    model_output = model(noisy_images, timesteps, **labels).sample
+    model_output = call_network(model, noisy_images, timesteps, class_labels)
     return loss_fn(model_output, clean_images, noise, timesteps, noisy_images, importance_weights)
 
 
