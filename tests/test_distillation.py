@@ -31,6 +31,7 @@ from hfddpm.training.distill import (
     distill_consistency_command,
     distill_progressive,
     distill_progressive_command,
+    load_teacher,
 )
 from hfddpm.training.distillation import (
     ConsistencyDistillationObjective,
@@ -429,18 +430,37 @@ def test_a_class_conditional_teacher_gives_a_class_conditional_student(tmp_path)
     torch.manual_seed(0)
     unet = create_unet("tiny", sample_size=8, in_channels=1, num_class_embeds=11)
     scheduler = DDIMScheduler(timestep_spacing="trailing")
-    HFDDPMPipeline(unet=unet, scheduler=scheduler, id2label={k: f"digit {k}" for k in range(10)}).save_pretrained(
-        teacher
-    )
+    HFDDPMPipeline(unet=unet, scheduler=scheduler, id2label={k: str(k) for k in range(10)}).save_pretrained(teacher)
     config = ProgressiveDistillationConfig(teacher=str(teacher), teacher_steps=2, **engine_options(tmp_path / "run"))
     assert distill_progressive(config) == 0  # the built-in digits and their labels, as the 8×8 grey teacher
     student = HFDDPMPipeline.from_pretrained(tmp_path / "run" / "steps-1")
-    assert student.id2label == {k: f"digit {k}" for k in range(10)} and student.unet.config.num_class_embeds == 11
+    assert (
+        student.config.id2label == {str(k): str(k) for k in range(10)} and student.unet.config.num_class_embeds == 11
+    )
     assert json.loads((tmp_path / "run" / "steps-1" / "training_args.json").read_text())["class_dropout_prob"] == 0.1
     student.set_progress_bar_config(disable=True)
     calls = []
     images = student(
-        class_labels=["digit 3", "digit 7"], guidance_scale=2.0, output_type="np",
+        class_labels=["3", "7"], guidance_scale=2.0, output_type="np",
         callback_on_step_end=lambda pipe, i, t, tensors: calls.append(int(t)) or {},
     ).images  # fmt: skip
     assert images.shape == (2, 8, 8, 1) and len(calls) == 1  # guided, at its one step
+
+
+def test_class_conditioning_must_match_the_teacher(tiny_teacher, tmp_path):
+    with pytest.raises(ValueError, match="the teacher .* is unconditional; drop the flag"):
+        load_teacher(
+            ProgressiveDistillationConfig(
+                teacher=tiny_teacher, class_conditional=True, **engine_options(tmp_path / "a")
+            )
+        )
+    three_classes = tmp_path / "three-classes"
+    unet = create_unet("tiny", sample_size=8, in_channels=1, num_class_embeds=4)
+    HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(timestep_spacing="trailing")).save_pretrained(three_classes)
+    config = ProgressiveDistillationConfig(
+        teacher=str(three_classes), teacher_steps=2, **engine_options(tmp_path / "b")
+    )
+    with pytest.raises(
+        ValueError, match=r"the data's classes \['0', '1', .*'9'\] are not the teacher's \['0', '1', '2'\]"
+    ):
+        distill_progressive(config)  # the built-in digits for an 8×8 grey teacher

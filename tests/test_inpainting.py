@@ -225,7 +225,7 @@ def test_inpaint_command_keeps_the_known_pixels(conditional_checkpoint, tmp_path
     ("extra", "words"),
     [
         (["--class_labels", "7"], "not one of this model's 3 classes"),
-        (["--class_labels", "bat"], "neither a class name nor an id"),
+        (["--class_labels", "bat"], "unknown class name(s) ['bat']"),
         (["--class_labels", "cat", "dog"], "inpainting takes one label"),
         (["--guidance_scale", "2"], "guidance_scale guides towards class_labels"),
         (["--mask_size", "4"], "give a mask of the image's size"),
@@ -272,4 +272,94 @@ def test_sample_command_refuses_labels_for_an_unconditional_checkpoint(tmp_path,
         tmp_path / "u"
     )
     assert main(["sample", str(tmp_path / "u"), "--class_labels", "3", "--output", str(tmp_path / "g.png")]) == 2
-    assert "the checkpoint is unconditional" in capsys.readouterr().err
+    assert "this checkpoint is unconditional" in capsys.readouterr().err
+
+
+def test_after_every_step_the_known_pixels_are_the_known_image_noised_to_the_level_reached():
+    # Mask all black (everything known): after the step from position p to p + 1 each pixel is
+    # √ᾱ x_0 + √(1 − ᾱ) ε at the level of position p + 1, so across 4000 images its mean is √ᾱ x_0 and its variance
+    # 1 − ᾱ; an off-by-one level (adjacent levels of a 10-step grid differ by over 10 % in ᾱ) fails the four-
+    # standard-error bounds.
+    scheduler = DDPMScheduler()
+    model = GaussianMixtureDenoiser.for_scheduler(scheduler, torch.zeros(1, 1, 2, 2), [0.3])
+    pipe = inpainter(model, scheduler)
+    x0 = 0.6
+    reached = []
+
+    def record(pipeline, i, t, tensors):
+        reached.append((int(t), tensors["sample"][:, 0, 0, 0].double()))
+        return {}
+
+    pipe(
+        torch.full((4000, 1, 2, 2), (x0 + 1) / 2),
+        torch.zeros(1, 1, 2, 2),
+        10,
+        3,
+        2,
+        callback_on_step_end=record,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    )
+    grid = pipe.scheduler.timesteps.tolist()
+    for t, pixels in reached:
+        following = grid.index(t) + 1
+        alpha_bar = scheduler.alphas_cumprod[grid[following]].item() if following < len(grid) else 1.0
+        mean, variance = alpha_bar**0.5 * x0, 1 - alpha_bar
+        assert abs(pixels.mean().item() - mean) <= 4 * (variance / 4000) ** 0.5 + 1e-6
+        assert abs(pixels.var().item() - variance) <= 4 * variance * (2 / 4000) ** 0.5 + 1e-6
+    assert len(reached) == 10 + (2 - 1) * 3 * 3  # N + (r − 1)·j·|{0, j, 2j, …} below N − j|: the evaluations
+
+
+def test_inpainting_with_a_learned_variance_and_guidance_keeps_the_known_pixels():
+    torch.manual_seed(0)
+    unet = create_unet("tiny", in_channels=1, sample_size=8, learned_variance=True, num_class_embeds=3)
+    scheduler = DDPMScheduler(reverse_variance="learned_range")
+    pipe = inpainter(unet, scheduler, id2label={0: "a", 1: "b"})
+    image, mask = torch.rand(2, 1, 8, 8), torch.zeros(1, 1, 8, 8)
+    mask[..., 4:, :] = 1
+    out = pipe(
+        image,
+        mask,
+        6,
+        2,
+        2,
+        class_labels=["a", "b"],
+        guidance_scale=3.0,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[..., :4, :], image[..., :4, :], atol=1e-6, rtol=0)
+    assert not torch.allclose(out[..., 4:, :], image[..., 4:, :], atol=1e-3)
+
+
+def test_guided_inpainting_pushes_towards_the_label_harder_than_w_1():
+    means = torch.stack([torch.full((1, 2, 2), -0.5), torch.full((1, 2, 2), 0.5)])
+    scheduler = DDIMScheduler(clip_sample=False)
+    model = GaussianMixtureDenoiser.for_scheduler(scheduler, means, [0.2, 0.2], class_conditional=True)
+    pipe = inpainter(model, scheduler, id2label={0: "dark", 1: "light"})
+    image = torch.full((500, 1, 2, 2), 0.5)
+    generated = []
+    for w in (1.0, 4.0):
+        out = (
+            pipe(
+                image,
+                BOTTOM_ROW,
+                20,
+                class_labels="light",
+                guidance_scale=w,
+                output_type="pt",
+                generator=torch.Generator().manual_seed(0),
+            ).images
+            * 2
+            - 1
+        )
+        generated.append(out[:, 0, 1].mean().item())
+    assert generated[1] > generated[0] > 0
+
+
+def test_a_call_in_which_no_jump_fits_says_that_nothing_is_resampled(caplog):
+    scheduler = DDPMScheduler()
+    model = GaussianMixtureDenoiser.for_scheduler(scheduler, torch.zeros(1, 1, 2, 2), [0.3])
+    inpainter(model, scheduler)(torch.rand(1, 1, 2, 2), BOTTOM_ROW, num_inference_steps=5)  # j = 10, r = 10
+    assert "jump_length=10 is not below num_inference_steps=5: no jump fits, so nothing is resampled" in caplog.text

@@ -159,12 +159,17 @@ CASES = {
     "label dropout of 1": (
         ["--class_conditional", "--class_dropout_prob", "1"],
         2,
-        ["--class_dropout_prob must be a finite number in [0, 1)", "got 1.0"],
+        ["--class_dropout_prob must be a finite number in (0, 1)", "got 1.0"],
+    ),
+    "no label dropout": (
+        ["--class_conditional", "--class_dropout_prob", "0"],
+        2,
+        ["in (0, 1)", "'no label' embedding that guidance needs untrained"],
     ),
     "non-finite label dropout": (
         ["--class_conditional", "--class_dropout_prob", "nan"],
         2,
-        ["finite number in [0, 1)"],
+        ["finite number in (0, 1)"],
     ),
     "class-conditional on an image folder without subfolders": (
         lambda tmp: [

@@ -216,18 +216,13 @@ def add_class_label_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def label_ids(pipeline: Any, labels: list[str] | None) -> list[int] | None:
-    """The command line's class labels as ids: each a class name of the checkpoint, else an integer id."""
+    """The command line's class labels as ids, checked by the pipeline: each a class name of the checkpoint, else
+    an integer id."""
     if labels is None:
         return None
-    if pipeline.num_classes is None:
-        raise ValueError(f"--class_labels {' '.join(labels)}: the checkpoint is unconditional; drop --class_labels")
-    known = pipeline.labels
-    ids = []
-    for label in labels:
-        if label not in known and not label.lstrip("-").isdigit():
-            raise ValueError(f"--class_labels {label!r} is neither a class name nor an id; the classes are {known}")
-        ids.append(known[label] if label in known else int(label))
-    return ids
+    names = pipeline.labels
+    values = [label if label in names or not label.lstrip("-").isdigit() else int(label) for label in labels]
+    return pipeline.class_label_ids(values, len(values), "cpu")[0].tolist()
 
 
 def run_sample(args: argparse.Namespace) -> None:

@@ -3,8 +3,9 @@
 A class-conditional network is a `UNet2DModel` (or a model with the same config keys) whose `num_class_embeds` is
 the number of classes plus one: labels 0 … K−1 are the classes and K, the last index, means "no label" (∅). A
 network trained with label dropout (Ho & Salimans 2022) learns both ε_θ(x_t, t, c) and ε_θ(x_t, t, ∅), and the
-guided prediction mixes them (`guided_prediction`). Every call of a network in hfddpm goes through
-`predict`, so a class-conditional network given no labels is the unconditional model ε_θ(x_t, t, ∅).
+guided prediction mixes them (`guided_prediction`). Sampling and evaluation call networks through `predict`, so a
+class-conditional network given no labels is the unconditional model ε_θ(x_t, t, ∅); training calls them through
+`call_network`, with the labels it has dropped.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from .. import durable
 from ..eval_mode import eval_mode
 from ..image_data import DIGITS, image_batches
 from ..pipelines import HFDDPMPipeline
+from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
 from .features import DINOV2_DEFAULT, DigitsFeatures, Dinov2Features, InceptionFeatures
 from .frechet import FeatureStatistics, frechet_distance
 from .likelihood import Decoder, plot_bound_terms, variational_bound
@@ -174,11 +175,22 @@ def evaluate_pipeline(
 
     if any(metric in metrics for metric in SAMPLE_METRICS):
         if samples is None:
+            classes = pipeline.num_classes  # a class-conditional model draws every class alike, guided by default
+            labels = None if classes is None else [i % classes for i in range(num_samples)]
             samples = generate_samples(
-                pipeline, num_samples, batch_size, num_inference_steps, eta, seed, progress_bar=progress_bar
+                pipeline,
+                num_samples,
+                batch_size,
+                num_inference_steps,
+                eta,
+                seed,
+                progress_bar=progress_bar,
+                class_labels=labels,
             )
             steps = pipeline.inference_steps(num_inference_steps)
             source = f"{type(pipeline.scheduler).__name__}, {steps} steps, eta {eta}, seed {seed}"
+            if classes is not None:
+                source += f", class i mod {classes} for sample i, guidance scale {DEFAULT_GUIDANCE_SCALE}"
         else:
             source = f"images in {name}"
         resolution, channels = samples.shape[-1], samples.shape[1]

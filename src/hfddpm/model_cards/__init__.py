@@ -202,7 +202,8 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
         native_steps=steps,
         sample_grid=SAMPLE_GRID if (folder / SAMPLE_GRID).is_file() else None,
         sample_grid_caption=f"{args.get('num_sample_images', 'Samples')} samples from this model, "
-        f"{scheduler_class} with {args.get('num_inference_steps', 50)} steps, seed {args.get('seed', 0)}.",
+        f"{scheduler_class} with {args.get('num_inference_steps', 50)} steps, seed {args.get('seed', 0)}"
+        + (f"; column k shows class k, guidance scale {DEFAULT_GUIDANCE_SCALE}." if classes else "."),
         training=_lineage_rows(lineage, info)
         + _training_rows(args, info, _read_json(folder / "unet" / "config.json"), scheduler, lineage),
         evaluation=_evaluation_rows(evaluation),

@@ -117,6 +117,12 @@ class HFDDPMPipeline(DiffusionPipeline):
             default_num_inference_steps=default_num_inference_steps,
             id2label=None if id2label is None else _checked_id2label(id2label, num_classes(unet)),
         )
+        if id2label is None and num_classes(unet) is not None:
+            logger.warning(
+                "the UNet is class-conditional but no id2label names its classes: its last class embedding (%d) is "
+                "taken as 'no label', as hfddpm trains it; a UNet trained otherwise has no such entry",
+                num_classes(unet),
+            )
 
     @property
     def num_classes(self) -> int | None:
@@ -273,12 +279,10 @@ class HFDDPMPipeline(DiffusionPipeline):
                 f"corrector_steps must be >= 0 and needs hfddpm's DDPMScheduler or DDIMScheduler, got "
                 f"{corrector_steps} with {type(self.scheduler).__name__}"
             )
-        channels = self.unet.config.in_channels
         sample = randn_tensor(self.sample_shape(batch_size), generator=generator, device=device, dtype=torch.float32)
         sample = sample * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         step_kwargs = self._step_kwargs(generator, eta, use_clipped_model_output)
-        keep_variance = consumes_model_variance(self.scheduler)
 
         with eval_mode(self.unet):
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
@@ -286,17 +290,30 @@ class HFDDPMPipeline(DiffusionPipeline):
                     sample = self._langevin_correction(
                         sample, t, corrector_snr, generator, class_labels, guidance_scale
                     )
-                model_input = self.scheduler.scale_model_input(sample, t)
-                model_output = self.model_output(model_input, t, class_labels, guidance_scale)
-                if model_output.shape[1] == 2 * channels and not keep_variance:
-                    model_output = model_output[:, :channels]
-                output = self.scheduler.step(model_output, t, sample, **step_kwargs)
+                output = self.reverse_step(self.scheduler, sample, t, class_labels, guidance_scale, step_kwargs)
                 sample = output.prev_sample
                 if callback_on_step_end is not None:
                     sample = self._call_back(
                         callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, sample, output
                     )
         return self.postprocess(sample, output_type, return_dict)
+
+    def reverse_step(
+        self,
+        scheduler: SchedulerMixin,
+        sample: torch.Tensor,
+        t: torch.Tensor,
+        class_labels: torch.Tensor | None,
+        guidance_scale: float,
+        step_kwargs: dict,
+    ) -> Any:
+        """`scheduler.step` from x_t with the (guided) network output at `scale_model_input(x_t)`, whose variance
+        channels are dropped unless the scheduler reads them."""
+        model_output = self.model_output(scheduler.scale_model_input(sample, t), t, class_labels, guidance_scale)
+        channels = sample.shape[1]
+        if model_output.shape[1] == 2 * channels and not consumes_model_variance(scheduler):
+            model_output = model_output[:, :channels]
+        return scheduler.step(model_output, t, sample, **step_kwargs)
 
     def sample_shape(self, batch_size: int) -> tuple[int, ...]:
         """(batch_size, C, H, W) of the UNet's samples."""
@@ -344,8 +361,8 @@ class HFDDPMPipeline(DiffusionPipeline):
                     f"class_labels must be one label or a 1-D sequence, got shape {tuple(class_labels.shape)}"
                 )
             class_labels = class_labels.tolist()  # a 0-d array gives its one value
-        single = not isinstance(class_labels, (list, tuple))
-        values = [class_labels] if single else list(class_labels)
+        single = not isinstance(class_labels, (list, tuple)) or len(class_labels) == 1  # one label for the batch
+        values = [class_labels] if not isinstance(class_labels, (list, tuple)) else list(class_labels)
         if not values:
             raise ValueError("class_labels is empty; pass at least one label, or None to draw unconditionally")
         ids = [self._class_id(value) for value in values]

@@ -6,20 +6,24 @@ training for the task. The known pixels are kept exactly; the masked ones are ge
 and DDIM's η apply, with classifier-free guidance for a class-conditional model.
 """
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import diffusers
 import PIL.Image
 import torch
-from diffusers import ImagePipelineOutput
+from diffusers import ImagePipelineOutput, SchedulerMixin
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..eval_mode import eval_mode
 from ..image_data import check_eight_bit
+from ..schedulers import DDIMScheduler, DDPMScheduler
 from ..schedulers.repaint import renoise, repaint_schedule
-from .pipeline_hfddpm import HFDDPMPipeline, consumes_model_variance
+from .pipeline_hfddpm import HFDDPMPipeline
+
+logger = logging.getLogger(__name__)
 
 ImageInput = PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor
 
@@ -32,8 +36,8 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
     x_0's own. The resampling schedule (`repaint_schedule`) goes back up the grid `jump_length` steps at a time,
     `jump_n_sample` − 1 times, so that the generated pixels harmonise with the known ones.
 
-    Works with hfddpm's and stock `DDPMScheduler`/`DDIMScheduler` (whose steps keep no history, so the chain may
-    go back up); other schedulers are refused.
+    Works with hfddpm's `DDPMScheduler`/`DDIMScheduler` and stock ones (run as hfddpm's, `markov_scheduler`), whose
+    steps keep no history, so the chain may go back up; other schedulers are refused.
     """
 
     @torch.no_grad()
@@ -72,11 +76,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
                 reverse step, with its count as step index.
             class_labels, guidance_scale: for a class-conditional UNet, as in `HFDDPMPipeline.__call__`.
         """
-        if not isinstance(self.scheduler, (diffusers.DDPMScheduler, diffusers.DDIMScheduler)):
-            raise ValueError(
-                f"inpainting goes back up the timestep grid, which {type(self.scheduler).__name__} (a multistep or "
-                "stateful scheduler) cannot; use a DDPMScheduler or DDIMScheduler"
-            )
+        scheduler = markov_scheduler(self.scheduler)
         num_inference_steps = self.inference_steps(num_inference_steps)
         device = self._execution_device
         known, keep = self.known_region(image, mask_image, device)
@@ -89,15 +89,17 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
         self._check_inputs(batch_size, generator, num_inference_steps, eta, output_type)
         self._check_callback_inputs(callback_on_step_end_tensor_inputs)
         positions = repaint_schedule(num_inference_steps, jump_length, jump_n_sample)
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        alpha_bars = torch.cat(
-            [self.scheduler.alphas_cumprod.to(device)[timesteps.long()], torch.ones(1, device=device)]
-        )
+        if jump_n_sample > 1 and jump_length >= num_inference_steps:
+            logger.warning(
+                "jump_length=%d is not below num_inference_steps=%d: no jump fits, so nothing is resampled",
+                jump_length,
+                num_inference_steps,
+            )
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = scheduler.timesteps
+        final = torch.as_tensor(getattr(scheduler, "final_alpha_cumprod", 1.0), device=device).reshape(1)  # DDIM's
+        alpha_bars = torch.cat([scheduler.alphas_cumprod.to(device)[timesteps.long()], final.float()])
         step_kwargs = self._step_kwargs(generator, eta, use_clipped_model_output)
-        keep_variance = consumes_model_variance(self.scheduler)
-        channels = known.shape[1]
         sample = randn_tensor(known.shape, generator=generator, device=device, dtype=torch.float32)
         steps = 0
         with eval_mode(self.unet):
@@ -107,10 +109,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
                     sample = renoise(sample, alpha_bars[position], alpha_bars[target], noise)
                     continue
                 t = timesteps[position]
-                model_output = self.model_output(sample, t, class_labels, guidance_scale)
-                if model_output.shape[1] == 2 * channels and not keep_variance:
-                    model_output = model_output[:, :channels]
-                output = self.scheduler.step(model_output, t, sample, **step_kwargs)
+                output = self.reverse_step(scheduler, sample, t, class_labels, guidance_scale, step_kwargs)
                 known_now = known if target == len(timesteps) else renoise(known, 1.0, alpha_bars[target], noise)
                 sample = torch.where(keep, known_now, output.prev_sample)
                 if callback_on_step_end is not None:
@@ -144,6 +143,21 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
         return images.to(device=device, dtype=torch.float32), (masks < 0.5).to(device)
 
 
+def markov_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
+    """`scheduler` if its steps keep no history, so that the chain may go back up the grid: hfddpm's DDPM and DDIM
+    schedulers, or theirs for a stock one (the same config: stock DDPM's steps, and DDIM's landing on the next
+    scheduled timestep, whose noise level the known region is given); others are refused."""
+    if isinstance(scheduler, (DDPMScheduler, DDIMScheduler)):
+        return scheduler
+    for stock, ours in ((diffusers.DDPMScheduler, DDPMScheduler), (diffusers.DDIMScheduler, DDIMScheduler)):
+        if isinstance(scheduler, stock):
+            return ours.from_config(scheduler.config)
+    raise ValueError(
+        f"inpainting goes back up the timestep grid, which {type(scheduler).__name__} (a multistep or stateful "
+        "scheduler) cannot; use a DDPMScheduler or DDIMScheduler"
+    )
+
+
 def _checked_image(image: Any, name: str) -> Any:
     """`image` unless it is empty, of more than 8 bits, or a tensor outside [0, 1] (NaN and infinities included)."""
     if isinstance(image, list) and not image:
@@ -151,11 +165,13 @@ def _checked_image(image: Any, name: str) -> Any:
     for picture in image if isinstance(image, list) else [image]:
         if isinstance(picture, PIL.Image.Image):
             check_eight_bit(picture, name)
-    if isinstance(image, torch.Tensor) and not (torch.isfinite(image).all() and 0 <= image.min() <= image.max() <= 1):
-        raise ValueError(
-            f"{name} tensor values must be finite and in [0, 1] (as output_type='pt' returns images), got values "
-            f"from {image.min().item()} to {image.max().item()}"
-        )
+        elif isinstance(picture, torch.Tensor) and not (
+            torch.isfinite(picture).all() and 0 <= picture.min() <= picture.max() <= 1
+        ):
+            raise ValueError(
+                f"{name} tensor values must be finite and in [0, 1] (as output_type='pt' returns images), got "
+                f"values from {picture.min().item()} to {picture.max().item()}"
+            )
     if not isinstance(image, (PIL.Image.Image, list, torch.Tensor)):
         raise TypeError(f"{name} must be a PIL image, a list of them or a tensor, got {type(image).__name__}")
     return image

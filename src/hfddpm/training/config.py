@@ -230,10 +230,10 @@ class TrainingConfig:
             return
         if self.class_dropout_prob is None:
             self.class_dropout_prob = DEFAULT_CLASS_DROPOUT_PROB
-        if not _in_interval(self.class_dropout_prob, ("[", 0.0, 1.0, ")")):
+        if not _in_interval(self.class_dropout_prob, ("(", 0.0, 1.0, ")")):
             raise ValueError(
-                f"--class_dropout_prob must be a finite number in [0, 1) (0.1 or 0.2 in Ho & Salimans 2022), got "
-                f"{self.class_dropout_prob}"
+                f"--class_dropout_prob must be a finite number in (0, 1) (0.1 or 0.2 in Ho & Salimans 2022; 0 would "
+                f"leave the 'no label' embedding that guidance needs untrained), got {self.class_dropout_prob}"
             )
 
     def _check_types(self) -> None:

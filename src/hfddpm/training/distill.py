@@ -210,10 +210,11 @@ def train_student(
     accelerator = create_accelerator(config, output_dir)
     remove_earlier_run_outputs(config, accelerator, output_dir)
     images = load_training_images(config, accelerator)
-    if config.class_conditional and len(images.label_names) != num_classes(teacher.unet):
+    teacher_classes = objective.teacher.id2label
+    if config.class_conditional and dict(enumerate(images.label_names)) != teacher_classes:
         raise ValueError(
-            f"the data has {len(images.label_names)} classes, the teacher {num_classes(teacher.unet)}; pass the "
-            "teacher's data (--dataset_name or --train_data_dir, and --label_column)"
+            f"the data's classes {images.label_names} are not the teacher's {list(teacher_classes.values())}; "
+            "pass the teacher's data (--dataset_name or --train_data_dir, and --label_column)"
         )
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

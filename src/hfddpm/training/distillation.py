@@ -132,8 +132,9 @@ class DistillationObjective:
     prediction type and grid), and x_t drawn at timesteps of a grid.
 
     A class-conditional teacher's student learns the teacher's conditional and unconditional steps alike: batches are
-    (images, labels), and each label becomes "no label" with probability `class_dropout_prob`, as in training, so
-    the student is guided at sampling time as its teacher is.
+    (images, labels), and each label becomes "no label" with probability `class_dropout_prob`, as in training. At
+    sampling time guidance combines the student's own two predictions; that is not the distillation of the guided
+    teacher (Meng et al. 2023), whose student learns ε̂_∅ + w (ε̂_c − ε̂_∅) at each w.
     """
 
     def __init__(self, teacher: Teacher, prediction_type: str, class_dropout_prob: float = 0.0) -> None:
