@@ -282,7 +282,7 @@ class HFDDPMPipeline(DiffusionPipeline):
         sample = randn_tensor(self.sample_shape(batch_size), generator=generator, device=device, dtype=torch.float32)
         sample = sample * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        step_kwargs = self._step_kwargs(generator, eta, use_clipped_model_output)
+        step_kwargs = self._step_kwargs(self.scheduler, generator, eta, use_clipped_model_output)
 
         with eval_mode(self.unet):
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
@@ -475,18 +475,18 @@ class HFDDPMPipeline(DiffusionPipeline):
                 f"2 × in_channels; use a fixed variance (reverse_variance='fixed_small' or 'fixed_large')"
             )
 
-    def _step_kwargs(self, generator, eta, use_clipped_model_output) -> dict:
-        """The keyword arguments this scheduler's `step` accepts, as diffusers' pipelines pass them."""
-        accepted = inspect.signature(self.scheduler.step).parameters
+    def _step_kwargs(self, scheduler: SchedulerMixin, generator, eta, use_clipped_model_output) -> dict:
+        """The keyword arguments `scheduler.step` accepts, as diffusers' pipelines pass them."""
+        accepted = inspect.signature(scheduler.step).parameters
         kwargs = {}
         if "generator" in accepted:
             kwargs["generator"] = generator
         if "eta" in accepted:
             kwargs["eta"] = eta
         elif eta != 0:
-            logger.warning("%s ignores eta=%s", type(self.scheduler).__name__, eta)
-        if use_clipped_model_output is None and isinstance(self.scheduler, DDIMScheduler):
-            use_clipped_model_output = bool(self.scheduler.config.clip_sample or self.scheduler.config.thresholding)
+            logger.warning("%s ignores eta=%s", type(scheduler).__name__, eta)
+        if use_clipped_model_output is None and isinstance(scheduler, DDIMScheduler):
+            use_clipped_model_output = bool(scheduler.config.clip_sample or scheduler.config.thresholding)
         if use_clipped_model_output is not None and "use_clipped_model_output" in accepted:
             kwargs["use_clipped_model_output"] = use_clipped_model_output
         return kwargs

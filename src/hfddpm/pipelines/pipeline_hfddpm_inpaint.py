@@ -99,7 +99,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
         timesteps = scheduler.timesteps
         final = torch.as_tensor(getattr(scheduler, "final_alpha_cumprod", 1.0), device=device).reshape(1)  # DDIM's
         alpha_bars = torch.cat([scheduler.alphas_cumprod.to(device)[timesteps.long()], final.float()])
-        step_kwargs = self._step_kwargs(generator, eta, use_clipped_model_output)
+        step_kwargs = self._step_kwargs(scheduler, generator, eta, use_clipped_model_output)
         sample = randn_tensor(known.shape, generator=generator, device=device, dtype=torch.float32)
         steps = 0
         with eval_mode(self.unet):
