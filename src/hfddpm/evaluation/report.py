@@ -93,6 +93,36 @@ def evaluate(
     return evaluate_pipeline(pipeline, dataset, metrics, name=str(checkpoint), device=device, **options)
 
 
+def draw_samples(
+    pipeline: HFDDPMPipeline,
+    num_samples: int,
+    batch_size: int,
+    num_inference_steps: int | None,
+    eta: float,
+    seed: int,
+    progress_bar: bool,
+) -> tuple[torch.Tensor, str]:
+    """The samples the sample metrics score, and how they were drawn; a class-conditional model draws every class
+    alike (sample i of class i mod K) at the default guidance scale."""
+    classes = pipeline.num_classes
+    labels = None if classes is None else [i % classes for i in range(num_samples)]
+    samples = generate_samples(
+        pipeline,
+        num_samples,
+        batch_size,
+        num_inference_steps,
+        eta,
+        seed,
+        progress_bar=progress_bar,
+        class_labels=labels,
+    )
+    steps = pipeline.inference_steps(num_inference_steps)
+    source = f"{type(pipeline.scheduler).__name__}, {steps} steps, eta {eta}, seed {seed}"
+    if classes is not None:
+        source += f", class i mod {classes} for sample i, guidance scale {DEFAULT_GUIDANCE_SCALE}"
+    return samples, source
+
+
 def evaluate_pipeline(
     pipeline: HFDDPMPipeline | None,
     dataset: str = DIGITS,
@@ -175,22 +205,9 @@ def evaluate_pipeline(
 
     if any(metric in metrics for metric in SAMPLE_METRICS):
         if samples is None:
-            classes = pipeline.num_classes  # a class-conditional model draws every class alike, guided by default
-            labels = None if classes is None else [i % classes for i in range(num_samples)]
-            samples = generate_samples(
-                pipeline,
-                num_samples,
-                batch_size,
-                num_inference_steps,
-                eta,
-                seed,
-                progress_bar=progress_bar,
-                class_labels=labels,
+            samples, source = draw_samples(
+                pipeline, num_samples, batch_size, num_inference_steps, eta, seed, progress_bar
             )
-            steps = pipeline.inference_steps(num_inference_steps)
-            source = f"{type(pipeline.scheduler).__name__}, {steps} steps, eta {eta}, seed {seed}"
-            if classes is not None:
-                source += f", class i mod {classes} for sample i, guidance scale {DEFAULT_GUIDANCE_SCALE}"
         else:
             source = f"images in {name}"
         resolution, channels = samples.shape[-1], samples.shape[1]
