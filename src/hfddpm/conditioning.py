@@ -40,6 +40,12 @@ def num_classes(model: torch.nn.Module) -> int | None:
     return embeds - 1
 
 
+def every_class(count: int, classes: int) -> list[int]:
+    """`count` labels that draw every one of `classes` classes alike: sample i is of class i mod K (the sample grids
+    and evaluations of a class-conditional model)."""
+    return [i % classes for i in range(count)]
+
+
 def null_labels(model: torch.nn.Module, batch_size: int, device: torch.device | str) -> torch.Tensor:
     """`batch_size` copies of the "no label" index K of a class-conditional `model`."""
     return torch.full((batch_size,), num_classes(model), dtype=torch.long, device=device)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .. import durable
+from ..conditioning import every_class
 from ..eval_mode import eval_mode
 from ..image_data import DIGITS, image_batches
 from ..pipelines import HFDDPMPipeline
@@ -105,7 +106,7 @@ def draw_samples(
     """The samples the sample metrics score, and how they were drawn; a class-conditional model draws every class
     alike (sample i of class i mod K) at the default guidance scale."""
     classes = pipeline.num_classes
-    labels = None if classes is None else [i % classes for i in range(num_samples)]
+    labels = None if classes is None else every_class(num_samples, classes)
     samples = generate_samples(
         pipeline,
         num_samples,

@@ -113,15 +113,16 @@ class HFDDPMPipeline(DiffusionPipeline):
                 f"default_num_inference_steps must be a positive integer or None, got {default_num_inference_steps!r}"
             )
         self.register_modules(unet=unet, scheduler=scheduler)
+        classes = num_classes(unet)
         self.register_to_config(
             default_num_inference_steps=default_num_inference_steps,
-            id2label=None if id2label is None else _checked_id2label(id2label, num_classes(unet)),
+            id2label=None if id2label is None else _checked_id2label(id2label, classes),
         )
-        if id2label is None and num_classes(unet) is not None:
+        if id2label is None and classes is not None:
             logger.warning(
                 "the UNet is class-conditional but no id2label names its classes: its last class embedding (%d) is "
                 "taken as 'no label', as hfddpm trains it; a UNet trained otherwise has no such entry",
-                num_classes(unet),
+                classes,
             )
 
     @property
@@ -361,12 +362,11 @@ class HFDDPMPipeline(DiffusionPipeline):
                     f"class_labels must be one label or a 1-D sequence, got shape {tuple(class_labels.shape)}"
                 )
             class_labels = class_labels.tolist()  # a 0-d array gives its one value
-        single = not isinstance(class_labels, (list, tuple)) or len(class_labels) == 1  # one label for the batch
-        values = [class_labels] if not isinstance(class_labels, (list, tuple)) else list(class_labels)
+        values = list(class_labels) if isinstance(class_labels, (list, tuple)) else [class_labels]
         if not values:
             raise ValueError("class_labels is empty; pass at least one label, or None to draw unconditionally")
         ids = [self._class_id(value) for value in values]
-        if single:
+        if len(ids) == 1:  # one label for the whole batch
             ids = ids * batch_size
         elif batch_size not in (1, len(ids)):
             raise ValueError(

@@ -15,6 +15,7 @@ import PIL.Image
 import torch
 
 from .. import __version__, durable
+from ..conditioning import every_class
 from ..pipelines import HFDDPMPipeline
 from ..visualize import sample_grid
 from .checkpoints import CheckpointError
@@ -46,7 +47,7 @@ def save_sample_grid(pipeline: HFDDPMPipeline, path: Path, config: TrainingConfi
     """Sample `config.num_sample_images` images (seed `config.seed`) and save their grid atomically to `path`; a
     class-conditional model draws class k in column k (at the default guidance scale)."""
     classes = pipeline.num_classes
-    labels = {"class_labels": [i % classes for i in range(config.num_sample_images)]} if classes else {}
+    labels = {"class_labels": every_class(config.num_sample_images, classes)} if classes else {}
     images = pipeline(
         batch_size=config.num_sample_images,
         generator=torch.Generator().manual_seed(config.seed),
