@@ -1,6 +1,7 @@
 """The catalogue of bad inputs the library refuses at its public entry points, each in one line that names the
 problem and the fix or the valid values (the table in the docs lists the messages)."""
 
+import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DModel
@@ -88,6 +89,7 @@ CASES = [
     ("ddim set_timesteps(-3)", lambda: DDIMScheduler().set_timesteps(-3), ValueError, STEPS, "got -3"),
     ("ddim set_timesteps(T + 1)", lambda: DDIMScheduler().set_timesteps(1001), ValueError, STEPS, "got 1001"),
     ("pipeline batch_size=0", lambda: _pipe()(batch_size=0), ValueError, "batch_size", "positive integer"),
+    ("pipeline batch_size=True", lambda: _pipe()(batch_size=True), TypeError, "batch_size", "must be an integer"),
     (
         "pipeline generator list of the wrong length",
         lambda: _pipe()(batch_size=3, generator=[torch.Generator(), torch.Generator()]),
@@ -110,7 +112,7 @@ CASES = [
         "[1, 1000]",
     ),
     ("pipeline output_type", lambda: _pipe()(output_type="jpeg"), ValueError, "output_type", "'pil', 'np', 'pt'"),
-    ("pipeline eta<0", lambda: _pipe()(eta=-1), ValueError, "eta must be >= 0", "deterministic"),
+    ("pipeline eta<0", lambda: _pipe()(eta=-1), ValueError, "eta must be a finite number in [0, 1]", "deterministic"),
     (
         "pipeline learned-variance scheduler on a fixed-variance unet",
         lambda: _pipe(reverse_variance="learned_range")(num_inference_steps=2),
@@ -182,3 +184,80 @@ def test_library_refuses_bad_input_in_one_line(call, error_type, problem, fix, m
     message = str(info.value)
     assert "\n" not in message
     assert problem in message.lower() and fix in message.lower(), message
+
+
+NAN = float("nan")
+BETAS = "must be a finite number in (0, 1)"
+
+
+@pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"beta_start": NAN}, ValueError, f"beta_start {BETAS}, got nan"),
+        ({"beta_end": float("inf")}, ValueError, f"beta_end {BETAS}, got inf"),
+        ({"beta_start": -0.001}, ValueError, f"beta_start {BETAS}, got -0.001"),
+        ({"beta_start": 0.0}, ValueError, f"beta_start {BETAS}, got 0.0"),
+        ({"beta_end": 1.0}, ValueError, f"beta_end {BETAS}, got 1.0"),
+        ({"beta_start": 0.1, "beta_end": 0.01}, ValueError, "beta_start must not exceed beta_end"),
+        ({"beta_schedule": "scaled_linear", "beta_start": NAN}, ValueError, f"beta_start {BETAS}, got nan"),
+        ({"beta_start": "0.1"}, TypeError, "beta_start must be a number, got '0.1' (str)"),
+        ({"num_train_timesteps": 0}, ValueError, "num_train_timesteps must be a positive integer, got 0"),
+        ({"num_train_timesteps": True}, TypeError, "num_train_timesteps must be an integer, got True (bool)"),
+        ({"num_train_timesteps": 10.0}, TypeError, "num_train_timesteps must be an integer, got 10.0 (float)"),
+        ({"trained_betas": [0.1, NAN]}, ValueError, "trained_betas needs one β per training timestep"),
+        ({"num_train_timesteps": 2, "trained_betas": [0.1, NAN]}, ValueError, "(0, 1), got nan at timestep 1"),
+        ({"num_train_timesteps": 2, "trained_betas": [0.0, 0.1]}, ValueError, "(0, 1), got 0.0 at timestep 0"),
+        ({"num_train_timesteps": 2, "trained_betas": [0.1, 1.0]}, ValueError, "(0, 1), got 1.0 at timestep 1"),
+        ({"num_train_timesteps": 2, "trained_betas": ["a", 0.1]}, TypeError, "trained_betas must be a 1-D sequence"),
+        (
+            {"num_train_timesteps": 2, "reverse_variance": "analytic", "analytic_gamma": [1.0, NAN]},
+            ValueError,
+            "analytic_gamma[1] must be a finite number in [0, inf), got nan",
+        ),
+    ],
+)
+def test_schedulers_refuse_a_broken_noise_schedule(cls, options, error, message):
+    with pytest.raises(error) as info:
+        cls(**options)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
+@pytest.mark.parametrize("steps", [True, 2.0, "4"], ids=repr)
+def test_set_timesteps_refuses_non_integer_counts(cls, steps):
+    with pytest.raises(TypeError) as info:
+        cls().set_timesteps(steps)
+    assert str(info.value) == f"num_inference_steps must be an integer, got {steps!r} ({type(steps).__name__})"
+
+
+@pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
+def test_set_timesteps_takes_numpy_integers(cls):
+    scheduler = cls()
+    scheduler.set_timesteps(np.int64(4))
+    assert scheduler.num_inference_steps == 4 and type(scheduler.num_inference_steps) is int
+
+
+@pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
+@pytest.mark.parametrize(
+    "timesteps, error, message",
+    [
+        (torch.tensor([-1]), ValueError, "add_noise's timesteps must be in [0, 999], got values from -1 to -1"),
+        (torch.tensor([3, 1000]), ValueError, "add_noise's timesteps must be in [0, 999], got values from 3 to 1000"),
+        (torch.tensor([1.5]), TypeError, "add_noise's timesteps must be an integer tensor, got dtype torch.float32"),
+    ],
+)
+def test_add_noise_refuses_timesteps_outside_the_schedule(cls, timesteps, error, message):
+    x = torch.zeros(len(timesteps), 1, 2, 2)
+    with pytest.raises(error) as info:
+        cls().add_noise(x, x, timesteps)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("eta", [NAN, -0.5, 1.5])
+def test_ddim_step_refuses_an_eta_outside_0_and_1(eta):
+    scheduler = DDIMScheduler()
+    scheduler.set_timesteps(10)
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"eta must be a finite number in \[0, 1\] \(0 is deterministic DDIM"):
+        scheduler.step(x, scheduler.timesteps[0], x, eta=eta)

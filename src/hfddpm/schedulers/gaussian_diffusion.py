@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from .arguments import checked_integer, checked_number
+
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
@@ -107,14 +109,14 @@ def validate_common_options(
             f"analytic_gamma needs one Γ_t per training timestep ({num_train_timesteps}), got {len(analytic_gamma)}"
         )
     if analytic_gamma is not None:
-        analytic_gamma = [float(value) for value in analytic_gamma]
+        analytic_gamma = [checked_number(f"analytic_gamma[{t}]", value, 0) for t, value in enumerate(analytic_gamma)]
     return beta_schedule, reverse_variance, analytic_gamma
 
 
-def check_num_inference_steps(num_inference_steps: int | None, num_train_timesteps: int) -> None:
-    """Refuse a sampling step count outside [1, T]: each step visits a distinct training timestep."""
-    if num_inference_steps is None or not 1 <= num_inference_steps <= num_train_timesteps:
-        raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}")
+def check_num_inference_steps(num_inference_steps: int | None, num_train_timesteps: int) -> int:
+    """The sampling step count as a plain int, refused outside [1, T] (each step visits a distinct training
+    timestep) or when it is not an integer."""
+    return checked_integer("num_inference_steps", num_inference_steps, 1, num_train_timesteps)
 
 
 def reverse_variance_of(config: Mapping[str, Any]) -> str:
@@ -206,6 +208,29 @@ class GaussianDiffusionMixin:
             if config.get(key) is None:
                 config.pop(key, None)
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict, **kwargs: Any) -> tuple:
+        """diffusers' reading of a config, where a missing hfddpm option means None, as `to_json_string` left it.
+
+        Without this, an unset option left out of the saved JSON would come back listed in `_use_default_values`,
+        so a scheduler saved and loaded had another `config` than the original (diffusers' `test_from_pretrained`).
+        """
+        defaults = set(config_dict.get("_use_default_values") or ())
+        unset = {key: None for key in cls.hfddpm_options if key not in config_dict and key not in defaults}
+        return super().extract_init_dict({**unset, **config_dict}, **kwargs)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """diffusers' `add_noise` (x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε), refusing timesteps that are not integers in
+        [0, T − 1]: stock indexes ᾱ with them, so −1 silently reads ᾱ_{T−1} and T fails inside torch."""
+        timesteps = torch.as_tensor(timesteps)
+        steps = len(self.alphas_cumprod)
+        if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
+            raise TypeError(f"add_noise's timesteps must be an integer tensor, got dtype {timesteps.dtype}")
+        low, high = (int(value) for value in torch.aminmax(timesteps)) if timesteps.numel() else (0, 0)
+        if not 0 <= low <= high < steps:
+            raise ValueError(f"add_noise's timesteps must be in [0, {steps - 1}], got values from {low} to {high}")
+        return super().add_noise(original_samples, noise, timesteps)
 
     def quadratic_timesteps(self, num_inference_steps: int) -> torch.Tensor:
         """The "quadratic" spacing (see `TIMESTEP_SPACINGS`), descending, bumped to stay strictly increasing where

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .arguments import checked_integer
+
 
 def repaint_schedule(num_steps: int, jump_length: int, jump_n_sample: int) -> list[int]:
     """The grid positions visited, from 0 (pure noise) to `num_steps` (x_0): each +1 is one reverse step (one
@@ -18,9 +20,9 @@ def repaint_schedule(num_steps: int, jump_length: int, jump_n_sample: int) -> li
     (L = `jump_length`), jump L positions back up, `jump_n_sample` − 1 times at each. The reverse steps number
     N + (`jump_n_sample` − 1) · L · ⌈(N − L)/L⌉; `jump_n_sample` = 1 is plain replacement, without resampling.
     """
-    for name, value in (("num_steps", num_steps), ("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    num_steps = checked_integer("num_steps", num_steps)
+    jump_length = checked_integer("jump_length", jump_length)
+    jump_n_sample = checked_integer("jump_n_sample", jump_n_sample)
     jumps_left = {j: jump_n_sample - 1 for j in range(0, num_steps - jump_length, jump_length)}
     level = num_steps  # RePaint's t: the position is num_steps − t
     positions = [0]

@@ -10,6 +10,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .arguments import ETA_MEANING, check_noise_schedule, checked_number
 from .gaussian_diffusion import (
     GaussianDiffusionMixin,
     ReverseVariance,
@@ -66,6 +67,9 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
         reverse_variance: str | None = None,
         analytic_gamma: list[float] | None = None,
     ) -> None:
+        num_train_timesteps = check_noise_schedule(
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas
+        )
         beta_schedule, reverse_variance, analytic_gamma = validate_common_options(
             beta_schedule,
             prediction_type,
@@ -98,7 +102,7 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """As diffusers' `set_timesteps`, refusing a step count outside [1, T] in one line, and with the
         "quadratic" spacing of the DDIM paper besides the stock ones."""
-        check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
+        num_inference_steps = check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
         if self.config.timestep_spacing != "quadratic":
             super().set_timesteps(num_inference_steps, device=device)
             return
@@ -139,6 +143,7 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
             raise ValueError(
                 "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
             )
+        eta = checked_number("eta", eta, 0, 1, meaning=ETA_MEANING)
         prev_timestep = self.previous_timestep(timestep)
         prediction, model_variance = self.split_model_output(model_output, sample)
         alpha_prod_t_prev = self.alpha_bar(prev_timestep)
