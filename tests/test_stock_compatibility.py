@@ -7,6 +7,7 @@ These reproduce the checks of diffusers' own tests/schedulers/test_scheduler_ddp
 import json
 
 import diffusers
+import numpy as np
 import pytest
 import torch
 
@@ -80,10 +81,39 @@ def test_ddpm_loop_is_stock(config, num_inference_steps):
     ours_out = _run_loop(ours, num_inference_steps, channels_out=channels_out)
     stock_out = _run_loop(stock, num_inference_steps, channels_out=channels_out)
     assert torch.equal(ours.timesteps, stock.timesteps)
-    for (a, a0), (b, b0) in zip(ours_out, stock_out, strict=True):
+    last = len(ours_out) - 1
+    for step, ((a, a0), (b, b0)) in enumerate(zip(ours_out, stock_out, strict=True)):
+        if step == last and ours.timesteps[-1] > 0:
+            # Stock's defect, not copied: it adds noise to x_0 whenever the last timestep is above 0 ("trailing",
+            # steps_offset=1); hfddpm returns stock's own mean there, which is x̂_0 (test_the_step_to_x0_...).
+            b = b0
         # Bit for bit; NaN where stock gives NaN (β_end = 0.2 drives ᾱ to 0 in float32).
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
         torch.testing.assert_close(a0, b0, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace", "quadratic", "leading+offset"])
+@pytest.mark.parametrize(
+    "variance_type", ["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned_range", "learned"]
+)
+def test_the_step_to_x0_adds_no_noise_with_stock_keys(spacing, variance_type):
+    # The README's promise, for configs of stock keys only: the last step returns x̂_0, whatever the spacing, so two
+    # generators give the same x_0. Stock decides "last" by t > 0, and the last timestep of "trailing" (99 here)
+    # or of steps_offset=1 (1) is above 0, so there it added noise of variance β_t (fixed_large) or the learned one.
+    options = {"timestep_spacing": spacing} if spacing != "leading+offset" else {"steps_offset": 1}
+    scheduler = DDPMScheduler(variance_type=variance_type, clip_sample=False, **options)
+    scheduler.set_timesteps(10)
+    t = scheduler.timesteps[-1]
+    sample = dummy_sample_deter()
+    channels = 2 if variance_type.startswith("learned") else 1
+    output = torch.cat([dummy_model(sample, t)] + [torch.full_like(sample, 0.3)] * (channels - 1), dim=1)
+    steps = [scheduler.step(output, t, sample, generator=torch.manual_seed(seed)) for seed in (0, 1)]
+    expected_x0 = (
+        sample - (1 - scheduler.alphas_cumprod[t]) ** 0.5 * dummy_model(sample, t)
+    ) / scheduler.alphas_cumprod[t] ** 0.5
+    for step in steps:
+        torch.testing.assert_close(step.pred_original_sample, expected_x0, rtol=1e-6, atol=1e-6)
+        assert torch.equal(step.prev_sample, step.pred_original_sample)
 
 
 @pytest.mark.parametrize("config", DDIM_CONFIGS, ids=lambda c: ",".join(f"{k}={v}"[:30] for k, v in c.items()))
@@ -156,12 +186,37 @@ def test_ddpm_custom_timesteps_are_stock():
     scheduler = DDPMScheduler()
     scheduler.set_timesteps(timesteps=[100, 87, 50, 1, 0])
     assert [int(scheduler.previous_timestep(t)) for t in scheduler.timesteps] == [87, 50, 1, 0, -1]
-    with pytest.raises(ValueError, match="descending"):
-        scheduler.set_timesteps(timesteps=[100, 87, 50, 51, 0])
     with pytest.raises(ValueError, match="Can only pass one"):
         scheduler.set_timesteps(num_inference_steps=5, timesteps=[100, 87, 50, 1, 0])
-    with pytest.raises(ValueError, match="must start before"):
-        scheduler.set_timesteps(timesteps=[1000])
+
+
+@pytest.mark.parametrize(
+    "timesteps, error, message",
+    [
+        # Stock refuses these two with its own words ("descending", "must start before"); hfddpm with one line each.
+        (
+            [100, 87, 50, 51, 0],
+            ValueError,
+            r"timesteps must be in strictly descending order .*, got \[100, 87, 50, 51, 0\]",
+        ),
+        ([1000], ValueError, r"timesteps\[0\] must be in \[0, 999\], got 1000"),
+        # Stock takes these silently: a duplicate, a negative t (read as ᾱ of t = 999), a fraction (truncated).
+        ([100, 50, 50, 0], ValueError, "timesteps must be in strictly descending order"),
+        ([100, 50, -1], ValueError, r"timesteps\[2\] must be in \[0, 999\], got -1"),
+        ([100, 50.5, 0], TypeError, r"timesteps\[1\] must be an integer, got 50.5 \(float\)"),
+        ([100, True], TypeError, r"timesteps\[1\] must be an integer, got True \(bool\)"),
+        ([], ValueError, "timesteps is empty"),
+    ],
+)
+def test_bad_custom_timesteps_are_refused_in_one_line(timesteps, error, message):
+    with pytest.raises(error, match=message):
+        DDPMScheduler().set_timesteps(timesteps=timesteps)
+
+
+def test_numpy_custom_timesteps_are_integers():
+    scheduler = DDPMScheduler()
+    scheduler.set_timesteps(timesteps=np.array([900, 500, 0]))
+    assert scheduler.timesteps.tolist() == [900, 500, 0]
 
 
 def test_ddim_steps_offset_timesteps_from_diffusers_tests():
@@ -227,3 +282,40 @@ def test_conversion_between_schedulers_by_from_config():
 def test_unknown_option_names_are_refused(cls, kwargs, message):
     with pytest.raises(ValueError, match=message):
         cls(**kwargs)
+
+
+STOCK_KEYS = [{}, {"timestep_spacing": "trailing", "beta_schedule": "squaredcos_cap_v2", "prediction_type": "sample"}]
+SAVE_LOAD_CASES = [
+    (cls, config)
+    for cls in (DDPMScheduler, DDIMScheduler, diffusers.DDPMScheduler, diffusers.DDIMScheduler)
+    for config in STOCK_KEYS
+] + [
+    (DDPMScheduler, {"reverse_variance": "fixed_large"}),
+    (DDIMScheduler, {"reverse_variance": "analytic", "analytic_gamma": [0.5] * 1000}),
+]
+
+
+@pytest.mark.parametrize(
+    "cls, config", SAVE_LOAD_CASES, ids=lambda value: getattr(value, "__module__", None) or ",".join(value)
+)
+def test_a_saved_and_loaded_scheduler_has_the_original_config(tmp_path, cls, config):
+    # diffusers' SchedulerCommonTest.test_from_pretrained, pointed at hfddpm's classes (stock's rows show the test
+    # is stock's own): only the in-memory `_use_default_values` differs. hfddpm leaves unset options out of the
+    # JSON, and reading them back as None keeps them out of `_use_default_values`.
+    scheduler = cls(**config)
+    scheduler.save_pretrained(tmp_path)
+    loaded = cls.from_pretrained(tmp_path)
+    original = dict(scheduler.config)
+    del original["_use_default_values"]
+    assert original == loaded.config
+    again = tmp_path / "again"
+    loaded.save_pretrained(again)
+    assert cls.from_pretrained(again).config == loaded.config
+
+
+@pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
+def test_trained_betas_round_trip(tmp_path, cls):
+    # diffusers' test_trained_betas, with one β per training timestep (hfddpm refuses another length).
+    scheduler = cls(num_train_timesteps=2, trained_betas=np.array([0.1, 0.3]))
+    scheduler.save_pretrained(tmp_path)
+    assert scheduler.betas.tolist() == cls.from_pretrained(tmp_path).betas.tolist()

@@ -10,6 +10,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .arguments import check_noise_schedule, checked_timesteps
 from .gaussian_diffusion import (
     STOCK_VARIANCE_TYPES,
     GaussianDiffusionMixin,
@@ -65,6 +66,9 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         reverse_variance: str | None = None,
         analytic_gamma: list[float] | None = None,
     ) -> None:
+        num_train_timesteps = check_noise_schedule(
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas
+        )
         beta_schedule, reverse_variance, analytic_gamma = validate_common_options(
             beta_schedule,
             prediction_type,
@@ -109,12 +113,15 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         device: str | torch.device | None = None,
         timesteps: list[int] | None = None,
     ) -> None:
-        """As diffusers' `set_timesteps`, refusing a step count outside [1, T] in one line, and with the
-        "quadratic" spacing of the DDIM paper besides the stock ones."""
+        """As diffusers' `set_timesteps`, refusing in one line a step count outside [1, T] and custom timesteps that
+        are not distinct integers of [0, T − 1] in descending order, and with the "quadratic" spacing of the DDIM
+        paper besides the stock ones."""
         if num_inference_steps is None and timesteps is None:
             raise ValueError("set_timesteps needs num_inference_steps or timesteps")
         if num_inference_steps is not None:
-            check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
+            num_inference_steps = check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
+        if timesteps is not None and num_inference_steps is None:
+            timesteps = checked_timesteps(timesteps, self.config.num_train_timesteps)
         if timesteps is None and self.config.timestep_spacing == "quadratic":
             num_inference_steps, timesteps = None, self.quadratic_timesteps(num_inference_steps).tolist()
         super().set_timesteps(num_inference_steps, device=device, timesteps=timesteps)
@@ -131,10 +138,10 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
 
         x̂_0 comes from the network's prediction (clipped or thresholded as configured), μ̃ is the posterior mean of
         `posterior_mean_variance`, σ² follows `reverse_variance`; the step to x_0 adds no noise. With
-        `reverse_variance=None` this is diffusers' own step.
+        `reverse_variance=None` this is diffusers' own step, except on that last step (see `_stock_step`).
         """
         if self.config.reverse_variance is None:
-            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+            return self._stock_step(model_output, timestep, sample, generator, return_dict)
 
         prev_timestep = self.previous_timestep(timestep)
         prediction, model_variance = self.split_model_output(model_output, sample)
@@ -154,3 +161,25 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+    def _stock_step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None,
+        return_dict: bool,
+    ) -> DDPMSchedulerOutput | tuple:
+        """diffusers' step for the stock keys, without noise on the step that returns x_0.
+
+        Stock adds noise whenever t > 0, but the last timestep of "trailing" spacing (or of `steps_offset=1`) is
+        above 0, so its x_0 got noise of variance β_t (`fixed_large`) or the learned one. On that step stock's mean
+        is x̂_0 exactly (its coefficients are 1 and 0), which is returned instead; every other step is stock's.
+        """
+        output = super().step(model_output, timestep, sample, generator=generator, return_dict=True)
+        if timestep > 0 and self.previous_timestep(timestep) < 0:
+            original = output.pred_original_sample
+            output = DDPMSchedulerOutput(prev_sample=original.clone(), pred_original_sample=original)
+        if not return_dict:
+            return output.prev_sample, output.pred_original_sample
+        return output
