@@ -8,6 +8,7 @@ import torch
 
 from hfddpm import DDIMScheduler, DDPMScheduler, GaussianMixtureDenoiser, HFDDPMPipeline, create_unet
 from hfddpm.conditioning import guided_prediction, num_classes, predict
+from hfddpm.pipelines.pipeline_hfddpm import NonFiniteSampleError
 
 MEANS = torch.stack([torch.full((1, 2, 2), -0.5), torch.full((1, 2, 2), 0.5)])
 STDS = [0.1, 0.2]
@@ -227,3 +228,22 @@ def test_a_class_conditional_unet_without_class_names_is_warned_about(caplog):
     assert "no id2label" not in caplog.text
     pipeline(mixture(scheduler), scheduler)
     assert "its last class embedding (2) is taken as 'no label'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "scheduler, guidance_scale, where",
+    [
+        (DDPMScheduler(clip_sample=False), 1e39, "step 1 of 2 (timestep 500)"),  # w itself beyond float32
+        (DDIMScheduler(clip_sample=False), 1e30, "step 2 of 2 (timestep 0)"),  # w ε̂ in range, x̂_0 = … / √ᾱ not
+    ],
+)
+def test_a_guidance_scale_that_overflows_is_reported_with_the_step(scheduler, guidance_scale, where):
+    # Finite weights and a finite w, yet the guided sample leaves float32's range: the call says where and why
+    # instead of returning black images. (With clipping on, x̂_0 is clipped and the images are merely saturated.)
+    torch.manual_seed(0)
+    unet = create_unet("tiny", in_channels=1, sample_size=8, num_class_embeds=3)
+    pipe = pipeline(unet, scheduler, id2label={0: "a", 1: "b"})
+    message = f"at {where}: guidance_scale={guidance_scale:g} pushed the guided prediction past float32's range"
+    with pytest.raises(NonFiniteSampleError) as info:
+        pipe(class_labels="a", guidance_scale=guidance_scale, num_inference_steps=2)
+    assert message in str(info.value)

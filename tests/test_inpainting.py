@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hfddpm import DDIMScheduler, DDPMScheduler, GaussianMixtureDenoiser, HFDDPMInpaintPipeline, create_unet
+from hfddpm.pipelines.pipeline_hfddpm import NonFiniteSampleError
 from hfddpm.schedulers.repaint import renoise, repaint_schedule
 
 # Bottom row generated (white), top row kept (black), for 2×2 images.
@@ -287,7 +288,7 @@ def test_after_every_step_the_known_pixels_are_the_known_image_noised_to_the_lev
     reached = []
 
     def record(pipeline, i, t, tensors):
-        reached.append((int(t), tensors["sample"][:, 0, 0, 0].double()))
+        reached.append((int(t), tensors["latents"][:, 0, 0, 0].double()))
         return {}
 
     pipe(
@@ -363,3 +364,51 @@ def test_a_call_in_which_no_jump_fits_says_that_nothing_is_resampled(caplog):
     model = GaussianMixtureDenoiser.for_scheduler(scheduler, torch.zeros(1, 1, 2, 2), [0.3])
     inpainter(model, scheduler)(torch.rand(1, 1, 2, 2), BOTTOM_ROW, num_inference_steps=5)  # j = 10, r = 10
     assert "jump_length=10 is not below num_inference_steps=5: no jump fits, so nothing is resampled" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"jump_length": 0}, ValueError, "jump_length must be a positive integer, got 0"),
+        ({"jump_length": True}, TypeError, r"jump_length must be an integer, got True \(bool\)"),
+        ({"jump_n_sample": 2.0}, TypeError, r"jump_n_sample must be an integer, got 2.0 \(float\)"),
+        ({"jump_n_sample": -1}, ValueError, "jump_n_sample must be a positive integer, got -1"),
+        ({"eta": float("nan")}, ValueError, r"eta must be a finite number in \[0, 1\]"),
+        ({"num_inference_steps": 0}, ValueError, r"num_inference_steps must be in \[1, 1000\], got 0"),
+        ({"guidance_scale": 2.0}, ValueError, "guidance_scale guides towards class_labels"),
+    ],
+)
+def test_bad_resampling_and_sampling_arguments_are_refused(options, error, message):
+    scheduler = DDPMScheduler()
+    model = GaussianMixtureDenoiser.for_scheduler(scheduler, torch.zeros(1, 1, 2, 2), [0.3])
+    with pytest.raises(error, match=message):
+        inpainter(model, scheduler)(torch.rand(1, 1, 2, 2), BOTTOM_ROW, **options)
+
+
+def test_numpy_integers_set_the_resampling():
+    scheduler = DDPMScheduler()
+    model = GaussianMixtureDenoiser.for_scheduler(scheduler, torch.zeros(1, 1, 2, 2), [0.3])
+    pipe = inpainter(model, scheduler)
+    pipe(torch.rand(1, 1, 2, 2), BOTTOM_ROW, np.int64(10), np.int32(3), np.int64(2), output_type="pt")
+    assert pipe.num_timesteps == 10 + (2 - 1) * 3 * 3  # the reverse steps of repaint_schedule(10, 3, 2)
+
+
+def test_the_progress_bar_counts_network_evaluations(capsys):
+    scheduler = DDPMScheduler()
+    model = GaussianMixtureDenoiser.for_scheduler(scheduler, torch.zeros(1, 1, 2, 2), [0.3])
+    pipe = HFDDPMInpaintPipeline(unet=model, scheduler=scheduler)
+    pipe(torch.rand(1, 1, 2, 2), BOTTOM_ROW, 10, 3, 2)
+    assert "19/19" in capsys.readouterr().err  # 10 steps and 9 resampled ones; the 3 jumps up are not counted
+    pipe.set_progress_bar_config(disable=True)
+    pipe(torch.rand(1, 1, 2, 2), BOTTOM_ROW, 10, 3, 2)
+    assert capsys.readouterr().err == ""
+
+
+def test_non_finite_weights_stop_inpainting_with_the_step():
+    torch.manual_seed(0)
+    unet = create_unet("tiny", in_channels=1, sample_size=8)
+    with torch.no_grad():
+        unet.conv_out.weight[0, 0, 0, 0] = float("inf")
+    pipe = inpainter(unet, DDIMScheduler())
+    with pytest.raises(NonFiniteSampleError, match=r"at step 1 of 4 \(timestep 750\): the UNet has 1 non-finite"):
+        pipe(torch.rand(1, 1, 8, 8), torch.ones(1, 1, 8, 8), 4, 2, 1)

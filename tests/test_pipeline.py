@@ -1,12 +1,14 @@
 """HFDDPMPipeline's call interface: outputs, seeds, schedulers, precision, and refused arguments."""
 
 import diffusers
+import diffusers.callbacks
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 
 from hfddpm import DDIMScheduler, DDPMScheduler, HFDDPMPipeline
+from hfddpm.pipelines.pipeline_hfddpm import NonFiniteSampleError
 
 from .conftest import make_pipeline, tiny_unet
 
@@ -145,32 +147,157 @@ def test_sampling_uses_eval_mode_and_restores_the_mode():
     assert dropout_unet.training
 
 
-def test_progress_bar_can_be_turned_off(capsys):
-    pipe = HFDDPMPipeline(unet=tiny_unet(channels=3), scheduler=DDIMScheduler())
-    pipe(num_inference_steps=3)
-    assert "3/3" in capsys.readouterr().err
-    pipe.set_progress_bar_config(disable=True)
-    pipe(num_inference_steps=3)
-    assert capsys.readouterr().err == ""
+NAN, INF = float("nan"), float("inf")
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, error, message",
     [
-        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
-        ({"num_inference_steps": 0}, r"num_inference_steps must be an integer in \[1, 1000\], got 0"),
-        ({"num_inference_steps": 1001}, r"num_inference_steps must be an integer in \[1, 1000\], got 1001"),
-        ({"batch_size": 2, "generator": [torch.manual_seed(0)]}, "got 1 generators for batch_size=2"),
-        ({"output_type": "latent"}, "output_type must be one of"),
-        ({"eta": -0.1}, "eta must be >= 0"),
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive integer, got 0"),
+        ({"batch_size": -2}, ValueError, "batch_size must be a positive integer, got -2"),
+        ({"batch_size": True}, TypeError, r"batch_size must be an integer, got True \(bool\)"),
+        ({"batch_size": 2.0}, TypeError, r"batch_size must be an integer, got 2.0 \(float\)"),
+        ({"num_inference_steps": 0}, ValueError, r"num_inference_steps must be in \[1, 1000\], got 0"),
+        ({"num_inference_steps": -3}, ValueError, r"num_inference_steps must be in \[1, 1000\], got -3"),
+        ({"num_inference_steps": 1001}, ValueError, r"num_inference_steps must be in \[1, 1000\], got 1001"),
+        ({"num_inference_steps": True}, TypeError, r"num_inference_steps must be an integer, got True \(bool\)"),
+        ({"num_inference_steps": 2.5}, TypeError, r"num_inference_steps must be an integer, got 2.5 \(float\)"),
+        ({"num_inference_steps": "4"}, TypeError, r"num_inference_steps must be an integer, got '4' \(str\)"),
+        ({"batch_size": 2, "generator": [torch.manual_seed(0)]}, ValueError, "got 1 generators for batch_size=2"),
+        ({"generator": 0}, TypeError, r"generator must be a torch.Generator .*, got 0; use torch.Generator"),
+        ({"batch_size": 2, "generator": [0, 1]}, TypeError, "generator must be a torch.Generator or a list of them"),
+        ({"output_type": "jpeg"}, ValueError, "output_type must be one of"),
+        ({"eta": -0.1}, ValueError, r"eta must be a finite number in \[0, 1\] \(0 is deterministic DDIM"),
+        ({"eta": NAN}, ValueError, r"eta must be a finite number in \[0, 1\] .*, got nan"),
+        ({"eta": INF}, ValueError, r"eta must be a finite number in \[0, 1\] .*, got inf"),
+        ({"eta": 1.5}, ValueError, r"eta must be a finite number in \[0, 1\] .*, got 1.5"),
+        ({"eta": "0"}, TypeError, r"eta must be a number, got '0' \(str\)"),
+        ({"corrector_steps": -1}, ValueError, "corrector_steps must be an integer >= 0, got -1"),
+        ({"corrector_steps": True}, TypeError, r"corrector_steps must be an integer, got True \(bool\)"),
+        ({"corrector_steps": 1, "corrector_snr": NAN}, ValueError, r"corrector_snr must be a finite number in \(0"),
+        ({"corrector_steps": 1, "corrector_snr": 0}, ValueError, r"corrector_snr must be a finite number in \(0"),
+        ({"callback_on_step_end_tensor_inputs": ["noise"]}, ValueError, "must be among"),
+        ({"callback_on_step_end_tensor_inputs": "latents"}, TypeError, "must be a list of names"),
     ],
 )
-def test_bad_arguments_are_refused(pipe, kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_arguments_are_refused_before_sampling(pipe, kwargs, error, message):
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    with pytest.raises(error, match=message) as info:
         pipe(**kwargs)
+    assert "\n" not in str(info.value) and calls == []  # one line, and no network evaluation before it
+
+
+@pytest.mark.parametrize("steps, batch", [(np.int64(2), np.int32(2)), (np.uint8(3), np.int64(1))])
+def test_numpy_integers_are_counts(pipe, steps, batch):
+    images = pipe(batch_size=batch, num_inference_steps=steps, generator=torch.manual_seed(0), output_type="pt")
+    assert images.images.shape[0] == int(batch)
+    assert pipe.num_timesteps == int(steps)
 
 
 def test_learned_variance_scheduler_on_a_fixed_variance_unet_is_refused():
     pipe = make_pipeline(tiny_unet(channels=3), DDPMScheduler(reverse_variance="learned_range"))
     with pytest.raises(ValueError, match="uses a learned variance but the UNet has out_channels=3"):
         pipe(num_inference_steps=2)
+
+
+def test_callback_inputs_follow_diffusers_convention(pipe):
+    # diffusers' PipelineTesterMixin.test_callback_inputs, pointed at HFDDPMPipeline.
+    assert pipe._callback_tensor_inputs == ["latents", "pred_original_sample"]
+
+    def subset(pipe, i, t, callback_kwargs):
+        assert set(callback_kwargs) <= set(pipe._callback_tensor_inputs)
+        return callback_kwargs
+
+    def everything(pipe, i, t, callback_kwargs):
+        assert set(callback_kwargs) == set(pipe._callback_tensor_inputs)
+        return callback_kwargs
+
+    def zero_at_the_last_step(pipe, i, t, callback_kwargs):
+        if i == pipe.num_timesteps - 1:
+            callback_kwargs["latents"] = torch.zeros_like(callback_kwargs["latents"])
+        return callback_kwargs
+
+    inputs = {"num_inference_steps": 3, "generator": torch.manual_seed(0), "output_type": "latent"}
+    pipe(**inputs, callback_on_step_end=subset, callback_on_step_end_tensor_inputs=["latents"])
+    pipe(**inputs, callback_on_step_end=everything, callback_on_step_end_tensor_inputs=pipe._callback_tensor_inputs)
+    output = pipe(
+        **inputs,
+        callback_on_step_end=zero_at_the_last_step,
+        callback_on_step_end_tensor_inputs=pipe._callback_tensor_inputs,
+    )[0]
+    assert pipe.num_timesteps == 3 and output.abs().sum() == 0
+
+
+def test_a_diffusers_pipeline_callback_brings_its_tensor_names(pipe):
+    class ZeroLatents(diffusers.callbacks.PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            return {"latents": torch.zeros_like(callback_kwargs["latents"])}
+
+    callbacks = diffusers.callbacks.MultiPipelineCallbacks([ZeroLatents()])
+    for callback in (ZeroLatents(), callbacks):
+        images = pipe(num_inference_steps=2, output_type="latent", callback_on_step_end=callback).images
+        assert images.abs().sum() == 0
+
+
+def test_latent_output_is_the_raw_sample_and_the_others_are_its_images():
+    # Without clipping, a random UNet's sample leaves [−1, 1]: "latent" keeps it, "pt" maps and clamps it.
+    pipe = make_pipeline(tiny_unet(channels=3), DDIMScheduler(clip_sample=False))
+    seen = []
+    kwargs = {"batch_size": 2, "num_inference_steps": 3, "callback_on_step_end_tensor_inputs": ["latents"]}
+    callback = lambda pipe, i, t, tensors: seen.append(tensors["latents"].clone()) or {}  # noqa: E731
+    latent = pipe(generator=torch.manual_seed(0), output_type="latent", callback_on_step_end=callback, **kwargs)
+    tensor = pipe(generator=torch.manual_seed(0), output_type="pt", **kwargs).images
+    latent = latent.images
+    assert latent.dtype == torch.float32 and latent.shape == (2, 3, 8, 8)
+    assert torch.equal(latent, seen[-1]) and latent.abs().max() > 1
+    assert torch.equal(tensor, (latent / 2 + 0.5).clamp(0, 1))
+
+
+def test_the_deprecated_callback_name_sample_still_works_with_a_warning(pipe):
+    def zero(pipe, i, t, tensors):
+        return {"sample": torch.zeros_like(tensors["sample"])}
+
+    with pytest.warns(FutureWarning, match="'sample' is deprecated; name it 'latents'"):
+        images = pipe(
+            num_inference_steps=2,
+            output_type="latent",
+            callback_on_step_end=zero,
+            callback_on_step_end_tensor_inputs=["sample"],
+        ).images
+    assert images.abs().sum() == 0
+
+
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])
+def test_non_finite_weights_are_reported_not_drawn_as_black_images(output_type):
+    unet = tiny_unet(channels=3)
+    with torch.no_grad():
+        unet.conv_out.bias[0] = float("nan")
+    pipe = make_pipeline(unet, DDPMScheduler())
+    message = (
+        r"the sample turned non-finite \(NaN or Inf\) at step 1 of 4 \(timestep 750\): the UNet has 1 non-finite "
+        "weights; load a checkpoint whose weights are finite"
+    )
+    with pytest.raises(NonFiniteSampleError, match=message):
+        pipe(num_inference_steps=4, output_type=output_type)
+
+
+def test_a_sample_that_overflows_later_names_its_step():
+    pipe = make_pipeline(tiny_unet(channels=3), DDIMScheduler(clip_sample=False))
+
+    def overflow_at_the_third_step(pipe, i, t, tensors):
+        return {"latents": tensors["latents"] * (1e39 if i == 2 else 1)}
+
+    with pytest.raises(NonFiniteSampleError, match=r"at step 3 of 5 \(timestep 400\): the network's output or"):
+        pipe(num_inference_steps=5, callback_on_step_end=overflow_at_the_third_step)
+
+
+def test_progress_bar_counts_denoising_steps_and_can_be_turned_off(capsys):
+    pipe = HFDDPMPipeline(unet=tiny_unet(channels=3), scheduler=DDIMScheduler())
+    pipe(batch_size=3, num_inference_steps=4, corrector_steps=1)
+    assert "4/4" in capsys.readouterr().err  # steps, not batches or network evaluations
+    pipe.set_progress_bar_config(disable=True)
+    pipe(num_inference_steps=3)
+    assert capsys.readouterr().err == ""

@@ -105,7 +105,7 @@ def reverse_trajectory_grid(
         if index % every == every - 1 or index == num_inference_steps - 1:
             predicted = tensors["pred_original_sample"]
             recorded.append(
-                (int(timestep), tensors["sample"].cpu(), predicted.cpu() if predicted is not None else None)
+                (int(timestep), tensors["latents"].cpu(), predicted.cpu() if predicted is not None else None)
             )
         return {}
 
@@ -116,7 +116,7 @@ def reverse_trajectory_grid(
             num_inference_steps=num_inference_steps,
             output_type="pt",
             callback_on_step_end=record,
-            callback_on_step_end_tensor_inputs=["sample", "pred_original_sample"],
+            callback_on_step_end_tensor_inputs=["latents", "pred_original_sample"],
             **call_options,
         )
     samples = [to_pil(x, scale) for _, x, _ in recorded]

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -32,19 +33,24 @@ import diffusers
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import __version__
 from ..conditioning import guided_prediction, num_classes, predict
 from ..eval_mode import eval_mode
 from ..schedulers import DDIMScheduler, DDPMScheduler
-from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
+from ..schedulers.arguments import ETA_MEANING, checked_integer, checked_number
+from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES, check_num_inference_steps
 from ..schedulers.langevin import langevin_corrector_step
 from .checkpoint_safety import check_checkpoint_folder, check_model_index, check_weights, fetch_model_index
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_TYPES = ("pil", "np", "pt")
+# "latent": the sample x_0 itself, in [−1, 1] and unclamped, as diffusers' pipelines return their latents.
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# Earlier names of callback tensors, still accepted with a FutureWarning: {old: diffusers' name}.
+DEPRECATED_CALLBACK_TENSORS = {"sample": "latents"}
 # w of classifier-free guidance when class labels are given without a guidance_scale (benchmarks/RESULTS.md,
 # "Class-conditional generation", measures the choice).
 DEFAULT_GUIDANCE_SCALE = 1.5
@@ -62,6 +68,11 @@ _DOWNLOAD_KWARGS = (
 _HFDDPM_SCHEDULERS = {cls.__name__: cls for cls in (DDPMScheduler, DDIMScheduler)}
 # `from_pretrained` options with which diffusers imports code named by the caller or the checkpoint.
 _REMOTE_CODE_KWARGS = ("custom_pipeline", "trust_remote_code")
+
+
+class NonFiniteSampleError(ValueError):
+    """The sample turned NaN or infinite while sampling (a ValueError, so that command lines report it in one
+    line)."""
 
 
 def consumes_model_variance(scheduler: SchedulerMixin) -> bool:
@@ -95,8 +106,10 @@ class HFDDPMPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
-    # Subclassing API: diffusers' callbacks documentation names this attribute as where a pipeline lists its tensors.
-    _callback_tensor_inputs = ["sample", "pred_original_sample"]
+    # Subclassing API: diffusers' callbacks documentation names this attribute as where a pipeline lists its tensors;
+    # "latents" is the sample the loop carries, as diffusers' pipelines name it.
+    _callback_tensor_inputs = ["latents", "pred_original_sample"]
+    _num_timesteps = 0  # set by each call (`num_timesteps`)
 
     def __init__(
         self,
@@ -232,8 +245,8 @@ class HFDDPMPipeline(DiffusionPipeline):
         corrector_snr: float = 0.16,
         class_labels: int | str | list[int | str] | torch.Tensor | None = None,
         guidance_scale: float | None = None,
-        callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ("sample",),
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
     ) -> ImagePipelineOutput | tuple:
         """Generate `batch_size` images.
 
@@ -248,8 +261,9 @@ class HFDDPMPipeline(DiffusionPipeline):
                 clipped x̂_0. Otherwise x_s = √ᾱ_s clip(x̂_0) + √(1 − ᾱ_s) ε̂ moves x by the whole clipping residual
                 at every step, however small the step, and deterministic DDIM drifts further from the data the more
                 steps it takes. Pass False for stock `DDIMPipeline`'s behaviour.
-            output_type: ``"pil"`` (list of PIL images), ``"np"`` (float array NHWC in [0, 1]) or ``"pt"``
-                (float tensor NCHW in [0, 1]).
+            output_type: ``"pil"`` (list of PIL images), ``"np"`` (float array NHWC in [0, 1]), ``"pt"``
+                (float tensor NCHW in [0, 1]) or ``"latent"`` (the sample itself, float32 NCHW in about [−1, 1],
+                neither rescaled nor clamped, as diffusers' pipelines return latents).
             return_dict: return an `ImagePipelineOutput` rather than a tuple.
             corrector_steps: Langevin corrector steps before each reverse step, at its noise level: predictor–
                 corrector sampling (Song et al. 2021, Algorithms 1 and 5), each costing one more network
@@ -264,25 +278,27 @@ class HFDDPMPipeline(DiffusionPipeline):
                 `DEFAULT_GUIDANCE_SCALE`; needs `class_labels`.
             callback_on_step_end: called after each step as in diffusers' pipelines,
                 `callback_on_step_end(pipeline, step_index, timestep, callback_kwargs)`, with the tensors named in
-                `callback_on_step_end_tensor_inputs` ("sample": x after the step, "pred_original_sample": the
-                step's x̂_0 where the scheduler gives it); a returned "sample" replaces x.
+                `callback_on_step_end_tensor_inputs` ("latents": x after the step, "pred_original_sample": the
+                step's x̂_0 where the scheduler gives it); a returned "latents" replaces x. A diffusers
+                `PipelineCallback` or `MultiPipelineCallbacks` brings its own tensor names. "sample", the earlier
+                name of "latents", still works with a FutureWarning.
 
-        The progress bar is configured with `set_progress_bar_config(disable=True)` as in diffusers.
+        The progress bar counts denoising steps and is turned off with `set_progress_bar_config(disable=True)`, as
+        in diffusers. A sample that turns NaN or infinite stops the call with a `NonFiniteSampleError` naming the
+        step and the likely cause.
         """
-        num_inference_steps = self.inference_steps(num_inference_steps)
         device = self._execution_device  # private, no public twin: under CPU offload `self.device` is cpu
         class_labels, batch_size = self.class_label_ids(class_labels, batch_size, device)
         guidance_scale = self.check_guidance_scale(guidance_scale, class_labels)
-        self._check_inputs(batch_size, generator, num_inference_steps, eta, output_type)
-        self._check_callback_inputs(callback_on_step_end_tensor_inputs)
-        if corrector_steps < 0 or (corrector_steps and not isinstance(self.scheduler, (DDPMScheduler, DDIMScheduler))):
-            raise ValueError(
-                f"corrector_steps must be >= 0 and needs hfddpm's DDPMScheduler or DDIMScheduler, got "
-                f"{corrector_steps} with {type(self.scheduler).__name__}"
-            )
+        num_inference_steps, eta = self._check_inputs(
+            batch_size, generator, self.inference_steps(num_inference_steps), eta, output_type
+        )
+        callback_names = self._callback_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        corrector_steps, corrector_snr = self._check_corrector(corrector_steps, corrector_snr)
         sample = randn_tensor(self.sample_shape(batch_size), generator=generator, device=device, dtype=torch.float32)
         sample = sample * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(self.scheduler.timesteps)
         step_kwargs = self._step_kwargs(self.scheduler, generator, eta, use_clipped_model_output)
 
         with eval_mode(self.unet):
@@ -294,10 +310,40 @@ class HFDDPMPipeline(DiffusionPipeline):
                 output = self.reverse_step(self.scheduler, sample, t, class_labels, guidance_scale, step_kwargs)
                 sample = output.prev_sample
                 if callback_on_step_end is not None:
-                    sample = self._call_back(
-                        callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, sample, output
-                    )
+                    sample = self._call_back(callback_on_step_end, callback_names, i, t, sample, output)
+                self.check_finite(sample, i, t, guidance_scale if class_labels is not None else 1.0)
         return self.postprocess(sample, output_type, return_dict)
+
+    @property
+    def num_timesteps(self) -> int:
+        """The denoising steps of the latest call (diffusers' name): the callback's step index runs up to this − 1."""
+        return self._num_timesteps
+
+    def check_finite(self, sample: torch.Tensor, step: int, t: torch.Tensor, guidance_scale: float) -> None:
+        """Stop with a `NonFiniteSampleError` if the sample after step `step` (0-based) holds NaN or Inf.
+
+        One reduction over the sample per step, against a network evaluation per step; hfddpm's schedulers already
+        wait for the device once per step (they read the next timestep as a Python number), so waiting for this
+        check adds no stall there.
+        """
+        if bool(torch.isfinite(sample).all()):
+            return
+        bad = sum(int((~torch.isfinite(p)).sum()) for p in self.unet.parameters())
+        if bad:
+            cause = f"the UNet has {bad} non-finite weights; load a checkpoint whose weights are finite"
+        elif guidance_scale not in (0, 1):
+            cause = (
+                f"guidance_scale={guidance_scale:g} pushed the guided prediction past float32's range; lower it "
+                "(1 to 5 is usual)"
+            )
+        elif self._network_dtype() != torch.float32:
+            cause = f"the UNet runs in {self._network_dtype()}, whose range its output exceeded; run it in float32"
+        else:
+            cause = "the network's output or the scheduler's step overflowed; check the checkpoint and the scheduler"
+        raise NonFiniteSampleError(
+            f"the sample turned non-finite (NaN or Inf) at step {step + 1} of {self._num_timesteps} (timestep "
+            f"{int(t)}): {cause}"
+        )
 
     def reverse_step(
         self,
@@ -349,6 +395,7 @@ class HFDDPMPipeline(DiffusionPipeline):
         self, class_labels: Any, batch_size: int, device: torch.device
     ) -> tuple[torch.Tensor | None, int]:
         """`class_labels` (ids or names, one or one per image) as a tensor of ids, and the batch size they make."""
+        batch_size = checked_integer("batch_size", batch_size)
         if class_labels is None:
             return None, batch_size
         if self.num_classes is None:
@@ -406,26 +453,47 @@ class HFDDPMPipeline(DiffusionPipeline):
             )
         return float(guidance_scale)
 
-    def _check_callback_inputs(self, names: list[str]) -> None:
-        if unknown := set(names) - set(self._callback_tensor_inputs):
+    def _callback_names(self, callback: Any, names: Any) -> list[str]:
+        """The tensors to hand `callback`, checked: a diffusers `PipelineCallback` names its own, as in diffusers'
+        pipelines; the deprecated "sample" warns."""
+        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+            names = callback.tensor_inputs
+        if isinstance(names, str):
+            raise TypeError(f"callback_on_step_end_tensor_inputs must be a list of names, got {names!r}")
+        names = list(names)
+        for old in set(names) & set(DEPRECATED_CALLBACK_TENSORS):
+            warnings.warn(
+                f"the callback tensor {old!r} is deprecated; name it {DEPRECATED_CALLBACK_TENSORS[old]!r}, as "
+                "diffusers' pipelines do",
+                FutureWarning,
+                stacklevel=3,
+            )
+        if unknown := set(names) - set(self._callback_tensor_inputs) - set(DEPRECATED_CALLBACK_TENSORS):
             raise ValueError(
                 f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
                 f"got {sorted(unknown)}"
             )
+        return names
 
     def _call_back(
         self, callback: Callable, names: list[str], i: int, t: torch.Tensor, sample: torch.Tensor, output: Any
     ) -> torch.Tensor:
-        """Run `callback_on_step_end` after step i, which left `sample`; the sample it returns (else `sample`)
-        continues."""
-        tensors = {"sample": sample, "pred_original_sample": getattr(output, "pred_original_sample", None)}
-        return callback(self, i, t, {name: tensors[name] for name in names}).get("sample", sample)
+        """Run `callback_on_step_end` after step i, which left `sample`; the "latents" it returns (or, deprecated,
+        "sample"), else `sample`, continues."""
+        tensors = {"latents": sample, "pred_original_sample": getattr(output, "pred_original_sample", None)}
+        tensors.update({old: tensors[new] for old, new in DEPRECATED_CALLBACK_TENSORS.items()})
+        returned = callback(self, i, t, {name: tensors[name] for name in names}) or {}
+        replaced = [returned[name] for name in ("latents", *DEPRECATED_CALLBACK_TENSORS) if name in returned]
+        return next((tensor for tensor in replaced if tensor is not sample), sample)
 
     def postprocess(self, sample: torch.Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
         """x in [−1, 1] as images in [0, 1] of `output_type`, in an `ImagePipelineOutput` unless `return_dict` is
         False."""
-        image = (sample / 2 + 0.5).clamp(0, 1)
-        if output_type != "pt":
+        if output_type == "latent":
+            image = sample
+        else:
+            image = (sample / 2 + 0.5).clamp(0, 1)
+        if output_type not in ("pt", "latent"):
             image = image.cpu().permute(0, 2, 3, 1).numpy()
             if output_type == "pil":
                 image = self.numpy_to_pil(image)
@@ -442,26 +510,41 @@ class HFDDPMPipeline(DiffusionPipeline):
         alpha = alpha_bar / self.scheduler.alpha_bar(int(t) - 1)  # α_t = 1 − β_t
         return langevin_corrector_step(sample, epsilon, alpha_bar, alpha, snr, generator)
 
-    def _check_inputs(self, batch_size, generator, num_inference_steps, eta, output_type) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    def _check_corrector(self, corrector_steps: Any, corrector_snr: Any) -> tuple[int, float]:
+        """The predictor–corrector options, checked: k ≥ 0 steps (only with hfddpm's schedulers) and r > 0."""
+        corrector_steps = checked_integer("corrector_steps", corrector_steps, 0)
+        corrector_snr = checked_number("corrector_snr", corrector_snr, 0, open_low=True)
+        if corrector_steps and not isinstance(self.scheduler, (DDPMScheduler, DDIMScheduler)):
+            raise ValueError(
+                f"corrector_steps needs hfddpm's DDPMScheduler or DDIMScheduler, got {corrector_steps} with "
+                f"{type(self.scheduler).__name__}; pass corrector_steps=0 or swap the scheduler"
+            )
+        return corrector_steps, corrector_snr
+
+    def _check_inputs(self, batch_size, generator, num_inference_steps, eta, output_type) -> tuple[int, float]:
+        """Refuse bad call arguments before sampling starts; return the step count and η as plain numbers."""
+        single = generator is None or isinstance(generator, torch.Generator)
+        if not single and not (isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator)):
+            raise TypeError(
+                f"generator must be a torch.Generator or a list of them (one per image), got {generator!r}; "
+                "use torch.Generator().manual_seed(seed)"
+            )
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
                 f"got {len(generator)} generators for batch_size={batch_size}: pass one generator, or one per image"
             )
         max_steps = self.scheduler.config.get("num_train_timesteps")
-        if (
-            not isinstance(num_inference_steps, int)
-            or num_inference_steps < 1
-            or (max_steps is not None and num_inference_steps > max_steps)
-        ):
-            raise ValueError(
-                f"num_inference_steps must be an integer in [1, {max_steps}], got {num_inference_steps!r}"
-            )
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0 (0 is deterministic DDIM, 1 is DDPM-like), got {eta}")
+        if max_steps is None:
+            num_inference_steps = checked_integer("num_inference_steps", num_inference_steps)
+        else:
+            num_inference_steps = check_num_inference_steps(num_inference_steps, max_steps)
+        eta = checked_number("eta", eta, 0, 1, meaning=ETA_MEANING)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        self._check_unet_channels()
+        return num_inference_steps, eta
+
+    def _check_unet_channels(self) -> None:
         in_channels, out_channels = self.unet.config.in_channels, self.unet.config.out_channels
         if out_channels not in (in_channels, 2 * in_channels):
             raise ValueError(

@@ -14,6 +14,7 @@ import diffusers
 import PIL.Image
 import torch
 from diffusers import ImagePipelineOutput, SchedulerMixin
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -55,8 +56,8 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
         use_clipped_model_output: bool | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ("sample",),
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
     ) -> ImagePipelineOutput | tuple:
         """Inpaint `image` where `mask_image` is white.
 
@@ -73,11 +74,11 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
             jump_n_sample: RePaint's r, the times each stretch is denoised (10 in the paper; 1: no resampling).
             eta, generator, use_clipped_model_output, output_type, return_dict, callback_on_step_end,
             callback_on_step_end_tensor_inputs: as in `HFDDPMPipeline.__call__`; the callback runs after each
-                reverse step, with its count as step index.
+                reverse step, with its count as step index (up to `num_timesteps` − 1, the network evaluations),
+                and the progress bar counts the same reverse steps.
             class_labels, guidance_scale: for a class-conditional UNet, as in `HFDDPMPipeline.__call__`.
         """
         scheduler = markov_scheduler(self.scheduler)
-        num_inference_steps = self.inference_steps(num_inference_steps)
         device = self._execution_device
         known, keep = self.known_region(image, mask_image, device)
         class_labels, batch_size = self.class_label_ids(class_labels, len(known), device)
@@ -86,9 +87,13 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
                 f"got {batch_size} class_labels for {len(known)} images: pass one label, or one per image"
             )
         guidance_scale = self.check_guidance_scale(guidance_scale, class_labels)
-        self._check_inputs(batch_size, generator, num_inference_steps, eta, output_type)
-        self._check_callback_inputs(callback_on_step_end_tensor_inputs)
+        num_inference_steps, eta = self._check_inputs(
+            batch_size, generator, self.inference_steps(num_inference_steps), eta, output_type
+        )
+        callback_names = self._callback_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
         positions = repaint_schedule(num_inference_steps, jump_length, jump_n_sample)
+        moves = list(zip(positions[:-1], positions[1:], strict=True))
+        self._num_timesteps = sum(target > position for position, target in moves)  # the reverse steps
         if jump_n_sample > 1 and jump_length >= num_inference_steps:
             logger.warning(
                 "jump_length=%d is not below num_inference_steps=%d: no jump fits, so nothing is resampled",
@@ -102,8 +107,8 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
         step_kwargs = self._step_kwargs(scheduler, generator, eta, use_clipped_model_output)
         sample = randn_tensor(known.shape, generator=generator, device=device, dtype=torch.float32)
         steps = 0
-        with eval_mode(self.unet):
-            for position, target in self.progress_bar(list(zip(positions[:-1], positions[1:], strict=True))):
+        with eval_mode(self.unet), self.progress_bar(total=self._num_timesteps) as progress:
+            for position, target in moves:
                 noise = randn_tensor(known.shape, generator=generator, device=device, dtype=torch.float32)
                 if target < position:  # a jump back up the grid
                     sample = renoise(sample, alpha_bars[position], alpha_bars[target], noise)
@@ -113,10 +118,10 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
                 known_now = known if target == len(timesteps) else renoise(known, 1.0, alpha_bars[target], noise)
                 sample = torch.where(keep, known_now, output.prev_sample)
                 if callback_on_step_end is not None:
-                    sample = self._call_back(
-                        callback_on_step_end, callback_on_step_end_tensor_inputs, steps, t, sample, output
-                    )
+                    sample = self._call_back(callback_on_step_end, callback_names, steps, t, sample, output)
+                self.check_finite(sample, steps, t, guidance_scale if class_labels is not None else 1.0)
                 steps += 1
+                progress.update()
         return self.postprocess(sample, output_type, return_dict)
 
     def known_region(self, image: Any, mask_image: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
