@@ -563,3 +563,21 @@ def test_a_bad_configuration_file_is_named_with_its_key(folder, part, changes, e
     message = _one_line_error(error_type, lambda: HFDDPMPipeline.from_pretrained(folder))
     assert message.startswith(line.format(path)), message
     assert message.endswith(("save_pretrained", "from_pretrained")), message
+
+
+def test_weights_of_a_variant_need_the_variant(folder):
+    state = _state(folder)
+    _weights(folder).rename(folder / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    message = _one_line_error(FileNotFoundError, lambda: HFDDPMPipeline.from_pretrained(folder))
+    assert message.startswith(
+        f"{folder / 'unet'} has no diffusion_pytorch_model.safetensors but holds "
+        "['diffusion_pytorch_model.fp16.safetensors']: pass the variant they were saved as"
+    )
+    pipe = HFDDPMPipeline.from_pretrained(folder, variant="fp16")
+    torch.testing.assert_close(pipe.unet.state_dict(), state, rtol=0, atol=0)
+
+
+def test_a_folder_is_a_path_or_a_string(folder):
+    message = _one_line_error(TypeError, lambda: HFDDPMPipeline.from_pretrained(3))
+    assert message == "pretrained_model_name_or_path must be a folder or a Hub repository id, got int"
+    assert HFDDPMPipeline.from_pretrained(pathlib.Path(folder)).unet.config.in_channels == 1
