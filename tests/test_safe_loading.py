@@ -581,3 +581,18 @@ def test_a_folder_is_a_path_or_a_string(folder):
     message = _one_line_error(TypeError, lambda: HFDDPMPipeline.from_pretrained(3))
     assert message == "pretrained_model_name_or_path must be a folder or a Hub repository id, got int"
     assert HFDDPMPipeline.from_pretrained(pathlib.Path(folder)).unet.config.in_channels == 1
+
+
+def test_weights_with_the_attention_names_of_older_diffusers_still_load(folder):
+    # google/ddpm-cifar10-32's weights name attention query/key/value/proj_attn; diffusers renames them on load, and
+    # the shape check must too, or it would refuse the stock checkpoints.
+    state = _state(folder)
+    old_names = {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}
+    renamed = {}
+    for key, tensor in state.items():
+        for new, old in old_names.items():
+            key = key.replace(new, old)
+        renamed[key] = tensor
+    assert len(renamed.keys() - state.keys()) == 32  # 4 projections × (weight, bias) × 4 attention blocks
+    _save_weights(folder, renamed)
+    torch.testing.assert_close(HFDDPMPipeline.from_pretrained(folder).unet.state_dict(), state, rtol=0, atol=0)

@@ -306,12 +306,13 @@ def _load_tensors_only(path: str) -> dict[str, torch.Tensor]:
 def check_weight_shapes(files: list[str], unet_config: dict, config_path: str) -> None:
     """Refuse weight files that are damaged or do not hold exactly the tensors, of the right shapes, of the
     UNet2DModel `unet_config` describes (diffusers would leave missing ones random with a warning)."""
-    expected = {key: tuple(value.shape) for key, value in meta_unet(unet_config, config_path).state_dict().items()}
+    unet = meta_unet(unet_config, config_path)
+    expected = {key: tuple(value.shape) for key, value in unet.state_dict().items()}
     loaded = {}
     for path in files:
         loaded |= _tensor_shapes(path)
-    if len(files) == 1:  # as diffusers, which renames the tensors of old attention blocks in unsharded files only
-        meta_unet(unet_config, config_path)._fix_state_dict_keys_on_load(loaded)
+    if len(files) == 1:  # as diffusers, which renames old attention blocks' tensors in unsharded files only
+        unet._fix_state_dict_keys_on_load(loaded)
     where = files[0] if len(files) == 1 else f"{os.path.dirname(files[0])} ({len(files)} shards)"
     model = f"the UNet that {config_path} describes"
     if missing := sorted(expected.keys() - loaded.keys()):
