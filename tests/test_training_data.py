@@ -258,3 +258,15 @@ def test_numpy_integers_are_counts():
     preprocessing = ImagePreprocessing(resolution=np.int64(2), channels=np.int32(1))
     assert (type(preprocessing.resolution), type(preprocessing.channels)) == (int, int)
     assert preprocessing.prepare(_mode_image("L")).tolist() == [[[0, 64], [128, 255]]]
+
+
+def test_dataset_paths_may_be_path_objects_and_nothing_else(tmp_path):
+    digits = load_digits_dataset("test").select(range(3))
+    digits.save_to_disk(tmp_path / "saved")
+    dataset, column = load_image_dataset(dataset_name=tmp_path / "saved")
+    assert len(dataset) == 3 and column == "image"
+    write_image_folder(tmp_path / "images")
+    dataset, _ = load_image_dataset(train_data_dir=tmp_path / "images", cache_dir=str(tmp_path / "cache"))
+    assert len(dataset) == 5
+    with pytest.raises(TypeError, match=r"^--dataset_name must be a folder or a dataset name, got 5 \(int\)$"):
+        load_image_dataset(dataset_name=5)

@@ -52,9 +52,9 @@ def load_digits_dataset(split: str = "train") -> datasets.Dataset:
 
 
 def load_image_dataset(
-    dataset_name: str | None = None,
+    dataset_name: str | os.PathLike | None = None,
     dataset_config_name: str | None = None,
-    train_data_dir: str | None = None,
+    train_data_dir: str | os.PathLike | None = None,
     split: str = "train",
     image_column: str | None = None,
     cache_dir: str | None = None,
@@ -67,6 +67,7 @@ def load_image_dataset(
     """
     import datasets
 
+    dataset_name, train_data_dir = _text(dataset_name, "--dataset_name"), _text(train_data_dir, "--train_data_dir")
     if train_data_dir is not None and dataset_name is not None:
         raise ValueError("pass either --dataset_name or --train_data_dir, not both")
     if train_data_dir is not None:
@@ -101,6 +102,15 @@ def load_image_dataset(
     elif image_column not in dataset.column_names:
         raise ValueError(f"--image_column {image_column!r} is not a column; the columns are {dataset.column_names}")
     return dataset, image_column
+
+
+def _text(value: str | os.PathLike | None, flag: str) -> str | None:
+    """A folder or a name as a string (a path object becomes its string); anything else is refused."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{flag} must be a folder or a dataset name, got {value!r} ({type(value).__name__})")
 
 
 def class_labels(dataset: datasets.Dataset, label_column: str | None = None) -> tuple[list[int], list[str]]:
