@@ -1,10 +1,13 @@
-"""What `HFDDPMPipeline.from_pretrained` checks before it loads anything: no code from the checkpoint, no pickle.
+"""What `HFDDPMPipeline.from_pretrained` checks before it loads anything: no code from the checkpoint, no pickle,
+no damaged or malformed file.
 
 A checkpoint folder (or a Hub repository's model_index.json, fetched alone first) is refused, in one line naming
-the fix, when it names a custom pipeline or a component library other than diffusers and hfddpm, ships a `.py`
-file where diffusers would import it, was saved by a newer hfddpm, misses a part, or holds pickle weights only
-(unless the caller allows pickles; they are then read with `torch.load(weights_only=True)`, which refuses anything
-but tensors).
+the file and the fix, when it names a custom pipeline or a component library other than diffusers and hfddpm, ships
+a `.py` file where diffusers would import it, was saved by a newer hfddpm, misses a part, holds a config value of the
+wrong kind or an absurd size, or has weights that are damaged, do not match the UNet's config, or would reach
+`torch.load` (pickles alone, or shards named by a safetensors index) unless the caller allows pickles; they are then
+read with `torch.load(weights_only=True)`, which refuses anything but tensors. Weights that load with NaN or
+infinities are refused before anything samples from them.
 """
 
 from __future__ import annotations
@@ -63,18 +66,17 @@ def fetch_model_index(repo_id: str, download_kwargs: dict) -> dict:
             f"{repo_id!r} is neither a pipeline folder nor a Hub repository id ('user/name'); check the path"
         ) from None
     except (OSError, EntryNotFoundError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise FileNotFoundError(
             f"{repo_id!r} is not a local folder and its model_index.json could not be fetched from the Hub "
-            f"({reason}); check the path or the repository id"
+            f"({_first_line(error)}); check the path or the repository id"
         ) from None
     return _read_json(path, f"{repo_id} has no model_index.json; check the repository id")
 
 
 def check_checkpoint_folder(folder: str, passed: Collection[str]) -> dict:
-    """Refuse a pipeline folder that would import code, was saved by a newer hfddpm or misses a part, each in one
-    line naming the fix; return its model_index.json. Components in `passed` are not read; the UNet's weights are
-    `check_weights`'s."""
+    """Refuse a pipeline folder that would import code, was saved by a newer hfddpm, misses a part or has a
+    malformed model_index.json or scheduler config, each in one line naming the fix; return its model_index.json.
+    Components in `passed` are not read; the UNet's config and weights are `check_unet_folder`'s."""
     index_path = os.path.join(folder, "model_index.json")
     index = _read_json(
         index_path, f"{folder} holds no pipeline (no model_index.json); pass the folder save_pretrained wrote"
