@@ -1,13 +1,15 @@
 """The catalogue of bad inputs the library refuses at its public entry points, each in one line that names the
 problem and the fix or the valid values (the table in the docs lists the messages)."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DModel
 from huggingface_hub import constants
 
-from hfddpm import DDIMScheduler, DDPMScheduler, HFDDPMPipeline, create_unet, unet_config
+from hfddpm import UNET_PRESETS, DDIMScheduler, DDPMScheduler, HFDDPMPipeline, create_unet, unet_config
 from hfddpm.hub import HubError, check_repo_id, resolve_token
 
 from .conftest import make_pipeline, tiny_unet
@@ -261,3 +263,136 @@ def test_ddim_step_refuses_an_eta_outside_0_and_1(eta):
     x = torch.zeros(1, 1, 2, 2)
     with pytest.raises(ValueError, match=r"eta must be a finite number in \[0, 1\] \(0 is deterministic DDIM"):
         scheduler.step(x, scheduler.timesteps[0], x, eta=eta)
+
+
+# (id, overrides of create_unet("tiny", ...), exception type, the exact line)
+UNET_CONFIG_CASES = [
+    (
+        "sample_size bool",
+        {"sample_size": True},
+        TypeError,
+        "sample_size in {} must be a size or [height, width], got True (bool)",
+    ),
+    (
+        "sample_size string",
+        {"sample_size": "8"},
+        TypeError,
+        "sample_size in {} must be a size or [height, width], got '8' (str)",
+    ),
+    (
+        "sample_size 10**9",
+        {"sample_size": 10**9},
+        ValueError,
+        "sample_size in {} must be in [1, 16384], got 1000000000 (int)",
+    ),
+    (
+        "sample_size 0",
+        {"sample_size": [0, 8]},
+        ValueError,
+        "sample_size in {} must be in [1, 16384], got [0, 8] (list)",
+    ),
+    (
+        "block_out_channels huge",
+        {"block_out_channels": (10**9, 10**9)},
+        ValueError,
+        "block_out_channels in {} must be in [1, 65536], got (1000000000, 1000000000) (tuple)",
+    ),
+    (
+        "block_out_channels number",
+        {"block_out_channels": 16},
+        TypeError,
+        "block_out_channels in {} must be a list of counts, got 16 (int)",
+    ),
+    (
+        "in_channels string",
+        {"in_channels": "3"},
+        TypeError,
+        "in_channels in {} must be a positive integer, got '3' (str)",
+    ),
+    (
+        "in_channels bool",
+        {"in_channels": True},
+        TypeError,
+        "in_channels in {} must be a positive integer, got True (bool)",
+    ),
+    (
+        "layers_per_block float",
+        {"layers_per_block": 2.0},
+        TypeError,
+        "layers_per_block in {} must be a positive integer, got 2.0 (float)",
+    ),
+    (
+        "layers_per_block negative",
+        {"layers_per_block": -1},
+        ValueError,
+        "layers_per_block in {} must be in [1, 65536], got -1 (int)",
+    ),
+    (
+        "dropout NaN",
+        {"dropout": float("nan")},
+        ValueError,
+        "dropout in {} must be a finite number >= 0, got nan (float)",
+    ),
+    ("dropout list", {"dropout": [0.1]}, TypeError, "dropout in {} must be a number, got [0.1] (list)"),
+    (
+        "switch as string",
+        {"flip_sin_to_cos": "yes"},
+        TypeError,
+        "flip_sin_to_cos in {} must be a switch, true or false, got 'yes' (str)",
+    ),
+    (
+        "block types too few",
+        {"down_block_types": ("DownBlock2D",)},
+        ValueError,
+        "down_block_types in {} must be 2 names, one per block_out_channels, got ('DownBlock2D',) (tuple)",
+    ),
+    (
+        "unknown block type",
+        {"up_block_types": ("NoBlock", "UpBlock2D")},
+        ValueError,
+        "{} does not describe a UNet2DModel diffusers can build (NoBlock does not exist.); fix it",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "overrides, error_type, line", [case[1:] for case in UNET_CONFIG_CASES], ids=[c[0] for c in UNET_CONFIG_CASES]
+)
+def test_a_unet_config_of_the_wrong_kind_or_an_absurd_size_is_refused_before_allocation(overrides, error_type, line):
+    with pytest.raises(error_type, match=f"^{re.escape(line.format(repr('tiny').join(['UNet preset ', ''])))}$"):
+        create_unet("tiny", **overrides)
+
+
+def test_a_unet_of_too_many_parameters_is_refused_before_allocation():
+    config = {**UNET_PRESETS["tiny"], "out_channels": 3, "block_out_channels": (16384, 16384)}
+    with torch.device("meta"):  # the count, measured without allocating
+        count = sum(p.numel() for p in UNet2DModel(**config).parameters())
+    assert count > 10**10
+    line = f"UNet preset 'tiny' describes a UNet of {count:.3g} parameters, more than hfddpm builds (1e+10); "
+    with pytest.raises(ValueError, match=f"^{re.escape(line)}check block_out_channels and layers_per_block$"):
+        create_unet("tiny", block_out_channels=(16384, 16384))
+
+
+@pytest.mark.parametrize(
+    "call, error_type, line",
+    [
+        (lambda: create_unet(["tiny"]), TypeError, "the UNet preset is a name such as 'digits', got ['tiny'] (list)"),
+        (
+            lambda: create_unet("tiny", learned_variance="yes"),
+            TypeError,
+            "learned_variance must be True or False, got 'yes'",
+        ),
+    ],
+    ids=["preset list", "learned_variance string"],
+)
+def test_create_unet_refuses_arguments_of_the_wrong_type(call, error_type, line):
+    with pytest.raises(error_type, match=f"^{re.escape(line)}$"):
+        call()
+
+
+def test_numpy_integers_are_sizes_and_counts():
+    unet = create_unet(
+        "tiny", sample_size=np.int64(8), in_channels=np.int32(1), block_out_channels=(np.int64(8), np.int64(16))
+    )
+    assert unet.config.sample_size == 8 and type(unet.config.sample_size) is int
+    assert list(unet.config.block_out_channels) == [8, 16] and unet.config.out_channels == 1

@@ -11,6 +11,7 @@ import shutil
 import diffusers
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 import hfddpm
@@ -234,3 +235,364 @@ def test_command_line_refuses_pickle_weights_in_one_line_unless_allowed(folder, 
     assert "diffusion_pytorch_model.bin is a pickle" in error and "--allow_pickle" in error
     assert main([*command, "--allow_pickle", "--device", "cpu"]) == 0
     assert (tmp_path / "grid.png").is_file()
+
+
+def _weights(folder):
+    return folder / "unet" / "diffusion_pytorch_model.safetensors"
+
+
+def _state(folder) -> dict:
+    return safetensors.torch.load_file(_weights(folder))
+
+
+def _index(folder, name, shard, state):
+    (folder / "unet" / name).write_text(json.dumps({"metadata": {}, "weight_map": dict.fromkeys(state, shard)}))
+
+
+def _pickle_shard_behind_an_index(folder, marker, index_name="diffusion_pytorch_model.safetensors.index.json"):
+    """A safetensors index mapping every tensor to a pickle that runs code (the safetensors file stays)."""
+    state = _state(folder)
+    torch.save({**state, "conv_in.weight": _WritesMarker(marker)}, folder / "unet" / "weights.bin")
+    _index(folder, index_name, "weights.bin", state)
+    return "weights.bin"
+
+
+def _pickle_with_another_suffix(folder, marker):
+    state = _state(folder)
+    torch.save({**state, "conv_in.weight": _WritesMarker(marker)}, folder / "unet" / "weights.dat")
+    _index(folder, "diffusion_pytorch_model.safetensors.index.json", "weights.dat", state)
+    return "weights.dat"
+
+
+def _sharded_pickles(folder, marker):
+    state = _state(folder)
+    _weights(folder).unlink()
+    torch.save({**state, "conv_in.weight": _WritesMarker(marker)}, folder / "unet" / "model-00001-of-00001.bin")
+    _index(folder, "diffusion_pytorch_model.bin.index.json", "model-00001-of-00001.bin", state)
+    return "model-00001-of-00001.bin"
+
+
+# (id, damage(folder, marker) -> the pickle's name, from_pretrained options)
+PICKLE_PATHS = [
+    ("safetensors index naming a .bin shard", _pickle_shard_behind_an_index, {}),
+    ("safetensors index naming a shard of another suffix", _pickle_with_another_suffix, {}),
+    (
+        "variant index naming a .bin shard",
+        lambda f, m: _pickle_shard_behind_an_index(f, m, "diffusion_pytorch_model.safetensors.index.fp16.json"),
+        {"variant": "fp16"},
+    ),
+    (
+        "legacy variant index naming a .bin shard",
+        lambda f, m: _pickle_shard_behind_an_index(f, m, "diffusion_pytorch_model.fp16.safetensors.index.json"),
+        {"variant": "fp16"},
+    ),
+    ("sharded .bin index", _sharded_pickles, {}),
+]
+
+
+@pytest.mark.parametrize("allow_pickle", [False, True])
+@pytest.mark.parametrize("damage, options", [c[1:] for c in PICKLE_PATHS], ids=[c[0] for c in PICKLE_PATHS])
+def test_every_path_to_a_pickle_is_closed_without_allow_pickle(folder, tmp_path, damage, options, allow_pickle):
+    marker = tmp_path / "code-ran"
+    shard = damage(folder, marker)
+    load = lambda: HFDDPMPipeline.from_pretrained(folder, allow_pickle=allow_pickle, **options)  # noqa: E731
+    message = _one_line_error(ValueError, load)
+    if allow_pickle:  # read by the safe unpickler only, which refuses the payload
+        assert message.startswith(f"{folder / 'unet' / shard} holds more than tensors")
+    else:
+        assert shard in message and "unpickling can run code" in message and "allow_pickle=True" in message
+    assert not marker.exists()
+
+
+def test_a_safetensors_index_naming_a_pickle_of_tensors_loads_only_with_allow_pickle(folder):
+    state = _state(folder)
+    torch.save(state, folder / "unet" / "weights.bin")
+    _weights(folder).unlink()
+    _index(folder, "diffusion_pytorch_model.safetensors.index.json", "weights.bin", state)
+    message = _one_line_error(ValueError, lambda: HFDDPMPipeline.from_pretrained(folder))
+    assert message.startswith(f"{folder / 'unet' / 'diffusion_pytorch_model.safetensors.index.json'} maps tensors to ")
+    pipe = HFDDPMPipeline.from_pretrained(folder, allow_pickle=True)
+    torch.testing.assert_close(pipe.unet.state_dict(), state, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("option", [{"load_connected_pipeline": True}, {"allow_pickle": "yes"}])
+def test_options_that_bypass_the_checks_are_refused(folder, option):
+    (name,) = option
+    error_type = TypeError if name == "allow_pickle" else ValueError
+    message = _one_line_error(error_type, lambda: HFDDPMPipeline.from_pretrained(folder, **option))
+    assert message.startswith(f"{name}=") or message == "allow_pickle must be True or False, got 'yes'"
+
+
+def _save_weights(folder, state):
+    safetensors.torch.save_file(state, _weights(folder))
+
+
+def _without(state, key):
+    return {k: v for k, v in state.items() if k != key}
+
+
+# (id, damage(folder, state), the line's start after the weights file, its fix or reason)
+DAMAGED_WEIGHTS = [
+    (
+        "truncated",
+        lambda f, s: _weights(f).write_bytes(_weights(f).read_bytes()[:-100]),
+        " is damaged (",
+        "not fully covered",
+    ),
+    ("empty", lambda f, s: _weights(f).write_bytes(b""), " is damaged (", "header too small"),
+    (
+        "not safetensors",
+        lambda f, s: _weights(f).write_text("version https://git-lfs"),
+        " is damaged (",
+        "safetensors file",
+    ),
+    (
+        "a tensor missing",
+        lambda f, s: _save_weights(f, _without(s, "conv_in.bias")),
+        " lacks 1 of the ",
+        "first: conv_in.bias",
+    ),
+    (
+        "an extra tensor",
+        lambda f, s: _save_weights(f, {**s, "extra.weight": torch.zeros(2)}),
+        " holds 1 tensors that ",
+        "first: extra.weight",
+    ),
+    (
+        "a tensor of another shape",
+        lambda f, s: _save_weights(f, {**s, "conv_in.weight": torch.zeros(16, 3, 3, 3)}),
+        " holds conv_in.weight of shape [16, 3, 3, 3] where ",
+        "has [16, 1, 3, 3] (1 tensors differ)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "damage, start, reason", [c[1:] for c in DAMAGED_WEIGHTS], ids=[c[0] for c in DAMAGED_WEIGHTS]
+)
+def test_damaged_weights_are_named_with_what_is_wrong_and_the_fix(folder, damage, start, reason):
+    damage(folder, _state(folder))
+    message = _one_line_error(ValueError, lambda: HFDDPMPipeline.from_pretrained(folder))
+    assert message.startswith(f"{_weights(folder)}{start}") and reason in message, message
+    assert message.endswith(
+        "copy the unet/ folder again from the source, or re-save the pipeline with save_pretrained"
+    )
+    assert "ignore_mismatched_sizes" not in message
+
+
+def test_a_missing_shard_is_named(folder):
+    state = _state(folder)
+    _index(folder, "diffusion_pytorch_model.safetensors.index.json", "model-00001-of-00002.safetensors", state)
+    message = _one_line_error(FileNotFoundError, lambda: HFDDPMPipeline.from_pretrained(folder))
+    assert message.startswith(f"{folder / 'unet' / 'model-00001-of-00002.safetensors'} is missing; copy the unet/")
+
+
+def test_non_finite_weights_are_refused_with_their_count_and_never_sampled(folder, tmp_path, capsys):
+    state = _state(folder)
+    state["conv_in.weight"].view(-1)[:3] = float("nan")
+    state["conv_out.bias"][0] = float("inf")
+    _save_weights(folder, state)
+    message = _one_line_error(ValueError, lambda: HFDDPMPipeline.from_pretrained(folder))
+    assert message.startswith(
+        f"{_weights(folder)} holds 4 non-finite weights (NaN or infinity) in 2 tensors (first: conv_in.weight), "
+        "which would sample black images"
+    )
+    grid = tmp_path / "grid.png"
+    assert main(["sample", str(folder), "--num_images", "1", "--steps", "1", "--output", str(grid)]) == 2
+    assert "4 non-finite weights" in capsys.readouterr().err and not grid.exists()
+
+
+def _edit(folder, part, **changes):
+    path = folder / part
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        data.pop(key) if value is _DELETE else data.__setitem__(key, value)
+    path.write_text(json.dumps(data))
+    return path
+
+
+_DELETE = object()
+UNET, SCHEDULER, INDEX = "unet/config.json", "scheduler/scheduler_config.json", "model_index.json"
+
+# (id, file, changes, exception type, the line, "{}" standing for the file's path)
+BAD_CONFIGS = [
+    ("unet key missing", UNET, {"block_out_channels": _DELETE}, ValueError, "{} has no block_out_channels; copy"),
+    (
+        "unet size a string",
+        UNET,
+        {"sample_size": "8"},
+        TypeError,
+        "sample_size in {} must be a size or [height, width], got '8' (str)",
+    ),
+    (
+        "unet count a bool",
+        UNET,
+        {"layers_per_block": True},
+        TypeError,
+        "layers_per_block in {} must be a positive integer, got True (bool)",
+    ),
+    (
+        "unet number a list",
+        UNET,
+        {"norm_eps": [1e-5]},
+        TypeError,
+        "norm_eps in {} must be a number, got [1e-05] (list)",
+    ),
+    (
+        "unet size 10**9",
+        UNET,
+        {"sample_size": 10**9},
+        ValueError,
+        "sample_size in {} must be in [1, 16384], got 1000000000",
+    ),
+    (
+        "unet channels huge",
+        UNET,
+        {"block_out_channels": [10**9, 10**9]},
+        ValueError,
+        "block_out_channels in {} must be in [1, 65536]",
+    ),
+    (
+        "unet negative channels",
+        UNET,
+        {"in_channels": -1},
+        ValueError,
+        "in_channels in {} must be in [1, 65536], got -1 (int)",
+    ),
+    (
+        "scheduler steps a string",
+        SCHEDULER,
+        {"num_train_timesteps": "1000"},
+        ValueError,
+        "num_train_timesteps in {} must be an integer, got '1000' (str)",
+    ),
+    (
+        "scheduler steps a bool",
+        SCHEDULER,
+        {"num_train_timesteps": True},
+        ValueError,
+        "num_train_timesteps in {} must be an integer, got True (bool)",
+    ),
+    (
+        "scheduler steps a float",
+        SCHEDULER,
+        {"num_train_timesteps": 1000.0},
+        ValueError,
+        "num_train_timesteps in {} must be an integer, got 1000.0",
+    ),
+    (
+        "scheduler beta a list",
+        SCHEDULER,
+        {"beta_start": [0.0001]},
+        ValueError,
+        "beta_start in {} must be a finite number, got [0.0001] (list)",
+    ),
+    (
+        "scheduler beta NaN",
+        SCHEDULER,
+        {"beta_end": float("nan")},
+        ValueError,
+        "beta_end in {} must be a finite number, got nan (float)",
+    ),
+    (
+        "scheduler switch a string",
+        SCHEDULER,
+        {"clip_sample": "yes"},
+        ValueError,
+        "clip_sample in {} must be true or false, got 'yes' (str)",
+    ),
+    (
+        "scheduler betas a string",
+        SCHEDULER,
+        {"trained_betas": "x"},
+        ValueError,
+        "trained_betas in {} must be a list of finite numbers or null",
+    ),
+    (
+        "scheduler steps negative",
+        SCHEDULER,
+        {"num_train_timesteps": -5},
+        ValueError,
+        "{} does not make a DDPMScheduler (",
+    ),
+    ("index unet entry missing", INDEX, {"unet": _DELETE}, ValueError, "{} has no unet entry ([library, class name])"),
+    (
+        "index unet entry a string",
+        INDEX,
+        {"unet": "UNet2DModel"},
+        ValueError,
+        "{} has no unet entry ([library, class name])",
+    ),
+    (
+        "index entry of numbers",
+        INDEX,
+        {"unet": [3, "UNet2DModel"]},
+        ValueError,
+        "{} has unet [3, 'UNet2DModel'], not [library, class name]",
+    ),
+    (
+        "index version not a version",
+        INDEX,
+        {"_hfddpm_version": "abc"},
+        ValueError,
+        "{} has _hfddpm_version 'abc', which is not a version",
+    ),
+    (
+        "index steps a string",
+        INDEX,
+        {"default_num_inference_steps": "4"},
+        ValueError,
+        "{} has default_num_inference_steps '4', not a positive",
+    ),
+    (
+        "index steps a bool",
+        INDEX,
+        {"default_num_inference_steps": True},
+        ValueError,
+        "{} has default_num_inference_steps True, not a positive",
+    ),
+    ("index labels a list", INDEX, {"id2label": ["a", "b"]}, ValueError, "{} has id2label ['a', 'b'], not an object"),
+]
+
+
+@pytest.mark.parametrize(
+    "part, changes, error_type, line", [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS]
+)
+def test_a_bad_configuration_file_is_named_with_its_key(folder, part, changes, error_type, line):
+    path = _edit(folder, part, **changes)
+    message = _one_line_error(error_type, lambda: HFDDPMPipeline.from_pretrained(folder))
+    assert message.startswith(line.format(path)), message
+    assert message.endswith(("save_pretrained", "from_pretrained")), message
+
+
+def test_weights_of_a_variant_need_the_variant(folder):
+    state = _state(folder)
+    _weights(folder).rename(folder / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    message = _one_line_error(FileNotFoundError, lambda: HFDDPMPipeline.from_pretrained(folder))
+    assert message.startswith(
+        f"{folder / 'unet'} has no diffusion_pytorch_model.safetensors but holds "
+        "['diffusion_pytorch_model.fp16.safetensors']: pass the variant they were saved as"
+    )
+    pipe = HFDDPMPipeline.from_pretrained(folder, variant="fp16")
+    torch.testing.assert_close(pipe.unet.state_dict(), state, rtol=0, atol=0)
+
+
+def test_a_folder_is_a_path_or_a_string(folder):
+    message = _one_line_error(TypeError, lambda: HFDDPMPipeline.from_pretrained(3))
+    assert message == "pretrained_model_name_or_path must be a folder or a Hub repository id, got int"
+    assert HFDDPMPipeline.from_pretrained(pathlib.Path(folder)).unet.config.in_channels == 1
+
+
+def test_weights_with_the_attention_names_of_older_diffusers_still_load(folder):
+    # google/ddpm-cifar10-32's weights name attention query/key/value/proj_attn; diffusers renames them on load, and
+    # the shape check must too, or it would refuse the stock checkpoints.
+    state = _state(folder)
+    old_names = {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}
+    renamed = {}
+    for key, tensor in state.items():
+        for new, old in old_names.items():
+            key = key.replace(new, old)
+        renamed[key] = tensor
+    assert len(renamed.keys() - state.keys()) == 32  # 4 projections × (weight, bias) × 4 attention blocks
+    _save_weights(folder, renamed)
+    torch.testing.assert_close(HFDDPMPipeline.from_pretrained(folder).unet.state_dict(), state, rtol=0, atol=0)

@@ -1,5 +1,7 @@
 """Training data: the built-in digits, image folders, saved datasets, preprocessing and seeded augmentation."""
 
+import re
+
 import datasets
 import numpy as np
 import PIL.Image
@@ -12,6 +14,7 @@ from hfddpm.image_data import (
     load_digits_dataset,
     load_image_dataset,
     pretensorize,
+    read_image,
 )
 
 
@@ -124,3 +127,146 @@ def test_bad_data_arguments(tmp_path):
         load_image_dataset(train_data_dir=str(tmp_path / "empty"), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="channels must be 1"):
         ImagePreprocessing(resolution=8, channels=2)
+
+
+# Four pixels of each PIL mode and the 8-bit RGB they stand for (None: the mode is refused). Premultiplied alpha
+# (La, RGBa) is divided out, other alpha dropped, a palette expanded; CMYK, YCbCr and HSV follow their formulas.
+_PALETTE = [10, 20, 30, 200, 100, 50, 0, 255, 0, 90, 90, 90]
+_RGB = [(10, 20, 30), (200, 100, 50), (0, 255, 0), (90, 90, 90)]
+_GREY = [0, 64, 128, 255]
+
+
+def _mode_image(mode: str) -> PIL.Image.Image:
+    """A 2×2 image of `mode` holding the pixels of `_expected_rgb(mode)`."""
+    if mode == "1":
+        return PIL.Image.frombytes("L", (2, 2), bytes([0, 255, 255, 0])).convert("1", dither=PIL.Image.Dither.NONE)
+    if mode in ("P", "PA"):
+        image = PIL.Image.frombytes(mode, (2, 2), bytes([0, 1, 2, 3] if mode == "P" else [0, 255, 1, 0, 2, 9, 3, 255]))
+        image.putpalette(_PALETTE)
+        return image
+    raw = {
+        "L": _GREY,
+        "LA": [0, 255, 64, 0, 128, 128, 255, 255],
+        "La": [0, 255, 32, 128, 64, 128, 255, 255],  # premultiplied: 32 at alpha 128 is 64 (PIL rounds down)
+        "RGB": [c for pixel in _RGB for c in pixel],
+        "RGBA": [c for pixel in _RGB for c in (*pixel, 7)],
+        "RGBX": [c for pixel in _RGB for c in (*pixel, 0)],
+        "RGBa": [10, 20, 30, 255, 100, 50, 25, 128, 0, 255, 0, 255, 45, 45, 45, 128],
+        "CMYK": [0, 0, 0, 0, 55, 155, 205, 0, 255, 0, 255, 0, 0, 0, 0, 165],
+        "YCbCr": [100, 128, 128, 0, 128, 128, 255, 128, 128, 50, 128, 128],
+        "HSV": [0, 255, 255, 85, 255, 255, 170, 255, 255, 0, 0, 90],
+        "LAB": [50, 128, 128] * 4,
+    }
+    if mode in raw:
+        return PIL.Image.frombytes(mode, (2, 2), bytes(raw[mode]))
+    values = np.array([[0, 300], [40000, 65535]])  # above 255: converting to 8-bit would clip
+    return PIL.Image.fromarray(values.astype({"F": np.float32, "I": np.int32}.get(mode, np.uint16))).convert(mode)
+
+
+def _expected_rgb(mode: str) -> np.ndarray | None:
+    grey = {"1": [0, 255, 255, 0], "L": _GREY, "LA": _GREY, "La": [0, 64, 128, 255]}
+    rgb = {
+        "P": _RGB,
+        "PA": _RGB,
+        "RGB": _RGB,
+        "RGBA": _RGB,
+        "RGBX": _RGB,
+        "RGBa": [(10, 20, 30), (199, 99, 49), (0, 255, 0), (89, 89, 89)],
+        "CMYK": [(255, 255, 255), (200, 100, 50), (0, 255, 0), (90, 90, 90)],  # (255 − C)(255 − K)/255
+        "YCbCr": [(100, 100, 100), (0, 0, 0), (255, 255, 255), (50, 50, 50)],  # grey: Cb = Cr = 128
+        "HSV": [(255, 0, 0), (0, 255, 0), (0, 0, 255), (90, 90, 90)],
+    }
+    if mode in grey:
+        return np.repeat(np.array(grey[mode], dtype=np.uint8).reshape(2, 2, 1), 3, axis=2)
+    return None if mode not in rgb else np.array(rgb[mode], dtype=np.uint8).reshape(2, 2, 3)
+
+
+ALL_MODES = ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"]
+ALL_MODES += ["I", "I;16", "I;16L", "I;16B", "I;16N", "F"]
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma, PIL's RGB → L: L = (299 R + 587 G + 114 B) / 1000, rounded."""
+    return np.round(rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_every_pil_mode_keeps_its_values_or_is_refused(mode, channels):
+    image = _mode_image(mode)
+    assert image.mode == mode
+    expected = _expected_rgb(mode)
+    preprocessing = ImagePreprocessing(resolution=2, channels=channels)
+    if expected is None:
+        with pytest.raises(
+            ValueError, match=rf"^x\.tif has '{re.escape(mode)}' pixels.*; convert it to 8-bit RGB or L first$"
+        ):
+            preprocessing.prepare(image, "x.tif")
+        return
+    prepared = preprocessing.prepare(image, "x.tif")
+    wanted = expected.transpose(2, 0, 1) if channels == 3 else _luma(expected)[None]
+    # PIL's integer arithmetic for premultiplied alpha, CMYK and YCbCr rounds either way: within one level.
+    np.testing.assert_allclose(prepared.astype(int), wanted.astype(int), atol=1)
+    if mode in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "HSV"):
+        np.testing.assert_array_equal(prepared, wanted)
+
+
+# Modes some format writes, and the format: the files go through the training path (pretensorize).
+_FILE_FORMATS = {"1": "png", "L": "png", "LA": "png", "P": "png", "PA": "tif", "RGB": "png", "RGBA": "png"}
+_FILE_FORMATS |= {"CMYK": "tif", "YCbCr": "tif", "LAB": "tif", "I": "tif", "I;16": "png", "I;16B": "tif", "F": "tif"}
+
+
+@pytest.mark.parametrize("mode", sorted(_FILE_FORMATS))
+def test_training_files_of_every_mode_keep_their_values_or_are_named_and_refused(tmp_path, mode):
+    path = tmp_path / f"image.{_FILE_FORMATS[mode]}"
+    _mode_image(mode).save(path)
+    dataset = datasets.Dataset.from_dict(
+        {"image": [{"path": str(path), "bytes": None}]}, features=datasets.Features({"image": datasets.Image()})
+    )
+    preprocessing = ImagePreprocessing(resolution=2, channels=3)
+    expected = _expected_rgb(mode)
+    if expected is None:
+        with pytest.raises(
+            ValueError,
+            match=rf"^{re.escape(str(path))} has '{re.escape(PIL.Image.open(path).mode)}' pixels.*8-bit RGB or L",
+        ):
+            pretensorize(dataset, "image", preprocessing)
+        return
+    row = pretensorize(dataset, "image", preprocessing)[0]
+    stored = np.frombuffer(row["pixels"], dtype=np.uint8).reshape(row["shape"])
+    np.testing.assert_allclose(stored.astype(int), expected.transpose(2, 0, 1).astype(int), atol=1)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: ImagePreprocessing(resolution="8"), TypeError, "resolution must be an integer, got '8' (str)"),
+        (lambda: ImagePreprocessing(resolution=8.0), TypeError, "resolution must be an integer, got 8.0 (float)"),
+        (lambda: ImagePreprocessing(resolution=True), TypeError, "resolution must be an integer, got True (bool)"),
+        (lambda: ImagePreprocessing(8, channels=None), TypeError, "channels must be an integer, got None (NoneType)"),
+        (lambda: ImagePreprocessing(8).prepare(np.zeros((8, 8))), TypeError, "prepare takes a PIL image, got ndarray"),
+        (lambda: read_image(3, "--image 3"), TypeError, "--image 3 must be a path or a binary file, got int"),
+    ],
+    ids=["string", "float", "bool", "None", "array for an image", "int for a path"],
+)
+def test_image_functions_refuse_wrong_types_in_one_line(call, error, message):
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        call()
+
+
+def test_numpy_integers_are_counts():
+    preprocessing = ImagePreprocessing(resolution=np.int64(2), channels=np.int32(1))
+    assert (type(preprocessing.resolution), type(preprocessing.channels)) == (int, int)
+    assert preprocessing.prepare(_mode_image("L")).tolist() == [[[0, 64], [128, 255]]]
+
+
+def test_dataset_paths_may_be_path_objects_and_nothing_else(tmp_path):
+    digits = load_digits_dataset("test").select(range(3))
+    digits.save_to_disk(tmp_path / "saved")
+    dataset, column = load_image_dataset(dataset_name=tmp_path / "saved")
+    assert len(dataset) == 3 and column == "image"
+    write_image_folder(tmp_path / "images")
+    dataset, _ = load_image_dataset(train_data_dir=tmp_path / "images", cache_dir=str(tmp_path / "cache"))
+    assert len(dataset) == 5
+    with pytest.raises(TypeError, match=r"^--dataset_name must be a folder or a dataset name, got 5 \(int\)$"):
+        load_image_dataset(dataset_name=5)

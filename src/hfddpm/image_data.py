@@ -8,6 +8,7 @@ seeded by (seed, epoch, index), so a resumed run sees exactly the batches an uni
 from __future__ import annotations
 
 import io
+import numbers
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,6 +26,8 @@ DIGITS_TRAIN_SIZE = 1500  # of sklearn's 1797 UCI digits; the last 297 are the h
 GRAYSCALE_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 # PIL modes with more than 8 bits per channel, whose conversion to "L" or "RGB" clips values above 255.
 DEEP_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+# PIL modes that PIL converts to "RGB" without their colours (it copies CIELAB's L, a, b as if they were R, G, B).
+UNCONVERTIBLE_MODES = ("LAB",)
 
 
 def load_digits_dataset(split: str = "train") -> datasets.Dataset:
@@ -49,9 +52,9 @@ def load_digits_dataset(split: str = "train") -> datasets.Dataset:
 
 
 def load_image_dataset(
-    dataset_name: str | None = None,
+    dataset_name: str | os.PathLike | None = None,
     dataset_config_name: str | None = None,
-    train_data_dir: str | None = None,
+    train_data_dir: str | os.PathLike | None = None,
     split: str = "train",
     image_column: str | None = None,
     cache_dir: str | None = None,
@@ -64,6 +67,7 @@ def load_image_dataset(
     """
     import datasets
 
+    dataset_name, train_data_dir = _text(dataset_name, "--dataset_name"), _text(train_data_dir, "--train_data_dir")
     if train_data_dir is not None and dataset_name is not None:
         raise ValueError("pass either --dataset_name or --train_data_dir, not both")
     if train_data_dir is not None:
@@ -98,6 +102,15 @@ def load_image_dataset(
     elif image_column not in dataset.column_names:
         raise ValueError(f"--image_column {image_column!r} is not a column; the columns are {dataset.column_names}")
     return dataset, image_column
+
+
+def _text(value: str | os.PathLike | None, flag: str) -> str | None:
+    """A folder or a name as a string (a path object becomes its string); anything else is refused."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{flag} must be a folder or a dataset name, got {value!r} ({type(value).__name__})")
 
 
 def class_labels(dataset: datasets.Dataset, label_column: str | None = None) -> tuple[list[int], list[str]]:
@@ -161,14 +174,22 @@ class ImagePreprocessing:
     random_flip: bool = False
 
     def __post_init__(self):
+        for name in ("resolution", "channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+            object.__setattr__(self, name, int(value))  # a NumPy integer counts, stored as int
         if self.resolution < 1:
             raise ValueError(f"resolution must be a positive number of pixels, got {self.resolution}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
 
-    def prepare(self, image: PIL.Image.Image) -> np.ndarray:
-        """uint8 array (C, H, W) with min(H, W) = resolution, square when `center_crop`."""
-        image = image.convert("L" if self.channels == 1 else "RGB")
+    def prepare(self, image: PIL.Image.Image, source: str = "the image") -> np.ndarray:
+        """uint8 array (C, H, W) with min(H, W) = resolution, square when `center_crop`; `source` names the image
+        in the error when its mode cannot become 8-bit with its values kept (`to_eight_bit`)."""
+        if not isinstance(image, PIL.Image.Image):
+            raise TypeError(f"prepare takes a PIL image, got {type(image).__name__}")
+        image = to_eight_bit(image, self.channels, source)
         width, height = image.size
         scale = self.resolution / min(width, height)
         size = (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale)))
@@ -189,8 +210,9 @@ def pretensorize(
     import datasets
 
     def convert(batch):
-        images = [_open_image(entry) for entry in batch[image_column]]
-        arrays = [preprocessing.prepare(image) for image in images]
+        entries = batch[image_column]
+        images = [_open_image(entry) for entry in entries]
+        arrays = [preprocessing.prepare(image, _source(entry)) for image, entry in zip(images, entries, strict=True)]
         return {
             "pixels": [a.tobytes() for a in arrays],
             "shape": [list(a.shape) for a in arrays],
@@ -215,13 +237,29 @@ def first_image_mode(dataset: datasets.Dataset, image_column: str) -> str:
 
 
 def check_eight_bit(image: PIL.Image.Image, source: str) -> PIL.Image.Image:
-    """`image` unless its pixels have more than 8 bits, which converting to 8-bit "L" or "RGB" would clip."""
+    """`image` unless converting it to 8-bit "L" or "RGB" would change its values: pixels of more than 8 bits
+    (clipped above 255) or CIELAB colours (which PIL copies as R, G, B)."""
     if image.mode in DEEP_MODES:
         raise ValueError(
-            f"{source} has {image.mode!r} pixels (more than 8 bits), which converting to 8-bit would clip; save it "
-            "as an 8-bit image first"
+            f"{source} has {image.mode!r} pixels (more than 8 bits), which converting to 8-bit would clip; convert "
+            "it to 8-bit RGB or L first"
+        )
+    if image.mode in UNCONVERTIBLE_MODES:
+        raise ValueError(
+            f"{source} has {image.mode!r} pixels, which PIL cannot convert to RGB with their colours kept; convert "
+            "it to 8-bit RGB or L first"
         )
     return image
+
+
+def to_eight_bit(image: PIL.Image.Image, channels: int, source: str) -> PIL.Image.Image:
+    """`image` as 8-bit "L" (`channels` 1) or "RGB" (3) with its values kept: alpha dropped (premultiplied alpha
+    divided out first), a palette expanded, bilevel 0/1 as 0/255, CMYK, YCbCr and HSV by PIL's formulas; a mode
+    whose values cannot be kept is refused (`check_eight_bit`)."""
+    check_eight_bit(image, source)
+    if image.mode == "La":  # PIL converts premultiplied grey only to straight alpha
+        image = image.convert("LA")
+    return image.convert("L" if channels == 1 else "RGB")
 
 
 def channels_of_mode(mode: str) -> int:
@@ -240,14 +278,22 @@ def check_same_colour(pixels: datasets.Dataset) -> None:
         )
 
 
+def _source(entry: dict) -> str:
+    """How an undecoded `datasets.Image` entry is named in errors: its file, else "an embedded image"."""
+    return entry.get("path") or "an embedded image"
+
+
 def _open_image(entry: dict) -> PIL.Image.Image:
-    """Decode an undecoded `datasets.Image` entry, naming the file when it is not a readable image."""
-    source = entry.get("path") or "an embedded image"
-    return read_image(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"], source)
+    """Decode an undecoded `datasets.Image` entry, naming the file when it is not a readable image or its pixels
+    cannot become 8-bit with their values kept."""
+    image = read_image(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"], _source(entry))
+    return check_eight_bit(image, _source(entry))
 
 
 def read_image(file: str | os.PathLike | io.BytesIO, source: str) -> PIL.Image.Image:
     """The image in `file`, decoded in full; one line naming `source` when it is not a readable image."""
+    if not isinstance(file, (str, os.PathLike, io.IOBase)):
+        raise TypeError(f"{source} must be a path or a binary file, got {type(file).__name__}")
     try:
         image = PIL.Image.open(file)
         image.load()

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..image_data import channels_of_mode, image_batches
+from ..image_data import channels_of_mode, image_batches, to_eight_bit
 from .frechet import FeatureStatistics, cached_statistics
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def load_image_folder(folder: str | os.PathLike, channels: int | None = None) ->
             with PIL.Image.open(path) as image:
                 if channels is None:
                     channels = channels_of_mode(image.mode)
-                arrays.append(np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8))
+                arrays.append(np.asarray(to_eight_bit(image, channels, str(path)), dtype=np.uint8))
         except (OSError, SyntaxError) as error:
             raise ValueError(f"cannot read {path}: {error}; remove or replace the file") from error
         if arrays[-1].shape != arrays[0].shape:

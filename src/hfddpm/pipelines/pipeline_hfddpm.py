@@ -43,7 +43,16 @@ from ..schedulers import DDIMScheduler, DDPMScheduler
 from ..schedulers.arguments import ETA_MEANING, checked_integer, checked_number
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES, check_num_inference_steps
 from ..schedulers.langevin import langevin_corrector_step
-from .checkpoint_safety import check_checkpoint_folder, check_model_index, check_weights, fetch_model_index
+from .checkpoint_safety import (
+    check_checkpoint_folder,
+    check_finite_weights,
+    check_model_index,
+    check_unet_folder,
+    fetch_model_index,
+    load_scheduler,
+    safetensors_index,
+    scheduler_class_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +74,9 @@ _DOWNLOAD_KWARGS = (
     "variant",
     "use_safetensors",
 )
-_HFDDPM_SCHEDULERS = {cls.__name__: cls for cls in (DDPMScheduler, DDIMScheduler)}
-# `from_pretrained` options with which diffusers imports code named by the caller or the checkpoint.
-_REMOTE_CODE_KWARGS = ("custom_pipeline", "trust_remote_code")
+# `from_pretrained` options with which diffusers imports code named by the caller or the checkpoint, or loads
+# another repository (a model card's base model) without these checks.
+_REMOTE_CODE_KWARGS = ("custom_pipeline", "trust_remote_code", "load_connected_pipeline")
 
 
 class NonFiniteSampleError(ValueError):
@@ -190,9 +199,19 @@ class HFDDPMPipeline(DiffusionPipeline):
                 "use_safetensors=False loads pickle weights, and unpickling can run code; "
                 "pass allow_pickle=True as well if you trust the source"
             )
+        if not isinstance(allow_pickle, bool):
+            raise TypeError(f"allow_pickle must be True or False, got {allow_pickle!r}")
         if not allow_pickle:
             kwargs["use_safetensors"] = True
-        folder = str(pretrained_model_name_or_path)
+        folder = (
+            os.fspath(pretrained_model_name_or_path)
+            if isinstance(pretrained_model_name_or_path, os.PathLike)
+            else pretrained_model_name_or_path
+        )
+        if not isinstance(folder, str):
+            raise TypeError(
+                f"pretrained_model_name_or_path must be a folder or a Hub repository id, got {type(folder).__name__}"
+            )
         if not os.path.isdir(folder):
             download_kwargs = {k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs}
             check_model_index(fetch_model_index(folder, download_kwargs), folder)
@@ -200,13 +219,18 @@ class HFDDPMPipeline(DiffusionPipeline):
             download_kwargs["use_safetensors"] = kwargs.get("use_safetensors") if allow_pickle else None
             folder = cls.download(folder, **download_kwargs)
         index = check_checkpoint_folder(folder, passed=kwargs)
-        if "unet" not in kwargs and check_weights(os.path.join(folder, "unet"), allow_pickle):  # allowed pickles
-            kwargs["use_safetensors"] = False  # read them without diffusers' warning about missing safetensors
-        if "scheduler" not in kwargs:
-            scheduler_class = _hfddpm_scheduler_class(index)
-            if scheduler_class is not None:
-                kwargs["scheduler"] = scheduler_class.from_pretrained(folder, subfolder="scheduler")
-        return super().from_pretrained(folder, **kwargs)
+        weights = []
+        if "unet" not in kwargs:
+            unet_folder, variant = os.path.join(folder, "unet"), kwargs.get("variant")
+            weights = check_unet_folder(unet_folder, allow_pickle, variant, index["unet"][1])
+            if not (os.path.isfile(safetensors_index(unet_folder, variant)) or weights[0].endswith(".safetensors")):
+                kwargs["use_safetensors"] = False  # allowed pickles alone: no warning about missing safetensors
+        if "scheduler" not in kwargs and (scheduler_class := scheduler_class_of(index)) is not None:
+            kwargs["scheduler"] = load_scheduler(folder, scheduler_class)
+        pipeline = super().from_pretrained(folder, **kwargs)
+        if weights:
+            check_finite_weights(pipeline.unet, weights[0] if len(weights) == 1 else os.path.join(folder, "unet"))
+        return pipeline
 
     def to_json_string(self) -> str:
         """`model_index.json` in the stock form described in the module docstring."""
@@ -573,14 +597,6 @@ class HFDDPMPipeline(DiffusionPipeline):
         if use_clipped_model_output is not None and "use_clipped_model_output" in accepted:
             kwargs["use_clipped_model_output"] = use_clipped_model_output
         return kwargs
-
-
-def _hfddpm_scheduler_class(index: dict) -> type | None:
-    """hfddpm's subclass for a model_index.json whose scheduler is a stock (or hfddpm) DDPM or DDIM scheduler."""
-    library, class_name = (index.get("scheduler") or [None, None])[:2]
-    if library in ("diffusers", *(cls.__module__ for cls in _HFDDPM_SCHEDULERS.values())):
-        return _HFDDPM_SCHEDULERS.get(class_name)
-    return None
 
 
 def _checked_id2label(id2label: Any, classes: int | None) -> dict[str, str]:

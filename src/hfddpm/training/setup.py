@@ -23,7 +23,7 @@ from ..image_data import (
     load_image_dataset,
     pretensorize,
 )
-from ..models.unet_presets import check_sample_size, create_unet
+from ..models.unet_presets import check_unet_config, create_unet
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
 from .config import TrainingConfig
 from .tracking import JSONLinesTracker
@@ -148,6 +148,8 @@ def create_training_unet(config: TrainingConfig, channels: int, num_classes: int
             raise ValueError(
                 f"--model_config {config.model_config} is not valid JSON ({error}); fix the file"
             ) from None
+        if not isinstance(unet_config, dict):
+            raise ValueError(f"--model_config {config.model_config} must hold a JSON object of UNet2DModel options")
         if not num_classes and (unet_config.get("num_class_embeds") or unet_config.get("class_embed_type")):
             raise ValueError(
                 f"--model_config {config.model_config} has a class embedding; pass --class_conditional to train it "
@@ -159,8 +161,8 @@ def create_training_unet(config: TrainingConfig, channels: int, num_classes: int
             sample_size=config.resolution,
             **classes,
         )
-        check_sample_size(unet_config, f"--model_config {config.model_config}")
-        unet = UNet2DModel.from_config(unet_config)
+        # The keys it leaves out take diffusers' defaults.
+        unet = UNet2DModel.from_config(check_unet_config(unet_config, f"--model_config {config.model_config}", ()))
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     return unet
