@@ -1,6 +1,7 @@
 """Publishing to the Hub without the network: the model card, the exact upload set through huggingface_hub's real
 client against a local HTTP server, the export folder, the one-line errors, and loading from the Hub cache."""
 
+import errno
 import json
 import os
 import shutil
@@ -213,3 +214,81 @@ def test_card_metadata_is_yaml_the_hub_reads(run_folder):
     header = str(model_card(run_folder, "user/ddpm-digits")).split("---")[1]
     metadata = yaml.safe_load(header)
     assert metadata["model-index"][0]["name"] == "ddpm-digits"
+
+
+def _snapshot(root):
+    """Every file under `root` with its bytes: what an export must leave as it was."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("make_target", "message"),
+    [
+        pytest.param(lambda run, tmp: _user_folder(tmp), r"is not empty; name a new or empty folder", id="user files"),
+        pytest.param(lambda run, tmp: tmp, r"holds the run folder .*; export to a new or empty folder", id="parent"),
+        pytest.param(lambda run, tmp: run, r"is inside the run folder .*; export to a folder outside it", id="run"),
+        pytest.param(lambda run, tmp: run / "samples", r"is inside the run folder", id="run subfolder"),
+        pytest.param(lambda run, tmp: run / "export", r"is inside the run folder", id="new folder in the run"),
+        pytest.param(lambda run, tmp: _user_file(tmp), r"is a file; name a folder", id="file"),
+        pytest.param(
+            lambda run, tmp: _user_file(tmp) / "export", r"lies under .*, which is a file", id="under a file"
+        ),
+    ],
+)
+def test_export_refuses_any_folder_it_would_empty_or_nest_and_changes_nothing(
+    run_folder, tmp_path, make_target, message
+):
+    target = make_target(run_folder, tmp_path)
+    before = _snapshot(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        export_for_hub(run_folder, target, "user/ddpm-digits")
+    assert _snapshot(tmp_path) == before and not list(tmp_path.rglob("*.partial"))
+
+
+def _user_folder(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("the user's own file")
+    return folder
+
+
+def _user_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    return tmp_path / "notes.txt"
+
+
+def test_push_command_refuses_an_export_folder_in_one_line_and_keeps_the_run(run_folder, tmp_path, capsys):
+    before = _snapshot(tmp_path)
+    assert main(["push", str(run_folder), "--repo_id", "user/x", "--export_dir", str(run_folder)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"hfddpm push: error: export folder {run_folder} is inside the run folder {run_folder}; export to a folder "
+        "outside it"
+    ]
+    assert _snapshot(tmp_path) == before
+
+
+def test_export_fills_an_empty_folder_and_a_run_replaces_only_its_own_export(run_folder, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert export_for_hub(run_folder, tmp_path / "empty", "user/ddpm-digits") == PUBLISHED
+    own = run_folder / "hub-export"  # --hub_dry_run's folder, a run output
+    export_for_hub(run_folder, own, "user/ddpm-digits")
+    (run_folder / "evaluation.json").unlink()
+    assert export_for_hub(run_folder, own, "user/ddpm-digits") == sorted(set(PUBLISHED) - {"evaluation.json"})
+    assert sorted(p.relative_to(own).as_posix() for p in own.rglob("*") if p.is_file()) == sorted(
+        set(PUBLISHED) - {"evaluation.json"}
+    )
+    assert not list(run_folder.glob(".hub-export*"))  # no staging or removal leftovers
+
+
+def test_a_full_disk_or_an_unwritable_folder_stops_the_export_in_one_line(run_folder, tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "copy2", full_disk)
+        with pytest.raises(HubError, match=r"^no space left to export .* nothing was exported: free disk space"):
+            export_for_hub(run_folder, tmp_path / "export", "user/ddpm-digits")
+    assert not (tmp_path / "export").exists() and not list(tmp_path.glob(".export*"))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(ValueError, match=r"export folder .*/export: .* is not writable; choose a folder you can"):
+        export_for_hub(run_folder, tmp_path / "export", "user/ddpm-digits")
