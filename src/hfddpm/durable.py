@@ -107,24 +107,29 @@ def check_output_folder(folder: str | os.PathLike, what: str) -> Path:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{what} {folder} is a file; name a folder")
-    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
-    if not existing.is_dir():
-        raise ValueError(f"{what} {folder} lies under {existing}, which is a file; name a folder elsewhere")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {folder}: {existing} is not writable; choose a folder you can write to")
+    _check_writable_place(folder, what)
     return folder
 
 
 def check_output_file(path: str | os.PathLike, what: str, overwrite: bool = False) -> Path:
     """`path` as a Path if a file can be written there: not a folder, not an existing file unless `overwrite`, in a
-    folder that is or can be made writable (`check_output_folder`); else a one-line ValueError."""
+    folder that is or can be made writable; else a one-line ValueError."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{what} {path} is a folder; name a file in it")
     if path.exists() and not overwrite:
         raise ValueError(f"{what} {path} exists; pass --overwrite to replace it, or name another file")
-    check_output_folder(path.parent, what)
+    _check_writable_place(path.parent, what, path)
     return path
+
+
+def _check_writable_place(folder: Path, what: str, target: Path | None = None) -> None:
+    """The nearest existing one of `folder` and its parents must be a folder this process can write in."""
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{what} {target or folder} lies under {existing}, which is a file; name a folder elsewhere")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {target or folder}: {existing} is not writable; choose a folder you can write to")
 
 
 def check_new_folder(folder: str | os.PathLike, what: str) -> Path:
