@@ -18,6 +18,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .. import durable
 from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
 
 TEMPLATE = Path(__file__).parent / "template.md"
@@ -208,3 +209,29 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
         + _training_rows(args, info, _read_json(folder / "unet" / "config.json"), scheduler, lineage),
         evaluation=_evaluation_rows(evaluation),
     )
+
+
+def card_repo_id(folder: str | os.PathLike) -> str:
+    """The repository a run's card names, as the run chose it: its `--hub_model_id`, else the folder's name."""
+    return _read_json(Path(folder) / "training_args.json").get("hub_model_id") or Path(folder).resolve().name
+
+
+def is_hfddpm_card(path: str | os.PathLike) -> bool:
+    """Whether `path` is a model card hfddpm wrote (its metadata has the 'hfddpm' tag), so hfddpm may rewrite it."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        return "hfddpm" in (ModelCard(path.read_text(encoding="utf-8")).data.tags or [])
+    except Exception:  # not a card at all: the user's own README
+        return False
+
+
+def rewrite_model_card(folder: str | os.PathLike) -> bool:
+    """Rewrite the card (README.md) of the run in `folder` from its records, atomically, when hfddpm wrote it; False
+    (nothing written) when the folder has no card of hfddpm's."""
+    card = Path(folder) / "README.md"
+    if not is_hfddpm_card(card):
+        return False
+    durable.write_text(card, str(model_card(folder, card_repo_id(folder))))
+    return True
