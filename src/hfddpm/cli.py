@@ -210,7 +210,7 @@ def run_analytic_variance(args: argparse.Namespace) -> None:
     gamma = pipeline.scheduler.config.analytic_gamma
     print(
         f"Γ_t over {len(batches.dataset)} images: Γ_0 = {gamma[0]:.4f}, Γ_T/2 = {gamma[len(gamma) // 2]:.4f}, "
-        f"Γ_T−1 = {gamma[-1]:.4f}; {target} samples with reverse_variance='analytic'"
+        f"Γ_T−1 = {gamma[-1]:.4f}; {target} now samples with reverse_variance='analytic'"
     )
 
 
