@@ -2,11 +2,13 @@
 client against a local HTTP server, the export folder, the one-line errors, and loading from the Hub cache."""
 
 import errno
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -292,3 +294,44 @@ def test_a_full_disk_or_an_unwritable_folder_stops_the_export_in_one_line(run_fo
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(ValueError, match=r"export folder .*/export: .* is not writable; choose a folder you can"):
         export_for_hub(run_folder, tmp_path / "export", "user/ddpm-digits")
+
+
+def _make_cards():
+    script = Path(__file__).resolve().parents[1] / "model_cards" / "make_cards.py"
+    spec = importlib.util.spec_from_file_location("make_cards", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reference_cards_script_writes_the_packages_card_of_each_run_and_refuses_a_missing_one(
+    run_folder, tmp_path, capsys
+):
+    make_cards = _make_cards()
+    runs, cards = tmp_path / "outputs", tmp_path / "cards"
+    shutil.copytree(run_folder, runs / "ddpm-digits")
+    cards.mkdir()
+    assert make_cards.main(["ddpm-digits", "--runs", str(runs), "--cards", str(cards)]) == 0
+    text = (cards / "ddpm-digits.md").read_text()
+    assert text == str(model_card(runs / "ddpm-digits", "outputs/ddpm-digits", sample_grid_link="ddpm-digits.png"))
+    assert "![Samples drawn from this model](ddpm-digits.png)" in text and "| 5.1340 |" in text
+    assert (cards / "ddpm-digits.png").read_bytes() == (run_folder / "samples" / "final.png").read_bytes()
+    committed = (Path(make_cards.__file__).parent / "ddpm-digits.md").read_text()
+    headings = [line for line in text.splitlines() if line.startswith("#") or line.startswith("| ---")]
+    assert [line for line in committed.splitlines() if line.startswith("#") or line.startswith("| ---")] == headings
+    before = _snapshot(cards)
+    assert make_cards.main(["--runs", str(runs), "--cards", str(cards)]) == 2  # ddpm-digits-v and others missing
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {runs / 'ddpm-digits-v'} holds no run (no model_index.json); train it as model_cards/README.md "
+        "says, or pass --runs with the folder that holds it"
+    ]
+    assert _snapshot(cards) == before  # nothing written before the check
+
+
+@pytest.mark.parametrize("repo_id", [None, 123, b"user/x", ["user/x"]])
+def test_a_repository_id_that_is_not_a_string_is_a_type_error_before_anything_is_written(
+    run_folder, tmp_path, repo_id
+):
+    with pytest.raises(TypeError, match=r"^a Hub repository id is a string 'user/name', got "):
+        export_for_hub(run_folder, tmp_path / "export", repo_id)
+    assert not (tmp_path / "export").exists()

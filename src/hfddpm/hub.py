@@ -39,7 +39,10 @@ class HubError(RuntimeError):
 
 
 def check_repo_id(repo_id: str) -> str:
-    """`repo_id` if the Hub accepts it as a repository id ('name' or 'user/name'), else a one-line ValueError."""
+    """`repo_id` if the Hub accepts it as a repository id ('name' or 'user/name'), else a one-line ValueError (a
+    TypeError for what is not a string)."""
+    if not isinstance(repo_id, str):
+        raise TypeError(f"a Hub repository id is a string 'user/name', got {repo_id!r} ({type(repo_id).__name__})")
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
