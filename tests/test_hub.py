@@ -16,7 +16,7 @@ import yaml
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from hfddpm import DDIMScheduler, HFDDPMPipeline
+from hfddpm import DDIMScheduler, HFDDPMPipeline, create_unet
 from hfddpm.cli import main
 from hfddpm.hub import HubError, export_for_hub, files_to_publish, push_to_hub
 from hfddpm.model_cards import model_card
@@ -94,8 +94,14 @@ def test_model_card_has_the_metadata_the_hub_indexes_and_round_trips(run_folder)
     assert reloaded.data.to_dict() == data and reloaded.content == card.content
 
 
-def test_model_card_usage_snippet_runs_as_written(run_folder, monkeypatch):
+@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "class-conditional"])
+def test_model_card_usage_snippet_runs_as_written(run_folder, monkeypatch, conditional):
+    if conditional:
+        unet = create_unet("tiny", in_channels=1, sample_size=8, num_class_embeds=4)
+        pipe = HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(), id2label={0: "cat", 1: "dog", 2: "owl"})
+        pipe.save_pretrained(run_folder)
     snippet = str(model_card(run_folder, "user/ddpm-digits")).split("```python\n")[1].split("```")[0]
+    assert ('class_labels=["cat"] * 4 + ["owl"] * 4' in snippet) == conditional
     monkeypatch.chdir(run_folder.parent)
     # The snippet loads from the Hub; here the repository id resolves to the local folder of the same name.
     (run_folder.parent / "user").mkdir()
@@ -313,7 +319,8 @@ def test_the_reference_cards_script_writes_the_packages_card_of_each_run_and_ref
     cards.mkdir()
     assert make_cards.main(["ddpm-digits", "--runs", str(runs), "--cards", str(cards)]) == 0
     text = (cards / "ddpm-digits.md").read_text()
-    assert text == str(model_card(runs / "ddpm-digits", "outputs/ddpm-digits", sample_grid_link="ddpm-digits.png"))
+    card = model_card(runs / "ddpm-digits", "outputs/ddpm-digits", sample_grid_link="ddpm-digits.png")
+    assert text == str(card) and text.count("ddpm-digits.png") == 1
     assert "![Samples drawn from this model](ddpm-digits.png)" in text and "| 5.1340 |" in text
     assert (cards / "ddpm-digits.png").read_bytes() == (run_folder / "samples" / "final.png").read_bytes()
     committed = (Path(make_cards.__file__).parent / "ddpm-digits.md").read_text()

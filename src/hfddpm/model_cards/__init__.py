@@ -152,8 +152,16 @@ def _evaluation_rows(evaluation: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2.0") -> ModelCard:
-    """The model card of the checkpoint in `folder`, for the Hub repository `repo_id`."""
+def model_card(
+    folder: str | os.PathLike,
+    repo_id: str,
+    license: str = "apache-2.0",
+    sample_grid_link: str = SAMPLE_GRID,
+    model_name: str | None = None,
+) -> ModelCard:
+    """The model card of the checkpoint in `folder`, for the Hub repository `repo_id`; its sample grid is linked as
+    `sample_grid_link` (the grid's place in the folder, unless the card is kept elsewhere), and it is titled
+    `model_name` (default: the repository's name)."""
     folder = Path(folder)
     args = _read_json(folder / "training_args.json")
     info = _read_json(folder / "training_info.json")
@@ -162,7 +170,7 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
     scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
     data = training_data(args)
     classes = list((index.get("id2label") or {}).values()) or _unnamed_classes(folder)
-    model_name = repo_id.split("/")[-1]
+    model_name = model_name or repo_id.split("/")[-1]
     splits = {"bits_per_dim": evaluation.get("details", {}).get("bits_per_dim", {}).get("split")}
     eval_results = [
         EvalResult(
@@ -201,7 +209,7 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
         guidance_scale=DEFAULT_GUIDANCE_SCALE,
         steps_argument="" if steps else "num_inference_steps=50, ",
         native_steps=steps,
-        sample_grid=SAMPLE_GRID if (folder / SAMPLE_GRID).is_file() else None,
+        sample_grid=sample_grid_link if (folder / SAMPLE_GRID).is_file() else None,
         sample_grid_caption=f"{args.get('num_sample_images', 'Samples')} samples from this model, "
         f"{scheduler_class} with {args.get('num_inference_steps', 50)} steps, seed {args.get('seed', 0)}"
         + (f"; column k shows class k, guidance scale {DEFAULT_GUIDANCE_SCALE}." if classes else "."),
