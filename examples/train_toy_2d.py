@@ -9,7 +9,8 @@ Two models per dataset, sharing hfddpm's `DDPMScheduler` with the image models:
   p_θ(x_{t−1}|x_t), trained on the variational bound with a continuous decoder and importance-sampled t.
 Figures in --output_dir: forward_process.png and reverse_process.png (10 snapshots across the 100 steps, one row
 per dataset), loss_curves.png, samples.png (samples over data); distances.json holds the sliced Wasserstein
-distance from 2000 samples to 2000 fresh data points, and between two data draws (the floor).
+distance from 2000 samples to 2000 fresh data points, and between two data draws (the floor). Files of an earlier
+run are replaced only with --overwrite, and the folder is checked before training starts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from hfddpm import DDPMScheduler
+from hfddpm import DDPMScheduler, durable
+from hfddpm.cli import count, seed
 from hfddpm.evaluation.sliced_wasserstein import sliced_wasserstein
 from hfddpm.models.point_denoiser import PointDenoiser
 from hfddpm.schedulers.bound_terms import Decoder
@@ -36,6 +38,9 @@ MODELS = {
     "ε, fixed β̃": {"reverse_variance": "fixed_small", "loss_type": "simple"},
     "mean & variance": {"reverse_variance": "learned_range", "loss_type": "vlb"},
 }
+
+# What a run writes in --output_dir: the four figures, then the distances.
+OUTPUTS = ("forward_process.png", "reverse_process.png", "samples.png", "loss_curves.png", "distances.json")
 
 
 def noise_schedule(reverse_variance: str) -> DDPMScheduler:
@@ -116,12 +121,18 @@ def snapshot_row(axes, clouds: list[torch.Tensor], labels: list[str], color: str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(TOY_DATASETS), choices=TOY_DATASETS)
-    parser.add_argument("--steps", type=int, default=1500, help="training steps per model")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--num_samples", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=count(50), default=1500, help="training steps per model (at least 50)")
+    parser.add_argument("--batch_size", type=count(1), default=256)
+    parser.add_argument("--num_samples", type=count(2), default=2000)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--output_dir", default="outputs/toy-2d")
+    parser.add_argument("--overwrite", action="store_true", help="replace the figures of an earlier run")
     args = parser.parse_args()
+    try:  # before minutes of training
+        for name in OUTPUTS:
+            durable.check_output_file(Path(args.output_dir) / name, "--output_dir", args.overwrite)
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -163,7 +174,9 @@ def main() -> None:
             axis.scatter(samples[:, 0], samples[:, 1], s=1, alpha=0.5, color="C1", label="samples")
             axis.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), xticks=[], yticks=[])
             axis.set_title(f"{name}, {model_name}: SW₂ {distance:.3f}", fontsize=8)
-            loss_axes[0][column].plot(torch.tensor(losses).reshape(-1, 50).mean(1), label=name)
+            loss_axes[0][column].plot(
+                torch.tensor(losses[: len(losses) // 50 * 50]).reshape(-1, 50).mean(1), label=name
+            )
             loss_axes[0][column].set(title=f"{model_name} ({options['loss_type']} loss)", xlabel="step / 50")
     forward_fig.suptitle("Forward process q(x_t|x_0), T = 100")
     reverse_fig.suptitle(f"Reverse process p_θ(x_(t−1)|x_t) of the {list(MODELS)[-1]} model")
@@ -171,15 +184,11 @@ def main() -> None:
         if options["loss_type"] == "simple":  # the bound with a continuous decoder can be negative: linear axis
             axis.set_yscale("log")
         axis.legend(fontsize=7)
-    for figure, name in (
-        (forward_fig, "forward_process"),
-        (reverse_fig, "reverse_process"),
-        (samples_fig, "samples"),
-        (loss_fig, "loss_curves"),
-    ):
+    for figure, name in zip((forward_fig, reverse_fig, samples_fig, loss_fig), OUTPUTS[:4], strict=True):
         figure.tight_layout()
-        figure.savefig(output_dir / f"{name}.png", dpi=90)
-    (output_dir / "distances.json").write_text(json.dumps(distances, indent=2, ensure_ascii=False))
+        with durable.replacing(output_dir / name) as temporary:  # the old figure or the new one, never half
+            figure.savefig(temporary, format="png", dpi=90)
+    durable.write_text(output_dir / "distances.json", json.dumps(distances, indent=2, ensure_ascii=False))
     print(f"figures and distances.json written to {output_dir}")
 
 

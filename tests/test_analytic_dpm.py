@@ -135,7 +135,7 @@ def test_command_line_stores_gamma_in_the_checkpoint(tmp_path):
     scheduler = DDIMScheduler(num_train_timesteps=20)
     HFDDPMPipeline(unet=tiny_unet(channels=1, sample_size=8), scheduler=scheduler).save_pretrained(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "hfddpm", "analytic-variance", str(tmp_path), "--num_images", "8"],
+        [sys.executable, "-m", "hfddpm", "analytic-variance", str(tmp_path), "--num_images", "8", "--in_place"],
         capture_output=True,
         text=True,
         timeout=300,

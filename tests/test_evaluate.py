@@ -1,6 +1,7 @@
 """`hfddpm.evaluate` and `hfddpm evaluate`: a checkpoint's bits/dim and sample metrics on the built-in digits."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import hfddpm
+import hfddpm.cli
 from hfddpm import DDPMScheduler, HFDDPMPipeline
 from hfddpm.evaluation import variational_bound
 from hfddpm.evaluation.digits_classifier import digits_tensors
@@ -16,6 +18,7 @@ from hfddpm.evaluation.features import DigitsFeatures
 from hfddpm.evaluation.frechet import FeatureStatistics, frechet_distance
 from hfddpm.evaluation.sample_quality import digits_scores, generate_samples, reference_statistics
 from hfddpm.image_data import image_batches
+from hfddpm.model_cards import model_card
 
 from .conftest import tiny_unet
 
@@ -113,3 +116,87 @@ def test_command_line_prints_every_offline_metric_and_refuses_a_missing_checkpoi
         f"hfddpm evaluate: error: '{tmp_path / 'no-such-run'}' is neither a pipeline folder nor a Hub repository "
         "id ('user/name'); check the path"
     ]
+
+
+@pytest.fixture
+def run_with_card(checkpoint, tmp_path):
+    """A copy of the tiny checkpoint with the model card a training run writes beside it."""
+    folder = tmp_path / "run"
+    shutil.copytree(checkpoint, folder)
+    (folder / "README.md").write_text(str(model_card(folder, "run")))
+    return folder
+
+
+BOUND = ["--metrics", "bits_per_dim", "--num_timesteps", "2", "--max_images", "8", "--batch_size", "8"]
+
+
+def test_evaluate_records_its_numbers_in_the_runs_card_and_keeps_earlier_ones(run_with_card, tmp_path, capsys):
+    assert "This checkpoint was not evaluated" in (run_with_card / "README.md").read_text()
+    earlier = {
+        "metrics": {"fd_digits": 7.5},
+        "details": {"samples": {"num_samples": 9, "source": "s", "reference": "r"}},
+    }
+    (run_with_card / "evaluation.json").write_text(json.dumps(earlier))
+    assert hfddpm.cli.main(["evaluate", str(run_with_card), *BOUND]) == 0
+    assert "recorded in" in capsys.readouterr().out
+    recorded = json.loads((run_with_card / "evaluation.json").read_text())
+    assert recorded["metrics"]["fd_digits"] == 7.5 and recorded["details"]["bits_per_dim"]["num_images"] == 8
+    card = (run_with_card / "README.md").read_text()
+    assert "was not evaluated" not in card and f"| {recorded['metrics']['bits_per_dim']:.4f} | ± " in card
+    assert card == str(model_card(run_with_card, "run")) and not list(run_with_card.glob(".*partial"))
+
+
+def test_evaluate_leaves_a_folder_without_an_hfddpm_card_as_it_was(checkpoint, tmp_path):
+    folder = tmp_path / "theirs"
+    shutil.copytree(checkpoint, folder)
+    (folder / "README.md").write_text("# My model\n\nMy own words.\n")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert hfddpm.cli.main(["evaluate", str(folder), *BOUND]) == 0
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "pass --output_dir NEW_FOLDER to save the pipeline with Analytic-DPM's variance there, or --in_place"),
+        (["--in_place", "--output_dir", "OUT"], "pass --output_dir NEW_FOLDER"),
+        (
+            ["--output_dir", "USER"],
+            "--output_dir {user} is not empty; name a new or empty folder (nothing was changed)",
+        ),
+        (["--output_dir", "FILE"], "--output_dir {file} is a file; name a folder"),
+    ],
+)
+def test_analytic_variance_asks_where_to_write_and_never_rewrites_silently(
+    run_with_card, tmp_path, capsys, argv, message
+):
+    user, file = tmp_path / "mine", tmp_path / "notes.txt"
+    user.mkdir()
+    (user / "keep.txt").write_text("mine")
+    file.write_text("mine")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    names = {"OUT": str(tmp_path / "out"), "USER": str(user), "FILE": str(file)}
+    assert hfddpm.cli.main(["analytic-variance", str(run_with_card), *[names.get(a, a) for a in argv]]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"hfddpm analytic-variance: error: {message.format(user=user, file=file)}")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_analytic_variance_writes_a_new_folder_with_progress_or_rewrites_in_place_when_asked(
+    run_with_card, tmp_path, capsys
+):
+    before = {p: p.read_bytes() for p in run_with_card.rglob("*") if p.is_file()}
+    options = ["--num_images", "8", "--batch_size", "8"]
+    out = tmp_path / "analytic"
+    assert hfddpm.cli.main(["analytic-variance", str(run_with_card), "--output_dir", str(out), *options]) == 0
+    assert "Estimating Γ_t: 100%" in capsys.readouterr().err  # 20 timesteps × 1 batch
+    assert {p: p.read_bytes() for p in run_with_card.rglob("*") if p.is_file()} == before  # the run is untouched
+    pipe = HFDDPMPipeline.from_pretrained(out)
+    assert pipe.scheduler.config.reverse_variance == "analytic" and len(pipe.scheduler.config.analytic_gamma) == 20
+    assert "| reverse variance | analytic |" in (out / "README.md").read_text()
+    assert hfddpm.cli.main(["analytic-variance", str(run_with_card), "--in_place", *options]) == 0
+    assert (
+        HFDDPMPipeline.from_pretrained(run_with_card).scheduler.config.analytic_gamma
+        == pipe.scheduler.config.analytic_gamma
+    )
+    assert "| reverse variance | analytic |" in (run_with_card / "README.md").read_text()

@@ -1,11 +1,14 @@
 """Publishing to the Hub without the network: the model card, the exact upload set through huggingface_hub's real
 client against a local HTTP server, the export folder, the one-line errors, and loading from the Hub cache."""
 
+import errno
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +16,7 @@ import yaml
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from hfddpm import DDIMScheduler, HFDDPMPipeline
+from hfddpm import DDIMScheduler, HFDDPMPipeline, create_unet
 from hfddpm.cli import main
 from hfddpm.hub import HubError, export_for_hub, files_to_publish, push_to_hub
 from hfddpm.model_cards import model_card
@@ -91,8 +94,14 @@ def test_model_card_has_the_metadata_the_hub_indexes_and_round_trips(run_folder)
     assert reloaded.data.to_dict() == data and reloaded.content == card.content
 
 
-def test_model_card_usage_snippet_runs_as_written(run_folder, monkeypatch):
+@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "class-conditional"])
+def test_model_card_usage_snippet_runs_as_written(run_folder, monkeypatch, conditional):
+    if conditional:
+        unet = create_unet("tiny", in_channels=1, sample_size=8, num_class_embeds=4)
+        pipe = HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(), id2label={0: "cat", 1: "dog", 2: "owl"})
+        pipe.save_pretrained(run_folder)
     snippet = str(model_card(run_folder, "user/ddpm-digits")).split("```python\n")[1].split("```")[0]
+    assert ('class_labels=["cat"] * 4 + ["owl"] * 4' in snippet) == conditional
     monkeypatch.chdir(run_folder.parent)
     # The snippet loads from the Hub; here the repository id resolves to the local folder of the same name.
     (run_folder.parent / "user").mkdir()
@@ -213,3 +222,123 @@ def test_card_metadata_is_yaml_the_hub_reads(run_folder):
     header = str(model_card(run_folder, "user/ddpm-digits")).split("---")[1]
     metadata = yaml.safe_load(header)
     assert metadata["model-index"][0]["name"] == "ddpm-digits"
+
+
+def _snapshot(root):
+    """Every file under `root` with its bytes: what an export must leave as it was."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("make_target", "message"),
+    [
+        pytest.param(lambda run, tmp: _user_folder(tmp), r"is not empty; name a new or empty folder", id="user files"),
+        pytest.param(lambda run, tmp: tmp, r"holds the run folder .*; export to a new or empty folder", id="parent"),
+        pytest.param(lambda run, tmp: run, r"is inside the run folder .*; export to a folder outside it", id="run"),
+        pytest.param(lambda run, tmp: run / "samples", r"is inside the run folder", id="run subfolder"),
+        pytest.param(lambda run, tmp: run / "export", r"is inside the run folder", id="new folder in the run"),
+        pytest.param(lambda run, tmp: _user_file(tmp), r"is a file; name a folder", id="file"),
+        pytest.param(
+            lambda run, tmp: _user_file(tmp) / "export", r"lies under .*, which is a file", id="under a file"
+        ),
+    ],
+)
+def test_export_refuses_any_folder_it_would_empty_or_nest_and_changes_nothing(
+    run_folder, tmp_path, make_target, message
+):
+    target = make_target(run_folder, tmp_path)
+    before = _snapshot(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        export_for_hub(run_folder, target, "user/ddpm-digits")
+    assert _snapshot(tmp_path) == before and not list(tmp_path.rglob("*.partial"))
+
+
+def _user_folder(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("the user's own file")
+    return folder
+
+
+def _user_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    return tmp_path / "notes.txt"
+
+
+def test_push_command_refuses_an_export_folder_in_one_line_and_keeps_the_run(run_folder, tmp_path, capsys):
+    before = _snapshot(tmp_path)
+    assert main(["push", str(run_folder), "--repo_id", "user/x", "--export_dir", str(run_folder)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"hfddpm push: error: export folder {run_folder} is inside the run folder {run_folder}; export to a folder "
+        "outside it"
+    ]
+    assert _snapshot(tmp_path) == before
+
+
+def test_export_fills_an_empty_folder_and_a_run_replaces_only_its_own_export(run_folder, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert export_for_hub(run_folder, tmp_path / "empty", "user/ddpm-digits") == PUBLISHED
+    own = run_folder / "hub-export"  # --hub_dry_run's folder, a run output
+    export_for_hub(run_folder, own, "user/ddpm-digits")
+    (run_folder / "evaluation.json").unlink()
+    assert export_for_hub(run_folder, own, "user/ddpm-digits") == sorted(set(PUBLISHED) - {"evaluation.json"})
+    assert sorted(p.relative_to(own).as_posix() for p in own.rglob("*") if p.is_file()) == sorted(
+        set(PUBLISHED) - {"evaluation.json"}
+    )
+    assert not list(run_folder.glob(".hub-export*"))  # no staging or removal leftovers
+
+
+def test_a_full_disk_or_an_unwritable_folder_stops_the_export_in_one_line(run_folder, tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "copy2", full_disk)
+        with pytest.raises(HubError, match=r"^no space left to export .* nothing was exported: free disk space"):
+            export_for_hub(run_folder, tmp_path / "export", "user/ddpm-digits")
+    assert not (tmp_path / "export").exists() and not list(tmp_path.glob(".export*"))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(ValueError, match=r"export folder .*/export: .* is not writable; choose a folder you can"):
+        export_for_hub(run_folder, tmp_path / "export", "user/ddpm-digits")
+
+
+def _make_cards():
+    script = Path(__file__).resolve().parents[1] / "model_cards" / "make_cards.py"
+    spec = importlib.util.spec_from_file_location("make_cards", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reference_cards_script_writes_the_packages_card_of_each_run_and_refuses_a_missing_one(
+    run_folder, tmp_path, capsys
+):
+    make_cards = _make_cards()
+    runs, cards = tmp_path / "outputs", tmp_path / "cards"
+    shutil.copytree(run_folder, runs / "ddpm-digits")
+    cards.mkdir()
+    assert make_cards.main(["ddpm-digits", "--runs", str(runs), "--cards", str(cards)]) == 0
+    text = (cards / "ddpm-digits.md").read_text()
+    card = model_card(runs / "ddpm-digits", "outputs/ddpm-digits", sample_grid_link="ddpm-digits.png")
+    assert text == str(card) and text.count("ddpm-digits.png") == 1
+    assert "![Samples drawn from this model](ddpm-digits.png)" in text and "| 5.1340 |" in text
+    assert (cards / "ddpm-digits.png").read_bytes() == (run_folder / "samples" / "final.png").read_bytes()
+    committed = (Path(make_cards.__file__).parent / "ddpm-digits.md").read_text()
+    headings = [line for line in text.splitlines() if line.startswith("#") or line.startswith("| ---")]
+    assert [line for line in committed.splitlines() if line.startswith("#") or line.startswith("| ---")] == headings
+    before = _snapshot(cards)
+    assert make_cards.main(["--runs", str(runs), "--cards", str(cards)]) == 2  # ddpm-digits-v and others missing
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {runs / 'ddpm-digits-v'} holds no run (no model_index.json); train it as model_cards/README.md "
+        "says, or pass --runs with the folder that holds it"
+    ]
+    assert _snapshot(cards) == before  # nothing written before the check
+
+
+@pytest.mark.parametrize("repo_id", [None, 123, b"user/x", ["user/x"]])
+def test_a_repository_id_that_is_not_a_string_is_a_type_error_before_anything_is_written(
+    run_folder, tmp_path, repo_id
+):
+    with pytest.raises(TypeError, match=r"^a Hub repository id is a string 'user/name', got "):
+        export_for_hub(run_folder, tmp_path / "export", repo_id)
+    assert not (tmp_path / "export").exists()

@@ -1,5 +1,6 @@
 """The 2-D toy (data, MLP, sliced Wasserstein, the example script), the process pictures, and `hfddpm sample`."""
 
+import importlib.util
 import json
 import math
 import shutil
@@ -14,10 +15,11 @@ import torch
 
 from hfddpm import DDPMScheduler, HFDDPMPipeline
 from hfddpm.cli import main
+from hfddpm.evaluation.sample_quality import generate_samples
 from hfddpm.evaluation.sliced_wasserstein import sliced_wasserstein
 from hfddpm.models.point_denoiser import PointDenoiser
 from hfddpm.training.toy_data import TOY_DATASETS, toy_points
-from hfddpm.visualize import forward_noising_grid, reverse_trajectory_grid
+from hfddpm.visualize import forward_noising_grid, reverse_trajectory_grid, sample_grid, save_image, to_pil
 
 from .conftest import make_pipeline, tiny_unet
 
@@ -177,3 +179,220 @@ def test_toy_distillation_draws_students_that_beat_the_teachers_few_step_ddim(tm
     # better at every step count shown, which is what the figure shows.
     for steps in ("4 steps", "2 steps", "1 step"):
         assert distances[f"student, {steps}"] < distances[f"teacher DDIM, {steps}"], distances
+
+
+def _existing(tmp_path, name, content=b"the user's own file"):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("command", "make_output", "message"),
+    [
+        (["sample", "CKPT", "--output"], lambda tmp: tmp, "--output {} is a folder; name a file in it"),
+        (
+            ["sample", "CKPT", "--output"],
+            lambda tmp: tmp / "grid",
+            "--output {} has no image extension PIL writes; end it in .png",
+        ),
+        (
+            ["sample", "CKPT", "--output"],
+            lambda tmp: tmp / "grid.xyz",
+            "--output {} has no image extension PIL writes; end it in .png",
+        ),
+        (
+            ["sample", "CKPT", "--output"],
+            lambda tmp: _existing(tmp, "grid.png"),
+            "--output {} exists; pass --overwrite to replace it, or name another file",
+        ),
+        (
+            ["sample", "CKPT", "--output"],
+            lambda tmp: _existing(tmp, "notes.txt") / "grid.png",
+            "--output {} lies under {}, which is a file; name a folder elsewhere",
+        ),
+        (
+            ["sample", "CKPT", "--output_dir"],
+            lambda tmp: _existing(tmp, "notes.txt"),
+            "--output_dir {} is a file; name a folder",
+        ),
+        (
+            ["sample", "CKPT", "--output_dir"],
+            lambda tmp: _existing(tmp, "out/000001.png").parent,
+            "--output_dir {}/000001.png exists; pass --overwrite to replace it, or name another file",
+        ),
+        (
+            ["visualize", "forward", "--output"],
+            lambda tmp: tmp / "forward",
+            "--output {} has no image extension PIL writes; end it in .png",
+        ),
+        (
+            ["visualize", "forward", "--output"],
+            lambda tmp: _existing(tmp, "forward.png"),
+            "--output {} exists; pass --overwrite to replace it, or name another file",
+        ),
+        (["visualize", "reverse", "CKPT", "--output"], lambda tmp: tmp, "--output {} is a folder; name a file in it"),
+        (
+            ["inpaint", "CKPT", "--image", "x.png", "--mask", "m.png", "--output"],
+            lambda tmp: tmp / "c.jpg",
+            "--output {} must name a .png file",
+        ),
+        (
+            ["inpaint", "CKPT", "--image", "x.png", "--mask", "m.png", "--output"],
+            lambda tmp: _existing(tmp, "c.png"),
+            "--output {} exists; pass --overwrite to replace it, or name another file",
+        ),
+        (
+            ["evaluate", "CKPT", "--output_dir"],
+            lambda tmp: _existing(tmp, "evaluation.json").parent,
+            "--output_dir {}/evaluation.json exists; pass --overwrite to replace it, or name another file",
+        ),
+    ],
+)
+def test_every_command_checks_its_output_path_before_any_work_and_writes_nothing(
+    checkpoint, tmp_path, capsys, command, make_output, message
+):
+    output = make_output(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    argv = [str(checkpoint) if part == "CKPT" else part for part in command] + [str(output), "--steps", "2"]
+    if command[0] == "evaluate":
+        argv = argv[:-2]
+    assert main(argv) == 2
+    expected = message.format(output, *[p for p in output.parents if p.is_file()])
+    assert capsys.readouterr().err.strip().splitlines() == [f"hfddpm {command[0]}: error: {expected}"]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_outputs_replace_a_file_only_with_overwrite_atomically_and_create_missing_folders(checkpoint, tmp_path):
+    grid = _existing(tmp_path, "grid.png")
+    assert (
+        main(["sample", str(checkpoint), "--num_images", "2", "--steps", "2", "--output", str(grid), "--overwrite"])
+        == 0
+    )
+    assert PIL.Image.open(grid).size == (2 * 80, 80)
+    nested = tmp_path / "new" / "folder" / "grid.bmp"  # any format PIL writes
+    assert main(["sample", str(checkpoint), "--num_images", "2", "--steps", "2", "--output", str(nested)]) == 0
+    assert PIL.Image.open(nested).format == "BMP"
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_a_full_disk_while_writing_an_image_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    old = _existing(tmp_path, "grid.png", b"old")
+
+    def full_disk(self, fp, format=None, **params):
+        Path(fp).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PIL.Image.Image, "save", full_disk)
+    with pytest.raises(
+        OSError, match=r"^no space left to write .*grid.png \(.*\); free disk space or write elsewhere$"
+    ):
+        save_image(PIL.Image.new("L", (2, 2)), old)
+    assert old.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--num_images", "0"], "argument --num_images: must be at least 1, got 0"),
+        (["--steps", "0"], "argument --num_inference_steps/--steps: must be at least 1, got 0"),
+        (["--batch_size", "2.5"], "argument --batch_size: must be an integer, got '2.5'"),
+        (["--eta", "nan"], "argument --eta: must be a finite number, got nan"),
+        (["--guidance_scale", "inf"], "argument --guidance_scale: must be a finite number, got inf"),
+        (["--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+        (["--seed", str(2**32)], "argument --seed: must be in [0, 4294967295], got 4294967296"),
+        (["--corrector_steps", "-1"], "argument --corrector_steps: must be at least 0, got -1"),
+    ],
+)
+def test_sample_refuses_out_of_range_and_non_finite_numbers_in_one_line(checkpoint, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", str(checkpoint), "--output", "never.png", *argv])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+
+
+def test_sample_with_the_grids_settings_draws_the_training_grid_of_that_seed(checkpoint, tmp_path):
+    from hfddpm.training.artefacts import save_sample_grid
+    from hfddpm.training.config import TrainingConfig
+
+    pipeline = HFDDPMPipeline.from_pretrained(checkpoint)
+    config = TrainingConfig(num_sample_images=5, seed=3, num_inference_steps=2)
+    save_sample_grid(pipeline, tmp_path / "samples" / "final.png", config)
+    argv = ["sample", str(checkpoint), "--num_images", "5", "--steps", "2", "--seed", "3", "--batch_size", "2"]
+    assert main([*argv, "--output", str(tmp_path / "cli.png")]) == 0
+    training = np.asarray(PIL.Image.open(tmp_path / "samples" / "final.png"))
+    assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / "cli.png")), training)
+    assert main([*argv[:-2], "--seed", "4", "--output", str(tmp_path / "other.png")]) == 0
+    assert not np.array_equal(np.asarray(PIL.Image.open(tmp_path / "other.png")), training)
+
+
+def test_the_sampling_progress_bar_counts_steps_across_batches(checkpoint, capsys):
+    pipeline = HFDDPMPipeline.from_pretrained(checkpoint)
+    generate_samples(pipeline, 3, batch_size=2, num_inference_steps=4, progress_bar=True)
+    assert "Sampling: 100%" in (err := capsys.readouterr().err) and " 8/8 " in err  # 2 batches × 4 steps
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda pipe: generate_samples(pipe, True, num_inference_steps=2),
+            TypeError,
+            r"num_samples must be an integer, got True \(bool\)",
+        ),
+        (
+            lambda pipe: generate_samples(pipe, 2, batch_size=2.0),
+            TypeError,
+            r"batch_size must be an integer, got 2.0 \(float\)",
+        ),
+        (lambda pipe: generate_samples(pipe, 0), ValueError, r"num_samples must be at least 1, got 0"),
+        (
+            lambda pipe: reverse_trajectory_grid(pipe, 2, 2, every=True),
+            TypeError,
+            r"every must be an integer, got True \(bool\)",
+        ),
+        (
+            lambda pipe: sample_grid([PIL.Image.new("L", (8, 8))], cols=1.5),
+            TypeError,
+            r"cols must be an integer, got 1.5 \(float\)",
+        ),
+        (lambda pipe: sample_grid([]), ValueError, r"sample_grid needs at least one image"),
+    ],
+)
+def test_library_calls_refuse_non_integer_counts_and_take_numpy_integers(checkpoint, call, error, message):
+    pipeline = make_pipeline(HFDDPMPipeline.from_pretrained(checkpoint).unet, DDPMScheduler())
+    with pytest.raises(error, match=f"^{message}$"):
+        call(pipeline)
+    images = generate_samples(pipeline, np.int64(2), batch_size=np.int32(1), num_inference_steps=2)
+    assert images.shape == (2, 1, 8, 8)
+    assert sample_grid(to_pil(images * 2 - 1), cols=np.int64(2)).size == (2 * 80, 80)
+
+
+def _toy_example():
+    spec = importlib.util.spec_from_file_location("train_toy_2d", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--output_dir", "FILE"],
+            "error: --output_dir {file}/forward_process.png lies under {file}, which is a file",
+        ),
+        (["--output_dir", "RUN"], "error: --output_dir {run}/forward_process.png exists; pass --overwrite"),
+        (["--steps", "10"], "argument --steps: must be at least 50, got 10"),
+        (["--seed", "-3"], "argument --seed: must be at least 0, got -3"),
+    ],
+)
+def test_toy_example_checks_its_outputs_and_numbers_before_training(tmp_path, monkeypatch, capsys, argv, message):
+    file, run = _existing(tmp_path, "notes.txt"), tmp_path / "run"
+    _existing(run, "forward_process.png")
+    argv = [{"FILE": str(file), "RUN": str(run)}.get(part, part) for part in argv]
+    monkeypatch.setattr(sys, "argv", ["train_toy_2d.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        _toy_example().main()
+    assert exit_info.value.code == 2
+    assert message.format(file=file, run=run) in capsys.readouterr().err.strip().splitlines()[-1]

@@ -3,16 +3,61 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, durable
 from .hub import HubError
 from .schedulers import ReverseVariance
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
+
+
+SEED_RANGE = (0, 2**32 - 1)  # as the training script's --seed
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def finite(text: str) -> float:
+    """An argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """An argparse type: a seed in `SEED_RANGE`."""
+    value = count(SEED_RANGE[0])(text)
+    if value > SEED_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {value}")
+    return value
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """`--overwrite`: an existing output file is replaced only when asked."""
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def add_allow_pickle_argument(parser: argparse.ArgumentParser) -> None:
@@ -50,26 +95,29 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", help="held-out split for bits/dim (default: test)")
     parser.add_argument("--reference_split", default="train", help="split the samples are compared with")
     parser.add_argument("--image_column", help="column holding the images (default: the first image column)")
-    parser.add_argument("--max_images", type=int, help="bits/dim: the first N images of the split (default: all)")
+    parser.add_argument("--max_images", type=count(1), help="bits/dim: the first N images of the split (default: all)")
     parser.add_argument(
-        "--num_timesteps", type=int, help="bits/dim: terms per image, stratified over t (default: all T, exact)"
+        "--num_timesteps", type=count(1), help="bits/dim: terms per image, stratified over t (default: all T, exact)"
     )
     parser.add_argument(
         "--reverse_variance",
         choices=[choice.value for choice in ReverseVariance],
         help="bits/dim: the reverse variance to evaluate (default: the checkpoint's)",
     )
-    parser.add_argument("--num_samples", type=int, default=1000, help="samples drawn for the sample metrics")
+    parser.add_argument("--num_samples", type=count(1), default=1000, help="samples drawn for the sample metrics")
     parser.add_argument(
-        "--num_inference_steps", type=int, help="sampling steps (default: the checkpoint's own, 50 unless distilled)"
+        "--num_inference_steps",
+        type=count(1),
+        help="sampling steps (default: the checkpoint's own, 50 unless distilled)",
     )
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta for sampling")
-    parser.add_argument("--batch_size", type=int, default=250, help="images per network call (default 250)")
+    parser.add_argument("--eta", type=finite, default=0.0, help="DDIM's eta for sampling")
+    parser.add_argument("--batch_size", type=count(1), default=250, help="images per network call (default 250)")
     parser.add_argument("--inception_weights", help="FID: path of pt_inception-2015-12-05-6726825d.pth")
     parser.add_argument("--dinov2_model", default=DINOV2_DEFAULT, help="FD_DINOv2: local folder or cached Hub id")
     parser.add_argument("--device", help="e.g. cpu, cuda (default: cuda when available)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the samples, noise and timesteps drawn")
+    parser.add_argument("--seed", type=seed, default=0, help="seeds the samples, noise and timesteps drawn")
     parser.add_argument("--output_dir", help="write evaluation.json and plots here")
+    add_overwrite_argument(parser)
     parser.add_argument("--cache_dir", help="where reference statistics are cached (default ~/.cache/hfddpm)")
     add_allow_pickle_argument(parser)
     parser.set_defaults(run=run_evaluate, command="evaluate")
@@ -77,12 +125,20 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate
+    from .evaluation.report import record_evaluation
 
-    options = {key: value for key, value in vars(args).items() if key not in ("checkpoint", "run", "command")}
-    report = evaluate(args.checkpoint, **options)
+    if args.output_dir:
+        for name in ("evaluation.json", "bits_per_dim_terms.png"):
+            durable.check_output_file(Path(args.output_dir) / name, "--output_dir", args.overwrite)
+    skipped = ("checkpoint", "run", "command", "overwrite")
+    report = evaluate(args.checkpoint, **{key: value for key, value in vars(args).items() if key not in skipped})
     print(report.summary())
     if args.output_dir:
         print(f"  written to {args.output_dir}/evaluation.json")
+    if os.path.isfile(os.path.join(args.checkpoint, "model_index.json")) and record_evaluation(
+        args.checkpoint, report
+    ):
+        print(f"  recorded in {args.checkpoint}/evaluation.json and its model card (README.md)")
 
 
 def add_analytic_variance_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -90,20 +146,28 @@ def add_analytic_variance_parser(subparsers: argparse._SubParsersAction) -> None
         "analytic-variance",
         help="measure Γ_t of a checkpoint and make it sample with Analytic-DPM's variance",
         description="Estimate Γ_t = E‖ε_θ(x_t, t)‖²/d for every training timestep on training images (Bao et al. "
-        "2022) and store it in the checkpoint's scheduler config with reverse_variance='analytic', so "
-        "HFDDPMPipeline.from_pretrained samples with the optimal reverse variance from then on.",
-        epilog="example: hfddpm analytic-variance outputs/ddpm-digits --num_images 500",
+        "2022) and save the pipeline with it in its scheduler config (reverse_variance='analytic') into a new folder "
+        "(--output_dir), or rewrite the checkpoint's scheduler (--in_place), so that "
+        "HFDDPMPipeline.from_pretrained samples with the optimal reverse variance.",
+        epilog="example: hfddpm analytic-variance outputs/ddpm-digits --output_dir outputs/ddpm-digits-analytic",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoint", help="a local pipeline folder (its scheduler config is rewritten)")
+    parser.add_argument("checkpoint", help="a pipeline folder or Hub repository")
     parser.add_argument("--dataset", default="digits", help="the images the model was trained on (default: digits)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--image_column", help="column holding the images (default: the first image column)")
-    parser.add_argument("--num_images", type=int, default=500, help="images in the Monte Carlo average")
-    parser.add_argument("--batch_size", type=int, default=250, help="images per network call (default 250)")
-    parser.add_argument("--output_dir", help="save the whole pipeline here instead of rewriting the checkpoint")
+    parser.add_argument("--num_images", type=count(1), default=500, help="images in the Monte Carlo average")
+    parser.add_argument("--batch_size", type=count(1), default=250, help="images per network call (default 250)")
+    parser.add_argument(
+        "--output_dir", help="a new or empty folder: the pipeline with Analytic-DPM's variance, its records and card"
+    )
+    parser.add_argument(
+        "--in_place",
+        action="store_true",
+        help="rewrite the checkpoint's scheduler config and card instead (its sample grid stays the old sampler's)",
+    )
     parser.add_argument("--device", help="e.g. cpu, cuda (default: cuda when available)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     add_allow_pickle_argument(parser)
     parser.set_defaults(run=run_analytic_variance, command="analytic-variance")
 
@@ -111,13 +175,19 @@ def add_analytic_variance_parser(subparsers: argparse._SubParsersAction) -> None
 def run_analytic_variance(args: argparse.Namespace) -> None:
     import torch
 
-    from . import durable
     from .image_data import image_batches
     from .pipelines import HFDDPMPipeline
     from .schedulers.analytic_dpm import fit_analytic_variance
 
-    if args.output_dir is None and not os.path.isdir(args.checkpoint):
-        raise FileNotFoundError(f"{args.checkpoint} is not a local folder; pass --output_dir to save the result")
+    if (args.output_dir is None) == (not args.in_place):
+        raise ValueError(
+            "pass --output_dir NEW_FOLDER to save the pipeline with Analytic-DPM's variance there, or --in_place to "
+            f"rewrite the scheduler of {args.checkpoint} (its sample grid and evaluation then describe the old one)"
+        )
+    if args.in_place and not os.path.isfile(os.path.join(args.checkpoint, "model_index.json")):
+        raise ValueError(f"--in_place: {args.checkpoint} is not a local pipeline folder; pass --output_dir instead")
+    if args.output_dir:
+        durable.check_new_folder(args.output_dir, "--output_dir")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = HFDDPMPipeline.from_pretrained(args.checkpoint, allow_pickle=args.allow_pickle).to(device)
     unet = pipeline.unet
@@ -131,21 +201,43 @@ def run_analytic_variance(args: argparse.Namespace) -> None:
         image_column=args.image_column,
         max_images=args.num_images,
     )
-    fit_analytic_variance(pipeline, batches, generator=torch.Generator().manual_seed(args.seed))
-    if args.output_dir is not None:
-        pipeline.save_pretrained(args.output_dir)
-        target = args.output_dir
-    else:  # rewrite only the scheduler config, atomically
-        staging = os.path.join(args.checkpoint, ".scheduler.partial")
-        pipeline.scheduler.save_pretrained(staging)
-        durable.fsync_tree(staging)
-        durable.move_files_into(staging, os.path.join(args.checkpoint, "scheduler"))
-        target = args.checkpoint
+    fit_analytic_variance(pipeline, batches, generator=torch.Generator().manual_seed(args.seed), progress_bar=True)
+    if args.output_dir:
+        save_analytic_pipeline(pipeline, args.checkpoint, args.output_dir)
+    else:
+        rewrite_scheduler(pipeline, args.checkpoint)
+    target = args.output_dir or args.checkpoint
     gamma = pipeline.scheduler.config.analytic_gamma
     print(
         f"Γ_t over {len(batches.dataset)} images: Γ_0 = {gamma[0]:.4f}, Γ_T/2 = {gamma[len(gamma) // 2]:.4f}, "
         f"Γ_T−1 = {gamma[-1]:.4f}; {target} now samples with reverse_variance='analytic'"
     )
+
+
+def save_analytic_pipeline(pipeline: Any, checkpoint: str, output_dir: str) -> None:
+    """Save `pipeline` into the new folder `output_dir`, atomically, with the records of the run it came from
+    (not its evaluation or sample grid, which measured the old variance) and a card of its own."""
+    from .hub import RUN_RECORDS
+    from .model_cards import model_card
+
+    with durable.new_folder(output_dir) as partial:
+        pipeline.save_pretrained(partial)
+        for name in RUN_RECORDS:
+            if name != "evaluation.json" and os.path.isfile(os.path.join(checkpoint, name)):
+                durable.write_text(partial / name, Path(checkpoint, name).read_text(encoding="utf-8"))
+        card = model_card(partial, Path(output_dir).resolve().name)
+        durable.write_text(partial / "README.md", str(card))
+
+
+def rewrite_scheduler(pipeline: Any, checkpoint: str) -> None:
+    """Replace the scheduler config of the pipeline folder `checkpoint` atomically, and its card if hfddpm wrote it."""
+    from .model_cards import rewrite_model_card
+
+    staging = os.path.join(checkpoint, ".scheduler.partial")
+    pipeline.scheduler.save_pretrained(staging)
+    durable.fsync_tree(staging)
+    durable.move_files_into(staging, os.path.join(checkpoint, "scheduler"))
+    rewrite_model_card(checkpoint)
 
 
 SCHEDULERS = ("ddpm", "ddim", "dpm-solver", "euler", "checkpoint")
@@ -173,30 +265,35 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Draw images from a pipeline checkpoint (folder or Hub repository) with any scheduler; write "
         "them as one grid image (--output grid.png) or one PNG per image (--output_dir folder/).",
         epilog="examples:\n"
-        "  hfddpm sample outputs/ddpm-digits --num_images 64 --output samples.png\n"
-        "  hfddpm sample outputs/ddpm-digits --scheduler ddpm --steps 1000 --output_dir samples/ --num_images 500\n"
+        "  hfddpm sample outputs/ddpm-digits --num_images 64 --output outputs/samples.png\n"
+        "  hfddpm sample outputs/ddpm-digits --scheduler ddpm --steps 1000 --num_images 500 "
+        "--output_dir outputs/samples/\n"
         "  hfddpm sample outputs/ddpm-digits-cond --class_labels 3 7 --guidance_scale 3 --num_images 8 "
-        "--output sevens.png",
+        "--output outputs/sevens.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoint", help="pipeline folder or Hub repository")
     parser.add_argument(
-        "--num_images", type=int, default=16, help="images to draw, of each label with --class_labels (default 16)"
+        "--num_images",
+        type=count(1),
+        default=16,
+        help="images to draw, of each label with --class_labels (default 16)",
     )
     add_class_label_arguments(parser)
     parser.add_argument(
         "--num_inference_steps",
         "--steps",
-        type=int,
+        type=count(1),
         help="reverse steps (--steps for short; default: the checkpoint's own, 50 unless distilled)",
     )
     parser.add_argument("--scheduler", default="checkpoint", choices=SCHEDULERS, help="default: the saved one")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta")
-    parser.add_argument("--corrector_steps", type=int, default=0, help="Langevin corrector steps per step")
-    parser.add_argument("--seed", type=int, default=0, help="image i is drawn from seed + i")
-    parser.add_argument("--batch_size", type=int, default=250, help="images per network call (default 250)")
-    parser.add_argument("--output", help="grid image to write (PNG)")
+    parser.add_argument("--eta", type=finite, default=0.0, help="DDIM's eta")
+    parser.add_argument("--corrector_steps", type=count(0), default=0, help="Langevin corrector steps per step")
+    parser.add_argument("--seed", type=seed, default=0, help="image i is drawn from seed + i (as the training grids)")
+    parser.add_argument("--batch_size", type=count(1), default=250, help="images per network call (default 250)")
+    parser.add_argument("--output", help="grid image to write (.png, or another extension PIL writes)")
     parser.add_argument("--output_dir", help="folder to write one PNG per image into")
+    add_overwrite_argument(parser)
     parser.add_argument("--device", help="e.g. cpu, cuda (default: cuda when available)")
     add_allow_pickle_argument(parser)
     parser.set_defaults(run=run_sample, command="sample")
@@ -209,7 +306,7 @@ def add_class_label_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--guidance_scale",
-        type=float,
+        type=finite,
         help="classifier-free guidance w: 1 conditional, 0 unconditional, > 1 closer to the label (default: "
         "HFDDPMPipeline's, the measured best for the digits)",
     )
@@ -230,12 +327,14 @@ def run_sample(args: argparse.Namespace) -> None:
 
     from .evaluation.sample_quality import generate_samples
     from .pipelines import HFDDPMPipeline
-    from .visualize import sample_grid, to_pil
+    from .visualize import check_image_path, sample_grid, save_image, to_pil
 
     if (args.output is None) == (args.output_dir is None):
         raise ValueError("pass exactly one of --output GRID.png and --output_dir FOLDER")
-    if args.output_dir and os.path.isfile(args.output_dir):
-        raise ValueError(f"--output_dir {args.output_dir} is a file; name a folder")
+    if args.output:
+        check_image_path(args.output, "--output", args.overwrite)
+    else:
+        durable.check_output_folder(args.output_dir, "--output_dir")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = HFDDPMPipeline.from_pretrained(args.checkpoint, allow_pickle=args.allow_pickle).to(device)
     if args.scheduler != "checkpoint":
@@ -246,9 +345,11 @@ def run_sample(args: argparse.Namespace) -> None:
     if args.guidance_scale is not None:
         options["guidance_scale"] = args.guidance_scale
     per_image = None if ids is None else [i for i in ids for _ in range(args.num_images)]
+    count = args.num_images * len(ids or [None])
+    paths = [] if args.output else image_paths(args.output_dir, args.seed, count, per_image, args.overwrite)
     images = generate_samples(
         pipeline,
-        args.num_images * len(ids or [None]),
+        count,
         args.batch_size,
         args.num_inference_steps,
         args.eta,
@@ -259,20 +360,26 @@ def run_sample(args: argparse.Namespace) -> None:
     )
     pictures = to_pil(images * 2 - 1)
     if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
-        for i, picture in enumerate(pictures):
-            suffix = "" if per_image is None else f"_class{per_image[i]}"
-            picture.save(os.path.join(args.output_dir, f"{args.seed + i:06d}{suffix}.png"))
+        for picture, path in zip(pictures, paths, strict=True):
+            save_image(picture, path)
         print(f"{len(pictures)} images written to {args.output_dir}")
         return
-    grid = sample_grid(pictures, cols=None if ids is None else args.num_images)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    grid.save(args.output)
+    save_image(sample_grid(pictures, cols=None if ids is None else args.num_images), args.output)
     print(
         f"{len(pictures)} images ({type(pipeline.scheduler).__name__}, "
         f"{pipeline.inference_steps(args.num_inference_steps)} steps) written "
         f"to {args.output}"
     )
+
+
+def image_paths(folder: str, seed: int, count: int, labels: list[int] | None, overwrite: bool) -> list[Path]:
+    """The files `hfddpm sample --output_dir` writes (image i: seed + i, and its class), checked before sampling."""
+    paths = [
+        Path(folder) / f"{seed + i:06d}{'' if labels is None else f'_class{labels[i]}'}.png" for i in range(count)
+    ]
+    for path in paths:
+        durable.check_output_file(path, "--output_dir", overwrite)
+    return paths
 
 
 def add_inpaint_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -282,9 +389,10 @@ def add_inpaint_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Generate the pixels of --image where --mask is white, keeping the others exactly, with any "
         "unconditional or class-conditional checkpoint and its own scheduler (RePaint, Lugmayr et al. 2022).",
         epilog="examples:\n"
-        "  hfddpm inpaint outputs/ddpm-digits --image digit.png --mask bottom-half.png --output completed.png\n"
+        "  hfddpm inpaint outputs/ddpm-digits --image digit.png --mask bottom-half.png "
+        "--output outputs/completed.png\n"
         "  hfddpm inpaint outputs/ddpm-digits-cond --image digit.png --mask m.png --class_labels 7 --num_images 8 "
-        "--output sevens.png",
+        "--output outputs/sevens.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoint", help="pipeline folder or Hub repository")
@@ -293,22 +401,26 @@ def add_inpaint_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--output", required=True, help="PNG to write: the completed image, or a grid of --num_images completions"
     )
-    parser.add_argument("--num_images", type=int, default=1, help="completions to draw (default 1)")
+    add_overwrite_argument(parser)
+    parser.add_argument("--num_images", type=count(1), default=1, help="completions to draw (default 1)")
     parser.add_argument(
         "--num_inference_steps",
         "--steps",
-        type=int,
+        type=count(1),
         help="reverse steps before resampling (default: the checkpoint's)",
     )
     parser.add_argument(
-        "--jump_length", type=int, default=10, help="RePaint's j: steps of each jump back (default 10)"
+        "--jump_length", type=count(1), default=10, help="RePaint's j: steps of each jump back (default 10)"
     )
     parser.add_argument(
-        "--jump_n_sample", type=int, default=10, help="RePaint's r: resamplings of each stretch (default 10; 1: none)"
+        "--jump_n_sample",
+        type=count(1),
+        default=10,
+        help="RePaint's r: resamplings of each stretch (default 10; 1: none)",
     )
     parser.add_argument("--scheduler", default="checkpoint", choices=("ddpm", "ddim", "checkpoint"))
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eta", type=finite, default=0.0, help="DDIM's eta")
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--device", help="e.g. cpu, cuda (default: cuda when available)")
     add_class_label_arguments(parser)
     add_allow_pickle_argument(parser)
@@ -320,12 +432,9 @@ def run_inpaint(args: argparse.Namespace) -> None:
 
     from .image_data import read_image
     from .pipelines import HFDDPMInpaintPipeline
-    from .visualize import sample_grid
+    from .visualize import check_image_path, sample_grid, save_image
 
-    if not args.output.lower().endswith(".png") or os.path.isdir(args.output):
-        raise ValueError(f"--output {args.output} must name a .png file")
-    if args.num_images < 1:
-        raise ValueError(f"--num_images must be at least 1, got {args.num_images}")
+    check_image_path(args.output, "--output", args.overwrite, suffixes=(".png",))
     image, mask = read_image(args.image, f"--image {args.image}"), read_image(args.mask, f"--mask {args.mask}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = HFDDPMInpaintPipeline.from_pretrained(args.checkpoint, allow_pickle=args.allow_pickle).to(device)
@@ -345,9 +454,7 @@ def run_inpaint(args: argparse.Namespace) -> None:
         class_labels=None if ids is None else ids[0],
         guidance_scale=args.guidance_scale,
     ).images
-    result = completions[0] if args.num_images == 1 else sample_grid(completions)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    result.save(args.output)
+    save_image(completions[0] if args.num_images == 1 else sample_grid(completions), args.output)
     print(f"{args.num_images} completion(s) of {args.image} written to {args.output}")
 
 
@@ -359,32 +466,33 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
         "sampling, every few steps: x after the step from timestep t (top row of each image) and that step's "
         "prediction x̂_0 (bottom row).",
         epilog="examples:\n"
-        "  hfddpm visualize forward --dataset digits --output forward.png\n"
-        "  hfddpm visualize reverse outputs/ddpm-digits --steps 50 --every 5 --output reverse.png",
+        "  hfddpm visualize forward --dataset digits --output outputs/forward.png\n"
+        "  hfddpm visualize reverse outputs/ddpm-digits --steps 50 --every 5 --output outputs/reverse.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("process", choices=("forward", "reverse"))
     parser.add_argument("checkpoint", nargs="?", help="reverse: pipeline folder or Hub repository")
-    parser.add_argument("--output", required=True, help="PNG to write")
+    parser.add_argument("--output", required=True, help="image to write (.png, or another extension PIL writes)")
+    add_overwrite_argument(parser)
     parser.add_argument("--dataset", default="digits", help="forward: the images to noise")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--resolution", type=int, default=8, help="forward: image size")
+    parser.add_argument("--resolution", type=count(1), default=8, help="forward: image size")
     parser.add_argument("--channels", type=int, default=1, choices=(1, 3), help="forward: 1 grey, 3 RGB")
-    parser.add_argument("--num_images", type=int, default=4)
+    parser.add_argument("--num_images", type=count(1), default=4)
     parser.add_argument(
-        "--timesteps", type=int, nargs="+", default=[0, 50, 100, 200, 300, 400, 500, 700, 999], help="forward"
+        "--timesteps", type=count(0), nargs="+", default=[0, 50, 100, 200, 300, 400, 500, 700, 999], help="forward"
     )
     parser.add_argument("--beta_schedule", default="linear", choices=("linear", "cosine"), help="forward")
     parser.add_argument(
         "--num_inference_steps",
         "--steps",
-        type=int,
+        type=count(1),
         help="reverse: sampling steps (--steps for short; default: the checkpoint's own, 50 unless distilled)",
     )
-    parser.add_argument("--every", type=int, default=5, help="reverse: a column every N steps")
+    parser.add_argument("--every", type=count(1), default=5, help="reverse: a column every N steps")
     parser.add_argument("--scheduler", default="checkpoint", choices=SCHEDULERS, help="reverse: default the saved one")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scale", type=int, default=8, help="enlarge each image N times")
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--scale", type=count(1), default=8, help="enlarge each image N times")
     add_allow_pickle_argument(parser)
     parser.set_defaults(run=run_visualize, command="visualize")
 
@@ -395,8 +503,9 @@ def run_visualize(args: argparse.Namespace) -> None:
     from .image_data import image_batches
     from .pipelines import HFDDPMPipeline
     from .schedulers import DDPMScheduler
-    from .visualize import forward_noising_grid, reverse_trajectory_grid
+    from .visualize import check_image_path, forward_noising_grid, reverse_trajectory_grid, save_image
 
+    check_image_path(args.output, "--output", args.overwrite)
     generator = torch.Generator().manual_seed(args.seed)
     if args.process == "forward":
         batches = image_batches(
@@ -414,8 +523,7 @@ def run_visualize(args: argparse.Namespace) -> None:
         grid = reverse_trajectory_grid(
             pipeline, args.num_images, args.num_inference_steps, args.every, generator, args.scale
         )
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    grid.save(args.output)
+    save_image(grid, args.output)
     print(f"{args.process} process of {args.num_images} images written to {args.output} ({grid.width}×{grid.height})")
 
 
@@ -428,7 +536,7 @@ def add_push_parser(subparsers: argparse._SubParsersAction) -> None:
         "records. Optimizer states and other pickles stay local unless --include_training_state.",
         epilog="examples:\n"
         "  hfddpm push outputs/ddpm-digits --repo_id user/ddpm-digits --private\n"
-        "  hfddpm push outputs/ddpm-digits --repo_id user/ddpm-digits --export_dir hub-export/   # no upload",
+        "  hfddpm push outputs/ddpm-digits --repo_id user/ddpm-digits --export_dir outputs/export/   # no upload",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("folder", help="the checkpoint folder (a training run's output_dir)")

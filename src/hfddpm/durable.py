@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,21 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def new_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside `folder`; when the block succeeds, flush it and rename it to `folder`
+    (absent or empty: nothing in it is replaced), else delete it."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    try:
+        yield temporary
+        fsync_tree(temporary)
+        os.replace(temporary, folder)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -83,3 +99,43 @@ def is_disk_full(error: BaseException) -> bool:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as file:
         os.fsync(file.fileno())
+
+
+def check_output_folder(folder: str | os.PathLike, what: str) -> Path:
+    """`folder` as a Path if it is, or can be created as, a folder this process can write in; else a one-line
+    ValueError naming `what` (e.g. "--output_dir") and the fix. Nothing is created."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {folder} is a file; name a folder")
+    _check_writable_place(folder, what)
+    return folder
+
+
+def check_output_file(path: str | os.PathLike, what: str, overwrite: bool = False) -> Path:
+    """`path` as a Path if a file can be written there: not a folder, not an existing file unless `overwrite`, in a
+    folder that is or can be made writable; else a one-line ValueError."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; name a file in it")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{what} {path} exists; pass --overwrite to replace it, or name another file")
+    _check_writable_place(path.parent, what, path)
+    return path
+
+
+def _check_writable_place(folder: Path, what: str, target: Path | None = None) -> None:
+    """The nearest existing one of `folder` and its parents must be a folder this process can write in."""
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{what} {target or folder} lies under {existing}, which is a file; name a folder elsewhere")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {target or folder}: {existing} is not writable; choose a folder you can write to")
+
+
+def check_new_folder(folder: str | os.PathLike, what: str) -> Path:
+    """`folder` as a Path if it is absent or an empty folder that can be written (`check_output_folder`): a folder
+    the project may fill without replacing anything; else a one-line ValueError."""
+    folder = check_output_folder(folder, what)
+    if folder.is_dir() and any(folder.iterdir()):
+        raise ValueError(f"{what} {folder} is not empty; name a new or empty folder (nothing was changed)")
+    return folder

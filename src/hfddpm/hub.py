@@ -22,6 +22,7 @@ from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from . import durable
 from .model_cards import model_card
 from .pipelines.checkpoint_safety import PICKLE_SUFFIXES
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
 RUN_RECORDS = ("training_args.json", "training_info.json", "evaluation.json", "distillation.json")
+# A training run's own export folder (--hub_dry_run), which a later export of the same run replaces.
+RUN_EXPORT = "hub-export"
 
 
 class HubError(RuntimeError):
@@ -36,7 +39,10 @@ class HubError(RuntimeError):
 
 
 def check_repo_id(repo_id: str) -> str:
-    """`repo_id` if the Hub accepts it as a repository id ('name' or 'user/name'), else a one-line ValueError."""
+    """`repo_id` if the Hub accepts it as a repository id ('name' or 'user/name'), else a one-line ValueError (a
+    TypeError for what is not a string)."""
+    if not isinstance(repo_id, str):
+        raise TypeError(f"a Hub repository id is a string 'user/name', got {repo_id!r} ({type(repo_id).__name__})")
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
@@ -81,25 +87,48 @@ def files_to_publish(folder: str | os.PathLike, include_training_state: bool = F
     return sorted(selected)
 
 
+def check_export_dir(folder: str | os.PathLike, export_dir: str | os.PathLike) -> Path:
+    """`export_dir` if an export may go there: a new or empty folder apart from the run folder `folder`, or the run's
+    own `RUN_EXPORT` folder; else a one-line ValueError. An export replaces nothing else a folder holds."""
+    run, export = Path(folder).resolve(), Path(export_dir).resolve()
+    if export == run / RUN_EXPORT:
+        return export
+    if export == run or run in export.parents:
+        raise ValueError(
+            f"export folder {export_dir} is inside the run folder {folder}; export to a folder outside it"
+        )
+    if export in run.parents:
+        raise ValueError(f"export folder {export_dir} holds the run folder {folder}; export to a new or empty folder")
+    durable.check_new_folder(export_dir, "export folder")
+    return export
+
+
 def export_for_hub(
     folder: str | os.PathLike, export_dir: str | os.PathLike, repo_id: str, include_training_state: bool = False
 ) -> list[str]:
-    """Write the exact folder a push uploads: the published files and the model card (README.md).
+    """Write the exact folder a push uploads: the published files and the model card (README.md), into `export_dir`,
+    a new or empty folder (anything else is refused before a file is copied: `check_export_dir`).
 
-    It is assembled in a sibling `.partial` folder and renamed into place, so an interrupted export leaves no half
-    folder. Returns the files written.
+    It is assembled in a hidden sibling `.partial` folder of its own and renamed into place, so an interrupted export
+    leaves no half folder. Returns the files written.
     """
     check_repo_id(repo_id)
+    export_dir = check_export_dir(folder, export_dir)
     files = files_to_publish(folder, include_training_state)
-    export_dir = Path(export_dir)
-    partial = export_dir.with_name(export_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    for name in files:
-        (partial / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(Path(folder) / name, partial / name)
-    model_card(folder, repo_id).save(partial / "README.md")
-    shutil.rmtree(export_dir, ignore_errors=True)
-    os.replace(partial, export_dir)
+    try:
+        with durable.new_folder(export_dir) as partial:
+            for name in files:
+                (partial / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(folder) / name, partial / name)
+            model_card(folder, repo_id).save(partial / "README.md")
+            if export_dir == Path(folder).resolve() / RUN_EXPORT and export_dir.exists():
+                durable.remove_tree(export_dir)  # the run's earlier export
+    except OSError as error:
+        problem = "no space left" if durable.is_disk_full(error) else "could not write"
+        raise HubError(
+            f"{problem} to export {folder} into {export_dir} ({error.strerror or error}); nothing was exported: "
+            "free disk space or choose another folder"
+        ) from error
     return sorted([*files, "README.md"])
 
 
@@ -124,7 +153,11 @@ def push_to_hub(
     check_repo_id(repo_id)
     token = resolve_token(token, folder)
     staging = Path(tempfile.mkdtemp(prefix=f".{Path(folder).name}.hub-upload-", dir=Path(folder).parent))
-    export_for_hub(folder, staging, repo_id, include_training_state)
+    try:
+        export_for_hub(folder, staging, repo_id, include_training_state)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # the empty folder made above, or what was copied into it
+        raise
     api = HfApi(endpoint=endpoint, token=token)
     where = endpoint or constants.ENDPOINT
     try:

@@ -4,7 +4,10 @@ trajectory of a pipeline (its x_t and its prediction x̂_0 every few steps)."""
 from __future__ import annotations
 
 import math
+import numbers
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import PIL.Image
@@ -13,6 +16,7 @@ import PIL.ImageOps
 import torch
 from diffusers.utils import make_image_grid
 
+from . import durable
 from .eval_mode import eval_mode
 
 if TYPE_CHECKING:
@@ -21,6 +25,51 @@ if TYPE_CHECKING:
     from .pipelines import HFDDPMPipeline
 
 LABEL_HEIGHT = 14  # pixels of the text line above a labelled grid
+
+
+def check_count(value: object, name: str, minimum: int = 1) -> int:
+    """`value` as an int if it is an integer (NumPy's too, not a bool) of at least `minimum`; else a one-line
+    TypeError or ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def image_format(path: str | os.PathLike) -> str | None:
+    """The PIL format that writes `path`, from its extension (".png" → "PNG"); None when PIL writes no such file."""
+    PIL.Image.init()
+    image_format = PIL.Image.registered_extensions().get(Path(path).suffix.lower())
+    return image_format if image_format in PIL.Image.SAVE else None
+
+
+def check_image_path(
+    path: str | os.PathLike, what: str, overwrite: bool = False, suffixes: Sequence[str] = ()
+) -> Path:
+    """`path` as a Path if an image can be written there before any work starts: an extension PIL writes (one of
+    `suffixes` when given), and `durable.check_output_file`'s checks; else a one-line ValueError."""
+    path = durable.check_output_file(path, what, overwrite)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{what} {path} must name a {' or '.join(suffixes)} file")
+    if image_format(path) is None:
+        raise ValueError(f"{what} {path} has no image extension PIL writes; end it in .png")
+    return path
+
+
+def save_image(image: PIL.Image.Image, path: str | os.PathLike) -> None:
+    """Save `image` to `path` atomically (the old file or the new one, never half), in the format its extension
+    names; a failed write is one line saying why (a full disk says so)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with durable.replacing(path) as temporary:
+            image.save(temporary, format=image_format(path))
+    except OSError as error:
+        problem = "no space left" if durable.is_disk_full(error) else "could not write"
+        raise OSError(
+            f"{problem} to write {path} ({error.strerror or error}); free disk space or write elsewhere"
+        ) from None
 
 
 def to_pil(images: torch.Tensor, scale: int = 1) -> list[PIL.Image.Image]:
@@ -36,7 +85,9 @@ def to_pil(images: torch.Tensor, scale: int = 1) -> list[PIL.Image.Image]:
 def sample_grid(pictures: list[PIL.Image.Image], cell_size: int = 64, cols: int | None = None) -> PIL.Image.Image:
     """Images in a grid of `cols` columns (None: near-square), row by row, each enlarged (nearest neighbour) to at
     least `cell_size` pixels wide and framed by a black border one original pixel wide; empty cells are black."""
-    cols = cols or math.ceil(math.sqrt(len(pictures)))
+    if not pictures:
+        raise ValueError("sample_grid needs at least one image")
+    cols = math.ceil(math.sqrt(len(pictures))) if cols is None else check_count(cols, "cols")
     rows = math.ceil(len(pictures) / cols)
     scale = max(1, cell_size // pictures[0].width)
     cells = [
@@ -96,8 +147,7 @@ def reverse_trajectory_grid(
     Runs the pipeline (its own scheduler, `call_options` passed on) and records the tensors through its
     `callback_on_step_end`.
     """
-    if every < 1:
-        raise ValueError(f"every must be at least 1, got {every}")
+    every, num_images = check_count(every, "every"), check_count(num_images, "num_images")
     num_inference_steps = pipeline.inference_steps(num_inference_steps)
     recorded: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 

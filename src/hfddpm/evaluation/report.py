@@ -14,6 +14,7 @@ from .. import durable
 from ..conditioning import every_class
 from ..eval_mode import eval_mode
 from ..image_data import DIGITS, image_batches
+from ..model_cards import is_hfddpm_card, rewrite_model_card
 from ..pipelines import HFDDPMPipeline
 from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
 from .features import DINOV2_DEFAULT, DigitsFeatures, Dinov2Features, InceptionFeatures
@@ -92,6 +93,25 @@ def evaluate(
         )
     pipeline = HFDDPMPipeline.from_pretrained(checkpoint, allow_pickle=allow_pickle).to(device)
     return evaluate_pipeline(pipeline, dataset, metrics, name=str(checkpoint), device=device, **options)
+
+
+def record_evaluation(folder: str | os.PathLike, report: EvaluationReport) -> bool:
+    """Merge `report` into the `evaluation.json` of the run in `folder` (a metric measured again replaces its old
+    value) and rewrite its model card, both atomically, when hfddpm wrote that card; False (nothing written)
+    otherwise, e.g. for a folder someone else published."""
+    folder = Path(folder)
+    if not is_hfddpm_card(folder / "README.md"):
+        return False
+    path = folder / "evaluation.json"
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); remove it to record the new numbers") from None
+    recorded = asdict(report)
+    for key in ("metrics", "details"):
+        recorded[key] = {**earlier.get(key, {}), **recorded[key]}
+    durable.write_text(path, json.dumps(recorded, indent=2) + "\n")
+    return rewrite_model_card(folder)
 
 
 def draw_samples(

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..image_data import channels_of_mode, image_batches, to_eight_bit
+from ..visualize import check_count
 from .frechet import FeatureStatistics, cached_statistics
 
 if TYPE_CHECKING:
@@ -46,13 +47,20 @@ def generate_samples(
     of class `class_labels[i]` when given), so the samples do not depend on the batch size; `num_inference_steps`
     None is the pipeline's own count (50 unless it is a distilled student). `call_options` go to the pipeline's
     call (e.g. corrector_steps, guidance_scale)."""
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be at least 1, got {num_samples} and {batch_size}")
+    num_samples, batch_size = check_count(num_samples, "num_samples"), check_count(batch_size, "batch_size")
     if class_labels is not None and len(class_labels) != num_samples:
         raise ValueError(f"got {len(class_labels)} class_labels for {num_samples} samples: pass one per sample")
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline.set_progress_bar_config(disable=True)  # one bar for every batch, counting steps
+    batches = range(0, num_samples, batch_size)
+    steps = pipeline.inference_steps(num_inference_steps)
+    progress = tqdm(total=len(batches) * steps, desc="Sampling", unit="step", disable=not progress_bar)
+
+    def count_step(pipe, index, timestep, tensors):
+        progress.update(1)
+        return {}
+
     images = []
-    for start in tqdm(range(0, num_samples, batch_size), desc="Sampling", unit="batch", disable=not progress_bar):
+    for start in batches:
         count = min(batch_size, num_samples - start)
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
         if class_labels is not None:
@@ -63,9 +71,11 @@ def generate_samples(
             num_inference_steps=num_inference_steps,
             eta=eta,
             output_type="pt",
+            callback_on_step_end=count_step,
             **call_options,
         )
         images.append(output.images.float().cpu())
+    progress.close()
     return torch.cat(images)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .. import durable
 from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
 
 TEMPLATE = Path(__file__).parent / "template.md"
@@ -151,8 +152,16 @@ def _evaluation_rows(evaluation: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2.0") -> ModelCard:
-    """The model card of the checkpoint in `folder`, for the Hub repository `repo_id`."""
+def model_card(
+    folder: str | os.PathLike,
+    repo_id: str,
+    license: str = "apache-2.0",
+    sample_grid_link: str = SAMPLE_GRID,
+    model_name: str | None = None,
+) -> ModelCard:
+    """The model card of the checkpoint in `folder`, for the Hub repository `repo_id`; its sample grid is linked as
+    `sample_grid_link` (the grid's place in the folder, unless the card is kept elsewhere), and it is titled
+    `model_name` (default: the repository's name)."""
     folder = Path(folder)
     args = _read_json(folder / "training_args.json")
     info = _read_json(folder / "training_info.json")
@@ -161,7 +170,7 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
     scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
     data = training_data(args)
     classes = list((index.get("id2label") or {}).values()) or _unnamed_classes(folder)
-    model_name = repo_id.split("/")[-1]
+    model_name = model_name or repo_id.split("/")[-1]
     splits = {"bits_per_dim": evaluation.get("details", {}).get("bits_per_dim", {}).get("split")}
     eval_results = [
         EvalResult(
@@ -200,7 +209,7 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
         guidance_scale=DEFAULT_GUIDANCE_SCALE,
         steps_argument="" if steps else "num_inference_steps=50, ",
         native_steps=steps,
-        sample_grid=SAMPLE_GRID if (folder / SAMPLE_GRID).is_file() else None,
+        sample_grid=sample_grid_link if (folder / SAMPLE_GRID).is_file() else None,
         sample_grid_caption=f"{args.get('num_sample_images', 'Samples')} samples from this model, "
         f"{scheduler_class} with {args.get('num_inference_steps', 50)} steps, seed {args.get('seed', 0)}"
         + (f"; column k shows class k, guidance scale {DEFAULT_GUIDANCE_SCALE}." if classes else "."),
@@ -208,3 +217,29 @@ def model_card(folder: str | os.PathLike, repo_id: str, license: str = "apache-2
         + _training_rows(args, info, _read_json(folder / "unet" / "config.json"), scheduler, lineage),
         evaluation=_evaluation_rows(evaluation),
     )
+
+
+def card_repo_id(folder: str | os.PathLike) -> str:
+    """The repository a run's card names, as the run chose it: its `--hub_model_id`, else the folder's name."""
+    return _read_json(Path(folder) / "training_args.json").get("hub_model_id") or Path(folder).resolve().name
+
+
+def is_hfddpm_card(path: str | os.PathLike) -> bool:
+    """Whether `path` is a model card hfddpm wrote (its metadata has the 'hfddpm' tag), so hfddpm may rewrite it."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        return "hfddpm" in (ModelCard(path.read_text(encoding="utf-8")).data.tags or [])
+    except Exception:  # not a card at all: the user's own README
+        return False
+
+
+def rewrite_model_card(folder: str | os.PathLike) -> bool:
+    """Rewrite the card (README.md) of the run in `folder` from its records, atomically, when hfddpm wrote it; False
+    (nothing written) when the folder has no card of hfddpm's."""
+    card = Path(folder) / "README.md"
+    if not is_hfddpm_card(card):
+        return False
+    durable.write_text(card, str(model_card(folder, card_repo_id(folder))))
+    return True

@@ -17,7 +17,7 @@ import torch
 from .. import __version__, durable
 from ..conditioning import every_class
 from ..pipelines import HFDDPMPipeline
-from ..visualize import sample_grid
+from ..visualize import sample_grid, save_image, to_pil
 from .checkpoints import CheckpointError
 from .config import TrainingConfig
 
@@ -44,20 +44,24 @@ def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
 
 
 def save_sample_grid(pipeline: HFDDPMPipeline, path: Path, config: TrainingConfig) -> PIL.Image.Image:
-    """Sample `config.num_sample_images` images (seed `config.seed`) and save their grid atomically to `path`; a
-    class-conditional model draws class k in column k (at the default guidance scale)."""
+    """Sample `config.num_sample_images` images, image i from seed `config.seed` + i as `hfddpm sample --seed`
+    draws it (`generate_samples`), and save their grid atomically to `path`; a class-conditional model draws class
+    k in column k (at the default guidance scale)."""
+    from ..evaluation.sample_quality import generate_samples
+
     classes = pipeline.num_classes
-    labels = {"class_labels": every_class(config.num_sample_images, classes)} if classes else {}
-    images = pipeline(
-        batch_size=config.num_sample_images,
-        generator=torch.Generator().manual_seed(config.seed),
-        num_inference_steps=config.num_inference_steps,
-        **labels,
-    ).images
-    grid = sample_grid(images, cols=classes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with durable.replacing(path) as temporary:
-        grid.save(temporary, format="PNG")
+    labels = every_class(config.num_sample_images, classes) if classes else None
+    images = generate_samples(
+        pipeline,
+        config.num_sample_images,
+        config.num_sample_images,
+        config.num_inference_steps,
+        seed=config.seed,
+        progress_bar=False,
+        class_labels=labels,
+    )
+    grid = sample_grid(to_pil(images * 2 - 1), cols=classes)
+    save_image(grid, path)
     return grid
 
 
@@ -130,7 +134,7 @@ def push_in_background(config: TrainingConfig, output_dir: Path, step: int) -> F
 
 def publish(config: TrainingConfig, output_dir: Path, intermediate_pushes: list[Future]) -> int:
     """Push (or, with --hub_dry_run, export) the finished run; 1 when a push failed, after saying why."""
-    from ..hub import HubError, export_for_hub
+    from ..hub import RUN_EXPORT, HubError, export_for_hub
 
     for future in intermediate_pushes:
         try:
@@ -139,7 +143,7 @@ def publish(config: TrainingConfig, output_dir: Path, intermediate_pushes: list[
             print(f"warning: an intermediate push failed: {str(error).splitlines()[0]}", file=sys.stderr)
     try:
         if config.hub_dry_run:
-            export = output_dir / "hub-export"
+            export = output_dir / RUN_EXPORT
             files = export_for_hub(output_dir, export, config.hub_model_id, config.hub_include_training_state)
             print(f"--hub_dry_run: the {len(files)} files a push to {config.hub_model_id} uploads are in {export}")
         elif config.push_to_hub:
