@@ -4,6 +4,9 @@ configuration checks its values; the old flag name still works."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,15 +18,20 @@ from safetensors.torch import load_file
 from hfddpm import DDIMScheduler, HFDDPMPipeline
 from hfddpm.training import Trainer, TrainingConfig, parse_training_config
 from hfddpm.training.setup import (
+    LOCK_FILE,
     RUN_OUTPUTS,
+    RUN_RECORD,
     check_output_dir,
     create_accelerator,
     create_training_unet,
     load_training_images,
+    output_dir_lock,
     remove_earlier_run_outputs,
 )
 from hfddpm.training.state import RunState
 from hfddpm.training.tracking import read_jsonl_log
+
+from .conftest import tiny_unet
 
 
 class CallCount:
@@ -141,23 +149,152 @@ def test_an_objective_cannot_take_the_names_of_the_engines_checkpointed_state(tm
         Trainer(config, accelerator, Clashing(), create_training_unet(config, 1), images)
 
 
-def test_overwriting_removes_what_an_earlier_run_wrote_and_nothing_else(tmp_path):
-    main_process = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
-    config = TrainingConfig(overwrite_output_dir=True)
-    run = tmp_path / "run"
+MAIN_PROCESS = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+
+
+def earlier_run(folder: Path) -> Path:
+    """A folder as a run leaves it: its record first, then every run output."""
     for part in RUN_OUTPUTS:
-        (run / part).mkdir(parents=True) if "." not in part else (run / part).write_text("{}")
+        (folder / part).mkdir(parents=True) if "." not in part else (folder / part).write_text("{}")
+    (folder / RUN_RECORD).write_text(json.dumps(TrainingConfig(output_dir=str(folder)).recorded()))
+    return folder
+
+
+def test_overwriting_removes_what_an_earlier_run_wrote_and_nothing_else(tmp_path):
+    run = earlier_run(tmp_path / "run")
     (run / "notes.txt").write_text("mine")
     (run / "my-images").mkdir()
-    remove_earlier_run_outputs(config, main_process, run)
-    assert sorted(path.name for path in run.iterdir()) == ["my-images", "notes.txt"]
+    (run / LOCK_FILE).touch()
+    config = TrainingConfig(output_dir=str(run), overwrite_output_dir=True)
+    remove_earlier_run_outputs(config, MAIN_PROCESS, check_output_dir(config))
+    assert sorted(path.name for path in run.iterdir()) == [LOCK_FILE, "my-images", "notes.txt"]
 
-    # A folder holding no earlier run (no checkpoints/, no model_index.json) is left whole, run-like names included.
-    folder = tmp_path / "mine"
-    (folder / "samples").mkdir(parents=True)
+
+def user_folder_with_readme(folder: Path) -> str:
+    folder.mkdir()
     (folder / "README.md").write_text("my notes")
-    remove_earlier_run_outputs(config, main_process, folder)
-    assert (folder / "samples").is_dir() and (folder / "README.md").read_text() == "my notes"
+    return "README.md"
+
+
+def saved_pipeline(folder: Path) -> str:
+    HFDDPMPipeline(unet=tiny_unet(), scheduler=DDIMScheduler()).save_pretrained(folder)
+    return "unet, scheduler, model_index.json"
+
+
+def folder_with_run_like_names(folder: Path) -> str:
+    for name in ("samples", "logs", "checkpoints"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "mine.txt").write_text(name)
+    return "checkpoints, samples, logs"
+
+
+def record_that_is_no_runs(folder: Path) -> str:
+    folder.mkdir()
+    (folder / RUN_RECORD).write_text("my own notes, not JSON")
+    (folder / "evaluation.json").write_text('{"mine": 1}')
+    return "training_args.json, evaluation.json"
+
+
+@pytest.mark.parametrize(
+    "make", [user_folder_with_readme, saved_pipeline, folder_with_run_like_names, record_that_is_no_runs]
+)
+@pytest.mark.parametrize("options", [{}, {"overwrite_output_dir": True}, {"resume_from_checkpoint": "latest"}])
+def test_a_folder_no_run_wrote_is_refused_and_loses_nothing(tmp_path, make, options):
+    folder = tmp_path / "mine"
+    names = make(folder)
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    config = TrainingConfig(output_dir=str(folder), **options)
+    with pytest.raises(ValueError) as error:
+        check_output_dir(config)
+    assert str(error.value) == (
+        f"--output_dir {folder} holds {names}, which a run would replace, but no training run wrote it (no "
+        "training_args.json); choose a new or empty --output_dir"
+    )
+    remove_earlier_run_outputs(config, MAIN_PROCESS, folder)  # were it reached anyway
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+
+
+def test_a_parent_folder_of_runs_is_no_run_and_overwriting_it_deletes_nothing(tmp_path):
+    runs = [earlier_run(tmp_path / "runs" / name) for name in ("a", "b")]
+    config = TrainingConfig(output_dir=str(tmp_path / "runs"), overwrite_output_dir=True)
+    remove_earlier_run_outputs(config, MAIN_PROCESS, check_output_dir(config))
+    assert all(sorted(path.name for path in run.iterdir()) == sorted(RUN_OUTPUTS) for run in runs)
+
+
+def test_output_folders_that_cannot_be_written_are_refused_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("")
+    for folder, message in [
+        (tmp_path / "file", f"--output_dir {tmp_path / 'file'} is a file; choose a folder"),
+        (
+            tmp_path / "file" / "run",
+            f"--output_dir {tmp_path / 'file' / 'run'} cannot be created: {tmp_path / 'file'} is a file; choose a "
+            "folder",
+        ),
+    ]:
+        with pytest.raises(NotADirectoryError) as error:
+            check_output_dir(TrainingConfig(output_dir=str(folder)))
+        assert str(error.value) == message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder, whatever its mode")
+@pytest.mark.parametrize("where", ["run", "run/deeper"])
+def test_an_output_folder_under_a_read_only_folder_is_refused(tmp_path, where):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(ValueError) as error:
+            check_output_dir(TrainingConfig(output_dir=str(locked / where)))
+        assert str(error.value) == (
+            f"--output_dir {locked / where} cannot be created: {locked} is not writable; choose a folder you can "
+            "write to"
+        )
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_second_run_into_a_locked_output_folder_is_refused(tmp_path):
+    run = tmp_path / "run"
+    with output_dir_lock(run):
+        assert (run / LOCK_FILE).read_text() == str(os.getpid())
+        with pytest.raises(ValueError) as error, output_dir_lock(run):
+            pass
+        assert str(error.value) == (
+            f"--output_dir {run} is in use by another training run (process {os.getpid()}); wait for it to end, or "
+            "choose another --output_dir"
+        )
+        (run / RUN_RECORD).write_text("{}")  # the run writes
+    with output_dir_lock(run):  # released when the run ends
+        pass
+    assert sorted(path.name for path in run.iterdir()) == [LOCK_FILE, RUN_RECORD]
+    # A folder the lock created, left holding only the lock (the run was refused before writing), is removed.
+    with pytest.raises(ValueError, match="a bad image"), output_dir_lock(tmp_path / "refused"):
+        raise ValueError("a bad image")
+    assert not (tmp_path / "refused").exists()
+
+
+LOCK_AND_SLEEP = """
+import sys, time
+from pathlib import Path
+from hfddpm.training.setup import output_dir_lock
+with output_dir_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_run_leaves_no_lock_behind(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_AND_SLEEP, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(ValueError, match=rf"is in use by another training run \(process {holder.pid}\)"):
+            with output_dir_lock(run):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_dir_lock(run):  # SIGKILL released it
+        assert (run / LOCK_FILE).read_text() == str(os.getpid())
 
 
 def test_the_run_state_records_its_position_counters_and_time_and_reads_them_back():

@@ -42,6 +42,7 @@ from .artefacts import (
     model_card_text,
     publish,
     push_in_background,
+    record_arguments,
     save_pipeline,
     save_sample_grid,
     training_info,
@@ -159,8 +160,7 @@ class Trainer:
         self.resume()
         accelerator = self.accelerator
         if accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            durable.write_text(self.output_dir / "training_args.json", json.dumps(self.config.recorded(), indent=2))
+            record_arguments(self.config, self.output_dir)
         accelerator.init_trackers("train", config=self.config.tracker_config())
         accelerator.print(
             f"{len(self.images)} images, {accelerator.num_processes} process(es) × batch "
