@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 
 from hfddpm import DDIMScheduler, HFDDPMPipeline
 from hfddpm.training import Trainer, TrainingConfig, parse_training_config
+from hfddpm.training.guards import NonFiniteLossError
 from hfddpm.training.setup import (
     LOCK_FILE,
     RUN_OUTPUTS,
@@ -80,9 +82,9 @@ class DenoiseAtOneLevel:
         return HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=10))
 
 
-def train(output_dir, **options) -> DenoiseAtOneLevel:
-    config = TrainingConfig(
-        output_dir=str(output_dir),
+def make_trainer(output_dir, objective=None, **options) -> Trainer:
+    """A Trainer of `objective` (`DenoiseAtOneLevel` by default) for a 10-step run of the tiny UNet on the digits."""
+    defaults = dict(
         model_preset="tiny",
         train_batch_size=16,
         max_train_steps=10,
@@ -93,14 +95,18 @@ def train(output_dir, **options) -> DenoiseAtOneLevel:
         logging_steps=1,
         lr_warmup_steps=2,
         report_to="none",
-        **options,
     )
-    objective = DenoiseAtOneLevel()
+    config = TrainingConfig(output_dir=str(output_dir), **{**defaults, **options})
     accelerator = create_accelerator(config, check_output_dir(config))
     images = load_training_images(config, accelerator)
     unet = create_training_unet(config, images.preprocessing.channels)
-    assert Trainer(config, accelerator, objective, unet, images).run() == 0
-    return objective
+    return Trainer(config, accelerator, objective or DenoiseAtOneLevel(), unet, images)
+
+
+def train(output_dir, **options) -> DenoiseAtOneLevel:
+    trainer = make_trainer(output_dir, **options)
+    assert trainer.run() == 0
+    return trainer.objective
 
 
 @pytest.mark.slow
@@ -147,6 +153,95 @@ def test_an_objective_cannot_take_the_names_of_the_engines_checkpointed_state(tm
     images = load_training_images(config, accelerator)
     with pytest.raises(ValueError, match=r"use the engine's names \['ema'\]; rename them"):
         Trainer(config, accelerator, Clashing(), create_training_unet(config, 1), images)
+
+
+class InfiniteGradientAt(DenoiseAtOneLevel):
+    """Finite losses, but at call `at` a backward hook makes the gradient infinite, as an overflow inside the network
+    would."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+
+    def __call__(self, model, batch, randomness):
+        output = super().__call__(model, batch, randomness)
+        if self.count.calls == self.at:
+            output.loss.register_hook(lambda grad: grad * float("inf"))
+        return output
+
+
+def all_finite(folder: Path) -> bool:
+    return all(
+        torch.isfinite(tensor).all() for file in folder.glob("*.safetensors") for tensor in load_file(file).values()
+    )
+
+
+@pytest.mark.slow
+def test_an_infinite_gradient_stops_the_run_before_the_update_or_is_skipped(tmp_path):
+    with pytest.raises(NonFiniteLossError) as error:
+        make_trainer(tmp_path / "stop", InfiniteGradientAt(3), checkpointing_steps=2).run()
+    assert re.fullmatch(
+        r"step 3: the gradient norm is (nan|inf); the run stopped without updating the weights, and checkpoint-2 is "
+        r"its last checkpoint: lower --learning_rate or --max_grad_norm, or pass --on_nonfinite_loss skip, then "
+        r"resume with --resume_from_checkpoint latest",
+        str(error.value),
+    )
+    assert [p.name for p in (tmp_path / "stop" / "checkpoints").iterdir()] == ["checkpoint-2"]
+    assert all_finite(tmp_path / "stop" / "checkpoints" / "checkpoint-2")
+
+    skipping = make_trainer(tmp_path / "skip", InfiniteGradientAt(3), checkpointing_steps=2, on_nonfinite_loss="skip")
+    assert skipping.run() == 0
+    assert json.loads((tmp_path / "skip" / "training_info.json").read_text())["nonfinite_steps"] == 1
+    assert all_finite(tmp_path / "skip" / "unet") and all_finite(tmp_path / "skip" / "checkpoints" / "checkpoint-8")
+
+
+def poison_update_at(trainer: Trainer, step: int) -> Trainer:
+    """Make optimizer step `step` leave one weight NaN, as an update that overflows does."""
+    original = trainer.optimizer.step
+
+    def update(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if trainer.state.global_step + 1 == step:
+            with torch.no_grad():
+                next(trainer.model.parameters()).view(-1)[0] = float("nan")
+        return result
+
+    trainer.optimizer.step = update
+    return trainer
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+@pytest.mark.parametrize(
+    "cause, options, step, kept",
+    [
+        ("an update that overflows", {}, 3, "checkpoint-2 is its last checkpoint"),
+        (
+            "a learning rate float32 cannot hold",
+            {"learning_rate": 1e39, "lr_warmup_steps": 0, "lr_scheduler": "constant"},
+            1,
+            "it has no checkpoint yet",
+        ),
+    ],
+)
+def test_an_update_that_makes_the_weights_non_finite_stops_the_run_before_any_save(
+    tmp_path, mode, cause, options, step, kept
+):
+    run = tmp_path / "run"
+    trainer = make_trainer(run, checkpointing_steps=1, save_model_steps=1, on_nonfinite_loss=mode, **options)
+    if not options:
+        poison_update_at(trainer, step)
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.run()
+    assert str(error.value) == (
+        f"step {step}: the update made the weights non-finite; the run stopped before saving them, and {kept}: "
+        "lower --learning_rate, then resume with --resume_from_checkpoint latest"
+    )
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == [f"checkpoint-{s}" for s in range(1, step)][-3:]
+    assert all(all_finite(run / "checkpoints" / name) for name in checkpoints)
+    assert all_finite(run / "unet") if step > 1 else not (run / "unet").exists()
 
 
 MAIN_PROCESS = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
