@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -130,9 +132,18 @@ def test_a_new_objective_reuses_the_loop_checkpoints_and_resume(tmp_path):
     weights = "unet/diffusion_pytorch_model.safetensors"
     a, b = load_file(tmp_path / "whole" / weights), load_file(resumed_dir / weights)
     assert all(torch.equal(a[name], b[name]) for name in a)
-    # The resumed run's training time counts the segment before the checkpoint too.
-    before = json.loads((checkpoint / "training_state.json").read_text())["wall_time_seconds"]
-    assert json.loads((resumed_dir / "training_info.json").read_text())["wall_time_seconds"] >= before
+    # A resumed run's training time is the segments' total: the time its checkpoint records (here set to 100
+    # minutes) plus the segment after it, in training_info.json and the model card.
+    long_run = tmp_path / "long"
+    shutil.copytree(checkpoint, long_run / "checkpoints" / "checkpoint-4")
+    shutil.copy(tmp_path / "whole" / "training_args.json", long_run)
+    state = long_run / "checkpoints" / "checkpoint-4" / "training_state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "wall_time_seconds": 6000.0}))
+    started = time.perf_counter()
+    train(long_run, resume_from_checkpoint="latest")
+    total = json.loads((long_run / "training_info.json").read_text())["wall_time_seconds"]
+    assert 6000.0 < total <= 6000.0 + time.perf_counter() - started
+    assert f"| training time | {total / 60:.1f} min |" in (long_run / "README.md").read_text()
 
 
 def test_the_engine_refuses_an_accelerator_that_contradicts_the_config_and_a_dataset_without_epochs():
