@@ -223,7 +223,16 @@ def test_check_step_flags_non_finite_values(loss, grad_norm, scaler, fault):
     assert check == StepCheck(fault=fault, stop_signal=None)
 
 
-def test_a_signal_is_recorded_for_the_step_and_a_second_sigint_interrupts_at_once():
+@pytest.fixture
+def sigint_handler():
+    """Set SIGINT's handler for the test (`nohup` and background jobs start with it ignored), then restore it."""
+    previous = signal.getsignal(signal.SIGINT)
+    yield lambda handler: signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_is_recorded_for_the_step_and_a_second_sigint_interrupts_at_once(sigint_handler):
+    sigint_handler(signal.default_int_handler)  # Python's own, as in a terminal
     previous = signal.getsignal(signal.SIGTERM)
     with StopRequest() as stop:
         signal.raise_signal(signal.SIGTERM)
@@ -233,6 +242,53 @@ def test_a_signal_is_recorded_for_the_step_and_a_second_sigint_interrupts_at_onc
     with pytest.raises(KeyboardInterrupt), StopRequest():
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGINT)
+
+
+def test_a_sigint_ignored_when_the_run_starts_stays_ignored(sigint_handler):
+    sigint_handler(signal.SIG_IGN)  # as under nohup or `cmd &`
+    with StopRequest() as stop:
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signum is None
+        signal.raise_signal(signal.SIGTERM)  # SIGTERM is still honoured
+        assert stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+IGNORING_SIGINT = "import signal, subprocess, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+IGNORING_SIGINT += "sys.exit(subprocess.call(sys.argv[1:]))"
+
+
+@pytest.mark.slow
+def test_the_signal_tests_pass_in_a_background_job():
+    """As `python -m pytest -q &` runs them: a child of a process that ignores SIGINT starts with it ignored."""
+    tests = [
+        f"{__file__}::{name}"
+        for name in (
+            "test_a_signal_is_recorded_for_the_step_and_a_second_sigint_interrupts_at_once",
+            "test_a_sigint_ignored_when_the_run_starts_stays_ignored",
+        )
+    ]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            IGNORING_SIGINT,
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *tests,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "2 passed" in result.stdout
 
 
 def memory_records(console: Path) -> list[dict]:

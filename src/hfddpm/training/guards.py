@@ -40,7 +40,9 @@ class StopRequest:
     """Within `with StopRequest():`, SIGTERM and SIGINT only record that the run should stop.
 
     The training loop finishes its optimizer step, saves a checkpoint and exits; a second signal while it does so
-    takes the signal's usual effect (SIGINT: KeyboardInterrupt; SIGTERM: termination).
+    takes the signal's usual effect (SIGINT: KeyboardInterrupt; SIGTERM: termination). A signal the process ignores
+    when the block starts stays ignored: `nohup` and a shell's background job (`cmd &`) start with SIGINT ignored,
+    so that Ctrl-C in the terminal does not reach them.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -51,7 +53,10 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # elsewhere Python cannot install handlers
-            self._previous = {signum: signal.signal(signum, self._record) for signum in self.SIGNALS}
+            ignored = [signum for signum in self.SIGNALS if signal.getsignal(signum) == signal.SIG_IGN]
+            self._previous = {
+                signum: signal.signal(signum, self._record) for signum in self.SIGNALS if signum not in ignored
+            }
         return self
 
     def __exit__(self, *exc_info) -> None:
