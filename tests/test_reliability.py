@@ -24,7 +24,7 @@ from hfddpm import HFDDPMPipeline
 from hfddpm.training.guards import StepCheck, StopRequest, check_step
 from hfddpm.training.tracking import read_jsonl_log
 
-from .test_train_script import FAST, weights
+from .test_train_script import FAST, command, weights
 
 
 def run_args(output_dir: Path, *args) -> list[str]:
@@ -195,6 +195,43 @@ def test_nan_losses_can_be_skipped_one_update_each(tmp_path, training_runner):
     assert log[4]["lr"] == log[5]["lr"] == log[6]["lr"] != log[7]["lr"]
     assert all(torch.isfinite(w).all() for w in weights(run).values())
     assert json.loads((run / "training_info.json").read_text())["nonfinite_steps"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_a_learning_rate_that_overflows_the_weights_stops_the_run_before_any_checkpoint(
+    tmp_path, training_runner, mode
+):
+    # Finite in float64, so the configuration takes it, but not in float32: the first update makes the weights Inf.
+    run, console = tmp_path / "run", tmp_path / "console.txt"
+    args = run_args(run, "--learning_rate", "1e39", "--lr_warmup_steps", "0", "--lr_scheduler", "constant")
+    training_runner.start([*args, "--checkpointing_steps", "1", "--on_nonfinite_loss", mode], console)
+    assert training_runner.wait() == 1
+    assert error_lines(console) == [
+        "error: step 1: the update made the weights non-finite; the run stopped before saving them, and it has no "
+        "checkpoint yet: lower --learning_rate, then resume with --resume_from_checkpoint latest"
+    ]
+    assert not (run / "checkpoints").exists() and not (run / "model_index.json").exists()
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_is_refused_and_a_killed_run_leaves_no_lock(tmp_path, training_runner):
+    run, console = tmp_path / "run", tmp_path / "console.txt"
+    argv = run_args(run, "--checkpointing_steps", "2", "--resume_from_checkpoint", "latest")
+    pid = training_runner.start([*argv, "--max_train_steps", "2000"], console)
+    wait_until(lambda: logged_steps(run) > 2, pid, console)
+    second = subprocess.run(command(run, *argv[2:]), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [
+        f"error: --output_dir {run} is in use by another training run (process {pid}); wait for it to end, or "
+        "choose another --output_dir"
+    ]
+    os.kill(pid, signal.SIGKILL)
+    assert training_runner.wait() == -signal.SIGKILL
+    step = max(int(path.name.split("-")[1]) for path in (run / "checkpoints").glob("checkpoint-*"))
+    training_runner.start([*argv, "--max_train_steps", str(step + 2)], console)  # the lock is free again
+    assert training_runner.wait() == 0
+    assert f"Resuming from {run / 'checkpoints' / f'checkpoint-{step}'}" in console.read_text()
 
 
 class OneProcess:
