@@ -186,9 +186,10 @@ def assert_same_weights(first, second) -> None:
 
 
 def forget_the_end_of_the_run(folder) -> None:
-    """What a kill after the step-3 checkpoint leaves: the checkpoint, not the finished pipeline."""
+    """What a kill after the step-3 checkpoint leaves: the run's records and the checkpoint, not the finished
+    pipeline."""
     for part in folder.iterdir():
-        if part.name != "checkpoints":
+        if part.name not in ("checkpoints", "training_args.json", "distillation.json"):
             shutil.rmtree(part) if part.is_dir() else part.unlink()
     assert [p.name for p in (folder / "checkpoints").iterdir()] == ["checkpoint-3"]
 
