@@ -132,8 +132,8 @@ def output_dir_lock(output_dir: Path) -> Iterator[None]:
     refused in one line. Only the main process of a launch locks (the others write where it says).
 
     The lock is `flock` on `LOCK_FILE`: the kernel drops it when the holder dies, even by SIGKILL, so no lock is
-    ever left stuck; the file may stay. A folder created here that holds nothing but the lock file at the end (the
-    run was refused before it wrote anything) is removed again. Where `fcntl` is missing (Windows) nothing is locked.
+    ever left stuck; the file may stay. Folders created here that hold nothing but the lock file at the end (the run
+    was refused before it wrote anything) are removed again. Where `fcntl` is missing (Windows) nothing is locked.
     """
     try:
         import fcntl
@@ -142,7 +142,7 @@ def output_dir_lock(output_dir: Path) -> Iterator[None]:
     if fcntl is None or not launched_as_main_process():
         yield
         return
-    created = not output_dir.exists()
+    created = [folder for folder in (output_dir, *output_dir.absolute().parents) if not folder.exists()]
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -164,9 +164,19 @@ def output_dir_lock(output_dir: Path) -> Iterator[None]:
         finally:
             if created and [path.name for path in output_dir.iterdir()] == [LOCK_FILE]:
                 (output_dir / LOCK_FILE).unlink()
-                output_dir.rmdir()
+                remove_empty_folders(created)
     finally:
         os.close(descriptor)
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) while they are empty; one that is not (another run wrote there) stays, and so
+    do its parents."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def create_accelerator(config: TrainingConfig, output_dir: Path) -> Accelerator:
