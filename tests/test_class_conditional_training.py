@@ -74,6 +74,7 @@ def test_a_class_conditional_run_saves_its_classes_and_resumes_exactly(tmp_path,
     shutil.copytree(
         tmp_path / "whole" / "checkpoints" / "checkpoint-10", tmp_path / "resumed" / "checkpoints" / "checkpoint-10"
     )
+    shutil.copy(tmp_path / "whole" / "training_args.json", tmp_path / "resumed")  # the mark of a run's folder
     train(tmp_path / "resumed", *args, "--resume_from_checkpoint", "latest", runner=training_runner)
     whole, resumed = weights(tmp_path / "whole"), weights(tmp_path / "resumed")
     assert all(torch.equal(whole[name], resumed[name]) for name in whole)

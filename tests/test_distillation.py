@@ -186,9 +186,10 @@ def assert_same_weights(first, second) -> None:
 
 
 def forget_the_end_of_the_run(folder) -> None:
-    """What a kill after the step-3 checkpoint leaves: the checkpoint, not the finished pipeline."""
+    """What a kill after the step-3 checkpoint leaves: the run's records and the checkpoint, not the finished
+    pipeline."""
     for part in folder.iterdir():
-        if part.name != "checkpoints":
+        if part.name not in ("checkpoints", "training_args.json", "distillation.json"):
             shutil.rmtree(part) if part.is_dir() else part.unlink()
     assert [p.name for p in (folder / "checkpoints").iterdir()] == ["checkpoint-3"]
 
@@ -464,3 +465,24 @@ def test_class_conditioning_must_match_the_teacher(tiny_teacher, tmp_path):
         ValueError, match=r"the data's classes \['0', '1', .*'9'\] are not the teacher's \['0', '1', '2'\]"
     ):
         distill_progressive(config)  # the built-in digits for an 8×8 grey teacher
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_distillation_never_replaces_files_no_run_wrote(tiny_teacher, tmp_path, overwrite):
+    """A consistency run into a folder of the user's, and a progressive round whose folder holds the user's saved
+    pipeline, are refused before anything is written; a progressive run's parent folder receives only the rounds."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes")
+    options = engine_options(mine, overwrite_output_dir=overwrite)
+    with pytest.raises(ValueError, match=r"mine holds README.md, which a run would replace, but no training run"):
+        distill_consistency(ConsistencyDistillationConfig(teacher=tiny_teacher, **options))
+    shutil.copytree(tiny_teacher, mine / "steps-2")
+    progressive = ProgressiveDistillationConfig(teacher=tiny_teacher, teacher_steps=4, **options)
+    with pytest.raises(
+        ValueError, match=r"steps-2 holds unet, scheduler, model_index.json, which a run would replace"
+    ):
+        distill_progressive(progressive)
+    assert sorted(path.name for path in mine.iterdir()) == ["README.md", "steps-2"]
+    assert sorted(path.name for path in (mine / "steps-2").iterdir()) == ["model_index.json", "scheduler", "unet"]
+    assert (mine / "README.md").read_text() == "my notes"

@@ -4,6 +4,12 @@ configuration checks its values; the old flag name still works."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,16 +20,22 @@ from safetensors.torch import load_file
 
 from hfddpm import DDIMScheduler, HFDDPMPipeline
 from hfddpm.training import Trainer, TrainingConfig, parse_training_config
+from hfddpm.training.guards import NonFiniteLossError
 from hfddpm.training.setup import (
+    LOCK_FILE,
     RUN_OUTPUTS,
+    RUN_RECORD,
     check_output_dir,
     create_accelerator,
     create_training_unet,
     load_training_images,
+    output_dir_lock,
     remove_earlier_run_outputs,
 )
 from hfddpm.training.state import RunState
 from hfddpm.training.tracking import read_jsonl_log
+
+from .conftest import tiny_unet
 
 
 class CallCount:
@@ -72,9 +84,9 @@ class DenoiseAtOneLevel:
         return HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=10))
 
 
-def train(output_dir, **options) -> DenoiseAtOneLevel:
-    config = TrainingConfig(
-        output_dir=str(output_dir),
+def make_trainer(output_dir, objective=None, **options) -> Trainer:
+    """A Trainer of `objective` (`DenoiseAtOneLevel` by default) for a 10-step run of the tiny UNet on the digits."""
+    defaults = dict(
         model_preset="tiny",
         train_batch_size=16,
         max_train_steps=10,
@@ -85,14 +97,18 @@ def train(output_dir, **options) -> DenoiseAtOneLevel:
         logging_steps=1,
         lr_warmup_steps=2,
         report_to="none",
-        **options,
     )
-    objective = DenoiseAtOneLevel()
+    config = TrainingConfig(output_dir=str(output_dir), **{**defaults, **options})
     accelerator = create_accelerator(config, check_output_dir(config))
     images = load_training_images(config, accelerator)
     unet = create_training_unet(config, images.preprocessing.channels)
-    assert Trainer(config, accelerator, objective, unet, images).run() == 0
-    return objective
+    return Trainer(config, accelerator, objective or DenoiseAtOneLevel(), unet, images)
+
+
+def train(output_dir, **options) -> DenoiseAtOneLevel:
+    trainer = make_trainer(output_dir, **options)
+    assert trainer.run() == 0
+    return trainer.objective
 
 
 @pytest.mark.slow
@@ -116,9 +132,18 @@ def test_a_new_objective_reuses_the_loop_checkpoints_and_resume(tmp_path):
     weights = "unet/diffusion_pytorch_model.safetensors"
     a, b = load_file(tmp_path / "whole" / weights), load_file(resumed_dir / weights)
     assert all(torch.equal(a[name], b[name]) for name in a)
-    # The resumed run's training time counts the segment before the checkpoint too.
-    before = json.loads((checkpoint / "training_state.json").read_text())["wall_time_seconds"]
-    assert json.loads((resumed_dir / "training_info.json").read_text())["wall_time_seconds"] >= before
+    # A resumed run's training time is the segments' total: the time its checkpoint records (here set to 100
+    # minutes) plus the segment after it, in training_info.json and the model card.
+    long_run = tmp_path / "long"
+    shutil.copytree(checkpoint, long_run / "checkpoints" / "checkpoint-4")
+    shutil.copy(tmp_path / "whole" / "training_args.json", long_run)
+    state = long_run / "checkpoints" / "checkpoint-4" / "training_state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "wall_time_seconds": 6000.0}))
+    started = time.perf_counter()
+    train(long_run, resume_from_checkpoint="latest")
+    total = json.loads((long_run / "training_info.json").read_text())["wall_time_seconds"]
+    assert 6000.0 < total <= 6000.0 + time.perf_counter() - started
+    assert f"| training time | {total / 60:.1f} min |" in (long_run / "README.md").read_text()
 
 
 def test_the_engine_refuses_an_accelerator_that_contradicts_the_config_and_a_dataset_without_epochs():
@@ -141,23 +166,242 @@ def test_an_objective_cannot_take_the_names_of_the_engines_checkpointed_state(tm
         Trainer(config, accelerator, Clashing(), create_training_unet(config, 1), images)
 
 
-def test_overwriting_removes_what_an_earlier_run_wrote_and_nothing_else(tmp_path):
-    main_process = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
-    config = TrainingConfig(overwrite_output_dir=True)
+class InfiniteGradientAt(DenoiseAtOneLevel):
+    """Finite losses, but at call `at` a backward hook makes the gradient infinite, as an overflow inside the network
+    would."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+
+    def __call__(self, model, batch, randomness):
+        output = super().__call__(model, batch, randomness)
+        if self.count.calls == self.at:
+            output.loss.register_hook(lambda grad: grad * float("inf"))
+        return output
+
+
+def all_finite(folder: Path) -> bool:
+    return all(
+        torch.isfinite(tensor).all() for file in folder.glob("*.safetensors") for tensor in load_file(file).values()
+    )
+
+
+@pytest.mark.slow
+def test_an_infinite_gradient_stops_the_run_before_the_update_or_is_skipped(tmp_path):
+    with pytest.raises(NonFiniteLossError) as error:
+        make_trainer(tmp_path / "stop", InfiniteGradientAt(3), checkpointing_steps=2).run()
+    assert re.fullmatch(
+        r"step 3: the gradient norm is (nan|inf); the run stopped without updating the weights, and checkpoint-2 is "
+        r"its last checkpoint: lower --learning_rate or --max_grad_norm, or pass --on_nonfinite_loss skip, then "
+        r"resume with --resume_from_checkpoint latest",
+        str(error.value),
+    )
+    assert [p.name for p in (tmp_path / "stop" / "checkpoints").iterdir()] == ["checkpoint-2"]
+    assert all_finite(tmp_path / "stop" / "checkpoints" / "checkpoint-2")
+
+    skipping = make_trainer(tmp_path / "skip", InfiniteGradientAt(3), checkpointing_steps=2, on_nonfinite_loss="skip")
+    assert skipping.run() == 0
+    assert json.loads((tmp_path / "skip" / "training_info.json").read_text())["nonfinite_steps"] == 1
+    assert all_finite(tmp_path / "skip" / "unet") and all_finite(tmp_path / "skip" / "checkpoints" / "checkpoint-8")
+
+
+def poison_update_at(trainer: Trainer, step: int) -> Trainer:
+    """Make optimizer step `step` leave one weight NaN, as an update that overflows does."""
+    original = trainer.optimizer.step
+
+    def update(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if trainer.state.global_step + 1 == step:
+            with torch.no_grad():
+                next(trainer.model.parameters()).view(-1)[0] = float("nan")
+        return result
+
+    trainer.optimizer.step = update
+    return trainer
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+@pytest.mark.parametrize(
+    "cause, options, step, kept",
+    [
+        ("an update that overflows", {}, 3, "checkpoint-2 is its last checkpoint"),
+        (
+            "a learning rate float32 cannot hold",
+            {"learning_rate": 1e39, "lr_warmup_steps": 0, "lr_scheduler": "constant"},
+            1,
+            "it has no checkpoint yet",
+        ),
+    ],
+)
+def test_an_update_that_makes_the_weights_non_finite_stops_the_run_before_any_save(
+    tmp_path, mode, cause, options, step, kept
+):
     run = tmp_path / "run"
+    trainer = make_trainer(run, checkpointing_steps=1, save_model_steps=1, on_nonfinite_loss=mode, **options)
+    if not options:
+        poison_update_at(trainer, step)
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.run()
+    assert str(error.value) == (
+        f"step {step}: the update made the weights non-finite; the run stopped before saving them, and {kept}: "
+        "lower --learning_rate, then resume with --resume_from_checkpoint latest"
+    )
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == [f"checkpoint-{s}" for s in range(1, step)][-3:]
+    assert all(all_finite(run / "checkpoints" / name) for name in checkpoints)
+    assert all_finite(run / "unet") if step > 1 else not (run / "unet").exists()
+
+
+MAIN_PROCESS = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+
+
+def earlier_run(folder: Path) -> Path:
+    """A folder as a run leaves it: its record first, then every run output."""
     for part in RUN_OUTPUTS:
-        (run / part).mkdir(parents=True) if "." not in part else (run / part).write_text("{}")
+        (folder / part).mkdir(parents=True) if "." not in part else (folder / part).write_text("{}")
+    (folder / RUN_RECORD).write_text(json.dumps(TrainingConfig(output_dir=str(folder)).recorded()))
+    return folder
+
+
+def test_overwriting_removes_what_an_earlier_run_wrote_and_nothing_else(tmp_path):
+    run = earlier_run(tmp_path / "run")
     (run / "notes.txt").write_text("mine")
     (run / "my-images").mkdir()
-    remove_earlier_run_outputs(config, main_process, run)
-    assert sorted(path.name for path in run.iterdir()) == ["my-images", "notes.txt"]
+    (run / LOCK_FILE).touch()
+    config = TrainingConfig(output_dir=str(run), overwrite_output_dir=True)
+    remove_earlier_run_outputs(config, MAIN_PROCESS, check_output_dir(config))
+    assert sorted(path.name for path in run.iterdir()) == [LOCK_FILE, "my-images", "notes.txt"]
 
-    # A folder holding no earlier run (no checkpoints/, no model_index.json) is left whole, run-like names included.
-    folder = tmp_path / "mine"
-    (folder / "samples").mkdir(parents=True)
+
+def user_folder_with_readme(folder: Path) -> str:
+    folder.mkdir()
     (folder / "README.md").write_text("my notes")
-    remove_earlier_run_outputs(config, main_process, folder)
-    assert (folder / "samples").is_dir() and (folder / "README.md").read_text() == "my notes"
+    return "README.md"
+
+
+def saved_pipeline(folder: Path) -> str:
+    HFDDPMPipeline(unet=tiny_unet(), scheduler=DDIMScheduler()).save_pretrained(folder)
+    return "unet, scheduler, model_index.json"
+
+
+def folder_with_run_like_names(folder: Path) -> str:
+    for name in ("samples", "logs", "checkpoints"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "mine.txt").write_text(name)
+    return "checkpoints, samples, logs"
+
+
+def record_that_is_no_runs(folder: Path) -> str:
+    folder.mkdir()
+    (folder / RUN_RECORD).write_text("my own notes, not JSON")
+    (folder / "evaluation.json").write_text('{"mine": 1}')
+    return "training_args.json, evaluation.json"
+
+
+@pytest.mark.parametrize(
+    "make", [user_folder_with_readme, saved_pipeline, folder_with_run_like_names, record_that_is_no_runs]
+)
+@pytest.mark.parametrize("options", [{}, {"overwrite_output_dir": True}, {"resume_from_checkpoint": "latest"}])
+def test_a_folder_no_run_wrote_is_refused_and_loses_nothing(tmp_path, make, options):
+    folder = tmp_path / "mine"
+    names = make(folder)
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    config = TrainingConfig(output_dir=str(folder), **options)
+    with pytest.raises(ValueError) as error:
+        check_output_dir(config)
+    assert str(error.value) == (
+        f"--output_dir {folder} holds {names}, which a run would replace, but no training run wrote it (no "
+        "training_args.json); choose a new or empty --output_dir"
+    )
+    remove_earlier_run_outputs(config, MAIN_PROCESS, folder)  # were it reached anyway
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+
+
+def test_a_parent_folder_of_runs_is_no_run_and_overwriting_it_deletes_nothing(tmp_path):
+    runs = [earlier_run(tmp_path / "runs" / name) for name in ("a", "b")]
+    config = TrainingConfig(output_dir=str(tmp_path / "runs"), overwrite_output_dir=True)
+    remove_earlier_run_outputs(config, MAIN_PROCESS, check_output_dir(config))
+    assert all(sorted(path.name for path in run.iterdir()) == sorted(RUN_OUTPUTS) for run in runs)
+
+
+def test_output_folders_that_cannot_be_written_are_refused_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("")
+    for folder, message in [
+        (tmp_path / "file", f"--output_dir {tmp_path / 'file'} is a file; choose a folder"),
+        (
+            tmp_path / "file" / "run",
+            f"--output_dir {tmp_path / 'file' / 'run'} cannot be created: {tmp_path / 'file'} is a file; choose a "
+            "folder",
+        ),
+    ]:
+        with pytest.raises(NotADirectoryError) as error:
+            check_output_dir(TrainingConfig(output_dir=str(folder)))
+        assert str(error.value) == message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder, whatever its mode")
+@pytest.mark.parametrize("where", ["run", "run/deeper"])
+def test_an_output_folder_under_a_read_only_folder_is_refused(tmp_path, where):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(ValueError) as error:
+            check_output_dir(TrainingConfig(output_dir=str(locked / where)))
+        assert str(error.value) == (
+            f"--output_dir {locked / where} cannot be created: {locked} is not writable; choose a folder you can "
+            "write to"
+        )
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_second_run_into_a_locked_output_folder_is_refused(tmp_path):
+    run = tmp_path / "run"
+    with output_dir_lock(run):
+        assert (run / LOCK_FILE).read_text() == str(os.getpid())
+        with pytest.raises(ValueError) as error, output_dir_lock(run):
+            pass
+        assert str(error.value) == (
+            f"--output_dir {run} is in use by another training run (process {os.getpid()}); wait for it to end, or "
+            "choose another --output_dir"
+        )
+        (run / RUN_RECORD).write_text("{}")  # the run writes
+    with output_dir_lock(run):  # released when the run ends
+        pass
+    assert sorted(path.name for path in run.iterdir()) == [LOCK_FILE, RUN_RECORD]
+    # Folders the lock created, left holding only the lock (the run was refused before writing), are removed.
+    with pytest.raises(ValueError, match="a bad image"), output_dir_lock(tmp_path / "new" / "refused"):
+        raise ValueError("a bad image")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
+
+
+LOCK_AND_SLEEP = """
+import sys, time
+from pathlib import Path
+from hfddpm.training.setup import output_dir_lock
+with output_dir_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_no_lock_behind(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_AND_SLEEP, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(ValueError, match=rf"is in use by another training run \(process {holder.pid}\)"):
+            with output_dir_lock(run):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_dir_lock(run):  # SIGKILL released it
+        assert (run / LOCK_FILE).read_text() == str(os.getpid())
 
 
 def test_the_run_state_records_its_position_counters_and_time_and_reads_them_back():
@@ -187,6 +431,9 @@ def test_the_run_state_records_its_position_counters_and_time_and_reads_them_bac
         ({"adam_epsilon": -1e-8}, "--adam_epsilon must be a finite number in (0, inf), got -1e-08"),
         ({"ema_max_decay": float("nan")}, "--ema_max_decay must be a finite number in [0, 1], got nan"),
         ({"vlb_weight": -1.0}, "--vlb_weight must be a finite number in [0, inf), got -1.0"),
+        ({"snr_gamma": float("nan")}, "--snr_gamma must be a finite number in (0, inf), got nan"),
+        ({"snr_gamma": 0.0}, "--snr_gamma must be a finite number in (0, inf), got 0.0"),
+        ({"preprocessing_num_workers": 0}, "--preprocessing_num_workers must be at least 1, got 0"),
         ({"seed": 2**32}, "--seed must be in [0, 4294967295], got 4294967296"),
         ({"train_batch_size": 0}, "--train_batch_size must be at least 1, got 0"),
         ({"dataloader_num_workers": -1}, "--dataloader_num_workers must be at least 0, got -1"),

@@ -24,7 +24,7 @@ from hfddpm import HFDDPMPipeline
 from hfddpm.training.guards import StepCheck, StopRequest, check_step
 from hfddpm.training.tracking import read_jsonl_log
 
-from .test_train_script import FAST, weights
+from .test_train_script import FAST, command, weights
 
 
 def run_args(output_dir: Path, *args) -> list[str]:
@@ -197,6 +197,43 @@ def test_nan_losses_can_be_skipped_one_update_each(tmp_path, training_runner):
     assert json.loads((run / "training_info.json").read_text())["nonfinite_steps"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_a_learning_rate_that_overflows_the_weights_stops_the_run_before_any_checkpoint(
+    tmp_path, training_runner, mode
+):
+    # Finite in float64, so the configuration takes it, but not in float32: the first update makes the weights Inf.
+    run, console = tmp_path / "run", tmp_path / "console.txt"
+    args = run_args(run, "--learning_rate", "1e39", "--lr_warmup_steps", "0", "--lr_scheduler", "constant")
+    training_runner.start([*args, "--checkpointing_steps", "1", "--on_nonfinite_loss", mode], console)
+    assert training_runner.wait() == 1
+    assert error_lines(console) == [
+        "error: step 1: the update made the weights non-finite; the run stopped before saving them, and it has no "
+        "checkpoint yet: lower --learning_rate, then resume with --resume_from_checkpoint latest"
+    ]
+    assert not (run / "checkpoints").exists() and not (run / "model_index.json").exists()
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_is_refused_and_a_killed_run_leaves_no_lock(tmp_path, training_runner):
+    run, console = tmp_path / "run", tmp_path / "console.txt"
+    argv = run_args(run, "--checkpointing_steps", "2", "--resume_from_checkpoint", "latest")
+    pid = training_runner.start([*argv, "--max_train_steps", "2000"], console)
+    wait_until(lambda: logged_steps(run) > 2, pid, console)
+    second = subprocess.run(command(run, *argv[2:]), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [
+        f"error: --output_dir {run} is in use by another training run (process {pid}); wait for it to end, or "
+        "choose another --output_dir"
+    ]
+    os.kill(pid, signal.SIGKILL)
+    assert training_runner.wait() == -signal.SIGKILL
+    step = max(int(path.name.split("-")[1]) for path in (run / "checkpoints").glob("checkpoint-*"))
+    training_runner.start([*argv, "--max_train_steps", str(step + 2)], console)  # the lock is free again
+    assert training_runner.wait() == 0
+    assert f"Resuming from {run / 'checkpoints' / f'checkpoint-{step}'}" in console.read_text()
+
+
 class OneProcess:
     """What `check_step` uses of an Accelerator, for one process."""
 
@@ -223,7 +260,16 @@ def test_check_step_flags_non_finite_values(loss, grad_norm, scaler, fault):
     assert check == StepCheck(fault=fault, stop_signal=None)
 
 
-def test_a_signal_is_recorded_for_the_step_and_a_second_sigint_interrupts_at_once():
+@pytest.fixture
+def sigint_handler():
+    """Set SIGINT's handler for the test (`nohup` and background jobs start with it ignored), then restore it."""
+    previous = signal.getsignal(signal.SIGINT)
+    yield lambda handler: signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_is_recorded_for_the_step_and_a_second_sigint_interrupts_at_once(sigint_handler):
+    sigint_handler(signal.default_int_handler)  # Python's own, as in a terminal
     previous = signal.getsignal(signal.SIGTERM)
     with StopRequest() as stop:
         signal.raise_signal(signal.SIGTERM)
@@ -233,6 +279,53 @@ def test_a_signal_is_recorded_for_the_step_and_a_second_sigint_interrupts_at_onc
     with pytest.raises(KeyboardInterrupt), StopRequest():
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGINT)
+
+
+def test_a_sigint_ignored_when_the_run_starts_stays_ignored(sigint_handler):
+    sigint_handler(signal.SIG_IGN)  # as under nohup or `cmd &`
+    with StopRequest() as stop:
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signum is None
+        signal.raise_signal(signal.SIGTERM)  # SIGTERM is still honoured
+        assert stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+IGNORING_SIGINT = "import signal, subprocess, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+IGNORING_SIGINT += "sys.exit(subprocess.call(sys.argv[1:]))"
+
+
+@pytest.mark.slow
+def test_the_signal_tests_pass_in_a_background_job():
+    """As `python -m pytest -q &` runs them: a child of a process that ignores SIGINT starts with it ignored."""
+    tests = [
+        f"{__file__}::{name}"
+        for name in (
+            "test_a_signal_is_recorded_for_the_step_and_a_second_sigint_interrupts_at_once",
+            "test_a_sigint_ignored_when_the_run_starts_stays_ignored",
+        )
+    ]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            IGNORING_SIGINT,
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *tests,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "2 passed" in result.stdout
 
 
 def memory_records(console: Path) -> list[dict]:

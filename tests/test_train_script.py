@@ -117,6 +117,36 @@ def test_two_processes_stop_together_on_sigterm_and_resume_with_identical_replic
     assert json.loads((run / "training_args.json").read_text())["train_batch_size"] == 16
 
 
+ACCELERATE_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+ACCELERATE_LAUNCH += [str(SCRIPT.parent / "accelerate_config.yaml")]
+
+
+def test_accelerate_launch_with_the_shipped_config_is_quiet_and_reports_a_stop_as_status_1(tmp_path):
+    """The README's launch: no list of defaults accelerate filled in. A SIGTERM to the training process saves and
+    stops it as under python, but accelerate's launcher turns its 143 into 1 (and, without -q, its own traceback)."""
+    run = tmp_path / "run"
+    result = train(run, "--max_train_steps", "1", launcher=ACCELERATE_LAUNCH)
+    assert "had defaults used instead" not in result.stderr
+    shutil.rmtree(run)
+    launcher = subprocess.Popen(
+        [*ACCELERATE_LAUNCH[:3], "-q", *ACCELERATE_LAUNCH[3:], *command(run, "--max_train_steps", "2000")[1:]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    log = run / "logs" / "train.jsonl"
+    deadline = time.time() + 300
+    while not (log.is_file() and log.read_text().count('"step": ') >= 2) and time.time() < deadline:
+        time.sleep(0.05)
+    [training_process] = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    os.kill(int(training_process), signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1 and "Traceback" not in stderr
+    [step] = re.findall(r"SIGTERM: stopped at step (\d+) and saved checkpoint-\1", stderr)
+    assert (run / "checkpoints" / f"checkpoint-{step}" / "training_state.json").is_file()
+
+
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_learned_variance_trains_with_the_hybrid_loss(tmp_path, training_runner, precision):
     args = ["--max_train_steps", "15", "--variance_type", "learned_range", "--mixed_precision", precision]
@@ -140,6 +170,7 @@ def test_the_bound_with_importance_sampling_trains_and_resumes_exactly(tmp_path,
     assert (checkpoint / "timestep_sampler.safetensors").is_file()
 
     shutil.copytree(checkpoint, tmp_path / "resumed" / "checkpoints" / "checkpoint-30")
+    shutil.copy(tmp_path / "whole" / "training_args.json", tmp_path / "resumed")  # the mark of a run's folder
     train(tmp_path / "resumed", *args, "--resume_from_checkpoint", "latest", runner=training_runner)
     whole, resumed = weights(tmp_path / "whole"), weights(tmp_path / "resumed")
     assert all(torch.equal(whole[name], resumed[name]) for name in whole)

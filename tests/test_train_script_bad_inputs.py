@@ -73,6 +73,7 @@ def checkpoint(tmp_path_factory, training_runner) -> Path:
 def damaged_checkpoint(tmp: Path, source: Path, damage) -> list[str]:
     copy = tmp / "run" / "checkpoints" / source.name
     shutil.copytree(source, copy)
+    shutil.copy(source.parents[1] / "training_args.json", tmp / "run")  # the run's record: a run wrote the folder
     damage(copy)
     return ["--resume_from_checkpoint", "latest", "--max_train_steps", "3"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import sys
@@ -20,9 +21,17 @@ from ..pipelines import HFDDPMPipeline
 from ..visualize import sample_grid, save_image, to_pil
 from .checkpoints import CheckpointError
 from .config import TrainingConfig
+from .setup import RUN_RECORD
 
 if TYPE_CHECKING:
     from ..evaluation import EvaluationReport
+
+
+def record_arguments(config: TrainingConfig, output_dir: Path) -> None:
+    """Write the run's configuration (never the token) to `RUN_RECORD`, before anything else: it marks the folder
+    as one a run wrote, whose run outputs a later --overwrite_output_dir may delete (`setup.written_by_run`)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    durable.write_text(output_dir / RUN_RECORD, json.dumps(config.recorded(), indent=2))
 
 
 def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:

@@ -53,6 +53,7 @@ _POSITIVE_COUNTS = (
     "num_epochs",
     "max_train_steps",
     "cpu_threads",
+    "preprocessing_num_workers",
     "eval_every",
     "eval_num_samples",
     "save_model_steps",
@@ -61,7 +62,8 @@ _POSITIVE_COUNTS = (
     "num_train_timesteps",
 )
 _NON_NEGATIVE_COUNTS = ("lr_warmup_steps", "dataloader_num_workers")
-# The interval each real-valued option must lie in, as its brackets say; every one must also be finite.
+# The interval each real-valued option must lie in, as its brackets say; every one must also be finite (None, where
+# the option allows it, is its absence).
 _INTERVALS = {
     "learning_rate": ("(", 0.0, math.inf, ")"),
     "max_grad_norm": ("(", 0.0, math.inf, ")"),
@@ -73,6 +75,7 @@ _INTERVALS = {
     "ema_max_decay": ("[", 0.0, 1.0, "]"),
     "ema_inv_gamma": ("(", 0.0, math.inf, ")"),
     "ema_power": ("(", 0.0, math.inf, ")"),
+    "snr_gamma": ("(", 0.0, math.inf, ")"),
 }
 _KIND_NAMES = {
     int: "an integer",
@@ -200,7 +203,7 @@ class TrainingConfig:
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
         for name, interval in self.intervals.items():
-            if not _in_interval(getattr(self, name), interval):
+            if getattr(self, name) is not None and not _in_interval(getattr(self, name), interval):
                 left, low, high, right = interval
                 raise ValueError(
                     f"--{name} must be a finite number in {left}{low:g}, {high:g}{right}, got {getattr(self, name)}"

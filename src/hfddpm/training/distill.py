@@ -23,6 +23,7 @@ from accelerate import PartialState
 from .. import durable
 from ..conditioning import num_classes
 from ..pipelines import HFDDPMPipeline
+from .artefacts import record_arguments
 from .command import run_command
 from .config import DEFAULT_CLASS_DROPOUT_PROB, TrainingConfig, launched_as_main_process, training_argument_parser
 from .distillation import (
@@ -36,9 +37,11 @@ from .distillation import (
 from .engine import Trainer
 from .setup import (
     check_output_dir,
+    check_output_path,
     create_accelerator,
     delete_run_outputs,
     load_training_images,
+    output_dir_lock,
     remove_earlier_run_outputs,
 )
 
@@ -217,7 +220,7 @@ def train_student(
             "pass the teacher's data (--dataset_name or --train_data_dir, and --label_column)"
         )
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        record_arguments(config, output_dir)  # first: it marks the folder as a run's
         write_lineage(output_dir, lineage)
     status = Trainer(config, accelerator, objective, student, images).run()
     accelerator.wait_for_everyone()  # the next round reads what the main process wrote
@@ -260,8 +263,8 @@ def round_configs(config: ProgressiveDistillationConfig) -> list[ProgressiveDist
 def distill_progressive(config: ProgressiveDistillationConfig) -> int:
     """Progressive distillation, round by round; with --resume_from_checkpoint latest, finished rounds are kept and
     the unfinished one resumes. Every folder is checked before the first round. The exit status (0, or 1 when a
-    push failed)."""
-    check_output_dir(config)
+    push failed). The rounds' parent folder is locked for the distillation's life."""
+    check_output_path(config.output_dir)  # the rounds' parent: each round's folder is checked below
     teacher, config = load_teacher(config)
     num_train_timesteps = teacher.scheduler.config.num_train_timesteps
     if config.teacher_steps > num_train_timesteps:
@@ -287,9 +290,23 @@ def distill_progressive(config: ProgressiveDistillationConfig) -> int:
     for round_config, done in zip(rounds, finished, strict=True):
         if not done:
             check_output_dir(round_config)
-    if config.overwrite_output_dir and not resuming and launched_as_main_process():
-        for round_config in rounds:  # all at once: no stale later round may outlive a stopped run
-            delete_run_outputs(Path(round_config.output_dir))
+    with output_dir_lock(Path(config.output_dir)):
+        if config.overwrite_output_dir and not resuming and launched_as_main_process():
+            for round_config in rounds:  # all at once: no stale later round may outlive a stopped run
+                delete_run_outputs(Path(round_config.output_dir))
+        status = train_rounds(config, teacher, rounds, lineages, finished)
+    PartialState().destroy_process_group()
+    return status
+
+
+def train_rounds(
+    config: ProgressiveDistillationConfig,
+    teacher: HFDDPMPipeline,
+    rounds: list[ProgressiveDistillationConfig],
+    lineages: list[dict],
+    finished: list[bool],
+) -> int:
+    """Train the unfinished rounds, each from the previous round's student; the highest exit status."""
     status, earlier_seconds, source = 0, 0.0, config.teacher
     for round_config, lineage, done in zip(rounds, lineages, finished, strict=True):
         round_dir = Path(round_config.output_dir)
@@ -306,7 +323,6 @@ def distill_progressive(config: ProgressiveDistillationConfig) -> int:
             status = max(status, train_student(round_config, objective, teacher, lineage))
         earlier_seconds += json.loads((round_dir / "training_info.json").read_text())["wall_time_seconds"]
         teacher, source = HFDDPMPipeline.from_pretrained(round_dir), str(round_dir)
-    PartialState().destroy_process_group()
     return status
 
 
@@ -335,7 +351,8 @@ def distill_consistency(config: ConsistencyDistillationConfig) -> int:
             config.class_dropout_prob or 0.0,
         )
 
-    status = train_student(config, objective, teacher, lineage)
+    with output_dir_lock(Path(config.output_dir)):
+        status = train_student(config, objective, teacher, lineage)
     PartialState().destroy_process_group()
     return status
 

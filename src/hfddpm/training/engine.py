@@ -9,7 +9,8 @@ examples follow:
 2. gradient clipping, then one check across processes (`guards.check_step`): a NaN or Inf loss or gradient stops
    the run or skips the update before the optimizer, EMA or learning-rate schedule move; a SIGTERM/SIGINT is
    honoured after the step, with a checkpoint;
-3. the optimizer, learning-rate schedule and EMA step, then the objective's `after_update`;
+3. the optimizer step, after which weights that are no longer finite stop the run before anything saves them; the
+   learning-rate schedule and EMA step, then the objective's `after_update`;
 4. a log line every `logging_steps`, then the periodic work: checkpoint, sample grid, evaluation, pipeline save
    (and push).
 
@@ -42,13 +43,14 @@ from .artefacts import (
     model_card_text,
     publish,
     push_in_background,
+    record_arguments,
     save_pipeline,
     save_sample_grid,
     training_info,
 )
 from .checkpoints import CheckpointManager
 from .config import TrainingConfig
-from .guards import NonFiniteLossError, RunInterrupted, StepCheck, StopRequest, check_step
+from .guards import NonFiniteLossError, RunInterrupted, StepCheck, StopRequest, check_step, weights_are_finite
 from .loop import TrainingRandomness, averaged_copy, replica_checksum
 from .losses import LossOutput
 from .objectives import Objective
@@ -159,8 +161,7 @@ class Trainer:
         self.resume()
         accelerator = self.accelerator
         if accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            durable.write_text(self.output_dir / "training_args.json", json.dumps(self.config.recorded(), indent=2))
+            record_arguments(self.config, self.output_dir)
         accelerator.init_trackers("train", config=self.config.tracker_config())
         accelerator.print(
             f"{len(self.images)} images, {accelerator.num_processes} process(es) × batch "
@@ -226,6 +227,8 @@ class Trainer:
         check = check_step(self.accelerator, self.step_loss, self.grad_norm, stop_request)
         if check.fault is None:
             self.optimizer.step()
+            if not weights_are_finite(self.model):
+                self.stop_for_nonfinite_weights()
         elif self.accelerator.scaler is not None:
             self.accelerator.scaler.update()  # closes clip_grad_norm_'s unscale_ without a step
         self.optimizer.zero_grad(set_to_none=True)
@@ -256,16 +259,30 @@ class Trainer:
         self.state.nonfinite_steps += 1
         message = f"step {self.state.global_step + 1}: {fault}"
         if self.config.on_nonfinite_loss == "stop":
-            kept = self.checkpoints.latest()
             raise NonFiniteLossError(
-                f"{message}; the run stopped without updating the weights, and "
-                f"{kept.name if kept else 'no checkpoint yet'} is its last checkpoint: lower "
-                "--learning_rate or --max_grad_norm, or pass --on_nonfinite_loss skip, then resume "
-                "with --resume_from_checkpoint latest"
+                f"{message}; the run stopped without updating the weights, and {self.last_checkpoint()}: lower "
+                "--learning_rate or --max_grad_norm, or pass --on_nonfinite_loss skip, then resume with "
+                "--resume_from_checkpoint latest"
             )
         if self.accelerator.is_main_process:
             warning = f"warning: {message}; its update was skipped (--on_nonfinite_loss skip)"
             self.progress.write(warning, file=sys.stderr)  # on a line of its own, not after the bar
+
+    def stop_for_nonfinite_weights(self) -> None:
+        """Stop the run whose last update, from a finite loss, made a weight NaN or Inf (a learning rate too large):
+        before the EMA, a checkpoint or a pipeline save can take them, in either --on_nonfinite_loss mode (the update
+        is made and cannot be skipped; the next one would overflow as well). Replicas hold the same weights, so every
+        process stops here together."""
+        raise NonFiniteLossError(
+            f"step {self.state.global_step + 1}: the update made the weights non-finite; the run stopped before "
+            f"saving them, and {self.last_checkpoint()}: lower --learning_rate, then resume with "
+            "--resume_from_checkpoint latest"
+        )
+
+    def last_checkpoint(self) -> str:
+        """Which checkpoint a resume would start from, for an error line."""
+        kept = self.checkpoints.latest()
+        return f"{kept.name} is its last checkpoint" if kept else "it has no checkpoint yet"
 
     def stop(self, signum: int) -> None:
         """Save a checkpoint of the step reached (unless one was just saved) and end the run with 128 + signum."""

@@ -1,8 +1,10 @@
-"""What a long run watches at every optimizer step: a non-finite loss or gradient, and a request to stop.
+"""What a long run watches at every optimizer step: a non-finite loss, gradient or updated weight, and a request to
+stop.
 
-Both are decided from one gather across processes per optimizer step, so every data-parallel process takes the
-same branch: all skip (or stop at) a step whose loss is NaN or Inf on any process, and all stop when any process
-received SIGTERM or SIGINT.
+The loss, gradient and stop request are decided from one gather across processes per optimizer step, so every
+data-parallel process takes the same branch: all skip (or stop at) a step whose loss is NaN or Inf on any process,
+and all stop when any process received SIGTERM or SIGINT. The updated weights need no gather: the replicas hold the
+same ones.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
+from .loop import replica_checksum
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -36,7 +40,9 @@ class StopRequest:
     """Within `with StopRequest():`, SIGTERM and SIGINT only record that the run should stop.
 
     The training loop finishes its optimizer step, saves a checkpoint and exits; a second signal while it does so
-    takes the signal's usual effect (SIGINT: KeyboardInterrupt; SIGTERM: termination).
+    takes the signal's usual effect (SIGINT: KeyboardInterrupt; SIGTERM: termination). A signal the process ignores
+    when the block starts stays ignored: `nohup` and a shell's background job (`cmd &`) start with SIGINT ignored,
+    so that Ctrl-C in the terminal does not reach them.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -47,7 +53,10 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # elsewhere Python cannot install handlers
-            self._previous = {signum: signal.signal(signum, self._record) for signum in self.SIGNALS}
+            ignored = [signum for signum in self.SIGNALS if signal.getsignal(signum) == signal.SIG_IGN]
+            self._previous = {
+                signum: signal.signal(signum, self._record) for signum in self.SIGNALS if signum not in ignored
+            }
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -97,3 +106,9 @@ def check_step(
         fault = f"the gradient norm is {bad[0]}"
     stop_signal = next((int(s) for s in signals if s), None)
     return StepCheck(fault, stop_signal)
+
+
+def weights_are_finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter of `model` is finite: their float64 sum (`loop.replica_checksum`) is NaN or ±Inf
+    exactly when one of them is, since float32 values cannot overflow a float64 sum."""
+    return math.isfinite(replica_checksum(model).item())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,7 +27,7 @@ from ..image_data import (
 )
 from ..models.unet_presets import check_unet_config, create_unet
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
-from .config import TrainingConfig
+from .config import TrainingConfig, launched_as_main_process
 from .tracking import JSONLinesTracker
 
 # Everything a run writes at the top of its output folder, and so all that --overwrite_output_dir may remove.
@@ -45,12 +47,21 @@ RUN_OUTPUTS = (
 )
 
 
+# The record every run writes before anything else (`artefacts.record_arguments`): the mark of a folder a run wrote.
+RUN_RECORD = "training_args.json"
+# Held (flock) by a run's main process for the run's life; the kernel releases it when the process dies, however.
+LOCK_FILE = ".hfddpm-run.lock"
+
+
 def check_output_dir(config: TrainingConfig) -> Path:
-    """The output folder, refused when it is a file or holds an earlier run that the config neither resumes nor
-    overwrites."""
-    output_dir = Path(config.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"--output_dir {output_dir} is a file; choose a folder")
+    """The output folder, refused when it cannot be created or written, holds files a run would replace but no run
+    wrote, or holds an earlier run that the config neither resumes nor overwrites."""
+    output_dir = check_output_path(config.output_dir)
+    if foreign := foreign_run_outputs(output_dir):
+        raise ValueError(
+            f"--output_dir {output_dir} holds {', '.join(foreign)}, which a run would replace, but no training run "
+            f"wrote it (no {RUN_RECORD}); choose a new or empty --output_dir"
+        )
     if holds_earlier_run(output_dir) and config.resume_from_checkpoint is None and not config.overwrite_output_dir:
         raise ValueError(
             f"{output_dir} holds an earlier run; pass --resume_from_checkpoint latest to continue it, "
@@ -59,25 +70,113 @@ def check_output_dir(config: TrainingConfig) -> Path:
     return output_dir
 
 
+def check_output_path(path: str | os.PathLike) -> Path:
+    """`path` as an output folder that exists or can be created, and can be written: refused in one line otherwise,
+    so that a run does not fail at its first save after minutes of work."""
+    output_dir = Path(path)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output_dir {output_dir} is a file; choose a folder")
+    existing = next(folder for folder in (output_dir, *output_dir.absolute().parents) if folder.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"--output_dir {output_dir} cannot be created: {existing} is a file; choose a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == output_dir else f" cannot be created: {existing}"
+        raise ValueError(f"--output_dir {output_dir}{where} is not writable; choose a folder you can write to")
+    return output_dir
+
+
+def written_by_run(output_dir: Path) -> bool:
+    """Whether a training run wrote `output_dir`: it holds the run's record, a JSON object naming its output folder."""
+    try:
+        record = json.loads((output_dir / RUN_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent, unreadable or not JSON: not a run's record
+        return False
+    return isinstance(record, dict) and "output_dir" in record
+
+
+def foreign_run_outputs(output_dir: Path) -> list[str]:
+    """The names of `RUN_OUTPUTS` in `output_dir` when no run wrote it: files of the user's that a run would replace
+    (a saved pipeline, a README.md, a samples/ folder)."""
+    if written_by_run(output_dir):
+        return []
+    return [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+
+
 def holds_earlier_run(output_dir: Path) -> bool:
     """Whether `output_dir` holds a run's checkpoints or saved pipeline."""
-    return (output_dir / "checkpoints").is_dir() or (output_dir / "model_index.json").is_file()
+    return written_by_run(output_dir) and (
+        (output_dir / "checkpoints").is_dir() or (output_dir / "model_index.json").is_file()
+    )
 
 
 def remove_earlier_run_outputs(config: TrainingConfig, accelerator: Accelerator, output_dir: Path) -> None:
     """With --overwrite_output_dir (and no resume), delete what an earlier run wrote in `output_dir` (`RUN_OUTPUTS`,
-    nothing else), and only when it holds an earlier run; the main process deletes, the others wait."""
+    nothing else), and only when a run wrote it; the main process deletes, the others wait."""
     if config.overwrite_output_dir and config.resume_from_checkpoint is None and accelerator.is_main_process:
         delete_run_outputs(output_dir)
     accelerator.wait_for_everyone()
 
 
 def delete_run_outputs(output_dir: Path) -> None:
-    """Delete what a run wrote in `output_dir` (`RUN_OUTPUTS`, nothing else), if it holds an earlier run."""
+    """Delete what a run wrote in `output_dir` (`RUN_OUTPUTS`, nothing else), if a run wrote it and holds an earlier
+    run; a folder no run wrote loses nothing."""
     if holds_earlier_run(output_dir):
         for part in RUN_OUTPUTS:
             path = output_dir / part
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: Path) -> Iterator[None]:
+    """Hold `output_dir`'s lock while the block runs, creating the folder; a second run into the same folder is
+    refused in one line. Only the main process of a launch locks (the others write where it says).
+
+    The lock is `flock` on `LOCK_FILE`: the kernel drops it when the holder dies, even by SIGKILL, so no lock is
+    ever left stuck; the file may stay. Folders created here that hold nothing but the lock file at the end (the run
+    was refused before it wrote anything) are removed again. Where `fcntl` is missing (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is None or not launched_as_main_process():
+        yield
+        return
+    created = [folder for folder in (output_dir, *output_dir.absolute().parents) if not folder.exists()]
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ValueError(f"--output_dir {output_dir} cannot be written ({error.strerror}); choose another") from None
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ValueError(
+                f"--output_dir {output_dir} is in use by another training run (process {holder}); wait for it to "
+                "end, or choose another --output_dir"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, str(os.getpid()).encode(), 0)
+        try:
+            yield
+        finally:
+            if created and [path.name for path in output_dir.iterdir()] == [LOCK_FILE]:
+                (output_dir / LOCK_FILE).unlink()
+                remove_empty_folders(created)
+    finally:
+        os.close(descriptor)
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) while they are empty; one that is not (another run wrote there) stays, and so
+    do its parents."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def create_accelerator(config: TrainingConfig, output_dir: Path) -> Accelerator:

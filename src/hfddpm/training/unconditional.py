@@ -12,6 +12,7 @@ from .setup import (
     create_accelerator,
     create_training_unet,
     load_training_images,
+    output_dir_lock,
     remove_earlier_run_outputs,
 )
 
@@ -22,20 +23,22 @@ def train_unconditional(config: TrainingConfig) -> int:
     status (0, or 1 when a push failed).
 
     Every option is checked before the data or the model is loaded: the configuration when it is built, the
-    objective here, the output folder first.
+    objective here, the output folder first; the output folder is locked for the run's life, so a second run
+    into it is refused.
     """
     output_dir = check_output_dir(config)
     objective = DenoisingObjective.from_config(config)
-    accelerator = create_accelerator(config, output_dir)
-    remove_earlier_run_outputs(config, accelerator, output_dir)
-    images = load_training_images(config, accelerator)
-    num_classes = None
-    if config.class_conditional:  # the objective again, now with the data's class names
-        objective = DenoisingObjective.from_config(config, images.label_names)
-        num_classes = len(images.label_names)
-    unet = create_training_unet(config, images.preprocessing.channels, num_classes)
-    status = Trainer(config, accelerator, objective, unet, images).run()
-    accelerator.end_training()
+    with output_dir_lock(output_dir):
+        accelerator = create_accelerator(config, output_dir)
+        remove_earlier_run_outputs(config, accelerator, output_dir)
+        images = load_training_images(config, accelerator)
+        num_classes = None
+        if config.class_conditional:  # the objective again, now with the data's class names
+            objective = DenoisingObjective.from_config(config, images.label_names)
+            num_classes = len(images.label_names)
+        unet = create_training_unet(config, images.preprocessing.channels, num_classes)
+        status = Trainer(config, accelerator, objective, unet, images).run()
+        accelerator.end_training()
     return status
 
 
