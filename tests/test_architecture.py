@@ -13,21 +13,22 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hfddpm"
 # Each unit of the package and its layer: a module may import its own unit and units of lower layers only.
 LAYERS = {
-    "durable": 0,
-    "conditioning": 0,
-    "image_data": 0,
-    "eval_mode": 0,
-    "lazy": 0,
-    "schedulers": 1,
-    "models": 2,
-    "pipelines": 3,
-    "visualize": 4,
-    "model_cards": 4,
-    "evaluation": 5,
-    "hub": 5,
-    "training": 6,
-    "cli": 7,
-    "__main__": 8,
+    "arguments": 0,
+    "durable": 1,
+    "conditioning": 1,
+    "image_data": 1,
+    "eval_mode": 1,
+    "lazy": 1,
+    "schedulers": 2,
+    "models": 3,
+    "pipelines": 4,
+    "visualize": 5,
+    "model_cards": 5,
+    "evaluation": 6,
+    "hub": 6,
+    "training": 7,
+    "cli": 8,
+    "__main__": 9,
 }
 
 

@@ -345,7 +345,7 @@ def test_the_sampling_progress_bar_counts_steps_across_batches(checkpoint, capsy
             TypeError,
             r"batch_size must be an integer, got 2.0 \(float\)",
         ),
-        (lambda pipe: generate_samples(pipe, 0), ValueError, r"num_samples must be at least 1, got 0"),
+        (lambda pipe: generate_samples(pipe, 0), ValueError, r"num_samples must be a positive integer, got 0"),
         (
             lambda pipe: reverse_trajectory_grid(pipe, 2, 2, every=True),
             TypeError,

@@ -8,7 +8,6 @@ seeded by (seed, epoch, index), so a resumed run sees exactly the batches an uni
 from __future__ import annotations
 
 import io
-import numbers
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import PIL.Image
 import torch
+
+from .arguments import checked_integer
 
 if TYPE_CHECKING:  # imported where used: `import hfddpm` does not load datasets
     import datasets
@@ -174,13 +175,9 @@ class ImagePreprocessing:
     random_flip: bool = False
 
     def __post_init__(self):
-        for name in ("resolution", "channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-            object.__setattr__(self, name, int(value))  # a NumPy integer counts, stored as int
-        if self.resolution < 1:
-            raise ValueError(f"resolution must be a positive number of pixels, got {self.resolution}")
+        # a NumPy integer counts, stored as int
+        object.__setattr__(self, "resolution", checked_integer("resolution", self.resolution))
+        object.__setattr__(self, "channels", checked_integer("channels", self.channels, low=0))
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
 

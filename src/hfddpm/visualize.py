@@ -4,7 +4,6 @@ trajectory of a pipeline (its x_t and its prediction x̂_0 every few steps)."""
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from diffusers.utils import make_image_grid
 
 from . import durable
+from .arguments import checked_integer
 from .eval_mode import eval_mode
 
 if TYPE_CHECKING:
@@ -25,16 +25,6 @@ if TYPE_CHECKING:
     from .pipelines import HFDDPMPipeline
 
 LABEL_HEIGHT = 14  # pixels of the text line above a labelled grid
-
-
-def check_count(value: object, name: str, minimum: int = 1) -> int:
-    """`value` as an int if it is an integer (NumPy's too, not a bool) of at least `minimum`; else a one-line
-    TypeError or ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
 
 
 def image_format(path: str | os.PathLike) -> str | None:
@@ -87,7 +77,7 @@ def sample_grid(pictures: list[PIL.Image.Image], cell_size: int = 64, cols: int 
     least `cell_size` pixels wide and framed by a black border one original pixel wide; empty cells are black."""
     if not pictures:
         raise ValueError("sample_grid needs at least one image")
-    cols = math.ceil(math.sqrt(len(pictures))) if cols is None else check_count(cols, "cols")
+    cols = math.ceil(math.sqrt(len(pictures))) if cols is None else checked_integer("cols", cols)
     rows = math.ceil(len(pictures) / cols)
     scale = max(1, cell_size // pictures[0].width)
     cells = [
@@ -147,7 +137,7 @@ def reverse_trajectory_grid(
     Runs the pipeline (its own scheduler, `call_options` passed on) and records the tensors through its
     `callback_on_step_end`.
     """
-    every, num_images = check_count(every, "every"), check_count(num_images, "num_images")
+    every, num_images = checked_integer("every", every), checked_integer("num_images", num_images)
     num_inference_steps = pipeline.inference_steps(num_inference_steps)
     recorded: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 

@@ -37,10 +37,11 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import __version__
+from ..arguments import checked_integer, checked_number
 from ..conditioning import guided_prediction, num_classes, predict
 from ..eval_mode import eval_mode
 from ..schedulers import DDIMScheduler, DDPMScheduler
-from ..schedulers.arguments import ETA_MEANING, checked_integer, checked_number
+from ..schedulers.checks import ETA_MEANING
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES, check_num_inference_steps
 from ..schedulers.langevin import langevin_corrector_step
 from .checkpoint_safety import (

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .arguments import checked_integer, checked_number
+from ..arguments import checked_integer, checked_number
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .arguments import checked_integer
+from ..arguments import checked_integer
 
 
 def repaint_schedule(num_steps: int, jump_length: int, jump_n_sample: int) -> list[int]:

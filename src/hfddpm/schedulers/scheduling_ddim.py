@@ -10,7 +10,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .arguments import ETA_MEANING, check_noise_schedule, checked_number
+from ..arguments import checked_number
+from .checks import ETA_MEANING, check_noise_schedule
 from .gaussian_diffusion import (
     GaussianDiffusionMixin,
     ReverseVariance,

@@ -10,7 +10,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .arguments import check_noise_schedule, checked_timesteps
+from .checks import check_noise_schedule, checked_timesteps
 from .gaussian_diffusion import (
     STOCK_VARIANCE_TYPES,
     GaussianDiffusionMixin,

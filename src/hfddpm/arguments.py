@@ -1,0 +1,56 @@
+"""Checks of the numbers a user hands to hfddpm's functions, each refused in one line that names the argument,
+what it must be and the value given, before any work starts.
+
+A bool is neither a count nor a number (`True` would silently be 1), NumPy integers are integers and NumPy floats
+are numbers; NaN and infinities are never in range.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+
+def checked_integer(name: str, value: Any, low: int = 1, high: int | None = None) -> int:
+    """`value` as a plain int, refused unless it is an integer (not a bool) in [low, high] (no upper bound if None).
+
+    The range message reads "{name} must be in [low, high], got v" (or "a positive integer" / ">= low" without
+    `high`).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if high is not None and not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+    if high is None and value < low:
+        bound = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def checked_number(
+    name: str,
+    value: Any,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+    meaning: str = "",
+) -> float:
+    """`value` as a plain float, refused unless it is a finite real number (not a bool) in the interval from `low`
+    to `high` (open at an end where asked); `meaning`, if given, says in the message what the values mean."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    above = low < value if open_low else low <= value
+    below = value < high if open_high else value <= high
+    if not (math.isfinite(value) and above and below):
+        left = "(" if open_low or low == -math.inf else "["
+        right = ")" if open_high or high == math.inf else "]"
+        interval = f"{left}{low:g}, {high:g}{right}"
+        raise ValueError(
+            f"{name} must be a finite number in {interval}{f' ({meaning})' if meaning else ''}, got {value}"
+        )
+    return value
