@@ -139,3 +139,9 @@ def check_new_folder(folder: str | os.PathLike, what: str) -> Path:
     if folder.is_dir() and any(folder.iterdir()):
         raise ValueError(f"{what} {folder} is not empty; name a new or empty folder (nothing was changed)")
     return folder
+
+
+def write_problem(error: BaseException) -> str:
+    """How an error line names a failed write: "no space left" when the disk is full (`is_disk_full`), else "could
+    not write"."""
+    return "no space left" if is_disk_full(error) else "could not write"

@@ -124,7 +124,7 @@ def export_for_hub(
             if export_dir == Path(folder).resolve() / RUN_EXPORT and export_dir.exists():
                 durable.remove_tree(export_dir)  # the run's earlier export
     except OSError as error:
-        problem = "no space left" if durable.is_disk_full(error) else "could not write"
+        problem = durable.write_problem(error)
         raise HubError(
             f"{problem} to export {folder} into {export_dir} ({error.strerror or error}); nothing was exported: "
             "free disk space or choose another folder"

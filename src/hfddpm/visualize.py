@@ -56,7 +56,7 @@ def save_image(image: PIL.Image.Image, path: str | os.PathLike) -> None:
         with durable.replacing(path) as temporary:
             image.save(temporary, format=image_format(path))
     except OSError as error:
-        problem = "no space left" if durable.is_disk_full(error) else "could not write"
+        problem = durable.write_problem(error)
         raise OSError(
             f"{problem} to write {path} ({error.strerror or error}); free disk space or write elsewhere"
         ) from None

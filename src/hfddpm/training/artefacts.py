@@ -44,7 +44,7 @@ def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
         durable.fsync_tree(staging)
     except (OSError, RuntimeError) as error:
         shutil.rmtree(staging, ignore_errors=True)
-        problem = "no space left" if durable.is_disk_full(error) else "could not write"
+        problem = durable.write_problem(error)
         raise CheckpointError(
             f"{problem} to save the pipeline in {output_dir} ({str(error).splitlines()[0]}); the earlier files are "
             "kept: free disk space, then resume with --resume_from_checkpoint latest"
