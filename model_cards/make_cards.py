@@ -34,6 +34,7 @@ def write_card(run: Path, name: str, relative: str, cards: Path = CARDS) -> Path
     """Write `cards/<name>.md`, the card of the run folder `run` (known to users as `outputs/<relative>`), and copy
     its sample grid to `cards/<name>.png`; both atomically. Returns the card's path."""
     grid = run / SAMPLE_GRID
+    cards.mkdir(parents=True, exist_ok=True)
     if grid.is_file():
         with durable.replacing(cards / f"{name}.png") as temporary:
             shutil.copyfile(grid, temporary)

@@ -146,6 +146,19 @@ def test_evaluate_records_its_numbers_in_the_runs_card_and_keeps_earlier_ones(ru
     assert card == str(model_card(run_with_card, "run")) and not list(run_with_card.glob(".*partial"))
 
 
+@pytest.mark.parametrize("earlier", ["[]", '{"metrics": [1]}'], ids=["a list", "metrics a list"])
+def test_an_evaluation_record_that_is_no_record_is_refused_in_one_line(run_with_card, earlier, capsys):
+    (run_with_card / "evaluation.json").write_text(earlier)
+    assert hfddpm.cli.main(["evaluate", str(run_with_card), *BOUND]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith("evaluation.json is not an evaluation record (JSON objects); remove it to record the new numbers")
+    )
+    assert (run_with_card / "evaluation.json").read_text() == earlier
+
+
 def test_evaluate_leaves_a_folder_without_an_hfddpm_card_as_it_was(checkpoint, tmp_path):
     folder = tmp_path / "theirs"
     shutil.copytree(checkpoint, folder)

@@ -288,6 +288,25 @@ def test_export_fills_an_empty_folder_and_a_run_replaces_only_its_own_export(run
     assert not list(run_folder.glob(".hub-export*"))  # no staging or removal leftovers
 
 
+def test_a_runs_own_export_folder_holding_a_users_file_is_kept(run_folder):
+    own = run_folder / "hub-export"
+    export_for_hub(run_folder, own, "user/ddpm-digits")
+    (own / "notes.txt").write_text("mine")
+    before = _snapshot(run_folder)
+    with pytest.raises(ValueError, match=r"hub-export holds files that no export of .* wrote; move them, or export"):
+        export_for_hub(run_folder, own, "user/ddpm-digits")
+    assert _snapshot(run_folder) == before
+
+
+def test_a_push_from_inside_the_run_folder_uploads_the_run(run_folder, monkeypatch):
+    """`hfddpm push .` inside the run: the upload is staged beside the run, not in it (which the export refuses)."""
+    monkeypatch.chdir(run_folder)
+    with FakeHub() as hub:
+        push_to_hub(".", "user/ddpm-digits", token=TOKEN, endpoint=hub.endpoint)
+    assert sorted(hub.published("user/ddpm-digits")) == PUBLISHED
+    assert not list(run_folder.parent.glob(".*hub-upload*")) and not list(run_folder.glob(".*hub-upload*"))
+
+
 def test_a_full_disk_or_an_unwritable_folder_stops_the_export_in_one_line(run_folder, tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -316,8 +335,7 @@ def test_the_reference_cards_script_writes_the_packages_card_of_each_run_and_ref
     make_cards = _make_cards()
     runs, cards = tmp_path / "outputs", tmp_path / "cards"
     shutil.copytree(run_folder, runs / "ddpm-digits")
-    cards.mkdir()
-    assert make_cards.main(["ddpm-digits", "--runs", str(runs), "--cards", str(cards)]) == 0
+    assert make_cards.main(["ddpm-digits", "--runs", str(runs), "--cards", str(cards)]) == 0  # folder created
     text = (cards / "ddpm-digits.md").read_text()
     card = model_card(runs / "ddpm-digits", "outputs/ddpm-digits", sample_grid_link="ddpm-digits.png")
     assert text == str(card) and text.count("ddpm-digits.png") == 1

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from hfddpm import HFDDPMPipeline
-from hfddpm.training.guards import StepCheck, StopRequest, check_step
+from hfddpm.training.guards import StepCheck, StopRequest, check_step, weights_are_finite
 from hfddpm.training.tracking import read_jsonl_log
 
 from .test_train_script import FAST, command, weights
@@ -258,6 +258,18 @@ class OneProcess:
 def test_check_step_flags_non_finite_values(loss, grad_norm, scaler, fault):
     check = check_step(OneProcess(scaler), torch.tensor(loss), torch.tensor(grad_norm), StopRequest())
     assert check == StepCheck(fault=fault, stop_signal=None)
+
+
+@pytest.mark.parametrize(
+    ("value", "finite"),
+    [(1.0, True), (3e38, True), (float("nan"), False), (float("inf"), False), (float("-inf"), False)],
+    ids=["ordinary", "squares past float32 (the norm overflows)", "nan", "inf", "-inf"],
+)
+def test_weights_are_finite_exactly_when_every_weight_is(value, finite):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    with torch.no_grad():
+        model[1].weight[0, 1] = value
+    assert weights_are_finite(model) is finite
 
 
 @pytest.fixture

@@ -92,7 +92,11 @@ def check_export_dir(folder: str | os.PathLike, export_dir: str | os.PathLike) -
     own `RUN_EXPORT` folder; else a one-line ValueError. An export replaces nothing else a folder holds."""
     run, export = Path(folder).resolve(), Path(export_dir).resolve()
     if export == run / RUN_EXPORT:
-        return export
+        if not export.exists() or holds_only_an_export(folder, export):
+            return export
+        raise ValueError(
+            f"{export_dir} holds files that no export of {folder} wrote; move them, or export to a new or empty folder"
+        )
     if export == run or run in export.parents:
         raise ValueError(
             f"export folder {export_dir} is inside the run folder {folder}; export to a folder outside it"
@@ -101,6 +105,17 @@ def check_export_dir(folder: str | os.PathLike, export_dir: str | os.PathLike) -
         raise ValueError(f"export folder {export_dir} holds the run folder {folder}; export to a new or empty folder")
     durable.check_new_folder(export_dir, "export folder")
     return export
+
+
+def holds_only_an_export(folder: str | os.PathLike, export_dir: Path) -> bool:
+    """Whether everything in `export_dir` has a name an export of `folder` writes at its top (an earlier export,
+    which may be replaced: its checkpoints and grids may since have been rotated away); anything else makes it a
+    folder to keep."""
+    exported = {name.split("/")[0] for name in files_to_publish(folder, include_training_state=True)}
+    exported |= {"README.md", "checkpoints", "samples", *RUN_RECORDS}
+    return export_dir.is_dir() and all(
+        entry.name in exported or entry.suffix == ".png" for entry in export_dir.iterdir()
+    )
 
 
 def export_for_hub(
@@ -152,7 +167,7 @@ def push_to_hub(
     """
     check_repo_id(repo_id)
     token = resolve_token(token, folder)
-    staging = Path(tempfile.mkdtemp(prefix=f".{Path(folder).name}.hub-upload-", dir=Path(folder).parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{Path(folder).name}.hub-upload-", dir=Path(folder).resolve().parent))
     try:
         export_for_hub(folder, staging, repo_id, include_training_state)
     except BaseException:

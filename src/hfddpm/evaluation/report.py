@@ -107,6 +107,9 @@ def record_evaluation(folder: str | os.PathLike, report: EvaluationReport) -> bo
         earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error}); remove it to record the new numbers") from None
+    parts = ("metrics", "details")
+    if not isinstance(earlier, dict) or not all(isinstance(earlier.get(part, {}), dict) for part in parts):
+        raise ValueError(f"{path} is not an evaluation record (JSON objects); remove it to record the new numbers")
     recorded = asdict(report)
     for key in ("metrics", "details"):
         recorded[key] = {**earlier.get(key, {}), **recorded[key]}

@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .loop import replica_checksum
-
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
@@ -109,6 +107,9 @@ def check_step(
 
 
 def weights_are_finite(model: torch.nn.Module) -> bool:
-    """Whether every parameter of `model` is finite: their float64 sum (`loop.replica_checksum`) is NaN or ±Inf
-    exactly when one of them is, since float32 values cannot overflow a float64 sum."""
-    return math.isfinite(replica_checksum(model).item())
+    """Whether every parameter of `model` is finite. Their joint 2-norm (one fused reduction per step) is finite when
+    they all are; only when it is not (a NaN or ±Inf, or squares past float32's range) is each parameter looked at."""
+    weights = [parameter.detach() for parameter in model.parameters()]
+    if math.isfinite(torch.nn.utils.get_total_norm(weights).item()):
+        return True
+    return all(bool(torch.isfinite(weight).all()) for weight in weights)
