@@ -29,6 +29,7 @@ from hfddpm.training.setup import (
     create_accelerator,
     create_training_unet,
     load_training_images,
+    lock_file,
     output_dir_lock,
     remove_earlier_run_outputs,
 )
@@ -376,6 +377,29 @@ def test_a_second_run_into_a_locked_output_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match="a bad image"), output_dir_lock(tmp_path / "new" / "refused"):
         raise ValueError("a bad image")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_lock_taken_on_a_lock_file_removed_meanwhile_is_taken_again_on_the_new_one(tmp_path):
+    """A refused run removes the lock file it created; a run that opened that file just before must not keep a
+    lock on the removed file (a third run would then lock a new file too)."""
+    import fcntl
+
+    locked = []
+
+    class RemovedAfterOpening:
+        LOCK_EX, LOCK_NB = fcntl.LOCK_EX, fcntl.LOCK_NB
+
+        def flock(self, descriptor, operation):
+            fcntl.flock(descriptor, operation)
+            if not locked:
+                (tmp_path / LOCK_FILE).unlink()  # the refused run's clean-up, between our open and our lock
+            locked.append(os.fstat(descriptor).st_ino)
+
+    descriptor = lock_file(RemovedAfterOpening(), tmp_path)
+    try:
+        assert len(locked) == 2 and locked[1] == os.stat(tmp_path / LOCK_FILE).st_ino == os.fstat(descriptor).st_ino
+    finally:
+        os.close(descriptor)
 
 
 LOCK_AND_SLEEP = """

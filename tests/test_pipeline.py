@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hfddpm import DDIMScheduler, DDPMScheduler, HFDDPMPipeline
+from hfddpm.arguments import checked_integer, checked_number
 from hfddpm.pipelines.pipeline_hfddpm import NonFiniteSampleError
 
 from .conftest import make_pipeline, tiny_unet
@@ -188,11 +189,20 @@ def test_bad_arguments_are_refused_before_sampling(pipe, kwargs, error, message)
     assert "\n" not in str(info.value) and calls == []  # one line, and no network evaluation before it
 
 
-@pytest.mark.parametrize("steps, batch", [(np.int64(2), np.int32(2)), (np.uint8(3), np.int64(1))])
+@pytest.mark.parametrize(
+    "steps, batch", [(np.int64(2), np.int32(2)), (np.uint8(3), np.int64(1)), (torch.tensor(2), np.array(2))]
+)
 def test_numpy_integers_are_counts(pipe, steps, batch):
     images = pipe(batch_size=batch, num_inference_steps=steps, generator=torch.manual_seed(0), output_type="pt")
     assert images.images.shape[0] == int(batch)
     assert pipe.num_timesteps == int(steps)
+
+
+def test_a_zero_dimensional_tensor_is_its_number():
+    """diffusers users pass `torch.tensor(0.5)` for a number: it counts as 0.5 (and a 0-d bool tensor as no number)."""
+    assert checked_number("eta", torch.tensor(0.5), 0, 1) == 0.5 and checked_integer("n", np.array(3)) == 3
+    with pytest.raises(TypeError, match=r"n must be an integer, got True \(bool\)"):
+        checked_integer("n", torch.tensor(True))
 
 
 def test_learned_variance_scheduler_on_a_fixed_variance_unet_is_refused():

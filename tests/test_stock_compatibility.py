@@ -213,10 +213,16 @@ def test_bad_custom_timesteps_are_refused_in_one_line(timesteps, error, message)
         DDPMScheduler().set_timesteps(timesteps=timesteps)
 
 
-def test_numpy_custom_timesteps_are_integers():
-    scheduler = DDPMScheduler()
-    scheduler.set_timesteps(timesteps=np.array([900, 500, 0]))
-    assert scheduler.timesteps.tolist() == [900, 500, 0]
+@pytest.mark.parametrize(
+    "timesteps",
+    [np.array([900, 500, 0]), torch.tensor([900.0, 500.0, 0.0]), [900.0, 500, 0]],
+    ids=["numpy integers", "a float tensor (another scheduler's)", "whole floats"],
+)
+def test_custom_timesteps_of_whole_numbers_are_integers(timesteps):
+    ours, stock = DDPMScheduler(), diffusers.DDPMScheduler()
+    ours.set_timesteps(timesteps=timesteps)
+    stock.set_timesteps(timesteps=timesteps)
+    assert ours.timesteps.tolist() == stock.timesteps.tolist() == [900, 500, 0]
 
 
 def test_ddim_steps_offset_timesteps_from_diffusers_tests():

@@ -18,6 +18,7 @@ def checked_integer(name: str, value: Any, low: int = 1, high: int | None = None
     The range message reads "{name} must be in [low, high], got v" (or "a positive integer" / ">= low" without
     `high`).
     """
+    value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     value = int(value)
@@ -41,6 +42,7 @@ def checked_number(
 ) -> float:
     """`value` as a plain float, refused unless it is a finite real number (not a bool) in the interval from `low`
     to `high` (open at an end where asked); `meaning`, if given, says in the message what the values mean."""
+    value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     value = float(value)
@@ -54,3 +56,8 @@ def checked_number(
             f"{name} must be a finite number in {interval}{f' ({meaning})' if meaning else ''}, got {value}"
         )
     return value
+
+
+def _scalar(value: Any) -> Any:
+    """A 0-d tensor or array as its Python number (diffusers users pass `torch.tensor(0.5)`); anything else as is."""
+    return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value

@@ -60,10 +60,13 @@ def _check_trained_betas(trained_betas: Any, num_train_timesteps: int) -> None:
 
 def checked_timesteps(timesteps: Any, num_train_timesteps: int) -> list[int]:
     """Custom sampling timesteps as plain ints, refused unless each is an integer in [0, T − 1] and they strictly
-    descend (stock truncates 99.5 to 99 and reads a negative t as ᾱ of the last timestep)."""
+    descend (stock truncates 99.5 to 99 and reads a negative t as ᾱ of the last timestep); a whole float such as
+    999.0 counts as its integer."""
     values = timesteps.tolist() if hasattr(timesteps, "tolist") else list(timesteps)
     if not values:
         raise ValueError("timesteps is empty; pass at least one training timestep, or num_inference_steps instead")
+    # a whole float is its integer, as stock casts a float tensor of timesteps (another scheduler's) to int64
+    values = [int(t) if isinstance(t, float) and t.is_integer() else t for t in values]
     values = [checked_integer(f"timesteps[{i}]", t, 0, num_train_timesteps - 1) for i, t in enumerate(values)]
     if any(later >= earlier for earlier, later in zip(values, values[1:], strict=False)):
         raise ValueError(

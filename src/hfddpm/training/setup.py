@@ -8,6 +8,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -143,20 +144,8 @@ def output_dir_lock(output_dir: Path) -> Iterator[None]:
         yield
         return
     created = [folder for folder in (output_dir, *output_dir.absolute().parents) if not folder.exists()]
+    descriptor = lock_file(fcntl, output_dir)
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
-        raise ValueError(f"--output_dir {output_dir} cannot be written ({error.strerror}); choose another") from None
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise ValueError(
-                f"--output_dir {output_dir} is in use by another training run (process {holder}); wait for it to "
-                "end, or choose another --output_dir"
-            ) from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, str(os.getpid()).encode(), 0)
         try:
@@ -166,6 +155,34 @@ def output_dir_lock(output_dir: Path) -> Iterator[None]:
                 (output_dir / LOCK_FILE).unlink()
                 remove_empty_folders(created)
     finally:
+        os.close(descriptor)
+
+
+def lock_file(fcntl: Any, output_dir: Path) -> int:
+    """Open and `flock` `output_dir`'s `LOCK_FILE` (creating both), or refuse in one line naming the holder. A lock
+    taken on a file that a refused run removed meanwhile (its inode no longer the path's) is taken again on the new
+    file, so two runs never both hold "the" lock."""
+    while True:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            problem = f"--output_dir {output_dir} cannot be written ({error.strerror})"
+            raise ValueError(f"{problem}; choose another") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
+            raise ValueError(
+                f"--output_dir {output_dir} is in use by another training run (process {holder}); wait for it to "
+                "end, or choose another --output_dir"
+            ) from None
+        try:
+            if os.stat(output_dir / LOCK_FILE).st_ino == os.fstat(descriptor).st_ino:
+                return descriptor
+        except FileNotFoundError:
+            pass
         os.close(descriptor)
 
 
