@@ -12,6 +12,16 @@ import numbers
 from typing import Any
 
 
+def is_integer(value: Any) -> bool:
+    """Whether `value` is an integer (NumPy's included) and not a bool, which is a switch, not a count."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """Whether `value` is a real number (NumPy's included) and not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def checked_integer(name: str, value: Any, low: int = 1, high: int | None = None) -> int:
     """`value` as a plain int, refused unless it is an integer (not a bool) in [low, high] (no upper bound if None).
 
@@ -19,7 +29,7 @@ def checked_integer(name: str, value: Any, low: int = 1, high: int | None = None
     `high`).
     """
     value = _scalar(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_integer(value):
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     value = int(value)
     if high is not None and not low <= value <= high:
@@ -43,7 +53,7 @@ def checked_number(
     """`value` as a plain float, refused unless it is a finite real number (not a bool) in the interval from `low`
     to `high` (open at an end where asked); `meaning`, if given, says in the message what the values mean."""
     value = _scalar(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_number(value):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     value = float(value)
     above = low < value if open_low else low <= value

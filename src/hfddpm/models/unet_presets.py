@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 
+from ..arguments import is_integer, is_number
+
 # The sinusoidal time embedding of Ho et al. (2020): sin before cos, frequencies 10000^(−i/(d/2 − 1)).
 _DDPM_TIME_EMBEDDING = {"flip_sin_to_cos": False, "freq_shift": 1}
 
@@ -108,7 +110,7 @@ def unet_config(preset: str, learned_variance: bool = False, **overrides: Any) -
         raise ValueError("out_channels follows in_channels and learned_variance; set those instead")
     config = {**UNET_PRESETS[preset], **overrides}
     in_channels = config["in_channels"]  # of the wrong kind, left for check_unet_config to name
-    config["out_channels"] = in_channels * (2 if learned_variance else 1) if _is_integer(in_channels) else in_channels
+    config["out_channels"] = in_channels * (2 if learned_variance else 1) if is_integer(in_channels) else in_channels
     return check_unet_config(config, f"UNet preset {preset!r}")
 
 
@@ -131,11 +133,6 @@ _NAMES = ("time_embedding_type", "act_fn", "resnet_time_scale_shift", "downsampl
 _OPTIONAL_NAMES = ("mid_block_type", "class_embed_type")
 
 
-def _is_integer(value: Any) -> bool:
-    """Whether `value` is an integer (NumPy's included) and not a bool, which is a switch, not a count."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _require(ok: bool, key: str, source: str, requirement: str, value: Any, error: type = ValueError) -> None:
     """Raise `error` naming `key`, `source`, what it must be and what it is, unless `ok`."""
     if not ok:
@@ -146,14 +143,14 @@ def _check_sizes(config: dict[str, Any], source: str) -> None:
     """sample_size and block_out_channels, where present: integers within bounds; then the downsampling."""
     if "sample_size" in config:
         size = config["sample_size"]
-        sides = [size] if _is_integer(size) else list(size) if isinstance(size, (list, tuple)) else []
-        is_size = len(sides) in (1, 2) and all(map(_is_integer, sides))
+        sides = [size] if is_integer(size) else list(size) if isinstance(size, (list, tuple)) else []
+        is_size = len(sides) in (1, 2) and all(map(is_integer, sides))
         _require(is_size, "sample_size", source, "a size or [height, width]", size, TypeError)
         within = all(1 <= side <= MAX_SAMPLE_SIZE for side in sides)
         _require(within, "sample_size", source, f"in [1, {MAX_SAMPLE_SIZE}]", size)
     if "block_out_channels" in config:
         channels = config["block_out_channels"]
-        is_counts = isinstance(channels, (list, tuple)) and len(channels) > 0 and all(map(_is_integer, channels))
+        is_counts = isinstance(channels, (list, tuple)) and len(channels) > 0 and all(map(is_integer, channels))
         _require(is_counts, "block_out_channels", source, "a list of counts", channels, TypeError)
         within = all(1 <= count <= MAX_CHANNELS for count in channels)
         _require(within, "block_out_channels", source, f"in [1, {MAX_CHANNELS}]", channels)
@@ -177,16 +174,14 @@ def _check_kinds(config: dict[str, Any], source: str) -> None:
     for key in (key for key in (*_COUNTS, *_OPTIONAL_COUNTS) if key in config):
         value = config[key]
         if value is not None or key in _COUNTS:
-            _require(_is_integer(value), key, source, "a positive integer", value, TypeError)
+            _require(is_integer(value), key, source, "a positive integer", value, TypeError)
             _require(1 <= value <= MAX_CHANNELS, key, source, f"in [1, {MAX_CHANNELS}]", value)
     for key in (key for key in _INTEGERS if config.get(key) is not None):
-        _require(_is_integer(config[key]), key, source, "an integer", config[key], TypeError)
+        _require(is_integer(config[key]), key, source, "an integer", config[key], TypeError)
         _require(config[key] >= 0, key, source, "at least 0", config[key])
     for key in (key for key in _NUMBERS if key in config):
         value = config[key]
-        _require(
-            isinstance(value, numbers.Real) and not isinstance(value, bool), key, source, "a number", value, TypeError
-        )
+        _require(is_number(value), key, source, "a number", value, TypeError)
         _require(math.isfinite(value) and value >= 0, key, source, "a finite number >= 0", value)
     for key in (key for key in _SWITCHES if key in config):
         _require(isinstance(config[key], bool), key, source, "a switch, true or false", config[key], TypeError)
@@ -228,7 +223,7 @@ def _plain(value: Any) -> Any:
     """NumPy integers as ints, inside lists too (a config must be written as JSON)."""
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(item) for item in value)
-    return int(value) if _is_integer(value) else value
+    return int(value) if is_integer(value) else value
 
 
 def meta_unet(config: dict[str, Any], source: str) -> UNet2DModel:

@@ -37,7 +37,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import __version__
-from ..arguments import checked_integer, checked_number
+from ..arguments import checked_integer, checked_number, is_integer
 from ..conditioning import guided_prediction, num_classes, predict
 from ..eval_mode import eval_mode
 from ..schedulers import DDIMScheduler, DDPMScheduler
@@ -451,7 +451,7 @@ class HFDDPMPipeline(DiffusionPipeline):
         """One label, an id or a name, as an id among the UNet's classes."""
         if isinstance(value, str):
             return self.get_label_ids(value)[0]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if not is_integer(value):
             raise TypeError(f"a class label is an integer id or a class name, got {value!r} ({type(value).__name__})")
         if not 0 <= value < self.num_classes:
             raise ValueError(

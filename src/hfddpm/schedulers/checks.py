@@ -4,10 +4,9 @@ here checked together), each refused in one line before any work starts."""
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
-from ..arguments import checked_integer, checked_number
+from ..arguments import checked_integer, checked_number, is_number
 
 # What η means, for the messages refusing one (Song et al. 2021, eq. 16: η² scales the DDPM posterior variance;
 # above 1 the noise can exceed what the step leaves room for, and the mean's square root turns NaN).
@@ -44,9 +43,7 @@ def check_noise_schedule(
 
 def _check_trained_betas(trained_betas: Any, num_train_timesteps: int) -> None:
     values = trained_betas.tolist() if hasattr(trained_betas, "tolist") else trained_betas
-    if not isinstance(values, (list, tuple)) or not all(
-        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values
-    ):
+    if not isinstance(values, (list, tuple)) or not all(is_number(v) for v in values):
         raise TypeError(f"trained_betas must be a 1-D sequence of numbers, got {type(trained_betas).__name__}")
     if len(values) != num_train_timesteps:
         raise ValueError(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import numbers
 import os
 import sys
 import typing
@@ -17,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
+from ..arguments import is_integer, is_number
 from ..image_data import DIGITS
 from ..models.unet_presets import UNET_PRESETS
 from ..schedulers.gaussian_diffusion import PREDICTION_TYPES, ReverseVariance
@@ -250,9 +250,9 @@ class TrainingConfig:
                 continue
             if bool in kinds and isinstance(value, bool):
                 continue
-            if int in kinds and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            if int in kinds and is_integer(value):
                 setattr(self, option.name, int(value))
-            elif float in kinds and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            elif float in kinds and is_number(value):
                 setattr(self, option.name, float(value))
             elif str in kinds and isinstance(value, (str, os.PathLike)):
                 setattr(self, option.name, os.fspath(value))
