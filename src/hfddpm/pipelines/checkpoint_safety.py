@@ -349,17 +349,23 @@ def _tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
         ) from None
 
 
-def check_finite_weights(model: torch.nn.Module, source: str) -> None:
-    """Refuse a model whose loaded weights hold NaN or infinities, which would sample black images."""
+def nonfinite_weights(model: torch.nn.Module) -> dict[str, int]:
+    """How many NaN or infinite values each floating-point tensor of `model` holds, for the tensors that hold any."""
     counts = {
         name: int((~torch.isfinite(tensor)).sum())
         for name, tensor in model.state_dict().items()
         if tensor.is_floating_point() and tensor.device.type != "meta"
     }
-    if bad := [name for name, count in counts.items() if count]:
+    return {name: count for name, count in counts.items() if count}
+
+
+def check_finite_weights(model: torch.nn.Module, source: str) -> None:
+    """Refuse a model whose loaded weights hold NaN or infinities, which would sample black images."""
+    if bad := nonfinite_weights(model):
         raise ValueError(
-            f"{source} holds {sum(counts.values())} non-finite weights (NaN or infinity) in {len(bad)} tensors "
-            f"(first: {bad[0]}), which would sample black images: load an earlier checkpoint of the run, or retrain"
+            f"{source} holds {sum(bad.values())} non-finite weights (NaN or infinity) in {len(bad)} tensors "
+            f"(first: {next(iter(bad))}), which would sample black images: load an earlier checkpoint of the run, or "
+            "retrain"
         )
 
 

@@ -51,6 +51,7 @@ from .checkpoint_safety import (
     check_unet_folder,
     fetch_model_index,
     load_scheduler,
+    nonfinite_weights,
     safetensors_index,
     scheduler_class_of,
 )
@@ -353,7 +354,7 @@ class HFDDPMPipeline(DiffusionPipeline):
         """
         if bool(torch.isfinite(sample).all()):
             return
-        bad = sum(int((~torch.isfinite(p)).sum()) for p in self.unet.parameters())
+        bad = sum(nonfinite_weights(self.unet).values())
         if bad:
             cause = f"the UNet has {bad} non-finite weights; load a checkpoint whose weights are finite"
         elif guidance_scale not in (0, 1):
