@@ -1,24 +1,23 @@
 """The training engine reproduces recorded runs bit for bit.
 
-`tests/training_checksums.json` holds, for a few short CPU runs of `examples/train_unconditional.py`, the SHA-256
-of the saved pipeline's UNet weights (the EMA weights, which depend on every update of the run) and of the logged
-losses. They were recorded before the training loop moved from the example script into `hfddpm.training`; any
-change to the order of random draws, the arithmetic of a step, the EMA, the learning-rate schedule or resume
-changes them.
+`tests/training_checksums.json` holds, for four short CPU runs of the training command, the SHA-256 of the saved
+pipeline's UNet weights (the EMA weights, which depend on every update of the run) and of the logged losses. Between
+them the runs take every path of the engine and of the denoising objective that changes a number: ε, v and the
+bound's objectives, the linear and cosine schedules, fixed and learned variances with the hybrid loss, min-SNR
+weighting, uniform and importance-sampled t, label dropout, gradient accumulation, bf16 autocast, and a kill after
+a checkpoint followed by a resume, which must land on the uninterrupted run's numbers. Any change to the order of
+random draws, the arithmetic of a step, the EMA, the learning-rate schedule or resume changes them.
 
-Floating-point results depend on the CPU kernels, so the runs pin them: ATen's dispatch, oneDNN and MKL are held to
-AVX2 and the thread count to 2, in a fresh process (the variables are read when torch loads), so that CPUs with
-and without AVX-512 give the same bits (pinned so, an AVX-512 machine reproduced an AVX2 machine's default run).
-`python tests/test_training_reproduces.py --record` re-records the file; do that only for a change that is meant to
-alter the numbers, and say why in the commit.
+Floating-point results depend on the CPU's kernels, so the runs use kernels whose arithmetic is the same on every
+x86 CPU (`training_runner.REPRODUCIBLE_KERNELS`: scalar ATen, MKL's compatible path, no oneDNN or NNPACK) and two
+threads, in a process of their own. `python tests/test_training_reproduces.py --record` re-records the file; do that
+only for a change that is meant to alter the numbers, and say why in the commit.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,10 +25,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from training_runner import REPRODUCIBLE_KERNELS, TrainingRunner  # noqa: E402
+
 CHECKSUMS = Path(__file__).with_name("training_checksums.json")
-PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
-# Frozen, unlike test_train_script.FAST (a speed knob): the recorded checksums depend on these exact values.
+PINNED = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", REPRODUCIBLE_KERNELS: "1"}
+# Frozen: the recorded checksums depend on these exact values.
 COMMON = [
     "--train_batch_size", "16",
     "--save_images_steps", "1000",
@@ -42,21 +43,20 @@ COMMON = [
 ]  # fmt: skip
 RUNS = {
     "default": ["--max_train_steps", "30"],
-    "learned_range_hybrid": ["--max_train_steps", "30", "--variance_type", "learned_range"],
+    "learned_range_hybrid_accumulation_class_conditional": [
+        "--max_train_steps", "12", "--reverse_variance", "learned_range", "--gradient_accumulation_steps", "3",
+        "--class_conditional",
+    ],
+    "v_prediction_cosine_min_snr_bf16": [
+        "--max_train_steps", "20", "--prediction_type", "v_prediction", "--beta_schedule", "cosine",
+        "--snr_gamma", "5", "--mixed_precision", "bf16",
+    ],
     # T = 20 so that the importance sampler's warm-up (10 losses per t) ends after 13 steps and it then samples.
     "importance_sampled_vlb": [
-        "--max_train_steps", "30", "--variance_type", "learned_range", "--loss_type", "vlb",
+        "--max_train_steps", "30", "--reverse_variance", "learned_range", "--loss_type", "vlb",
         "--timestep_sampling", "loss_second_moment", "--num_train_timesteps", "20",
     ],
-    "gradient_accumulation": ["--max_train_steps", "12", "--gradient_accumulation_steps", "3"],
-    "v_prediction_cosine_min_snr": [
-        "--max_train_steps", "20", "--prediction_type", "v_prediction", "--beta_schedule", "cosine",
-        "--snr_gamma", "5",
-    ],
-    "bf16": ["--max_train_steps", "10", "--mixed_precision", "bf16"],
 }  # fmt: skip
-# Killed by SIGKILL right after checkpoint-10 is written, then resumed with --resume_from_checkpoint latest.
-KILLED_AND_RESUMED = "default_killed_and_resumed"
 
 
 def checksums_of(output_dir: Path) -> dict[str, str]:
@@ -72,50 +72,50 @@ def checksums_of(output_dir: Path) -> dict[str, str]:
     return {"weights": digest.hexdigest(), "losses": hashlib.sha256(repr(losses).encode()).hexdigest()}
 
 
-def train(output_dir: Path, args: list[str], kill_after_first_checkpoint: bool = False) -> int:
-    """Run the training script in a fresh process with the kernels pinned; return its exit status."""
-    code = (
-        "import sys; sys.path.insert(0, 'tests'); from training_runner import run_once; "
-        f"sys.exit(run_once({[*args, '--output_dir', str(output_dir)]!r}, {kill_after_first_checkpoint!r}))"
-    )
-    env = {**os.environ, **PINNED_KERNELS}
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=600
-    )
-    if result.returncode not in (0, -9):
-        raise AssertionError(f"training failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result.returncode
+def train(runner: TrainingRunner, output_dir: Path, args: list[str], faults: dict | None = None) -> int:
+    runner.start([*COMMON, *args, "--output_dir", output_dir], output_dir.with_suffix(".console"), faults)
+    return runner.wait()
 
 
-def run_and_checksum(name: str, tmp_path: Path) -> dict[str, str]:
-    output_dir = tmp_path / name
-    if name == KILLED_AND_RESUMED:
-        args = [*COMMON, *RUNS["default"], "--checkpointing_steps", "10"]
-        assert train(output_dir, args, kill_after_first_checkpoint=True) == -9
-        assert train(output_dir, [*args, "--resume_from_checkpoint", "latest"]) == 0
-    else:
-        assert train(output_dir, [*COMMON, *RUNS[name]]) == 0
+def killed_and_resumed(runner: TrainingRunner, output_dir: Path) -> dict[str, str]:
+    """The default run killed by SIGKILL right after its first checkpoint (step 10), then resumed."""
+    args = [*RUNS["default"], "--checkpointing_steps", "10"]
+    kill = {"kill_after": {"hfddpm.training.checkpoints:CheckpointManager.save": 1}}
+    assert train(runner, output_dir, args, kill) == -9
+    assert train(runner, output_dir, [*args, "--resume_from_checkpoint", "latest"]) == 0
     return checksums_of(output_dir)
 
 
+@pytest.fixture(scope="module")
+def pinned_runner():
+    runner = TrainingRunner(env=PINNED)
+    yield runner
+    runner.close()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [*RUNS, KILLED_AND_RESUMED])
-def test_training_reproduces_the_recorded_run_bit_for_bit(name, tmp_path):
-    recorded = json.loads(CHECKSUMS.read_text())["runs"]
-    assert run_and_checksum(name, tmp_path) == recorded[name]
-
-
-def test_a_killed_and_resumed_run_was_recorded_equal_to_the_uninterrupted_one():
-    recorded = json.loads(CHECKSUMS.read_text())["runs"]
-    assert recorded[KILLED_AND_RESUMED] == recorded["default"]
-    assert len({value["weights"] for value in recorded.values()}) == len(recorded) - 1  # the runs differ otherwise
+@pytest.mark.parametrize("name", RUNS)
+def test_training_reproduces_the_recorded_run_bit_for_bit(name, pinned_runner, tmp_path):
+    recorded = json.loads(CHECKSUMS.read_text())["runs"][name]
+    if name == "default":  # killed and resumed: the uninterrupted run's numbers
+        assert killed_and_resumed(pinned_runner, tmp_path / name) == recorded
+    else:
+        assert train(pinned_runner, tmp_path / name, RUNS[name]) == 0
+        assert checksums_of(tmp_path / name) == recorded
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
     import tempfile
 
+    runner = TrainingRunner(env=PINNED)
     with tempfile.TemporaryDirectory() as folder:
-        runs = {name: run_and_checksum(name, Path(folder)) for name in [*RUNS, KILLED_AND_RESUMED]}
-    record = {"recorded_with": {"torch": torch.__version__, **PINNED_KERNELS}, "runs": runs}
+        runs = {}
+        for name, args in RUNS.items():
+            assert train(runner, Path(folder) / name, args) == 0, (Path(folder) / f"{name}.console").read_text()
+            runs[name] = checksums_of(Path(folder) / name)
+        assert killed_and_resumed(runner, Path(folder) / "resumed") == runs["default"], "resume is not exact"
+    runner.close()
+    assert len({run["weights"] for run in runs.values()}) == len(runs), "two runs trained alike"
+    record = {"recorded_with": {"torch": torch.__version__, **PINNED}, "runs": runs}
     CHECKSUMS.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

@@ -25,13 +25,23 @@ from pathlib import Path
 
 from hfddpm.training import train_unconditional_command
 
+# Set to "1" (with ATEN_CPU_CAPABILITY=default and MKL_CBWR=COMPATIBLE, read when torch loads) for arithmetic that is
+# the same bits on every x86 CPU: scalar ATen kernels, MKL's compatible code path, and neither oneDNN nor NNPACK,
+# whose kernels (and their blocking, chosen from the CPU's caches) differ between CPUs.
+REPRODUCIBLE_KERNELS = "HFDDPM_REPRODUCIBLE_KERNELS"
+
 
 class TrainingRunner:
     """Test-side client: `start(...)` a run, then `wait()` for its exit code; `train(...)` does both."""
 
-    def __init__(self):
+    def __init__(self, env: dict | None = None):
         self.process = subprocess.Popen(
-            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+            [sys.executable, __file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env={**os.environ, **(env or {})},
         )
 
     def start(self, argv: list[str], console: Path, faults: dict | None = None, env: dict | None = None, repeat=1):
@@ -170,6 +180,11 @@ def run_once(argv: list[str], kill_after_first_checkpoint: bool = False) -> int:
 
 
 def serve() -> None:
+    if os.environ.get(REPRODUCIBLE_KERNELS) == "1":  # the kernels whose arithmetic no CPU feature changes
+        import torch
+
+        torch.backends.mkldnn.enabled = False
+        torch.backends.nnpack.set_flags(False)
     import datasets  # noqa: F401  (loaded by the data module on first use: once here, not in every child)
     import sklearn.datasets  # noqa: F401
 
