@@ -9,7 +9,7 @@ The student is a consistency model of the teacher's probability-flow ODE, sample
 
 import sys
 
-from hfddpm.training.distill import distill_consistency_command
+from hfddpm.training import distill_consistency_command
 
 if __name__ == "__main__":
     sys.exit(distill_consistency_command(sys.argv[1:], description=__doc__))

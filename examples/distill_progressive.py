@@ -10,7 +10,7 @@ Resume after a stop with --resume_from_checkpoint latest: finished rounds are ke
 
 import sys
 
-from hfddpm.training.distill import distill_progressive_command
+from hfddpm.training import distill_progressive_command
 
 if __name__ == "__main__":
     sys.exit(distill_progressive_command(sys.argv[1:], description=__doc__))

@@ -1,15 +1,23 @@
-"""Checks of the numbers a user hands to hfddpm's functions, each refused in one line that names the argument,
-what it must be and the value given, before any work starts.
+"""The values a user hands to hfddpm, checked where they enter: each refusal is one line naming the argument, what it
+must be and the value given.
 
-A bool is neither a count nor a number (`True` would silently be 1), NumPy integers are integers and NumPy floats
-are numbers; NaN and infinities are never in range.
+`checked_integer` and `checked_number` check one value (a scheduler's T, a sampling call's η). `option` declares a
+field of an options dataclass — its help, and its choices or interval — from which `check_options` checks an
+instance and `add_options` writes the command line: a bound is written once, for Python callers, configuration
+files and the command line alike. A bool is neither a count nor a number (`True` would silently be 1), NumPy
+numbers are numbers, and NaN and infinities are never in an interval.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
 import numbers
-from typing import Any
+import os
+import types
+import typing
+from typing import Any, Literal
 
 
 def is_integer(value: Any) -> bool:
@@ -22,52 +30,138 @@ def is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def checked_integer(name: str, value: Any, low: int = 1, high: int | None = None) -> int:
-    """`value` as a plain int, refused unless it is an integer (not a bool) in [low, high] (no upper bound if None).
-
-    The range message reads "{name} must be in [low, high], got v" (or "a positive integer" / ">= low" without
-    `high`).
-    """
+def checked_integer(name: str, value: Any, low: int = 1, high: float = math.inf) -> int:
+    """`value` as a plain int, refused unless it is an integer (not a bool; a 0-d tensor is its number) in [low,
+    high]."""
     value = _scalar(value)
     if not is_integer(value):
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if high is not None and not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
-    if high is None and value < low:
-        bound = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high:g}], got {value}")
+    return int(value)
 
 
-def checked_number(
-    name: str,
-    value: Any,
-    low: float = -math.inf,
-    high: float = math.inf,
-    *,
-    open_low: bool = False,
-    open_high: bool = False,
-    meaning: str = "",
-) -> float:
-    """`value` as a plain float, refused unless it is a finite real number (not a bool) in the interval from `low`
-    to `high` (open at an end where asked); `meaning`, if given, says in the message what the values mean."""
+def checked_number(name: str, value: Any, interval: str = "(-inf, inf)", meaning: str = "") -> float:
+    """`value` as a plain float, refused unless it is a finite real number in `interval` (written as in
+    mathematics, "[0, 1)"); `meaning`, if given, says in the message what the values mean."""
     value = _scalar(value)
     if not is_number(value):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    above = low < value if open_low else low <= value
-    below = value < high if open_high else value <= high
-    if not (math.isfinite(value) and above and below):
-        left = "(" if open_low or low == -math.inf else "["
-        right = ")" if open_high or high == math.inf else "]"
-        interval = f"{left}{low:g}, {high:g}{right}"
+    if not in_interval(float(value), interval):
         raise ValueError(
             f"{name} must be a finite number in {interval}{f' ({meaning})' if meaning else ''}, got {value}"
         )
-    return value
+    return float(value)
+
+
+def in_interval(value: float, interval: str) -> bool:
+    """Whether `value` is finite and lies in `interval`, e.g. "(0, 1]" or "[1, inf)"."""
+    low, high = (float(end) for end in interval[1:-1].split(","))
+    above = low <= value if interval[0] == "[" else low < value
+    below = value <= high if interval[-1] == "]" else value < high
+    return math.isfinite(value) and above and below
 
 
 def _scalar(value: Any) -> Any:
     """A 0-d tensor or array as its Python number (diffusers users pass `torch.tensor(0.5)`); anything else as is."""
     return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    interval: str | None = None,
+    positional: bool = False,
+    group: str | None = None,
+) -> Any:
+    """A field of an options dataclass that is also a command-line argument (`--name`, or `name` if `positional`):
+    its `help`, the `interval` its number must lie in, and the help `group` it is listed under. Choices are the
+    field's `Literal` type."""
+    metadata = {"help": help, "interval": interval, "positional": positional, "group": group}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_options(options: Any) -> None:
+    """Check every field of the dataclass instance `options` against its type, choices and interval, in place:
+    NumPy numbers and paths become plain int, float and str (options are recorded as JSON)."""
+    hints = typing.get_type_hints(type(options))
+    for field in dataclasses.fields(options):
+        value = _conformed(field.name, getattr(options, field.name), hints[field.name])
+        interval = field.metadata.get("interval")
+        if interval and value is not None and not in_interval(value, interval):
+            raise ValueError(f"--{field.name} must be in {interval}, got {value}")
+        setattr(options, field.name, value)
+
+
+def _kinds(hint: Any) -> tuple:
+    """The types a hint admits: `int | None` → (int, NoneType)."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _conformed(name: str, value: Any, hint: Any) -> Any:
+    """`value` in the plain form of one of the types `hint` admits, or a one-line refusal."""
+    kinds = _kinds(hint)
+    for kind in kinds:
+        if kind is type(None) and value is None or kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and is_integer(value):
+            return int(value)
+        if kind is float and is_number(value):
+            return float(value)
+        if kind is str and isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+        if typing.get_origin(kind) is list and isinstance(value, (list, tuple)):
+            return [_conformed(name, item, typing.get_args(kind)[0]) for item in value]
+        if typing.get_origin(kind) is Literal and value in typing.get_args(kind):
+            return value
+    choices = [choice for kind in kinds if typing.get_origin(kind) is Literal for choice in typing.get_args(kind)]
+    if choices:
+        raise ValueError(f"--{name} must be one of {choices}, got {value!r}")
+    expected = " or ".join(getattr(kind, "__name__", str(kind)) for kind in kinds).replace("NoneType", "None")
+    raise TypeError(f"--{name} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def add_options(parser: argparse.ArgumentParser, options_class: type) -> None:
+    """Add every field of `options_class` to `parser`, typed from its annotation, with its choices, its interval
+    and its default in the help. Flags given nowhere keep the dataclass's default (the one place it is written)."""
+    hints = typing.get_type_hints(options_class)
+    groups: dict[str | None, Any] = {None: parser}
+    for field in dataclasses.fields(options_class):
+        metadata, kind = field.metadata, next(k for k in _kinds(hints[field.name]) if k is not type(None))
+        group = groups.get(metadata.get("group")) or groups.setdefault(
+            metadata["group"], parser.add_argument_group(metadata["group"])
+        )
+        kwargs: dict[str, Any] = {"help": _help(field, kind)}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction if field.default is True else "store_true"
+        elif typing.get_origin(kind) is Literal:
+            kwargs.update(choices=typing.get_args(kind), type=type(typing.get_args(kind)[0]))
+        elif typing.get_origin(kind) is list:
+            item = typing.get_args(kind)[0]
+            choices = typing.get_args(item) if typing.get_origin(item) is Literal else None
+            kwargs.update(nargs="+", type=type(choices[0]) if choices else item, choices=choices)
+        else:
+            kwargs["type"] = kind
+        if metadata.get("positional"):
+            nargs = {} if field.default is dataclasses.MISSING else {"nargs": "?"}
+            group.add_argument(field.name, **nargs, **kwargs, default=argparse.SUPPRESS)
+        else:
+            required = field.default is dataclasses.MISSING
+            group.add_argument(f"--{field.name}", **kwargs, required=required, default=argparse.SUPPRESS)
+
+
+def _help(field: dataclasses.Field, kind: Any) -> str:
+    parts = [field.metadata.get("help") or ""]
+    if field.metadata.get("interval"):
+        parts.append(f"in {field.metadata['interval']}")
+    if field.default not in (dataclasses.MISSING, None, False) and kind is not bool:
+        parts.append(f"default {field.default}")
+    return "; ".join(part for part in parts if part) or None
+
+
+def parse_options(options_class: type, argv: list[str] | None = None, description: str | None = None) -> Any:
+    """The command line `argv` as a checked `options_class` instance (argparse exits on an unknown flag)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(parser, options_class)
+    return options_class(**vars(parser.parse_args(argv)))

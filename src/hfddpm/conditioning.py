@@ -10,45 +10,27 @@ class-conditional network given no labels is the unconditional model ε_θ(x_t, 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
 def num_classes(model: torch.nn.Module) -> int | None:
     """K, the classes `model` is conditioned on (its `num_class_embeds` − 1), or None for an unconditional model
-    (one without a config counts as unconditional).
-
-    Only a learned class embedding (`class_embed_type` None) has a "no label" index; the other kinds of
-    `UNet2DModel` conditioning (a timestep-like or identity embedding of a continuous value) are refused.
-    """
+    (one without a config counts as unconditional). Only a learned class embedding (`class_embed_type` None) has a
+    "no label" index: the other kinds of `UNet2DModel` conditioning embed a continuous value, and are refused."""
     config = getattr(model, "config", None) or {}
-    embed_type = config.get("class_embed_type")
-    if embed_type is not None:
+    if config.get("class_embed_type") is not None:
         raise ValueError(
-            f"the network's class_embed_type is {embed_type!r}; hfddpm conditions on class labels through a learned "
-            "embedding only (class_embed_type None with num_class_embeds = classes + 1)"
+            f"the network's class_embed_type is {config['class_embed_type']!r}; hfddpm conditions on class labels "
+            "through a learned embedding only (class_embed_type None, num_class_embeds = classes + 1)"
         )
     embeds = config.get("num_class_embeds")
-    if embeds is None:
-        return None
-    if embeds < 2:
-        raise ValueError(
-            f"the network has num_class_embeds={embeds}; a class-conditional network needs the classes plus one "
-            "'no label' embedding, so at least 2"
-        )
-    return embeds - 1
+    return None if embeds is None else embeds - 1
 
 
 def every_class(count: int, classes: int) -> list[int]:
     """`count` labels that draw every one of `classes` classes alike: sample i is of class i mod K (the sample grids
     and evaluations of a class-conditional model)."""
     return [i % classes for i in range(count)]
-
-
-def null_labels(model: torch.nn.Module, batch_size: int, device: torch.device | str) -> torch.Tensor:
-    """`batch_size` copies of the "no label" index K of a class-conditional `model`."""
-    return torch.full((batch_size,), num_classes(model), dtype=torch.long, device=device)
 
 
 def call_network(
@@ -67,21 +49,11 @@ def predict(
     timestep: int | torch.Tensor,
     class_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The network's output `model(sample, timestep).sample`, with `class_labels` for a class-conditional model.
-
-    A class-conditional model given no labels is called with the "no label" index (its unconditional prediction);
-    an unconditional model given labels is refused.
-    """
+    """The network's output `model(sample, timestep).sample`, with `class_labels` for a class-conditional model, which
+    given no labels is called with the "no label" index K: its unconditional prediction ε_θ(x_t, t, ∅)."""
     classes = num_classes(model)
-    if classes is None:
-        if class_labels is not None:
-            raise ValueError(
-                "class labels were given to an unconditional network (its config has no num_class_embeds); drop "
-                "them, or train with --class_conditional"
-            )
-        return call_network(model, sample, timestep, None)
-    if class_labels is None:
-        class_labels = null_labels(model, len(sample), sample.device)
+    if classes is not None and class_labels is None:
+        class_labels = torch.full((len(sample),), classes, dtype=torch.long, device=sample.device)
     return call_network(model, sample, timestep, class_labels)
 
 
@@ -96,8 +68,6 @@ def guided_prediction(
     prediction is guided by the same formula: each is an affine function of ε̂ at fixed (x_t, t), and affine maps
     keep weights summing to one.
     """
-    if not math.isfinite(guidance_scale):
-        raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
     if guidance_scale in (0, 1):  # u + 1·(c − u) need not round to c
         return conditional if guidance_scale == 1 else unconditional
     guided = unconditional[:, :channels] + guidance_scale * (conditional[:, :channels] - unconditional[:, :channels])

@@ -2,7 +2,8 @@
 
 A file is written beside its target under a temporary name, flushed to disk, then renamed over the target
 (`os.replace` is atomic within a filesystem); a folder is removed by renaming it to a hidden name first, so a kill
-during the removal leaves a hidden leftover, never a visible half-folder.
+during the removal leaves a hidden leftover, never a visible half-folder. What is written gets the modes a plain
+write would give under the umask (safetensors writes its files 0600, `mkdtemp` its folders 0700).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     temporary = path.with_name(f".{path.name}.partial")
     try:
         yield temporary
-        _fsync(temporary)
+        _finish(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -41,7 +42,7 @@ def new_folder(folder: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
     try:
         yield temporary
-        fsync_tree(temporary)
+        finish_tree(temporary)
         os.replace(temporary, folder)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -53,17 +54,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         temporary.write_text(text, encoding="utf-8")
 
 
-def fsync_tree(folder: str | os.PathLike) -> None:
-    """Flush every file under `folder` to disk, so a folder renamed into place afterwards survives a power cut."""
-    for path in Path(folder).rglob("*"):
-        if path.is_file():
-            _fsync(path)
+def finish_tree(folder: str | os.PathLike) -> None:
+    """Flush every file under `folder` to disk, so that a folder renamed into place afterwards survives a power cut,
+    and give it and everything in it the modes a plain write would."""
+    for path in [Path(folder), *Path(folder).rglob("*")]:
+        _finish(path)
 
 
 def move_files_into(staging: str | os.PathLike, target: str | os.PathLike, last: str | None = None) -> None:
     """Move every file of `staging` to the same relative place under `target`, each one replacing its old version
-    atomically, the files named `last` after all others; then remove `staging`. Flush `staging` first
-    (`fsync_tree`) for the moved files to survive a power cut."""
+    atomically, the files named `last` after all others; then remove `staging`. Call `finish_tree(staging)` first
+    for the moved files to survive a power cut."""
     staging, target = Path(staging), Path(target)
     files = sorted((path for path in staging.rglob("*") if path.is_file()), key=lambda path: path.name == last)
     for file in files:
@@ -96,9 +97,14 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as file:
-        os.fsync(file.fileno())
+def _finish(path: Path) -> None:
+    """Flush a file to disk, and give a file or folder the mode a plain write gives under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    if path.is_file():
+        with open(path, "rb") as file:
+            os.fsync(file.fileno())
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def check_output_folder(folder: str | os.PathLike, what: str) -> Path:

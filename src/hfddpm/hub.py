@@ -13,18 +13,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from huggingface_hub import HfApi, constants, get_token
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from . import durable
 from .model_cards import model_card
-from .pipelines.checkpoint_safety import PICKLE_SUFFIXES
+from .pipelines.loading import PICKLE_SUFFIXES, first_line
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -34,7 +33,7 @@ RUN_RECORDS = ("training_args.json", "training_info.json", "evaluation.json", "d
 RUN_EXPORT = "hub-export"
 
 
-class HubError(RuntimeError):
+class HubError(OSError):
     """Publishing failed; the message says why and that the local checkpoint is untouched."""
 
 
@@ -52,13 +51,12 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def resolve_token(token: str | None, folder: str | os.PathLike) -> str:
-    """The token to push with: `token`, else $HF_TOKEN or the one `hf auth login` saved; none is a one-line error."""
+def resolve_token(token: str | None, folder: str | os.PathLike, flag: str = "--token") -> str:
+    """The token to push with: `token` (the command line's `flag`), else $HF_TOKEN or the one `hf auth login`
+    saved; none is a one-line error."""
     token = token or get_token()
     if not token:
-        raise HubError(
-            f"no Hugging Face token: pass --hub_token, set HF_TOKEN or run `hf auth login`; {folder} is kept as it is"
-        )
+        raise HubError(f"no Hugging Face token: pass {flag}, set HF_TOKEN or run `hf auth login`; {folder} is kept")
     return token
 
 
@@ -159,43 +157,27 @@ def push_to_hub(
     run_as_future: bool = False,
     endpoint: str | None = None,
 ) -> CommitInfo | Future[CommitInfo]:
-    """Publish `folder` to the Hub repository `repo_id` (created if needed, `private` if asked) on `revision`.
-
-    The upload goes through huggingface_hub's `upload_folder` from an export next to `folder` (`export_for_hub`),
-    removed once the commit is done. With `run_as_future` it runs in the background and a `Future` is returned
-    (a training loop keeps going); otherwise the `CommitInfo`. Failures raise a one-line `HubError`.
-    """
+    """Publish `folder` to the Hub repository `repo_id` (created if needed, `private` if asked) on `revision`, in one
+    commit of huggingface_hub's `create_commit`: the files `files_to_publish` selects and the model card for
+    `repo_id`. With `run_as_future` it runs in the background (a training loop keeps going) and the files are read
+    first, so a later save cannot change them during the upload; a `Future` is returned, otherwise the `CommitInfo`.
+    Failures raise a one-line `HubError`."""
     check_repo_id(repo_id)
     token = resolve_token(token, folder)
-    staging = Path(tempfile.mkdtemp(prefix=f".{Path(folder).name}.hub-upload-", dir=Path(folder).resolve().parent))
-    try:
-        export_for_hub(folder, staging, repo_id, include_training_state)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # the empty folder made above, or what was copied into it
-        raise
+    files = files_to_publish(folder, include_training_state)
+    read = (lambda path: path.read_bytes()) if run_as_future else (lambda path: path)
+    operations = [CommitOperationAdd(name, read(Path(folder) / name)) for name in files]
+    operations.append(CommitOperationAdd("README.md", str(model_card(folder, repo_id)).encode()))
     api = HfApi(endpoint=endpoint, token=token)
-    where = endpoint or constants.ENDPOINT
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        result = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=staging,
-            revision=revision,
-            commit_message=commit_message or f"Upload {Path(folder).name} with hfddpm",
-            run_as_future=run_as_future,
+        message = commit_message or f"Upload {Path(folder).resolve().name} with hfddpm"
+        return api.create_commit(
+            repo_id, operations, commit_message=message, revision=revision, run_as_future=run_as_future
         )
     except Exception as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise _hub_error(error, repo_id, where, folder) from error
-    if not isinstance(result, Future):
-        shutil.rmtree(staging, ignore_errors=True)
-        return result
-    result.add_done_callback(lambda _: shutil.rmtree(staging, ignore_errors=True))
-    return result
-
-
-def _hub_error(error: Exception, repo_id: str, endpoint: str, folder) -> HubError:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return HubError(f"could not push to {repo_id} at {endpoint}: {reason}; {folder} is kept as it is")
+        raise HubError(
+            f"could not push to {repo_id} at {endpoint or constants.ENDPOINT}: {first_line(error)}; {folder} is kept"
+        ) from error

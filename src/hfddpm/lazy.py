@@ -1,10 +1,31 @@
-"""Packages whose names are imported from their modules on first use (PEP 562), as diffusers' own are."""
+"""Names imported on first use (PEP 562), as diffusers' own are, and the extra that installs each optional library:
+`pip install hfddpm` brings what sampling needs; training and evaluation need `hfddpm[train]` and `hfddpm[eval]`."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
 from typing import Any
+
+# The optional libraries, by the name they import as, and the extra of pyproject.toml that installs each.
+EXTRAS = {
+    "accelerate": "train",
+    "datasets": "train",
+    "sklearn": "train",
+    "tensorboard": "train",
+    "matplotlib": "eval",
+    "transformers": "eval",
+    "torchmetrics": "eval",
+}
+
+
+def missing_extra(error: ImportError) -> ImportError:
+    """`error` as one line naming the extra to install, when it is an optional library's absence; else `error`."""
+    library = (getattr(error, "name", None) or "").split(".")[0]
+    if library not in EXTRAS:
+        return error
+    extra = EXTRAS[library]
+    return ImportError(f"this needs {library}, which hfddpm's [{extra}] extra installs: pip install 'hfddpm[{extra}]'")
 
 
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
@@ -14,7 +35,12 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str],
     def __getattr__(name: str) -> Any:
         if name not in exports:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f".{exports[name]}", package), name)
+        try:
+            value = getattr(importlib.import_module(f".{exports[name]}", package), name)
+        except ImportError as error:
+            if (friendly := missing_extra(error)) is error:
+                raise
+            raise friendly from None
         namespace[name] = value  # found directly from now on
         return value
 

@@ -6,7 +6,7 @@ training for the task. The known pixels are kept exactly; the masked ones are ge
 and DDIM's η apply, with classifier-free guidance for a class-conditional model.
 """
 
-import logging
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +23,6 @@ from ..image_data import check_eight_bit
 from ..schedulers import DDIMScheduler, DDPMScheduler
 from ..schedulers.repaint import renoise, repaint_schedule
 from .pipeline_hfddpm import HFDDPMPipeline
-
-logger = logging.getLogger(__name__)
 
 ImageInput = PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor
 
@@ -81,30 +79,21 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
         scheduler = markov_scheduler(self.scheduler)
         device = self._execution_device
         known, keep = self.known_region(image, mask_image, device)
-        class_labels, batch_size = self.class_label_ids(class_labels, len(known), device)
+        labels, batch_size = self.class_label_ids(class_labels, len(known), device)
         if batch_size != len(known):
             raise ValueError(
                 f"got {batch_size} class_labels for {len(known)} images: pass one label, or one per image"
             )
-        guidance_scale = self.check_guidance_scale(guidance_scale, class_labels)
-        num_inference_steps, eta = self._check_inputs(
-            batch_size, generator, self.inference_steps(num_inference_steps), eta, output_type
-        )
-        callback_names = self._callback_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        positions = repaint_schedule(num_inference_steps, jump_length, jump_n_sample)
-        moves = list(zip(positions[:-1], positions[1:], strict=True))
+        guidance_scale = self.checked_guidance_scale(guidance_scale, labels)
+        tensor_names = self.checked_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        num_inference_steps = self.inference_steps(num_inference_steps)
+        moves = list(itertools.pairwise(repaint_schedule(num_inference_steps, jump_length, jump_n_sample)))
         self._num_timesteps = sum(target > position for position, target in moves)  # the reverse steps
-        if jump_n_sample > 1 and jump_length >= num_inference_steps:
-            logger.warning(
-                "jump_length=%d is not below num_inference_steps=%d: no jump fits, so nothing is resampled",
-                jump_length,
-                num_inference_steps,
-            )
         scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = scheduler.timesteps
         final = torch.as_tensor(getattr(scheduler, "final_alpha_cumprod", 1.0), device=device).reshape(1)  # DDIM's
         alpha_bars = torch.cat([scheduler.alphas_cumprod.to(device)[timesteps.long()], final.float()])
-        step_kwargs = self._step_kwargs(scheduler, generator, eta, use_clipped_model_output)
+        step_kwargs = self.step_kwargs(scheduler, generator, eta, use_clipped_model_output)
         sample = randn_tensor(known.shape, generator=generator, device=device, dtype=torch.float32)
         steps = 0
         with eval_mode(self.unet), self.progress_bar(total=self._num_timesteps) as progress:
@@ -114,37 +103,33 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
                     sample = renoise(sample, alpha_bars[position], alpha_bars[target], noise)
                     continue
                 t = timesteps[position]
-                output = self.reverse_step(scheduler, sample, t, class_labels, guidance_scale, step_kwargs)
+                output = self.reverse_step(scheduler, sample, t, labels, guidance_scale, step_kwargs)
                 known_now = known if target == len(timesteps) else renoise(known, 1.0, alpha_bars[target], noise)
                 sample = torch.where(keep, known_now, output.prev_sample)
-                if callback_on_step_end is not None:
-                    sample = self._call_back(callback_on_step_end, callback_names, steps, t, sample, output)
-                self.check_finite(sample, steps, t, guidance_scale if class_labels is not None else 1.0)
+                sample = self.after_step(steps, t, output, sample, callback_on_step_end, tensor_names)
                 steps += 1
                 progress.update()
         return self.postprocess(sample, output_type, return_dict)
 
     def known_region(self, image: Any, mask_image: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The known images x_0 in [−1, 1] (B, C, H, W) and where they are kept (a boolean mask broadcasting to
-        them), checked against the UNet's size and channels."""
+        them), of the UNet's size; a PIL image of more than 8 bits is refused (converting it would clip it)."""
+        for picture in image if isinstance(image, list) else [image]:
+            if isinstance(picture, PIL.Image.Image):
+                check_eight_bit(picture, "image")
         channels = self.unet.config.in_channels
-        images = _image_processor(channels).preprocess(_checked_image(image, "image"))
-        masks = _MASK_PROCESSOR.preprocess(_checked_image(mask_image, "mask_image"))
-        expected = self.sample_shape(1)[2:]
-        if tuple(images.shape[2:]) != expected:
+        processor = VaeImageProcessor(
+            do_resize=False, do_convert_grayscale=channels == 1, do_convert_rgb=channels == 3
+        )
+        images = processor.preprocess(image)
+        masks = MASK_PROCESSOR.preprocess(mask_image)
+        if images.shape[1:] != self.sample_shape(1)[1:] or masks.shape[2:] != images.shape[2:]:
             raise ValueError(
-                f"image is {images.shape[3]}×{images.shape[2]} pixels, but the model generates "
-                f"{expected[1]}×{expected[0]}; resize it to the model's size first"
-            )
-        if masks.shape[2:] != images.shape[2:]:
-            raise ValueError(
-                f"mask_image is {masks.shape[3]}×{masks.shape[2]} pixels, the image {images.shape[3]}×"
-                f"{images.shape[2]}; give a mask of the image's size"
+                f"image {tuple(images.shape[1:])} and mask_image {tuple(masks.shape[2:])} must have the model's "
+                f"channels and size {self.sample_shape(1)[1:]}; resize them first"
             )
         if len(masks) not in (1, len(images)):
             raise ValueError(f"got {len(masks)} masks for {len(images)} images: pass one mask, or one per image")
-        if images.shape[1] != channels:
-            raise ValueError(f"image has {images.shape[1]} channels, the model {channels}")
         return images.to(device=device, dtype=torch.float32), (masks < 0.5).to(device)
 
 
@@ -163,31 +148,5 @@ def markov_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
     )
 
 
-def _checked_image(image: Any, name: str) -> Any:
-    """`image` unless it is empty, of more than 8 bits, or a tensor outside [0, 1] (NaN and infinities included)."""
-    if isinstance(image, list) and not image:
-        raise ValueError(f"{name} is an empty list; pass at least one image")
-    for picture in image if isinstance(image, list) else [image]:
-        if isinstance(picture, PIL.Image.Image):
-            check_eight_bit(picture, name)
-        elif isinstance(picture, torch.Tensor) and not (
-            torch.isfinite(picture).all() and 0 <= picture.min() <= picture.max() <= 1
-        ):
-            raise ValueError(
-                f"{name} tensor values must be finite and in [0, 1] (as output_type='pt' returns images), got "
-                f"values from {picture.min().item()} to {picture.max().item()}"
-            )
-    if not isinstance(image, (PIL.Image.Image, list, torch.Tensor)):
-        raise TypeError(f"{name} must be a PIL image, a list of them or a tensor, got {type(image).__name__}")
-    return image
-
-
-def _image_processor(channels: int) -> VaeImageProcessor:
-    """diffusers' image reader for the UNet's channels: PIL and [0, 1] tensors to [−1, 1], no resizing."""
-    return VaeImageProcessor(
-        do_resize=False, do_normalize=True, do_convert_grayscale=channels == 1, do_convert_rgb=channels == 3
-    )
-
-
 # As diffusers' inpainting pipelines read masks: grey, in [0, 1], binarised at 0.5.
-_MASK_PROCESSOR = VaeImageProcessor(do_resize=False, do_normalize=False, do_binarize=True, do_convert_grayscale=True)
+MASK_PROCESSOR = VaeImageProcessor(do_resize=False, do_normalize=False, do_binarize=True, do_convert_grayscale=True)

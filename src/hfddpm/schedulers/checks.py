@@ -1,5 +1,6 @@
-"""Checks of a noise schedule and of custom sampling timesteps (the numbers `hfddpm.arguments` checks one by one,
-here checked together), each refused in one line before any work starts."""
+"""What a DDPM or DDIM scheduler config and `set_timesteps` may hold, checked when given (by a caller or a config
+file): a value that would sample with wrong numbers is refused in one line; names unknown to diffusers get the list
+of choices instead of a later NotImplementedError."""
 
 from __future__ import annotations
 
@@ -8,37 +9,66 @@ from typing import Any
 
 from ..arguments import checked_integer, checked_number, is_number
 
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+# How `set_timesteps(S)` picks S of the T training timesteps (t descending, sampled from the first):
+# - "leading": 0, T/S, 2T/S, … (stock default; never starts at T − 1, so x_T's noise level is not the first one).
+# - "trailing": T − 1, T − 1 − T/S, …: starts at pure noise (Lin et al. 2024, §3.3) but ends at T/S − 1, so with few
+#   steps the final jump to x_0 returns a mean over many images (blurred) when the data is spread out.
+# - "linspace": round(linspace(0, T − 1, S)): both ends, T − 1 and 0, evenly in between (the DDPM/DDIM papers' grid).
+# - "quadratic": ⌊(i √(0.8 T)/(S − 1))²⌋ (Song et al. 2021, App. D.2): dense at low noise, where detail forms;
+#   their choice for the linear schedule on CIFAR-10 (it starts at 0.8 T, where that schedule is already noise).
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "quadratic")
+BETA_SCHEDULE_ALIASES = {"cosine": "squaredcos_cap_v2"}
+# Stock beta schedules that read beta_start and beta_end (the cosine and Laplace ones ignore them).
+_SCHEDULES_WITH_ENDPOINTS = ("linear", "scaled_linear", "sigmoid")
 # What η means, for the messages refusing one (Song et al. 2021, eq. 16: η² scales the DDPM posterior variance;
 # above 1 the noise can exceed what the step leaves room for, and the mean's square root turns NaN).
 ETA_MEANING = "0 is deterministic DDIM, 1 is DDPM-like"
 
 
-# Stock beta schedules that read beta_start and beta_end (the cosine and Laplace ones ignore them).
-_SCHEDULES_WITH_ENDPOINTS = ("linear", "scaled_linear", "sigmoid")
+def check_scheduler_options(
+    options: dict[str, Any], beta_schedules: tuple[str, ...], reverse_variances: tuple[str, ...]
+) -> dict[str, Any]:
+    """The constructor's `options` with T a plain int, the beta schedule under its stock name and Γ_t as plain
+    floats (a config is JSON); refused in one line when the noise schedule would hold a β outside (0, 1) (its ᾱ_t
+    then stop being noise levels) or a name is unknown.
 
-
-def check_noise_schedule(
-    num_train_timesteps: Any, beta_start: Any, beta_end: Any, beta_schedule: str, trained_betas: Any
-) -> int:
-    """Refuse a noise schedule that would hold a β outside (0, 1) or NaN, whose ᾱ_t then stop being noise levels;
-    return T as a plain int.
-
-    T is a positive integer; `beta_start` ≤ `beta_end`, both in (0, 1), where the schedule reads them;
-    `trained_betas` holds one β in (0, 1) per training timestep (stock accepts another length and fails with an
-    IndexError when sampling).
+    `beta_start` ≤ `beta_end` lie in (0, 1) where the schedule reads them; `trained_betas` holds one β in (0, 1)
+    per training timestep (stock accepts another length and fails with an IndexError when sampling), and then
+    `beta_schedule` is ignored, as in stock diffusers.
     """
-    num_train_timesteps = checked_integer("num_train_timesteps", num_train_timesteps)
-    if trained_betas is not None:
-        _check_trained_betas(trained_betas, num_train_timesteps)
-    elif beta_schedule in _SCHEDULES_WITH_ENDPOINTS:
-        start = checked_number("beta_start", beta_start, 0, 1, open_low=True, open_high=True)
-        end = checked_number("beta_end", beta_end, 0, 1, open_low=True, open_high=True)
-        if start > end:
-            raise ValueError(
-                f"beta_start must not exceed beta_end (the noise grows with t), got beta_start={start} > "
-                f"beta_end={end}"
-            )
-    return num_train_timesteps
+    options = dict(options)
+    steps = options["num_train_timesteps"] = checked_integer("num_train_timesteps", options["num_train_timesteps"])
+    schedule = options["beta_schedule"] = BETA_SCHEDULE_ALIASES.get(options["beta_schedule"], options["beta_schedule"])
+    if options["trained_betas"] is not None:
+        _check_trained_betas(options["trained_betas"], steps)
+    elif schedule not in beta_schedules:
+        choices = (*beta_schedules, *BETA_SCHEDULE_ALIASES)
+        raise ValueError(f"beta_schedule must be one of {choices} (or pass trained_betas), got {schedule!r}")
+    elif schedule in _SCHEDULES_WITH_ENDPOINTS:
+        start = checked_number("beta_start", options["beta_start"], "(0, 1)")
+        if start > checked_number("beta_end", options["beta_end"], "(0, 1)"):
+            end = options["beta_end"]
+            raise ValueError(f"beta_start must not exceed beta_end (the noise grows with t), got {start} > {end}")
+    for name, choices in (("prediction_type", PREDICTION_TYPES), ("timestep_spacing", TIMESTEP_SPACINGS)):
+        if options[name] not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {options[name]!r}")
+    if (variance := options["reverse_variance"]) not in (None, *reverse_variances):
+        raise ValueError(f"reverse_variance must be None or one of {reverse_variances}, got {variance!r}")
+    options["reverse_variance"] = None if variance is None else str(getattr(variance, "value", variance))
+    gamma = options["analytic_gamma"]
+    if options["reverse_variance"] == "analytic" and gamma is None:
+        raise ValueError(
+            "reverse_variance='analytic' needs analytic_gamma, the model's Γ_t: estimate it with "
+            "hfddpm.schedulers.analytic_dpm.fit_analytic_variance (or `hfddpm analytic-variance CHECKPOINT`)"
+        )
+    if gamma is not None:
+        if len(gamma) != steps:
+            raise ValueError(f"analytic_gamma needs one Γ_t per training timestep ({steps}), got {len(gamma)}")
+        options["analytic_gamma"] = [
+            checked_number(f"analytic_gamma[{t}]", g, "[0, inf)") for t, g in enumerate(gamma)
+        ]
+    return options
 
 
 def _check_trained_betas(trained_betas: Any, num_train_timesteps: int) -> None:
@@ -51,22 +81,18 @@ def _check_trained_betas(trained_betas: Any, num_train_timesteps: int) -> None:
             f"{len(values)}"
         )
     if bad := [(t, v) for t, v in enumerate(values) if not (math.isfinite(v) and 0 < v < 1)]:
-        t, v = bad[0]
-        raise ValueError(f"trained_betas must be finite numbers in (0, 1), got {v} at timestep {t}")
+        raise ValueError(f"trained_betas must be finite numbers in (0, 1), got {bad[0][1]} at timestep {bad[0][0]}")
 
 
 def checked_timesteps(timesteps: Any, num_train_timesteps: int) -> list[int]:
     """Custom sampling timesteps as plain ints, refused unless each is an integer in [0, T − 1] and they strictly
     descend (stock truncates 99.5 to 99 and reads a negative t as ᾱ of the last timestep); a whole float such as
-    999.0 counts as its integer."""
+    999.0 counts as its integer, as stock casts another scheduler's float timesteps."""
     values = timesteps.tolist() if hasattr(timesteps, "tolist") else list(timesteps)
     if not values:
         raise ValueError("timesteps is empty; pass at least one training timestep, or num_inference_steps instead")
-    # a whole float is its integer, as stock casts a float tensor of timesteps (another scheduler's) to int64
     values = [int(t) if isinstance(t, float) and t.is_integer() else t for t in values]
     values = [checked_integer(f"timesteps[{i}]", t, 0, num_train_timesteps - 1) for i, t in enumerate(values)]
     if any(later >= earlier for earlier, later in zip(values, values[1:], strict=False)):
-        raise ValueError(
-            f"timesteps must be in strictly descending order (each step lands on an earlier timestep), got {values}"
-        )
+        raise ValueError(f"timesteps must strictly descend (each step lands on an earlier timestep), got {values}")
     return values

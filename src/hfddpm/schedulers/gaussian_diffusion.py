@@ -13,16 +13,14 @@ Everything here is computed in at least float32, whatever the dtype of the sampl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from enum import Enum
 from typing import Any
 
 import torch
+from diffusers.configuration_utils import FrozenDict
 
-from ..arguments import checked_integer, checked_number
-
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+from .checks import check_scheduler_options
 
 
 class ReverseVariance(str, Enum):
@@ -47,76 +45,24 @@ class ReverseVariance(str, Enum):
     ANALYTIC = "analytic"
 
 
+REVERSE_VARIANCES = tuple(choice.value for choice in ReverseVariance)
 LEARNED_VARIANCES = (ReverseVariance.LEARNED.value, ReverseVariance.LEARNED_RANGE.value)
-# Stock `variance_type` values with an hfddpm equivalent. Stock "learned" reads σ², not log σ², so it has none.
-_STOCK_VARIANCE_TYPES = {
+# Stock `variance_type` values and the `reverse_variance` that samples alike; stock "learned" reads σ², not log σ², so
+# it has none.
+STOCK_EQUIVALENTS = {
     "fixed_small": "fixed_small",
     "fixed_small_log": "fixed_small",
     "fixed_large": "fixed_large",
     "fixed_large_log": "fixed_large",
     "learned_range": "learned_range",
 }
-STOCK_VARIANCE_TYPES = (*_STOCK_VARIANCE_TYPES, "learned")
-# How `set_timesteps(S)` picks S of the T training timesteps (t descending, sampled from the first):
-# - "leading": 0, T/S, 2T/S, … (stock default; never starts at T − 1, so x_T's noise level is not the first one).
-# - "trailing": T − 1, T − 1 − T/S, …: starts at pure noise (Lin et al. 2024, §3.3) but ends at T/S − 1, so with few
-#   steps the final jump to x_0 returns a mean over many images (blurred) when the data is spread out.
-# - "linspace": round(linspace(0, T − 1, S)): both ends, T − 1 and 0, evenly in between (the DDPM/DDIM papers' grid).
-# - "quadratic": ⌊(i √(0.8 T)/(S − 1))²⌋ (Song et al. 2021, App. D.2): dense at low noise, where detail forms;
-#   their choice for the linear schedule on CIFAR-10 (it starts at 0.8 T, where that schedule is already noise).
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "quadratic")
-BETA_SCHEDULE_ALIASES = {"cosine": "squaredcos_cap_v2"}
+STOCK_VARIANCE_TYPES = (*STOCK_EQUIVALENTS, "learned")
 
 
-def validate_common_options(
-    beta_schedule: str,
-    prediction_type: str,
-    timestep_spacing: str,
-    reverse_variance: str | None,
-    analytic_gamma: list[float] | None = None,
-    num_train_timesteps: int = 1000,
-    *,
-    beta_schedules: tuple[str, ...],
-    uses_trained_betas: bool = False,
-) -> tuple[str, str | None, list[float] | None]:
-    """Check the options both schedulers share; return the stored beta schedule and reverse variance names and Γ_t
-    as plain floats (a config is JSON).
-
-    `beta_schedules` are the stock names the scheduler implements; `beta_schedule` is ignored, as in stock diffusers,
-    when the scheduler `uses_trained_betas`. Checked here, an unknown name gets the list of choices rather than stock's
-    NotImplementedError.
-    """
-    beta_schedule = BETA_SCHEDULE_ALIASES.get(beta_schedule, beta_schedule)
-    if not uses_trained_betas and beta_schedule not in beta_schedules:
-        choices = (*beta_schedules, *BETA_SCHEDULE_ALIASES)
-        raise ValueError(f"beta_schedule must be one of {choices} (or pass trained_betas), got {beta_schedule!r}")
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    if timestep_spacing not in TIMESTEP_SPACINGS:
-        raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
-    if reverse_variance is not None:
-        choices = tuple(choice.value for choice in ReverseVariance)
-        if reverse_variance not in choices:
-            raise ValueError(f"reverse_variance must be None or one of {choices}, got {reverse_variance!r}")
-        reverse_variance = ReverseVariance(reverse_variance).value
-    if reverse_variance == ReverseVariance.ANALYTIC and analytic_gamma is None:
-        raise ValueError(
-            "reverse_variance='analytic' needs analytic_gamma, the model's Γ_t: estimate it with "
-            "hfddpm.schedulers.analytic_dpm.fit_analytic_variance (or `hfddpm analytic-variance CHECKPOINT`)"
-        )
-    if analytic_gamma is not None and len(analytic_gamma) != num_train_timesteps:
-        raise ValueError(
-            f"analytic_gamma needs one Γ_t per training timestep ({num_train_timesteps}), got {len(analytic_gamma)}"
-        )
-    if analytic_gamma is not None:
-        analytic_gamma = [checked_number(f"analytic_gamma[{t}]", value, 0) for t, value in enumerate(analytic_gamma)]
-    return beta_schedule, reverse_variance, analytic_gamma
-
-
-def check_num_inference_steps(num_inference_steps: int | None, num_train_timesteps: int) -> int:
-    """The sampling step count as a plain int, refused outside [1, T] (each step visits a distinct training
-    timestep) or when it is not an integer."""
-    return checked_integer("num_inference_steps", num_inference_steps, 1, num_train_timesteps)
+def stock_variance_type(reverse_variance: str) -> str:
+    """The stock `variance_type` nearest a `reverse_variance`, which stock diffusers samples with when it loads an
+    hfddpm config (β̃ for ``analytic``)."""
+    return "fixed_small" if reverse_variance == ReverseVariance.ANALYTIC else reverse_variance
 
 
 def reverse_variance_of(config: Mapping[str, Any]) -> str:
@@ -128,20 +74,16 @@ def reverse_variance_of(config: Mapping[str, Any]) -> str:
     if config.get("reverse_variance") is not None:
         return config["reverse_variance"]
     variance_type = config.get("variance_type") or "fixed_small"
-    if variance_type not in _STOCK_VARIANCE_TYPES:
+    if variance_type not in STOCK_EQUIVALENTS:
         raise ValueError(
             f"the stock variance_type {variance_type!r} has no hfddpm reverse_variance; set reverse_variance to one "
-            f"of {[choice.value for choice in ReverseVariance]}"
+            f"of {list(REVERSE_VARIANCES)}"
         )
-    return _STOCK_VARIANCE_TYPES[variance_type]
+    return STOCK_EQUIVALENTS[variance_type]
 
 
 def convert_prediction(
-    model_output: torch.Tensor,
-    sample: torch.Tensor,
-    alpha_bar: torch.Tensor,
-    from_type: str,
-    to_type: str,
+    model_output: torch.Tensor, sample: torch.Tensor, alpha_bar: torch.Tensor, from_type: str, to_type: str
 ) -> torch.Tensor:
     """Convert a prediction of ε, x_0 or v made at x_t into another of the three.
 
@@ -149,9 +91,6 @@ def convert_prediction(
     x_0 = (x_t − √(1−ᾱ) ε)/√ᾱ = √ᾱ x_t − √(1−ᾱ) v and ε = (x_t − √ᾱ x_0)/√(1−ᾱ) = √(1−ᾱ) x_t + √ᾱ v.
     `alpha_bar` broadcasts against `sample`.
     """
-    for name in (from_type, to_type):
-        if name not in PREDICTION_TYPES:
-            raise ValueError(f"prediction type must be one of {PREDICTION_TYPES}, got {name!r}")
     if from_type == to_type:
         return model_output
     beta_bar = 1 - alpha_bar
@@ -182,6 +121,19 @@ def posterior_variance_between(alpha_bar_t: torch.Tensor, alpha_bar_s: torch.Ten
     return (1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s)
 
 
+def ddim_step(
+    sample: torch.Tensor, original: torch.Tensor, alpha_bar_t: torch.Tensor, alpha_bar_s: torch.Tensor
+) -> torch.Tensor:
+    """The deterministic DDIM step x_t → x_s from a prediction x̂_0 (Song et al. 2021, eq. 12 with σ = 0):
+
+    x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s) ε̂,  ε̂ = (x_t − √ᾱ_t x̂_0)/√(1 − ᾱ_t);
+
+    ᾱ_s = 1 lands on x̂_0 itself. With ε̂ re-derived from a clipped x̂_0 this is the step `HFDDPMPipeline` takes.
+    """
+    noise = (sample - alpha_bar_t**0.5 * original) / (1 - alpha_bar_t) ** 0.5
+    return alpha_bar_s**0.5 * original + (1 - alpha_bar_s) ** 0.5 * noise
+
+
 def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Values of shape () or (batch,) reshaped to broadcast over `like` (full-shape values pass), on its device, in
     at least float32."""
@@ -201,41 +153,30 @@ class GaussianDiffusionMixin:
     # Config keys hfddpm adds to the stock schedulers; None means "as stock diffusers".
     hfddpm_options = ("reverse_variance", "analytic_gamma")
 
-    def to_json_string(self) -> str:
-        """The stock config JSON, without hfddpm's options while they are unset, so stock diffusers loads it as is."""
-        config = json.loads(super().to_json_string())
-        for key in self.hfddpm_options:
-            if config.get(key) is None:
-                config.pop(key, None)
-        return json.dumps(config, indent=2, sort_keys=True) + "\n"
+    def _checked_config(self, beta_schedules: tuple[str, ...]) -> dict[str, Any]:
+        """The constructor's arguments, as diffusers' `register_to_config` recorded them, checked
+        (`check_scheduler_options`); hfddpm's options are registered, the stock ones returned for the stock
+        constructor; `_drop_unset_options` follows the stock constructor."""
+        arguments = {key: value for key, value in self.config.items() if not key.startswith("_")}
+        options = check_scheduler_options(arguments, beta_schedules, REVERSE_VARIANCES)
+        self.register_to_config(**{key: options.pop(key) for key in self.hfddpm_options})
+        return options
 
-    @classmethod
-    def extract_init_dict(cls, config_dict: dict, **kwargs: Any) -> tuple:
-        """diffusers' reading of a config, where a missing hfddpm option means None, as `to_json_string` left it.
-
-        Without this, an unset option left out of the saved JSON would come back listed in `_use_default_values`,
-        so a scheduler saved and loaded had another `config` than the original (diffusers' `test_from_pretrained`).
-        """
-        defaults = set(config_dict.get("_use_default_values") or ())
-        unset = {key: None for key in cls.hfddpm_options if key not in config_dict and key not in defaults}
-        return super().extract_init_dict({**unset, **config_dict}, **kwargs)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """diffusers' `add_noise` (x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε), refusing timesteps that are not integers in
-        [0, T − 1]: stock indexes ᾱ with them, so −1 silently reads ᾱ_{T−1} and T fails inside torch."""
-        timesteps = torch.as_tensor(timesteps)
-        steps = len(self.alphas_cumprod)
-        if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
-            raise TypeError(f"add_noise's timesteps must be an integer tensor, got dtype {timesteps.dtype}")
-        low, high = (int(value) for value in torch.aminmax(timesteps)) if timesteps.numel() else (0, 0)
-        if not 0 <= low <= high < steps:
-            raise ValueError(f"add_noise's timesteps must be in [0, {steps - 1}], got values from {low} to {high}")
-        return super().add_noise(original_samples, noise, timesteps)
+    def _drop_unset_options(self, *synced: str) -> None:
+        """Leave hfddpm's unset options out of the config, so that a config without them is stock's: a stock
+        scheduler made `from_config` of it sees no unknown key, and it saves and reloads, or goes through another
+        scheduler's config and back, to the same config (diffusers' `test_from_pretrained`, `test_compatibles`).
+        The stock keys in `synced`, set from hfddpm's options, leave `_use_default_values` (diffusers' private list
+        of the arguments left at their defaults, which `from_config` drops), as do hfddpm's own."""
+        unset = [key for key in self.hfddpm_options if self.config.get(key) is None]
+        config = {key: value for key, value in self.config.items() if key not in unset}
+        defaults = [key for key in config.pop("_use_default_values", []) if key not in (*self.hfddpm_options, *synced)]
+        # Private, no public twin: `register_to_config` only adds keys.
+        self._internal_dict = FrozenDict({**config, **({"_use_default_values": defaults} if defaults else {})})
 
     def quadratic_timesteps(self, num_inference_steps: int) -> torch.Tensor:
         """The "quadratic" spacing (see `TIMESTEP_SPACINGS`), descending, bumped to stay strictly increasing where
         the squares of small i round to the same timestep."""
-        check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
         top = (0.8 * self.config.num_train_timesteps) ** 0.5
         squares = (torch.linspace(0, top, num_inference_steps, dtype=torch.float64) ** 2).floor().long().tolist()
         timesteps = []
@@ -248,14 +189,8 @@ class GaussianDiffusionMixin:
         index = self._as_timesteps(timesteps)
         if index.ndim == 0:  # a sampling step's single t: plain indexing, a few times per step
             t = int(index)
-            if t >= len(self.alphas_cumprod):
-                raise ValueError(f"timesteps must be below num_train_timesteps={len(self.alphas_cumprod)}, got {t}")
             return self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod.to(self.alphas_cumprod)
         table = torch.cat([self.final_alpha_cumprod.reshape(1).to(self.alphas_cumprod), self.alphas_cumprod])
-        if (index >= len(self.alphas_cumprod)).any():
-            raise ValueError(
-                f"timesteps must be below num_train_timesteps={len(self.alphas_cumprod)}, got {timesteps}"
-            )
         return table[index.clamp(min=-1) + 1]
 
     def _as_timesteps(self, timesteps: int | torch.Tensor) -> torch.Tensor:
@@ -348,10 +283,8 @@ class GaussianDiffusionMixin:
         shaped like `model_variance`, the network's extra output channels. See `ReverseVariance` for the formulas;
         ``analytic`` is the DDPM member of its family (λ² = β̃_{t,s}).
         """
-        choice = ReverseVariance(reverse_variance or self.config.reverse_variance)
+        choice = ReverseVariance(reverse_variance or self.config.get("reverse_variance"))
         if choice == ReverseVariance.LEARNED:
-            if model_variance is None:
-                raise ValueError("reverse_variance='learned' needs the model's variance output")
             return model_variance
         timesteps = self._as_timesteps(timesteps)
         prev_timesteps = self._as_timesteps(prev_timesteps)
@@ -373,8 +306,6 @@ class GaussianDiffusionMixin:
             return torch.where(
                 prev_timesteps >= 0, torch.log(analytic.clamp(min=1e-20)), log_posterior_variance
             ).float()
-        if model_variance is None:
-            raise ValueError("reverse_variance='learned_range' needs the model's variance output")
         frac = (model_variance + 1) / 2
         max_log = per_sample(log_beta, model_variance)
         min_log = per_sample(log_posterior_variance, model_variance)
@@ -392,8 +323,6 @@ class GaussianDiffusionMixin:
         keeps it between 0 and 1, the most data in [−1, 1] can have (Thm. 2), so σ*² stays between λ² and the
         bound of Thm. 2. λ² = β̃_{t,s} is the DDPM step, λ² = η² β̃_{t,s} a DDIM step. Float64, shaped like `timesteps`.
         """
-        if self.config.get("analytic_gamma") is None:
-            raise ValueError("analytic_variance needs analytic_gamma in the scheduler config; estimate it first")
         timesteps = self._as_timesteps(timesteps)
         gamma = torch.tensor(self.config.analytic_gamma, dtype=torch.float64)[timesteps.cpu()].to(timesteps.device)
         alpha_bar_t = self.alpha_bar(timesteps).double()
@@ -420,7 +349,7 @@ class GaussianDiffusionMixin:
         if model_output.shape[1] == 2 * channels:
             prediction, model_variance = torch.split(model_output, channels, dim=1)
             return prediction, model_variance
-        if self.config.reverse_variance in LEARNED_VARIANCES:
+        if self.config.get("reverse_variance") in LEARNED_VARIANCES:
             raise ValueError(
                 f"reverse_variance={self.config.reverse_variance!r} needs a model with 2 × {channels} output "
                 f"channels (prediction and variance), got {model_output.shape[1]}; train with a learned-variance "

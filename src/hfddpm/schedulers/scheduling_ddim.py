@@ -10,14 +10,9 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..arguments import checked_number
-from .checks import ETA_MEANING, check_noise_schedule
-from .gaussian_diffusion import (
-    GaussianDiffusionMixin,
-    ReverseVariance,
-    check_num_inference_steps,
-    validate_common_options,
-)
+from ..arguments import checked_integer, checked_number
+from .checks import ETA_MEANING
+from .gaussian_diffusion import GaussianDiffusionMixin, ReverseVariance
 
 # The stock DDIM scheduler's schedules; "cosine" is accepted as an alias of "squaredcos_cap_v2".
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -68,42 +63,13 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
         reverse_variance: str | None = None,
         analytic_gamma: list[float] | None = None,
     ) -> None:
-        num_train_timesteps = check_noise_schedule(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas
-        )
-        beta_schedule, reverse_variance, analytic_gamma = validate_common_options(
-            beta_schedule,
-            prediction_type,
-            timestep_spacing,
-            reverse_variance,
-            analytic_gamma,
-            num_train_timesteps,
-            beta_schedules=BETA_SCHEDULES,
-            uses_trained_betas=trained_betas is not None,
-        )
-        self.register_to_config(reverse_variance=reverse_variance, analytic_gamma=analytic_gamma)
-        super().__init__(
-            num_train_timesteps=num_train_timesteps,
-            beta_start=beta_start,
-            beta_end=beta_end,
-            beta_schedule=beta_schedule,
-            trained_betas=trained_betas,
-            clip_sample=clip_sample,
-            set_alpha_to_one=set_alpha_to_one,
-            steps_offset=steps_offset,
-            prediction_type=prediction_type,
-            thresholding=thresholding,
-            dynamic_thresholding_ratio=dynamic_thresholding_ratio,
-            clip_sample_range=clip_sample_range,
-            sample_max_value=sample_max_value,
-            timestep_spacing=timestep_spacing,
-            rescale_betas_zero_snr=rescale_betas_zero_snr,
-        )
+        super().__init__(**self._checked_config(BETA_SCHEDULES))
+        self._drop_unset_options()
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """As diffusers' `set_timesteps`, refusing a step count outside [1, T] in one line, and with the
         "quadratic" spacing of the DDIM paper besides the stock ones."""
-        num_inference_steps = check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
+        num_inference_steps = checked_integer("num_inference_steps", num_inference_steps, 1, len(self.betas))
         if self.config.timestep_spacing != "quadratic":
             super().set_timesteps(num_inference_steps, device=device)
             return
@@ -144,7 +110,7 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
             raise ValueError(
                 "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
             )
-        eta = checked_number("eta", eta, 0, 1, meaning=ETA_MEANING)
+        eta = checked_number("eta", eta, "[0, 1]", ETA_MEANING)
         prev_timestep = self.previous_timestep(timestep)
         prediction, model_variance = self.split_model_output(model_output, sample)
         alpha_prod_t_prev = self.alpha_bar(prev_timestep)
@@ -160,11 +126,11 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
         pred_sample_direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5 * pred_epsilon
         prev_sample = alpha_prod_t_prev**0.5 * pred_original_sample + pred_sample_direction
 
-        if self.config.reverse_variance is None:
+        if self.config.get("reverse_variance") is None:
             noise_std = std_dev_t if eta > 0 else None
         elif prev_timestep < 0:
             noise_std = None
-        elif self.config.reverse_variance == ReverseVariance.ANALYTIC:  # Analytic-DDIM when η = 0
+        elif self.config.get("reverse_variance") == ReverseVariance.ANALYTIC:  # Analytic-DDIM when η = 0
             noise_std = self.analytic_variance(timestep, prev_timestep, std_dev_t**2).sqrt().float()
         elif eta > 0:
             noise_std = eta * torch.exp(0.5 * self.reverse_log_variance(timestep, prev_timestep, model_variance))

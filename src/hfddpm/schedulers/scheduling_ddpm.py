@@ -10,13 +10,13 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .checks import check_noise_schedule, checked_timesteps
+from ..arguments import checked_integer
+from .checks import checked_timesteps
 from .gaussian_diffusion import (
+    STOCK_EQUIVALENTS,
     STOCK_VARIANCE_TYPES,
     GaussianDiffusionMixin,
-    ReverseVariance,
-    check_num_inference_steps,
-    validate_common_options,
+    stock_variance_type,
 )
 
 # The stock DDPM scheduler's schedules; "cosine" is accepted as an alias of "squaredcos_cap_v2".
@@ -26,8 +26,9 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "si
 class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
     """diffusers' `DDPMScheduler`, plus the closed forms of `GaussianDiffusionMixin` and a `reverse_variance` option.
 
-    Every stock argument and method behaves exactly as in diffusers while `reverse_variance` is None. The added
-    arguments are:
+    With `reverse_variance` None every stock argument and method behaves as in diffusers, with one difference: the
+    step that returns x_0 adds no noise (stock adds noise there when that step's t is above 0, as on the "trailing"
+    spacing or with `steps_offset=1`; see `_stock_step`). The added arguments are:
 
     Args:
         beta_schedule: also accepts ``"cosine"``, the schedule of Nichol & Dhariwal (2021, eq. 17),
@@ -35,12 +36,12 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
             under diffusers' name for it, ``"squaredcos_cap_v2"``.
         reverse_variance (`ReverseVariance` or None): the variance σ²_{t→s} of p_θ(x_s|x_t) = N(μ̃(x_t, x̂_0), σ²),
             one of ``fixed_small``, ``fixed_large``, ``learned``, ``learned_range``, ``analytic`` (see
-            `ReverseVariance`).
-            Unlike the stock `variance_type`, it is right for every timestep spacing: the last step returns the
-            mean μ̃ = x̂_0 without noise (Ho et al. 2020, Algorithm 2), ``learned`` reads log σ² (not σ²) from the
-            network, and ``fixed_large`` carries the first-step fix of the DDPM code. Setting it also sets the
-            stock `variance_type` to the same name (``fixed_small`` for ``analytic``), which is what stock diffusers
-            uses when it loads this config.
+            `ReverseVariance`). Unlike the stock `variance_type`, it is right for every timestep spacing,
+            ``learned`` reads log σ² (not σ²) from the network, and ``fixed_large`` carries the first-step fix of
+            the DDPM code. It decides, and `variance_type` follows it: the nearest stock choice
+            (``fixed_small`` for ``analytic``), which stock diffusers samples with when it loads this config. Given
+            both, they must agree; `from_config(config, variance_type=...)` replaces the config's
+            `reverse_variance` by the equivalent of the `variance_type` named.
         analytic_gamma (list of floats or None): Γ_t = E‖ε_θ(x_t, t)‖²/d for every training timestep, which
             ``analytic`` needs (Bao et al. 2022, eq. 8); `analytic_dpm.fit_analytic_variance` measures it.
     """
@@ -66,46 +67,33 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         reverse_variance: str | None = None,
         analytic_gamma: list[float] | None = None,
     ) -> None:
-        num_train_timesteps = check_noise_schedule(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas
-        )
-        beta_schedule, reverse_variance, analytic_gamma = validate_common_options(
-            beta_schedule,
-            prediction_type,
-            timestep_spacing,
-            reverse_variance,
-            analytic_gamma,
-            num_train_timesteps,
-            beta_schedules=BETA_SCHEDULES,
-            uses_trained_betas=trained_betas is not None,
-        )
+        named = "variance_type" not in (self.config.get("_use_default_values") or ())
+        options = self._checked_config(BETA_SCHEDULES)
         if variance_type is not None and variance_type not in STOCK_VARIANCE_TYPES:  # None: old stock configs
             raise ValueError(f"variance_type must be one of {STOCK_VARIANCE_TYPES}, got {variance_type!r}")
-        self.register_to_config(reverse_variance=reverse_variance, analytic_gamma=analytic_gamma)
-        if reverse_variance is not None:  # stock diffusers samples with the nearest choice it has
-            variance_type = "fixed_small" if reverse_variance == ReverseVariance.ANALYTIC else reverse_variance
-        super().__init__(
-            num_train_timesteps=num_train_timesteps,
-            beta_start=beta_start,
-            beta_end=beta_end,
-            beta_schedule=beta_schedule,
-            trained_betas=trained_betas,
-            variance_type=variance_type,
-            clip_sample=clip_sample,
-            prediction_type=prediction_type,
-            thresholding=thresholding,
-            dynamic_thresholding_ratio=dynamic_thresholding_ratio,
-            clip_sample_range=clip_sample_range,
-            sample_max_value=sample_max_value,
-            timestep_spacing=timestep_spacing,
-            steps_offset=steps_offset,
-            rescale_betas_zero_snr=rescale_betas_zero_snr,
-        )
-        defaults = self.config.get("_use_default_values", [])
-        if reverse_variance is not None and "variance_type" in defaults:
-            # Private diffusers key, no public twin: `from_config` drops the keys it lists; the synced one must stay.
-            self.register_to_config(_use_default_values=[key for key in defaults if key != "variance_type"])
+        if (reverse_variance := self.config.get("reverse_variance")) is not None:
+            synced = stock_variance_type(reverse_variance)
+            if named and variance_type != synced and STOCK_EQUIVALENTS.get(variance_type) != reverse_variance:
+                raise ValueError(
+                    f"variance_type={variance_type!r} and reverse_variance={reverse_variance!r} disagree; pass "
+                    "reverse_variance alone (variance_type follows it), or variance_type alone for stock sampling"
+                )
+            options["variance_type"] = synced
+        super().__init__(**options)
+        self._drop_unset_options("variance_type")
         self.final_alpha_cumprod = torch.tensor(1.0)
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """diffusers' `from_config`, where of `reverse_variance` and `variance_type` the one named in `kwargs`
+        decides and the other follows it (the stock `variance_type` of a config without `reverse_variance` stays
+        stock's)."""
+        saved = getattr(config, "config", config) or {}
+        if kwargs.get("reverse_variance") is not None and "variance_type" not in kwargs:
+            kwargs["variance_type"] = stock_variance_type(kwargs["reverse_variance"])
+        elif "variance_type" in kwargs and "reverse_variance" not in kwargs and saved.get("reverse_variance"):
+            kwargs["reverse_variance"] = STOCK_EQUIVALENTS.get(kwargs["variance_type"])  # None: stock's "learned"
+        return super().from_config(config, return_unused_kwargs, **kwargs)
 
     def set_timesteps(
         self,
@@ -119,7 +107,7 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         if num_inference_steps is None and timesteps is None:
             raise ValueError("set_timesteps needs num_inference_steps or timesteps")
         if num_inference_steps is not None:
-            num_inference_steps = check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
+            num_inference_steps = checked_integer("num_inference_steps", num_inference_steps, 1, len(self.betas))
         if timesteps is not None and num_inference_steps is None:
             timesteps = checked_timesteps(timesteps, self.config.num_train_timesteps)
         if timesteps is None and self.config.timestep_spacing == "quadratic":
@@ -140,7 +128,7 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
         `posterior_mean_variance`, σ² follows `reverse_variance`; the step to x_0 adds no noise. With
         `reverse_variance=None` this is diffusers' own step, except on that last step (see `_stock_step`).
         """
-        if self.config.reverse_variance is None:
+        if self.config.get("reverse_variance") is None:
             return self._stock_step(model_output, timestep, sample, generator, return_dict)
 
         prev_timestep = self.previous_timestep(timestep)

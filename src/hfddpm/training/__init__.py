@@ -1,12 +1,11 @@
-"""Training: the engine (one loop for every objective), its configuration, objectives, losses and checkpoints.
+"""Training: the engine (one loop for every objective), its configuration, objectives and checkpoints.
 
-    config = TrainingConfig(output_dir="outputs/run", max_train_steps=500)  # or parse_training_config(argv)
+    config = TrainingConfig(output_dir="outputs/run", max_train_steps=500)  # or TrainingConfig.from_command_line(argv)
     status = run_command(lambda: train_unconditional(config))  # one-line errors and exit codes, as the script
 
-A new objective implements `Objective` (a batch → an output with `.loss`) and hands itself to `Trainer` with a model
-and a dataset; everything else — Accelerate, EMA, checkpoints and resume, fault checks, logging, sample grids,
-evaluation, saving and publishing — is the engine's. The names below are imported on first use, so a module of this
-package (the losses, say) loads without Accelerate.
+A new objective implements `Objective` (a batch → a `LossOutput`) and hands itself to `Trainer` with a model and a
+dataset; everything else — Accelerate, EMA, checkpoints and resume, fault checks, logging, sample grids, evaluation,
+saving and publishing — is the engine's. Training needs the [train] extra; the names below are imported on first use.
 """
 
 from __future__ import annotations
@@ -16,58 +15,61 @@ from typing import TYPE_CHECKING
 from ..lazy import lazy_exports
 
 _EXPORTS = {
-    "ConsistencyDistillationConfig": "distill",
-    "ConsistencyDistillationObjective": "distillation",
-    "DenoisingObjective": "objectives",
+    "ConsistencyDistillationConfig": "consistency",
+    "ConsistencyDistillationObjective": "consistency",
+    "DenoisingLoss": "objectives",
+    "LossOutput": "objectives",
     "Objective": "objectives",
-    "ProgressiveDistillationConfig": "distill",
-    "ProgressiveDistillationObjective": "distillation",
+    "ProgressiveDistillationConfig": "progressive",
+    "ProgressiveDistillationObjective": "progressive",
+    "RunConfig": "config",
     "Trainer": "engine",
     "TrainingConfig": "config",
-    "parse_training_config": "config",
-    "training_argument_parser": "config",
-    "distill_consistency": "distill",
-    "distill_consistency_command": "distill",
-    "distill_progressive": "distill",
-    "distill_progressive_command": "distill",
-    "run_command": "command",
+    "distill_consistency": "consistency",
+    "distill_consistency_command": "consistency",
+    "distill_progressive": "progressive",
+    "distill_progressive_command": "progressive",
+    "run_command": "faults",
     "train_unconditional": "unconditional",
     "train_unconditional_command": "unconditional",
 }
 __all__ = [
     "ConsistencyDistillationConfig",
     "ConsistencyDistillationObjective",
-    "DenoisingObjective",
+    "DenoisingLoss",
+    "LossOutput",
     "Objective",
     "ProgressiveDistillationConfig",
     "ProgressiveDistillationObjective",
+    "RunConfig",
     "Trainer",
     "TrainingConfig",
     "distill_consistency",
     "distill_consistency_command",
     "distill_progressive",
     "distill_progressive_command",
-    "parse_training_config",
     "run_command",
     "train_unconditional",
     "train_unconditional_command",
-    "training_argument_parser",
 ]
 
 if TYPE_CHECKING:
-    from .command import run_command
-    from .config import TrainingConfig, parse_training_config, training_argument_parser
-    from .distill import (
+    from .config import RunConfig, TrainingConfig
+    from .consistency import (
         ConsistencyDistillationConfig,
-        ProgressiveDistillationConfig,
+        ConsistencyDistillationObjective,
         distill_consistency,
         distill_consistency_command,
+    )
+    from .engine import Trainer
+    from .faults import run_command
+    from .objectives import DenoisingLoss, LossOutput, Objective
+    from .progressive import (
+        ProgressiveDistillationConfig,
+        ProgressiveDistillationObjective,
         distill_progressive,
         distill_progressive_command,
     )
-    from .distillation import ConsistencyDistillationObjective, ProgressiveDistillationObjective
-    from .engine import Trainer
-    from .objectives import DenoisingObjective, Objective
     from .unconditional import train_unconditional, train_unconditional_command
 
 

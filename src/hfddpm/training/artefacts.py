@@ -19,15 +19,15 @@ from .. import __version__, durable
 from ..conditioning import every_class
 from ..pipelines import HFDDPMPipeline
 from ..visualize import sample_grid, save_image, to_pil
-from .checkpoints import CheckpointError
-from .config import TrainingConfig
-from .setup import RUN_RECORD
+from .config import RunConfig
+from .faults import CheckpointError
+from .output_folder import RUN_RECORD
 
 if TYPE_CHECKING:
     from ..evaluation import EvaluationReport
 
 
-def record_arguments(config: TrainingConfig, output_dir: Path) -> None:
+def record_arguments(config: RunConfig, output_dir: Path) -> None:
     """Write the run's configuration (never the token) to `RUN_RECORD`, before anything else: it marks the folder
     as one a run wrote, whose run outputs a later --overwrite_output_dir may delete (`setup.written_by_run`)."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         pipeline.save_pretrained(staging)
-        durable.fsync_tree(staging)
+        durable.finish_tree(staging)
     except (OSError, RuntimeError) as error:
         shutil.rmtree(staging, ignore_errors=True)
         problem = durable.write_problem(error)
@@ -52,7 +52,7 @@ def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
     durable.move_files_into(staging, output_dir, last="model_index.json")
 
 
-def save_sample_grid(pipeline: HFDDPMPipeline, path: Path, config: TrainingConfig) -> PIL.Image.Image:
+def save_sample_grid(pipeline: HFDDPMPipeline, path: Path, config: RunConfig) -> PIL.Image.Image:
     """Sample `config.num_sample_images` images, image i from seed `config.seed` + i as `hfddpm sample --seed`
     draws it (`generate_samples`), and save their grid atomically to `path`; a class-conditional model draws class
     k in column k (at the default guidance scale)."""
@@ -74,9 +74,7 @@ def save_sample_grid(pipeline: HFDDPMPipeline, path: Path, config: TrainingConfi
     return grid
 
 
-def evaluate_during_training(
-    config: TrainingConfig, pipeline: HFDDPMPipeline, device: torch.device
-) -> EvaluationReport:
+def evaluate_during_training(config: RunConfig, pipeline: HFDDPMPipeline, device: torch.device) -> EvaluationReport:
     """--eval_metrics of the current EMA pipeline against the training split (bits/dim: 100 terms per image)."""
     from ..evaluation import evaluate_pipeline
 
@@ -121,7 +119,7 @@ def training_info(accelerator: accelerate.Accelerator, model: torch.nn.Module, *
     }
 
 
-def push(config: TrainingConfig, output_dir: Path, commit_message: str, **options: object) -> object:
+def push(config: RunConfig, output_dir: Path, commit_message: str, **options: object) -> object:
     """Push `output_dir` to the configured Hub repository, branch and visibility (`hfddpm.hub.push_to_hub`)."""
     from ..hub import push_to_hub
 
@@ -136,12 +134,12 @@ def push(config: TrainingConfig, output_dir: Path, commit_message: str, **option
     )
 
 
-def push_in_background(config: TrainingConfig, output_dir: Path, step: int) -> Future:
+def push_in_background(config: RunConfig, output_dir: Path, step: int) -> Future:
     """Push the pipeline saved at `step` while training goes on (--hub_push_intermediate)."""
     return push(config, output_dir, f"Pipeline at step {step}", run_as_future=True)
 
 
-def publish(config: TrainingConfig, output_dir: Path, intermediate_pushes: list[Future]) -> int:
+def publish(config: RunConfig, output_dir: Path, intermediate_pushes: list[Future]) -> int:
     """Push (or, with --hub_dry_run, export) the finished run; 1 when a push failed, after saying why."""
     from ..hub import RUN_EXPORT, HubError, export_for_hub
 
@@ -166,7 +164,7 @@ def publish(config: TrainingConfig, output_dir: Path, intermediate_pushes: list[
     return 0
 
 
-def model_card_text(output_dir: Path, config: TrainingConfig) -> str:
+def model_card_text(output_dir: Path, config: RunConfig) -> str:
     """The model card of the run in `output_dir` (README.md), from its records."""
     from ..model_cards import model_card
 

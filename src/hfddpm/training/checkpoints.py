@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import shutil
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,12 +26,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from ..durable import fsync_tree, is_disk_full, remove_tree, write_text
+from ..durable import finish_tree, is_disk_full, remove_tree, write_text
+from .faults import CheckpointError
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
-
-    from .loop import TrainingRandomness
 
 TRAINING_STATE = "training_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -38,16 +38,34 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 _UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, SafetensorError, pickle.UnpicklingError, EOFError)
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message says which, why, and what to do."""
+@dataclass
+class RunState:
+    """The position and counters of a run; `record` is what a checkpoint's training_state.json holds of it."""
+
+    global_step: int = 0  # optimizer steps taken
+    epoch: int = 0  # the epoch being read
+    batches_in_epoch: int = 0  # batches of that epoch already trained on
+    skipped_steps: int = 0  # updates the fp16 grad scaler skipped (overflow)
+    nonfinite_steps: int = 0  # updates skipped for a NaN or Inf loss or gradient (--on_nonfinite_loss skip)
+    wall_time_seconds: float = 0.0  # training time of the run's earlier segments, before the last resume
+
+    def record(self, batches_per_epoch: int, wall_time_seconds: float) -> dict:
+        """The state to checkpoint, with an epoch read to its end recorded as the start of the next one."""
+        record = {**asdict(self), "wall_time_seconds": round(wall_time_seconds, 1)}
+        if self.batches_in_epoch == batches_per_epoch:
+            record.update(epoch=self.epoch + 1, batches_in_epoch=0)
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict) -> RunState:
+        """The state a checkpoint recorded (counters absent from older checkpoints start at 0)."""
+        return cls(**{field.name: record[field.name] for field in fields(cls) if field.name in record})
 
 
 class CheckpointManager:
     """The checkpoints of one run, in `folder`, keeping at most `total_limit` of them (all if None)."""
 
     def __init__(self, folder: str | os.PathLike, total_limit: int | None = None) -> None:
-        if total_limit is not None and total_limit < 1:
-            raise ValueError(f"checkpoints_total_limit must be at least 1, got {total_limit}")
         self.folder = Path(folder)
         self.total_limit = total_limit
 
@@ -85,12 +103,13 @@ class CheckpointManager:
         return path
 
     def save(
-        self, accelerator: Accelerator, step: int, run_state: dict, objects: dict, randomness: TrainingRandomness
+        self, accelerator: Accelerator, step: int, run_state: dict, objects: dict, generator: torch.Generator
     ) -> Path:
         """Save the run's state at optimizer step `step`; call on every process.
 
         `run_state` is JSON (epoch, batches seen in the epoch, counters, …); `objects` maps names to objects with
-        `state_dict()` saved by the main process (EMA, learning-rate schedule); `randomness` is saved per process.
+        `state_dict()` saved by the main process (EMA, learning-rate schedule, objective); `generator` (the
+        step's randomness) is saved per process.
         Raises `CheckpointError` (on every process) when a process could not write its part; the partial folder
         is then deleted and the earlier checkpoints are kept.
         """
@@ -103,7 +122,7 @@ class CheckpointManager:
         failure = None
         try:
             accelerator.save_state(str(partial))
-            save_state_dict(randomness.state_dict(), partial / f"randomness_{accelerator.process_index}")
+            save_state_dict({"generator": generator.get_state()}, partial / f"randomness_{accelerator.process_index}")
             if accelerator.is_main_process:
                 for name, obj in objects.items():
                     save_state_dict(obj.state_dict(), partial / name)
@@ -115,7 +134,7 @@ class CheckpointManager:
                 shutil.rmtree(partial, ignore_errors=True)
             raise CheckpointError(self._write_failure(final, failure)) from failure
         if accelerator.is_main_process:
-            fsync_tree(partial)
+            finish_tree(partial)
             state = {"global_step": step, **run_state, "hfddpm_version": __version__}
             write_text(partial / TRAINING_STATE, json.dumps(state))
             if final.exists():
@@ -125,7 +144,7 @@ class CheckpointManager:
         accelerator.wait_for_everyone()
         return final
 
-    def load(self, accelerator: Accelerator, path: Path, objects: dict, randomness: TrainingRandomness) -> dict:
+    def load(self, accelerator: Accelerator, path: Path, objects: dict, generator: torch.Generator) -> dict:
         """Restore what `save` wrote; return the run state it recorded (global step, position in the data, counters).
 
         Raises `CheckpointError` naming the checkpoint when a file is missing, damaged, or holds a pickle that
@@ -133,7 +152,7 @@ class CheckpointManager:
         """
         try:
             accelerator.load_state(str(path))
-            randomness.load_state_dict(load_state_dict(path / f"randomness_{accelerator.process_index}"))
+            generator.set_state(load_state_dict(path / f"randomness_{accelerator.process_index}")["generator"].cpu())
             for name, obj in objects.items():
                 obj.load_state_dict(load_state_dict(path / name))
             return json.loads((path / TRAINING_STATE).read_text())

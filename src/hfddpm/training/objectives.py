@@ -1,22 +1,23 @@
-"""Training objectives: what the engine minimises, as an object from a batch to a loss.
+"""Training objectives: what the engine minimises, each one class from a batch to a loss.
 
-The engine (`hfddpm.training.engine.Trainer`) owns everything around the loss: Accelerate, the optimizer and its
-fault checks, EMA, checkpoints, logging, sample grids, evaluation and saving. An objective supplies the loss of a
-batch and the few things only it knows: its own state to checkpoint, what it learns from each batch's losses, what
-it logs, and the pipeline that samples from the trained network.
+An objective owns everything of its loss — noise schedule, weighting, timestep sampler — and the engine
+(`hfddpm.training.engine.Trainer`) owns everything around it: Accelerate, the optimizer and its fault checks, EMA,
+checkpoints, logging, sample grids, evaluation and saving. `DenoisingLoss` is DDPM's; the distillation objectives
+are in `hfddpm.training.progressive` and `hfddpm.training.consistency`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from ..conditioning import call_network
 from ..pipelines import HFDDPMPipeline
 from ..schedulers import DDIMScheduler, DDPMScheduler
-from .loop import TrainingRandomness, training_step
-from .losses import DiffusionLoss, LossOutput
-from .timestep_sampling import UniformTimestepSampler, create_timestep_sampler
+from ..schedulers.bound_terms import Decoder, mean_over_pixels, vlb_terms
+from .timestep_sampling import LossSecondMomentSampler, UniformTimestepSampler
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -24,115 +25,139 @@ if TYPE_CHECKING:
     from .config import TrainingConfig
 
 
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # the scalar to minimise
+    per_sample: torch.Tensor  # each sample's unweighted loss, detached (what a loss-aware timestep sampler learns)
+    timesteps: torch.Tensor  # each sample's t
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)  # per-sample values, averaged over processes in logs
+
+
 class Objective(Protocol):
-    """What the engine asks of an objective."""
+    """What the engine asks of an objective. Optional: `observe(accelerator, output)`, called after every batch on
+    every process, and `after_update(model)`, after every applied optimizer update."""
 
-    def __call__(self, model: torch.nn.Module, batch: Any, randomness: TrainingRandomness) -> LossOutput:
-        """The loss of one batch (no backward pass); all its randomness drawn from `randomness.generator`."""
+    def __call__(self, model: torch.nn.Module, batch: Any, generator: torch.Generator) -> LossOutput:
+        """The loss of one batch (no backward pass), all its randomness drawn from `generator`."""
 
-    def checkpoint_objects(self) -> dict[str, Any]:
-        """Objects with `state_dict`/`load_state_dict` that checkpoints save and resume restores."""
+    def state_dict(self) -> dict[str, Any]:
+        """The objective's own state, which checkpoints save (`load_state_dict` restores it)."""
 
-    def observe(self, accelerator: Accelerator, output: LossOutput) -> None:
-        """Learn from a batch's losses (called after every batch, on every process)."""
-
-    def after_update(self, model: torch.nn.Module) -> None:
-        """Optional: follow an applied optimizer update of `model` (unwrapped; not called for a skipped update)."""
-
-    def logs(self, accelerator: Accelerator, output: LossOutput) -> dict[str, float]:
-        """Values to log at a logging step, from the last batch's output."""
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     def pipeline(self, unet: torch.nn.Module) -> HFDDPMPipeline:
         """The pipeline that samples from `unet` (sample grids, evaluation, the saved model)."""
 
 
-class DenoisingObjective:
-    """DDPM's objective (Ho et al. 2020, Algorithm 1): x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε at a random t, and the loss
-    of the network's prediction of ε, x_0 or v (`DiffusionLoss`: L_simple, min-SNR weighting, the hybrid loss of a
-    learned variance, or the bound), with t drawn uniformly or by Improved DDPM's importance sampling.
+class DenoisingLoss:
+    """DDPM's objective (Ho et al. 2020, Algorithm 1), with the losses of Improved DDPM and min-SNR weighting.
 
-    Class-conditional when `label_names` are set (batches are then pairs of images and class ids): each label is
-    replaced by "no label" with probability `class_dropout_prob` (Ho & Salimans 2022, Algorithm 1), so the network
-    learns ε_θ(x_t, t, c) and ε_θ(x_t, t, ∅) at once, as classifier-free guidance needs.
+    Per sample: t from the timestep sampler (uniform, or p_t ∝ √E[L_t²] with weight 1/(T p_t): Nichol & Dhariwal
+    2021, eq. 18), ε ~ N(0, I), x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (eq. 4) in float32 whatever the mixed precision, and
+    the network's output compared with what it learns to predict — ε, x_0 or v (`training_target`):
+
+    - ``simple``: L_simple = ‖target − prediction‖² over pixels (eq. 14), with `snr_gamma` weighted by min-SNR-γ
+      (Hang et al. 2023, eq. 9): min(SNR_t, γ)/SNR_t for ε, min(SNR_t, γ)/(SNR_t + 1) for v, min(SNR_t, γ) for x_0;
+    - ``hybrid``: L_simple + λ T·L_t with the mean's gradient stopped in the bound term, which so trains the learned
+      variance only (Nichol & Dhariwal 2021, §3.1); T·L_t estimates the whole bound Σ_t L_t;
+    - ``vlb``: T·L_t alone, training mean and variance (best with importance-sampled t).
+
+    Class-conditional when `label_names` are given (batches are then pairs of images and class ids): each label
+    becomes "no label" with probability `class_dropout_prob` (Ho & Salimans 2022, Algorithm 1), so the network learns
+    ε_θ(x_t, t, c) and ε_θ(x_t, t, ∅) at once, as classifier-free guidance needs.
     """
 
     def __init__(
         self,
-        noise_scheduler: DDPMScheduler,
-        loss_fn: DiffusionLoss,
-        timestep_sampler: UniformTimestepSampler,
-        inference_scheduler: str = "ddim",
+        scheduler: DDPMScheduler,
+        loss_type: str = "simple",
+        snr_gamma: float | None = None,
+        vlb_weight: float = 1e-3,
+        timestep_sampler: UniformTimestepSampler | None = None,
         label_names: list[str] | None = None,
         class_dropout_prob: float = 0.0,
+        inference_scheduler: str = "ddim",
+        decoder: str = Decoder.DISCRETIZED,
     ) -> None:
-        if inference_scheduler not in ("ddim", "ddpm"):
-            raise ValueError(f"inference_scheduler must be 'ddim' or 'ddpm', got {inference_scheduler!r}")
-        if not 0 <= class_dropout_prob < 1:
-            raise ValueError(f"class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
-        self.noise_scheduler = noise_scheduler
-        self.loss_fn = loss_fn
-        self.timestep_sampler = timestep_sampler
-        self.inference_scheduler = inference_scheduler
-        self.learns_timesteps = type(timestep_sampler) is not UniformTimestepSampler
-        self.label_names = label_names
-        self.class_dropout_prob = class_dropout_prob
+        self.scheduler, self.loss_type, self.snr_gamma, self.vlb_weight = scheduler, loss_type, snr_gamma, vlb_weight
+        self.timestep_sampler = timestep_sampler or UniformTimestepSampler(scheduler.config.num_train_timesteps)
+        self.label_names, self.class_dropout_prob = label_names, class_dropout_prob
+        self.inference_scheduler, self.decoder = inference_scheduler, decoder
 
     @classmethod
-    def from_config(cls, config: TrainingConfig, label_names: list[str] | None = None) -> DenoisingObjective:
-        """The objective `config` describes, class-conditional on `label_names` (the data's, once it is loaded) when
-        the config says so; its options are checked here, before any data or model is loaded."""
-        noise_scheduler = DDPMScheduler(
+    def from_config(cls, config: TrainingConfig, label_names: list[str] | None = None) -> DenoisingLoss:
+        """The objective a training configuration describes, class-conditional on `label_names` (the data's)."""
+        scheduler = DDPMScheduler(
             num_train_timesteps=config.num_train_timesteps,
             beta_schedule=config.beta_schedule,
             prediction_type=config.prediction_type,
             reverse_variance=config.reverse_variance,
         )
-        try:
-            loss_fn = DiffusionLoss(
-                noise_scheduler, config.loss_type, snr_gamma=config.snr_gamma, vlb_weight=config.vlb_weight
-            )
-        except ValueError as error:  # name the flag, as the command line knows it
-            raise ValueError(str(error).replace("reverse_variance", "--reverse_variance")) from None
-        timestep_sampler = create_timestep_sampler(config.timestep_sampling, config.num_train_timesteps)
-        if config.class_conditional:
-            return cls(
-                noise_scheduler,
-                loss_fn,
-                timestep_sampler,
-                config.inference_scheduler,
-                label_names=label_names,
-                class_dropout_prob=config.class_dropout_prob,
-            )
-        return cls(noise_scheduler, loss_fn, timestep_sampler, config.inference_scheduler)
-
-    def __call__(self, model: torch.nn.Module, batch: Any, randomness: TrainingRandomness) -> LossOutput:
-        if self.label_names is None:
-            return training_step(model, self.noise_scheduler, self.loss_fn, batch, randomness, self.timestep_sampler)
-        images, labels = batch
-        labels = drop_labels(labels, len(self.label_names), self.class_dropout_prob, randomness.generator)
-        return training_step(
-            model, self.noise_scheduler, self.loss_fn, images, randomness, self.timestep_sampler, labels
+        sampler_class = LossSecondMomentSampler if config.timestep_sampling == "loss_second_moment" else None
+        return cls(
+            scheduler,
+            config.loss_type,
+            config.snr_gamma,
+            config.vlb_weight,
+            sampler_class and sampler_class(config.num_train_timesteps),
+            label_names if config.class_conditional else None,
+            config.class_dropout_prob or 0.0,
+            config.inference_scheduler,
         )
 
-    def checkpoint_objects(self) -> dict[str, Any]:
-        return {"timestep_sampler": self.timestep_sampler} if self.learns_timesteps else {}
+    def __call__(self, model: torch.nn.Module, batch: Any, generator: torch.Generator) -> LossOutput:
+        images, labels = batch if self.label_names is not None else (batch, None)
+        if labels is not None:
+            labels = drop_labels(labels, len(self.label_names), self.class_dropout_prob, generator)
+        original = images.float()
+        timesteps, weights = self.timestep_sampler.sample(len(original), generator)
+        timesteps, weights = timesteps.to(original.device), weights.to(original.device)
+        noise = torch.randn(original.shape, generator=generator, device=generator.device).to(original.device)
+        noisy = self.scheduler.add_noise(original, noise, timesteps)
+        output = call_network(model, noisy, timesteps, labels).float()
+        prediction, variance = self.scheduler.split_model_output(output, noisy)
+        mse = mean_over_pixels((prediction - self.scheduler.training_target(original, noise, timesteps)) ** 2)
+        bound_weight = self.scheduler.config.num_train_timesteps
+        logs = {}
+        if self.loss_type == "vlb":
+            logs["vlb_bits_per_dim"] = vlb_terms(self.scheduler, output, original, noisy, timesteps, self.decoder)
+            per_sample = bound_weight * logs["vlb_bits_per_dim"]
+        else:
+            per_sample = mse * self.snr_weight(timesteps).to(mse) if self.snr_gamma is not None else mse
+            if self.loss_type == "hybrid":
+                frozen_mean = torch.cat([prediction.detach(), variance], dim=1)
+                logs["vlb_bits_per_dim"] = vlb_terms(
+                    self.scheduler, frozen_mean, original, noisy, timesteps, self.decoder
+                )
+                per_sample = per_sample + self.vlb_weight * bound_weight * logs["vlb_bits_per_dim"]
+        loss = (per_sample * weights.to(per_sample)).mean()
+        return LossOutput(loss, per_sample.detach(), timesteps, {key: value.detach() for key, value in logs.items()})
+
+    def snr_weight(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """min-SNR-γ's weight of each sample's squared error (see the class docstring)."""
+        snr = self.scheduler.snr(timesteps)
+        clipped = snr.clamp(max=self.snr_gamma)
+        if self.scheduler.config.prediction_type == "epsilon":
+            return clipped / snr
+        if self.scheduler.config.prediction_type == "v_prediction":
+            return clipped / (snr + 1)
+        return clipped
 
     def observe(self, accelerator: Accelerator, output: LossOutput) -> None:
-        if self.learns_timesteps:  # every replica learns from every process's losses, so all draw alike
+        """Every replica's importance sampler learns from every process's losses, so all draw alike."""
+        if isinstance(self.timestep_sampler, LossSecondMomentSampler):
             self.timestep_sampler.update(accelerator.gather(output.timesteps), accelerator.gather(output.per_sample))
 
-    def logs(self, accelerator: Accelerator, output: LossOutput) -> dict[str, float]:
-        logs = {}
-        if output.vlb is not None:
-            logs["vlb_bits_per_dim"] = accelerator.gather(output.vlb).mean().item()
-        if self.learns_timesteps:
-            logs["timestep_sampler_warm"] = int(self.timestep_sampler.warmed_up())
-        return logs
+    def state_dict(self) -> dict[str, Any]:
+        return self.timestep_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.timestep_sampler.load_state_dict(state)
 
     def pipeline(self, unet: torch.nn.Module) -> HFDDPMPipeline:
         """`unet` with the training noise schedule, sampled by DDIM or DDPM on the "trailing" grid."""
         scheduler_class = DDIMScheduler if self.inference_scheduler == "ddim" else DDPMScheduler
-        scheduler = scheduler_class.from_config(self.noise_scheduler.config, timestep_spacing="trailing")
+        scheduler = scheduler_class.from_config(self.scheduler.config, timestep_spacing="trailing")
         id2label = None if self.label_names is None else dict(enumerate(self.label_names))
         return HFDDPMPipeline(unet=unet, scheduler=scheduler, id2label=id2label)
 

@@ -1,4 +1,5 @@
-"""How the training timestep t is drawn: uniformly, or by importance sampling of the bound's terms.
+"""How the training timestep t is drawn: uniformly (Ho et al. 2020, Algorithm 1), or by importance sampling of the
+bound's terms (Nichol & Dhariwal 2021, §3.3), which makes training on the bound alone stable.
 
 A sampler returns timesteps and importance weights w_t = 1/(T p_t), so that E_{t~p}[w_t ℓ_t] = (1/T) Σ_t ℓ_t
 whatever p is: the weighted loss estimates the same objective as uniform sampling, with another variance.
@@ -7,19 +8,8 @@ whatever p is: the weighted loss estimates the same objective as uniform samplin
 from __future__ import annotations
 
 import math
-from enum import Enum
 
 import torch
-
-
-class TimestepSampling(str, Enum):
-    """- ``uniform``: t ~ U{0, …, T−1} (Ho et al. 2020, Algorithm 1).
-    - ``loss_second_moment``: p_t ∝ √E[ℓ_t²] over the last 10 losses seen at each t, uniform until every t has 10
-      (Nichol & Dhariwal 2021, §3.3, eq. 18): it makes pure L_vlb training stable.
-    """
-
-    UNIFORM = "uniform"
-    LOSS_SECOND_MOMENT = "loss_second_moment"
 
 
 class UniformTimestepSampler:
@@ -95,13 +85,3 @@ class LossSecondMomentSampler(UniformTimestepSampler):
     def load_state_dict(self, state: dict) -> None:
         self.history = state["history"].to(torch.float64).clone()
         self.counts = state["counts"].to(torch.long).clone()
-
-
-def create_timestep_sampler(sampling: str, num_timesteps: int) -> UniformTimestepSampler:
-    """The sampler a `TimestepSampling` name stands for."""
-    choices = [choice.value for choice in TimestepSampling]
-    if sampling not in choices:
-        raise ValueError(f"timestep sampling must be one of {choices}, got {sampling!r}")
-    if TimestepSampling(sampling) == TimestepSampling.UNIFORM:
-        return UniformTimestepSampler(num_timesteps)
-    return LossSecondMomentSampler(num_timesteps)

@@ -1,5 +1,5 @@
-"""What a long run watches at every optimizer step: a non-finite loss, gradient or updated weight, and a request to
-stop.
+"""What a long run watches for, and how it ends: a non-finite loss, gradient or updated weight, a request to stop,
+and the one line and exit status that answer a fault or bad input.
 
 The loss, gradient and stop request are decided from one gather across processes per optimizer step, so every
 data-parallel process takes the same branch: all skip (or stop at) a step whose loss is NaN or Inf on any process,
@@ -13,13 +13,21 @@ import math
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
+from ..lazy import missing_extra
+from .config import launched_as_main_process
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or a pipeline could not be written or read; the message says which, why, and what to do."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -113,3 +121,35 @@ def weights_are_finite(model: torch.nn.Module) -> bool:
     if math.isfinite(torch.nn.utils.get_total_norm(weights).item()):
         return True
     return all(bool(torch.isfinite(weight).all()) for weight in weights)
+
+
+def run_command(train: Callable[[], int]) -> int:
+    """Run `train` (which returns an exit status) and answer its faults with one line on stderr.
+
+    Exit status: 0 done; 1 a fault stopped the run (a non-finite loss, a checkpoint that could not be written or
+    read, a failed push); 2 a bad argument or input; 128 + N stopped by signal N after saving a checkpoint. Only
+    the main process (RANK 0) prints.
+    """
+    from ..hub import HubError
+
+    main_process = launched_as_main_process()
+    try:
+        return train()
+    except RunInterrupted as interruption:
+        if main_process:
+            print(interruption, file=sys.stderr)
+        return interruption.exit_code
+    except KeyboardInterrupt:
+        if main_process:
+            print("interrupted; the checkpoints written so far are kept", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except ImportError as error:
+        if (friendly := missing_extra(error)) is error:
+            raise
+        if main_process:
+            print(f"error: {friendly}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, NotADirectoryError, HubError, CheckpointError, NonFiniteLossError) as error:
+        if main_process:
+            print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1 if isinstance(error, (CheckpointError, NonFiniteLossError)) else 2

@@ -1,0 +1,222 @@
+"""What `HFDDPMPipeline.from_pretrained` adds to diffusers' loading: no code and no pickle from a checkpoint unless
+the caller asks, and no weights that would sample wrong numbers.
+
+diffusers does the loading (with `use_safetensors=True`, so pickle weights are refused). Before it runs, the folder
+(or a Hub repository's model_index.json, fetched alone) is refused in one line naming the file and the fix when its
+model_index.json names code — a custom pipeline, a component library other than diffusers and hfddpm, a `.py` file
+where diffusers would import it — or was written by a newer hfddpm, or when a weights index would lead diffusers to
+a pickle. The UNet is loaded first and refused when it lacks tensors of its config (diffusers would leave them
+random) or holds others, or holds NaN or infinite weights; a stock DDPM or DDIM scheduler loads as hfddpm's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from typing import Any
+
+import diffusers
+import torch
+from huggingface_hub import hf_hub_download
+from packaging.version import Version
+
+from .. import __version__
+from ..schedulers import DDIMScheduler, DDPMScheduler
+
+# Weight files that are pickles, which can run code when loaded: refused unless the user opts in, never published.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# The only libraries model_index.json may load components from: installed code, never code shipped in a checkpoint.
+TRUSTED_LIBRARIES = ("diffusers", "hfddpm")
+# `from_pretrained` options with which diffusers imports code named by the caller or the checkpoint, or loads
+# another repository (a model card's base model) past these checks.
+REMOTE_CODE_OPTIONS = ("custom_pipeline", "trust_remote_code", "load_connected_pipeline")
+# `from_pretrained` options that say where and how to fetch a Hub repository, and how to load a model's weights.
+DOWNLOAD_OPTIONS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant")
+MODEL_OPTIONS = ("torch_dtype", "variant", "use_safetensors", "low_cpu_mem_usage")
+RESAVE = "copy it again from the source, or re-save the pipeline with save_pretrained"
+
+
+def safe_components(source: str | os.PathLike, allow_pickle: bool, options: dict[str, Any]) -> tuple[str, dict]:
+    """The local folder of `source` (a Hub repository is downloaded) and its UNet and scheduler, loaded and checked
+    as the module docstring says; `options` are `from_pretrained`'s keyword arguments, those used popped."""
+    if not isinstance(allow_pickle, bool):  # "no" would be truthy
+        raise TypeError(f"allow_pickle must be True or False, got {allow_pickle!r}")
+    for name in REMOTE_CODE_OPTIONS:
+        if options.pop(name, None):
+            raise ValueError(
+                f"{name} would run code from outside diffusers and hfddpm, which hfddpm never does; drop it"
+            )
+    if options.get("use_safetensors") is False and not allow_pickle:
+        raise ValueError(
+            "use_safetensors=False loads pickle weights, which can run code; pass allow_pickle=True as well"
+        )
+    options.setdefault("use_safetensors", None if allow_pickle else True)
+    folder = os.fspath(source)
+    if not os.path.isdir(folder):
+        download = {key: options[key] for key in DOWNLOAD_OPTIONS if key in options}
+        check_model_index(fetch_model_index(folder, download), folder)
+        # Pickle-only weights are fetched too (not unpickled), so that the check below names them.
+        folder = diffusers.DiffusionPipeline.download(folder, **download, use_safetensors=None)
+    index = read_json(
+        os.path.join(folder, "model_index.json"), "holds no pipeline; pass the folder save_pretrained wrote"
+    )
+    check_model_index(index, folder)
+    components = {}
+    model_options = {key: options.pop(key) for key in MODEL_OPTIONS if key in options}
+    if "unet" not in options:
+        components["unet"] = load_unet(folder, index, allow_pickle, model_options)
+    if "scheduler" not in options:
+        components["scheduler"] = load_scheduler(folder, index)
+    return folder, components
+
+
+def fetch_model_index(repo_id: str, download: dict) -> dict:
+    """A Hub repository's model_index.json, fetched alone so that it is checked before diffusers' download reads
+    it (which fetches a custom pipeline it names)."""
+    hub_options = {
+        key: download[key]
+        for key in ("cache_dir", "force_download", "local_files_only", "token", "revision")
+        if key in download
+    }
+    try:
+        path = hf_hub_download(repo_id, "model_index.json", **hub_options)
+    except Exception as error:  # an invalid id, no network, no such repository or file: all the same to the user
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local folder and its model_index.json could not be fetched from the Hub "
+            f"({first_line(error)}); check the path or the repository id"
+        ) from None
+    return read_json(path, "has no model_index.json; check the repository id")
+
+
+def check_model_index(index: dict, where: str) -> None:
+    """Refuse a model_index.json that names code outside diffusers and hfddpm (a custom pipeline, another library,
+    a `.py` file in a local component folder) or was written by a newer hfddpm."""
+    path = f"{where}/model_index.json"
+    if not isinstance(index.get("_class_name"), str):
+        raise ValueError(
+            f"{path} names a custom pipeline ({index.get('_class_name')!r}); hfddpm never runs code from a checkpoint"
+        )
+    for name, (library, _) in components_of(index, path).items():
+        if library is not None and library.split(".")[0] not in TRUSTED_LIBRARIES:
+            raise ValueError(
+                f"{path} loads {name} from {library!r}; hfddpm loads components from {list(TRUSTED_LIBRARIES)} only"
+            )
+        if os.path.isfile(os.path.join(where, name, f"{library}.py")):
+            raise ValueError(
+                f"{where}/{name}/{library}.py would be imported as the code of {name}, and hfddpm never runs code "
+                "from a checkpoint: delete it"
+            )
+    saved_by = index.get("_hfddpm_version")
+    if saved_by is not None and Version(str(saved_by)) > Version(__version__):
+        raise ValueError(
+            f"{where} was saved by hfddpm {saved_by}, newer than the installed {__version__}; upgrade with `pip "
+            "install -U hfddpm`"
+        )
+
+
+def components_of(index: dict, path: str) -> dict[str, tuple[str | None, str | None]]:
+    """The [library, class name] entries of model_index.json, which must include a unet and a scheduler."""
+    entries = {name: entry for name, entry in index.items() if not name.startswith("_") and isinstance(entry, list)}
+    for name in ("unet", "scheduler"):
+        entry = entries.get(name)
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)):
+            raise ValueError(
+                f"{path} has no {name} entry [library, class name]; re-save the pipeline with save_pretrained"
+            )
+    return {name: tuple(entry) for name, entry in entries.items()}
+
+
+def weight_files_are_safe(unet_folder: str, allow_pickle: bool, variant: str | None) -> None:
+    """Refuse, unless `allow_pickle`, weights diffusers would read with `torch.load`: shards named by a safetensors
+    index that are not safetensors files, and pickle weights without safetensors beside them."""
+    if allow_pickle:
+        return
+    suffix = f".{variant}" if variant else ""
+    index = os.path.join(unet_folder, f"diffusion_pytorch_model{suffix}.safetensors.index.json")
+    shards = set(read_json(index, "").get("weight_map", {}).values()) if os.path.isfile(index) else set()
+    if pickles := sorted(shard for shard in shards if not str(shard).endswith(".safetensors")):
+        raise ValueError(
+            f"{index} names {pickles[0]}, which is not safetensors: loading it would unpickle it, and unpickling can "
+            "run code; re-save the pipeline as safetensors, or pass allow_pickle=True (--allow_pickle) if you trust it"
+        )
+    files = os.listdir(unet_folder) if os.path.isdir(unet_folder) else []
+    if not any(name.endswith(".safetensors") for name in files) and (
+        pickled := [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+    ):
+        raise ValueError(
+            f"{unet_folder}/{pickled[0]} is a pickle, and unpickling can run code, so it is not loaded: re-save the "
+            "pipeline as safetensors (save_pretrained), or pass allow_pickle=True (--allow_pickle) if you trust it"
+        )
+
+
+def load_unet(folder: str, index: dict, allow_pickle: bool, options: dict[str, Any]) -> torch.nn.Module:
+    """The pipeline's network, refused in one line when its weights are damaged, miss tensors of its config, hold
+    others, or hold NaN or infinities (black images)."""
+    unet_folder = os.path.join(folder, "unet")
+    weight_files_are_safe(unet_folder, allow_pickle, options.get("variant"))
+    library, class_name = index["unet"]
+    model_class = getattr(importlib.import_module(library), class_name)  # a trusted library (`check_model_index`)
+    try:
+        unet, info = model_class.from_pretrained(unet_folder, output_loading_info=True, **options)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise ValueError(f"{unet_folder} does not load ({first_line(error).split('. ')[0]}); {RESAVE}") from None
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        if wrong := info.get(kind):
+            what = {"missing_keys": "lacks", "unexpected_keys": "holds unknown", "mismatched_keys": "mismatches"}[kind]
+            raise ValueError(
+                f"{unet_folder} {what} {len(wrong)} tensors of the network its config.json describes (first: "
+                f"{wrong[0]}): the weights and the config belong to different models; {RESAVE}"
+            )
+    if bad := count_nonfinite(unet):
+        raise ValueError(
+            f"{unet_folder} holds {bad} non-finite weights (NaN or infinity), which would sample black images: load "
+            "an "
+            "earlier checkpoint of the run, or retrain"
+        )
+    return unet
+
+
+def load_scheduler(folder: str, index: dict) -> Any:
+    """The scheduler of model_index.json, hfddpm's subclass for a stock DDPM or DDIM scheduler; a value its
+    constructor refuses is named with the file."""
+    library, class_name = index["scheduler"]
+    ours = {cls.__name__: cls for cls in (DDPMScheduler, DDIMScheduler)}
+    scheduler_class = ours.get(class_name) or getattr(diffusers, class_name, None)
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)):
+        raise ValueError(
+            f"{folder}/model_index.json names the scheduler {class_name!r}, which diffusers does not have; {RESAVE}"
+        )
+    try:
+        return scheduler_class.from_pretrained(folder, subfolder="scheduler")
+    except (OSError, ValueError, TypeError, RuntimeError) as error:
+        path = os.path.join(folder, "scheduler", "scheduler_config.json")
+        raise ValueError(f"{path} does not make a {class_name} ({first_line(error)}); {RESAVE}") from None
+
+
+def count_nonfinite(model: torch.nn.Module) -> int:
+    """How many NaN or infinite values the floating-point tensors of `model` hold."""
+    return sum(
+        int((~torch.isfinite(tensor)).sum())
+        for tensor in model.state_dict().values()
+        if tensor.is_floating_point() and tensor.device.type != "meta"
+    )
+
+
+def first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def read_json(path: str, missing: str) -> dict:
+    """The JSON object in `path`; a missing file is FileNotFoundError("`path` `missing`"), an invalid one a
+    ValueError."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{os.path.dirname(path) or path} {missing}")
+    try:
+        with open(path, encoding="utf-8") as file:
+            value = json.load(file)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); {RESAVE}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object; {RESAVE}")
+    return value
