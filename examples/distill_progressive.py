@@ -1,6 +1,7 @@
 """Progressive distillation (Salimans & Ho 2022) of any hfddpm or stock DDPM/DDIM checkpoint into 1–4-step students.
 
-    accelerate launch examples/distill_progressive.py --teacher outputs/ddpm-digits
+    accelerate launch --config_file examples/accelerate_config.yaml examples/distill_progressive.py \
+        --teacher outputs/ddpm-digits
 
 Each round halves the teacher's DDIM step count, 64 → 32 → … → 1 by default, and leaves an ordinary pipeline
 folder, OUTPUT_DIR/steps-N, that samples at its N steps: `HFDDPMPipeline.from_pretrained("OUTPUT_DIR/steps-4")()`.
@@ -10,7 +11,14 @@ Resume after a stop with --resume_from_checkpoint latest: finished rounds are ke
 
 import sys
 
-from hfddpm.training import distill_progressive_command
+from hfddpm.training import run_command
+
+
+def main(argv: list[str]) -> int:
+    from hfddpm.training import ProgressiveDistillationConfig, distill_progressive  # the [train] extra
+
+    return distill_progressive(ProgressiveDistillationConfig.from_command_line(argv, description=__doc__))
+
 
 if __name__ == "__main__":
-    sys.exit(distill_progressive_command(sys.argv[1:], description=__doc__))
+    sys.exit(run_command(lambda: main(sys.argv[1:])))

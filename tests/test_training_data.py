@@ -1,4 +1,6 @@
-"""Training data: the built-in digits, image folders, saved datasets, preprocessing and seeded augmentation."""
+"""Training data: the built-in digits, image folders, saved datasets, their class labels, preprocessing, every PIL
+mode kept or refused, and seeded augmentation. The data refusals the training script answers in one line are in
+tests/test_train_script.py."""
 
 import re
 
@@ -11,10 +13,10 @@ import torch
 from hfddpm.image_data import (
     ImagePreprocessing,
     TrainingImages,
+    class_labels,
     load_digits_dataset,
     load_image_dataset,
     pretensorize,
-    read_image,
 )
 
 
@@ -93,15 +95,6 @@ def test_image_folder_with_mixed_modes_and_sizes(tmp_path, channels):
     assert all(items[i].shape == (channels, 16, 16) for i in range(5))
 
 
-def test_corrupt_image_is_named(tmp_path):
-    write_image_folder(tmp_path / "images")
-    good = (tmp_path / "images" / "rgb.png").read_bytes()
-    (tmp_path / "images" / "truncated.png").write_bytes(good[: len(good) // 3])
-    dataset, column = load_image_dataset(train_data_dir=str(tmp_path / "images"), cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(ValueError, match=r"cannot read .*truncated\.png.*remove or replace the file"):
-        pretensorize(dataset, column, ImagePreprocessing(resolution=16))
-
-
 def test_saved_dataset_folder_by_name(tmp_path):
     digits = load_digits_dataset("test").select(range(10)).rename_column("image", "picture")
     datasets.DatasetDict({"train": digits}).save_to_disk(tmp_path / "dict")
@@ -111,22 +104,6 @@ def test_saved_dataset_folder_by_name(tmp_path):
         assert len(dataset) == 10 and column == "picture"
     with pytest.raises(ValueError, match=r"has splits \['train'\], not 'validation'"):
         load_image_dataset(dataset_name=str(tmp_path / "dict"), split="validation")
-
-
-def test_bad_data_arguments(tmp_path):
-    with pytest.raises(ValueError, match="either --dataset_name or --train_data_dir"):
-        load_image_dataset(dataset_name="x", train_data_dir="y")
-    with pytest.raises(FileNotFoundError, match="is not a folder"):
-        load_image_dataset(train_data_dir=str(tmp_path / "missing"))
-    with pytest.raises(
-        ValueError, match=r"--image_column 'img' is not a column; the columns are \['image', 'label'\]"
-    ):
-        load_image_dataset(image_column="img")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="'.*empty' holds no image files; add images or fix the path"):
-        load_image_dataset(train_data_dir=str(tmp_path / "empty"), cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(ValueError, match="channels must be 1"):
-        ImagePreprocessing(resolution=8, channels=2)
 
 
 # Four pixels of each PIL mode and the 8-bit RGB they stand for (None: the mode is refused). Premultiplied alpha
@@ -237,30 +214,7 @@ def test_training_files_of_every_mode_keep_their_values_or_are_named_and_refused
     np.testing.assert_allclose(stored.astype(int), expected.transpose(2, 0, 1).astype(int), atol=1)
 
 
-@pytest.mark.parametrize(
-    "call, error, message",
-    [
-        (lambda: ImagePreprocessing(resolution="8"), TypeError, "resolution must be an integer, got '8' (str)"),
-        (lambda: ImagePreprocessing(resolution=8.0), TypeError, "resolution must be an integer, got 8.0 (float)"),
-        (lambda: ImagePreprocessing(resolution=True), TypeError, "resolution must be an integer, got True (bool)"),
-        (lambda: ImagePreprocessing(8, channels=None), TypeError, "channels must be an integer, got None (NoneType)"),
-        (lambda: ImagePreprocessing(8).prepare(np.zeros((8, 8))), TypeError, "prepare takes a PIL image, got ndarray"),
-        (lambda: read_image(3, "--image 3"), TypeError, "--image 3 must be a path or a binary file, got int"),
-    ],
-    ids=["string", "float", "bool", "None", "array for an image", "int for a path"],
-)
-def test_image_functions_refuse_wrong_types_in_one_line(call, error, message):
-    with pytest.raises(error, match=f"^{re.escape(message)}$"):
-        call()
-
-
-def test_numpy_integers_are_counts():
-    preprocessing = ImagePreprocessing(resolution=np.int64(2), channels=np.int32(1))
-    assert (type(preprocessing.resolution), type(preprocessing.channels)) == (int, int)
-    assert preprocessing.prepare(_mode_image("L")).tolist() == [[[0, 64], [128, 255]]]
-
-
-def test_dataset_paths_may_be_path_objects_and_nothing_else(tmp_path):
+def test_dataset_paths_may_be_path_objects(tmp_path):
     digits = load_digits_dataset("test").select(range(3))
     digits.save_to_disk(tmp_path / "saved")
     dataset, column = load_image_dataset(dataset_name=tmp_path / "saved")
@@ -268,5 +222,46 @@ def test_dataset_paths_may_be_path_objects_and_nothing_else(tmp_path):
     write_image_folder(tmp_path / "images")
     dataset, _ = load_image_dataset(train_data_dir=tmp_path / "images", cache_dir=str(tmp_path / "cache"))
     assert len(dataset) == 5
-    with pytest.raises(TypeError, match=r"^--dataset_name must be a folder or a dataset name, got 5 \(int\)$"):
-        load_image_dataset(dataset_name=5)
+
+
+def test_the_digits_carry_their_labels():
+    ids, names = class_labels(load_digits_dataset("train"))
+    assert names == [str(k) for k in range(10)] and len(ids) == 1500
+    from sklearn.datasets import load_digits
+
+    assert ids == load_digits().target[:1500].tolist()
+
+
+@pytest.mark.parametrize(
+    ("values", "ids", "names"),
+    [
+        (["dog", "cat", "dog", "owl"], [1, 0, 1, 2], ["cat", "dog", "owl"]),
+        ([7, 3, 3, 7], [1, 0, 0, 1], ["3", "7"]),
+    ],
+)
+def test_a_label_column_is_numbered_in_the_sorted_order_of_its_values(values, ids, names):
+    dataset = datasets.Dataset.from_dict({"image": [None] * len(values), "kind": values})
+    assert class_labels(dataset, "kind") == (ids, names)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["cat", "cat"], "name 1 class"),
+        ([1.5, 2.5], "must hold integers or strings"),
+        (["cat", None], "must hold integers or strings; image 1 has None"),
+    ],
+)
+def test_unusable_label_columns_are_refused_in_one_line(values, message):
+    dataset = datasets.Dataset.from_dict({"image": [None] * len(values), "kind": values})
+    with pytest.raises(ValueError, match=message):
+        class_labels(dataset, "kind")
+
+
+def test_an_image_folders_subfolders_are_its_classes(tmp_path):
+    for kind in ("circle", "square"):
+        (tmp_path / "images" / kind).mkdir(parents=True)
+        for i in range(2):
+            PIL.Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(tmp_path / "images" / kind / f"{i}.png")
+    dataset, _ = load_image_dataset(train_data_dir=tmp_path / "images", cache_dir=str(tmp_path / "cache"))
+    assert class_labels(dataset)[1] == ["circle", "square"]

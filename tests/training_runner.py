@@ -1,5 +1,5 @@
-"""Run the training command (`hfddpm.training.train_unconditional_command`, which examples/train_unconditional.py
-calls) many times without paying its imports each time, and inject faults.
+"""Run the training command (what examples/train_unconditional.py runs) many times without paying its imports
+each time, and inject faults.
 
 `python tests/training_runner.py` imports the package once, then reads one JSON request per line on stdin and runs
 each in a forked child (a real process: SIGKILL, SIGTERM and exit codes are real), answering `{"pid": …}` when the
@@ -23,7 +23,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from hfddpm.training import train_unconditional_command
+from hfddpm.training import TrainingConfig, run_command, train_unconditional
 
 # Set to "1" (with ATEN_CPU_CAPABILITY=default and MKL_CBWR=COMPATIBLE, read when torch loads) for arithmetic that is
 # the same bits on every x86 CPU: scalar ATen kernels, MKL's compatible code path, and neither oneDNN nor NNPACK,
@@ -130,7 +130,7 @@ def _install_faults(faults: dict) -> None:
 
             return wrapper
 
-        _patch("hfddpm.training.objectives:DenoisingObjective.__call__", make_wrapper)
+        _patch("hfddpm.training.objectives:DenoisingLoss.__call__", make_wrapper)
     if "file_size_limit_after" in faults:
         target, call, limit = faults["file_size_limit_after"]
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
@@ -139,6 +139,11 @@ def _install_faults(faults: dict) -> None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
         _patch(target, lambda original: _counted(original, call, after=shrink))
+
+
+def train_unconditional_command(argv: list[str]) -> int:
+    """examples/train_unconditional.py's `main`, with its exit statuses."""
+    return run_command(lambda: train_unconditional(TrainingConfig.from_command_line(argv)))
 
 
 def memory_kb() -> dict[str, int]:
@@ -157,6 +162,9 @@ def _child(request: dict) -> int:
     sys.stdout = os.fdopen(1, "w", buffering=1)
     sys.stderr = os.fdopen(2, "w", buffering=1)
     os.environ.update(request["env"])
+    # Python's own Ctrl-C handler, as in a terminal: a test run as a background job (`pytest &`, `nohup`) starts with
+    # SIGINT ignored, and the run would keep it ignored (as it should for such a job of its own).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _install_faults(request["faults"])
     code = 0
     for repetition in range(request["repeat"]):

@@ -16,8 +16,6 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .arguments import checked_integer
-
 if TYPE_CHECKING:  # imported where used: `import hfddpm` does not load datasets
     import datasets
 
@@ -68,7 +66,8 @@ def load_image_dataset(
     """
     import datasets
 
-    dataset_name, train_data_dir = _text(dataset_name, "--dataset_name"), _text(train_data_dir, "--train_data_dir")
+    dataset_name = None if dataset_name is None else os.fspath(dataset_name)
+    train_data_dir = None if train_data_dir is None else os.fspath(train_data_dir)
     if train_data_dir is not None and dataset_name is not None:
         raise ValueError("pass either --dataset_name or --train_data_dir, not both")
     if train_data_dir is not None:
@@ -103,15 +102,6 @@ def load_image_dataset(
     elif image_column not in dataset.column_names:
         raise ValueError(f"--image_column {image_column!r} is not a column; the columns are {dataset.column_names}")
     return dataset, image_column
-
-
-def _text(value: str | os.PathLike | None, flag: str) -> str | None:
-    """A folder or a name as a string (a path object becomes its string); anything else is refused."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"{flag} must be a folder or a dataset name, got {value!r} ({type(value).__name__})")
 
 
 def class_labels(dataset: datasets.Dataset, label_column: str | None = None) -> tuple[list[int], list[str]]:
@@ -174,18 +164,9 @@ class ImagePreprocessing:
     center_crop: bool = True
     random_flip: bool = False
 
-    def __post_init__(self):
-        # a NumPy integer counts, stored as int
-        object.__setattr__(self, "resolution", checked_integer("resolution", self.resolution))
-        object.__setattr__(self, "channels", checked_integer("channels", self.channels, low=0))
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
-
     def prepare(self, image: PIL.Image.Image, source: str = "the image") -> np.ndarray:
         """uint8 array (C, H, W) with min(H, W) = resolution, square when `center_crop`; `source` names the image
         in the error when its mode cannot become 8-bit with its values kept (`to_eight_bit`)."""
-        if not isinstance(image, PIL.Image.Image):
-            raise TypeError(f"prepare takes a PIL image, got {type(image).__name__}")
         image = to_eight_bit(image, self.channels, source)
         width, height = image.size
         scale = self.resolution / min(width, height)
@@ -289,8 +270,6 @@ def _open_image(entry: dict) -> PIL.Image.Image:
 
 def read_image(file: str | os.PathLike | io.BytesIO, source: str) -> PIL.Image.Image:
     """The image in `file`, decoded in full; one line naming `source` when it is not a readable image."""
-    if not isinstance(file, (str, os.PathLike, io.IOBase)):
-        raise TypeError(f"{source} must be a path or a binary file, got {type(file).__name__}")
     try:
         image = PIL.Image.open(file)
         image.load()
@@ -316,8 +295,6 @@ class TrainingImages(torch.utils.data.Dataset):
         labels: list[int] | None = None,
         label_names: list[str] | None = None,
     ) -> None:
-        if (labels is None) != (label_names is None) or (labels is not None and len(labels) != len(pixels)):
-            raise ValueError("labels need label_names, and one label per image")
         self.pixels = pixels
         self.preprocessing = preprocessing
         self.seed = seed

@@ -7,15 +7,15 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-# The optional libraries, by the name they import as, and the extra of pyproject.toml that installs each.
+# The optional libraries, by the name they import as, and the extras of pyproject.toml that install each.
 EXTRAS = {
-    "accelerate": "train",
-    "datasets": "train",
-    "sklearn": "train",
-    "tensorboard": "train",
-    "matplotlib": "eval",
-    "transformers": "eval",
-    "torchmetrics": "eval",
+    "accelerate": ("train",),
+    "tensorboard": ("train",),
+    "datasets": ("train", "eval"),
+    "sklearn": ("train", "eval"),
+    "matplotlib": ("train", "eval"),
+    "transformers": ("eval",),
+    "torchmetrics": ("eval",),
 }
 
 
@@ -24,8 +24,8 @@ def missing_extra(error: ImportError) -> ImportError:
     library = (getattr(error, "name", None) or "").split(".")[0]
     if library not in EXTRAS:
         return error
-    extra = EXTRAS[library]
-    return ImportError(f"this needs {library}, which hfddpm's [{extra}] extra installs: pip install 'hfddpm[{extra}]'")
+    extras = " or ".join(f"pip install 'hfddpm[{extra}]'" for extra in EXTRAS[library])
+    return ImportError(f"this needs {library}, which hfddpm's extras install: {extras}")
 
 
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:

@@ -16,7 +16,6 @@ import torch
 from diffusers.utils import make_image_grid
 
 from . import durable
-from .arguments import checked_integer
 from .eval_mode import eval_mode
 
 if TYPE_CHECKING:
@@ -77,7 +76,7 @@ def sample_grid(pictures: list[PIL.Image.Image], cell_size: int = 64, cols: int 
     least `cell_size` pixels wide and framed by a black border one original pixel wide; empty cells are black."""
     if not pictures:
         raise ValueError("sample_grid needs at least one image")
-    cols = math.ceil(math.sqrt(len(pictures))) if cols is None else checked_integer("cols", cols)
+    cols = cols or math.ceil(math.sqrt(len(pictures)))
     rows = math.ceil(len(pictures) / cols)
     scale = max(1, cell_size // pictures[0].width)
     cells = [
@@ -137,7 +136,6 @@ def reverse_trajectory_grid(
     Runs the pipeline (its own scheduler, `call_options` passed on) and records the tensors through its
     `callback_on_step_end`.
     """
-    every, num_images = checked_integer("every", every), checked_integer("num_images", num_images)
     num_inference_steps = pipeline.inference_steps(num_inference_steps)
     recorded: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 

@@ -71,7 +71,7 @@ def bound_scheduler(scheduler: SchedulerMixin, reverse_variance: str | None = No
     evaluate (by default the one `scheduler` samples with, see `reverse_variance_of`)."""
     from ..schedulers import DDPMScheduler
 
-    accepted = inspect.signature(DDPMScheduler.__init__).parameters
+    accepted = set(inspect.signature(DDPMScheduler.__init__).parameters) - {"variance_type"}  # it follows
     config = {key: value for key, value in scheduler.config.items() if key in accepted}
     config["reverse_variance"] = reverse_variance or reverse_variance_of(scheduler.config)
     return DDPMScheduler.from_config(config)

@@ -158,7 +158,7 @@ def evaluate_pipeline(
     reference_split: str = "train",
     image_column: str | None = None,
     max_images: int | None = None,
-    num_timesteps: int | None = None,
+    num_timesteps: int | None = 100,
     reverse_variance: str | None = None,
     num_samples: int = 1000,
     num_inference_steps: int | None = None,
@@ -179,8 +179,9 @@ def evaluate_pipeline(
         metrics: names from `METRICS`; by default `default_metrics(dataset)`.
         split: the held-out split of ``bits_per_dim``; the first `max_images` of it (all when None).
         reference_split: the split the samples are compared with (its statistics are cached).
-        num_timesteps: ``bits_per_dim`` terms per image: all T when None (the exact sum), else a stratified
-            unbiased estimate; `reverse_variance` overrides the checkpoint's σ²_t.
+        num_timesteps: ``bits_per_dim`` terms per image, stratified over t: an unbiased estimate with its standard
+            error; None (or T or more) computes all T, the exact sum, in T/`num_timesteps` times the time.
+            `reverse_variance` overrides the checkpoint's σ²_t.
         num_samples, num_inference_steps, eta: the samples drawn with the pipeline's scheduler for the sample
             metrics, image i seeded with `seed` + i; `num_inference_steps` None is the pipeline's own count.
         inception_weights, dinov2_model: where ``fid`` and ``fd_dinov2`` find their networks.
@@ -190,11 +191,8 @@ def evaluate_pipeline(
     metrics = (
         default_metrics(dataset) if metrics is None else (metrics,) if isinstance(metrics, str) else tuple(metrics)
     )
-    unknown = sorted(set(metrics) - set(METRICS))
-    if unknown:
+    if unknown := sorted(set(metrics) - set(METRICS)):
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if pipeline is None and "bits_per_dim" in metrics:
         raise ValueError(f"{name} holds images, not a pipeline: bits_per_dim needs a checkpoint")
     report = EvaluationReport(name, dataset)

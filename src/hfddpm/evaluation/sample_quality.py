@@ -19,7 +19,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..arguments import checked_integer
 from ..image_data import channels_of_mode, image_batches, to_eight_bit
 from .frechet import FeatureStatistics, cached_statistics
 
@@ -47,9 +46,6 @@ def generate_samples(
     of class `class_labels[i]` when given), so the samples do not depend on the batch size; `num_inference_steps`
     None is the pipeline's own count (50 unless it is a distilled student). `call_options` go to the pipeline's
     call (e.g. corrector_steps, guidance_scale)."""
-    num_samples, batch_size = checked_integer("num_samples", num_samples), checked_integer("batch_size", batch_size)
-    if class_labels is not None and len(class_labels) != num_samples:
-        raise ValueError(f"got {len(class_labels)} class_labels for {num_samples} samples: pass one per sample")
     pipeline.set_progress_bar_config(disable=True)  # one bar for every batch, counting steps
     batches = range(0, num_samples, batch_size)
     steps = pipeline.inference_steps(num_inference_steps)

@@ -1,7 +1,7 @@
 """Training: the engine (one loop for every objective), its configuration, objectives and checkpoints.
 
     config = TrainingConfig(output_dir="outputs/run", max_train_steps=500)  # or TrainingConfig.from_command_line(argv)
-    status = run_command(lambda: train_unconditional(config))  # one-line errors and exit codes, as the script
+    status = run_command(lambda: train_unconditional(config))  # one-line errors and exit statuses, as the scripts
 
 A new objective implements `Objective` (a batch → a `LossOutput`) and hands itself to `Trainer` with a model and a
 dataset; everything else — Accelerate, EMA, checkpoints and resume, fault checks, logging, sample grids, evaluation,
@@ -26,12 +26,9 @@ _EXPORTS = {
     "Trainer": "engine",
     "TrainingConfig": "config",
     "distill_consistency": "consistency",
-    "distill_consistency_command": "consistency",
     "distill_progressive": "progressive",
-    "distill_progressive_command": "progressive",
     "run_command": "faults",
     "train_unconditional": "unconditional",
-    "train_unconditional_command": "unconditional",
 }
 __all__ = [
     "ConsistencyDistillationConfig",
@@ -45,12 +42,9 @@ __all__ = [
     "Trainer",
     "TrainingConfig",
     "distill_consistency",
-    "distill_consistency_command",
     "distill_progressive",
-    "distill_progressive_command",
     "run_command",
     "train_unconditional",
-    "train_unconditional_command",
 ]
 
 if TYPE_CHECKING:
@@ -59,7 +53,6 @@ if TYPE_CHECKING:
         ConsistencyDistillationConfig,
         ConsistencyDistillationObjective,
         distill_consistency,
-        distill_consistency_command,
     )
     from .engine import Trainer
     from .faults import run_command
@@ -68,9 +61,8 @@ if TYPE_CHECKING:
         ProgressiveDistillationConfig,
         ProgressiveDistillationObjective,
         distill_progressive,
-        distill_progressive_command,
     )
-    from .unconditional import train_unconditional, train_unconditional_command
+    from .unconditional import train_unconditional
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

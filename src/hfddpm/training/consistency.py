@@ -18,7 +18,6 @@ from ..conditioning import call_network
 from ..pipelines import HFDDPMPipeline
 from ..schedulers.gaussian_diffusion import per_sample
 from .config import ENGINE, OUTPUT
-from .faults import run_command
 from .objectives import LossOutput
 from .output_folder import check_output_dir, output_dir_lock
 from .teacher import (
@@ -161,8 +160,3 @@ def distill_consistency(config: ConsistencyDistillationConfig) -> int:
         status = train_student(config, objective, teacher, lineage)
     PartialState().destroy_process_group()
     return status
-
-
-def distill_consistency_command(argv: list[str] | None = None, description: str | None = None) -> int:
-    """`examples/distill_consistency.py`: parse `argv` and distil; exit statuses as `run_command` says."""
-    return run_command(lambda: distill_consistency(ConsistencyDistillationConfig.from_command_line(argv, description)))

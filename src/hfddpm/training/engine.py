@@ -282,7 +282,9 @@ class Trainer:
         self.final_loss = accelerator.gather(self.running_loss.reshape(1) / self.running_count).mean().item()
         logs: dict[str, Any] = {"loss": self.final_loss, "lr": self.lr_scheduler.get_last_lr()[0]}
         logs["grad_norm"] = float(self.grad_norm)
-        logs.update({name: accelerator.gather(value).mean().item() for name, value in self.last_output.logs.items()})
+        logs.update(
+            {name: accelerator.gather(value).double().mean().item() for name, value in self.last_output.logs.items()}
+        )
         if self.ema is not None:
             logs["ema_decay"] = self.ema.cur_decay_value or 0.0
         logs.update(skipped_steps=state.skipped_steps, nonfinite_steps=state.nonfinite_steps)

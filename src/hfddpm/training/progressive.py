@@ -22,7 +22,6 @@ from ..pipelines import HFDDPMPipeline
 from ..schedulers import DDIMScheduler
 from ..schedulers.gaussian_diffusion import per_sample
 from .config import ENGINE, launched_as_main_process
-from .faults import run_command
 from .objectives import LossOutput
 from .output_folder import check_output_dir, delete_run_outputs, output_dir_lock
 from .teacher import (
@@ -200,8 +199,3 @@ def distill_progressive(config: ProgressiveDistillationConfig) -> int:
             teacher, source = HFDDPMPipeline.from_pretrained(round_dir), str(round_dir)
     PartialState().destroy_process_group()
     return status
-
-
-def distill_progressive_command(argv: list[str] | None = None, description: str | None = None) -> int:
-    """`examples/distill_progressive.py`: parse `argv` and distil; exit statuses as `run_command` says."""
-    return run_command(lambda: distill_progressive(ProgressiveDistillationConfig.from_command_line(argv, description)))

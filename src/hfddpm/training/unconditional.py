@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from .config import TrainingConfig
 from .engine import Trainer
-from .faults import run_command
 from .objectives import DenoisingLoss
 from .output_folder import check_output_dir, output_dir_lock, remove_earlier_run_outputs
 from .setup import create_accelerator, create_training_unet, load_training_images
@@ -31,9 +30,3 @@ def train_unconditional(config: TrainingConfig) -> int:
         status = Trainer(config, accelerator, objective, unet, images).run()
         accelerator.end_training()
     return status
-
-
-def train_unconditional_command(argv: list[str] | None = None, description: str | None = None) -> int:
-    """`examples/train_unconditional.py`: parse `argv` and train; the exit status (0 done, 1 a fault, 2 bad input,
-    128 + N stopped by signal N), with faults and bad input as one line on stderr (`run_command`)."""
-    return run_command(lambda: train_unconditional(TrainingConfig.from_command_line(argv, description)))
