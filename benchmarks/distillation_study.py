@@ -30,7 +30,7 @@ from hfddpm import DDIMScheduler, HFDDPMPipeline
 from hfddpm.evaluation.features import DigitsFeatures
 from hfddpm.evaluation.frechet import FeatureStatistics, frechet_distance
 from hfddpm.evaluation.sample_quality import digits_scores, generate_samples, reference_statistics
-from hfddpm.training.distillation import stated_config
+from hfddpm.training.teacher import stated_config
 from hfddpm.visualize import sample_grid
 
 EVALUATIONS = (1, 2, 4, 8)

@@ -11,7 +11,8 @@ mkdir -p "$root"
 train() {
     local name=$1 start=$SECONDS
     shift
-    accelerate launch examples/train_unconditional.py --output_dir "$root/$name" --overwrite_output_dir "$@"
+    accelerate launch --config_file examples/accelerate_config.yaml examples/train_unconditional.py \
+        --output_dir "$root/$name" --overwrite_output_dir --cpu_threads 2 "$@"
     echo "$name: trained in $((SECONDS - start)) s" | tee -a "$root/times.txt"
 }
 
@@ -19,12 +20,13 @@ train simple
 train hybrid --reverse_variance learned_range
 train vlb --reverse_variance learned_range --loss_type vlb --timestep_sampling loss_second_moment
 
-hfddpm evaluate "$root/simple" --output_dir "$root/simple/eval-fixed_small"
-hfddpm evaluate "$root/simple" --reverse_variance fixed_large --output_dir "$root/simple/eval-fixed_large"
+all_terms="--num_timesteps 1000"  # the exact sum over every t
+hfddpm evaluate "$root/simple" $all_terms --output_dir "$root/simple/eval-fixed_small"
+hfddpm evaluate "$root/simple" $all_terms --reverse_variance fixed_large --output_dir "$root/simple/eval-fixed_large"
 hfddpm analytic-variance "$root/simple" --output_dir "$root/simple-analytic"  # Γ_t from 500 training digits
-hfddpm evaluate "$root/simple-analytic" --metrics bits_per_dim --output_dir "$root/simple-analytic/eval"
-hfddpm evaluate "$root/hybrid" --output_dir "$root/hybrid/eval"
-hfddpm evaluate "$root/vlb" --output_dir "$root/vlb/eval"
+hfddpm evaluate "$root/simple-analytic" $all_terms --metrics bits_per_dim --output_dir "$root/simple-analytic/eval"
+hfddpm evaluate "$root/hybrid" $all_terms --output_dir "$root/hybrid/eval"
+hfddpm evaluate "$root/vlb" $all_terms --output_dir "$root/vlb/eval"
 
 python benchmarks/plot_bound_terms.py docs/likelihood-terms.png \
     "L_simple, β̃=$root/simple/eval-fixed_small/evaluation.json" \

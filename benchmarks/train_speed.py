@@ -12,7 +12,7 @@ Both sides train the same UNet (same initial weights), batch, resolution, precis
   what its torchvision Compose does with PIL images; torchvision has no CPU wheel here, so PIL does it), images and
   noise cast to the mixed-precision dtype before `add_noise`, AdamW as the example builds it, `EMAModel` with its
   defaults, `loss.item()` and a tracker call every step.
-- hfddpm: `TrainingImages` (decoded and resized once), `training_step` with `DiffusionLoss` (noising in float32),
+- hfddpm: `TrainingImages` (decoded and resized once), the objective `DenoisingLoss` (noising in float32),
   fused AdamW, foreach EMA, logging every 10 steps, as examples/train_unconditional.py does.
 
 The two alternate in blocks of steps (ABAB…) and the medians are reported: a shared machine's speed drifts.
@@ -36,8 +36,7 @@ from diffusers.training_utils import EMAModel
 
 from hfddpm import DDPMScheduler, create_unet
 from hfddpm.image_data import ImagePreprocessing, TrainingImages, load_digits_dataset, pretensorize
-from hfddpm.training.loop import TrainingRandomness, training_step
-from hfddpm.training.losses import DiffusionLoss
+from hfddpm.training.objectives import DenoisingLoss
 
 
 def stock_side(args, accelerator, unet):
@@ -97,21 +96,20 @@ def hfddpm_side(args, accelerator, unet):
     dataset = load_digits_dataset("train")
     images = TrainingImages(pretensorize(dataset, "image", preprocessing), preprocessing)
     loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, shuffle=True, drop_last=True)
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
-    loss_fn = DiffusionLoss(scheduler)
+    objective = DenoisingLoss(DDPMScheduler(num_train_timesteps=1000))
     optimizer = torch.optim.AdamW(
         unet.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8, fused=True
     )
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=500, num_training_steps=100_000)
     unet, optimizer, loader = accelerator.prepare(unet, optimizer, loader)
     ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75, foreach=True)
-    randomness = TrainingRandomness(0, device=accelerator.device)
+    generator = torch.Generator(accelerator.device).manual_seed(0)
     batches = itertools.cycle(loader)
     count = itertools.count(1)
 
     def step():
         with accelerator.accumulate(unet):
-            output = training_step(unet, scheduler, loss_fn, next(batches), randomness)
+            output = objective(unet, next(batches), generator)
             accelerator.backward(output.loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(unet.parameters(), 1.0)

@@ -12,23 +12,36 @@ data.
 
 from __future__ import annotations
 
-import argparse
 import copy
+import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from train_toy_2d import fit, reverse_process, train
+from train_toy_2d import ToyOptions, fit, reverse_process, train
 
-from hfddpm import DDIMScheduler
+from hfddpm import DDIMScheduler, durable
+from hfddpm.arguments import option, parse_options
 from hfddpm.evaluation.sliced_wasserstein import sliced_wasserstein
-from hfddpm.training.distillation import ProgressiveDistillationObjective, Teacher
-from hfddpm.training.toy_data import TOY_DATASETS, toy_points
+from hfddpm.training import run_command
+from hfddpm.training.progressive import ProgressiveDistillationObjective
+from hfddpm.training.teacher import Teacher
+from hfddpm.training.toy_data import toy_points
 
 TEACHER_STEPS = 64
 ROUNDS = (32, 16, 8, 4, 2, 1)  # each round's student steps
 SHOWN_STEPS = (4, 2, 1)
+OUTPUTS = ("distilled.png", "distillation.json")
+
+
+@dataclasses.dataclass(kw_only=True)
+class DistillOptions(ToyOptions):
+    """The toy's options (--steps trains the teacher), and the distillation's."""
+
+    round_steps: int = option(800, "distillation steps per round", interval="[1, inf)")
+    num_samples: int = option(1000, "points drawn, and fresh data points compared with them", interval="[2, inf)")
 
 
 @torch.no_grad()
@@ -53,16 +66,10 @@ def distil(teacher_model, teacher_scheduler: DDIMScheduler, data, steps: int, ba
     return students
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(TOY_DATASETS), choices=TOY_DATASETS)
-    parser.add_argument("--steps", type=int, default=1500, help="teacher training steps")
-    parser.add_argument("--round_steps", type=int, default=800, help="distillation steps per round")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--num_samples", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output_dir", default="outputs/toy-2d")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(DistillOptions, argv, __doc__)
+    for name in OUTPUTS:  # before minutes of training
+        durable.check_output_file(Path(args.output_dir) / name, "--output_dir", args.overwrite)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     columns = ["teacher, 100 ancestral steps"] + [
@@ -96,10 +103,12 @@ def main() -> None:
         print(name, {label: round(value, 4) for label, value in distances[name].items()}, flush=True)
     figure.suptitle(f"Progressive distillation of the toy's {TEACHER_STEPS}-step DDIM (samples over the data, grey)")
     figure.tight_layout()
-    figure.savefig(output_dir / "distilled.png", dpi=90)
-    (output_dir / "distillation.json").write_text(json.dumps(distances, indent=2, ensure_ascii=False))
+    with durable.replacing(output_dir / "distilled.png") as temporary:
+        figure.savefig(temporary, format="png", dpi=90)
+    durable.write_text(output_dir / "distillation.json", json.dumps(distances, indent=2, ensure_ascii=False))
     print(f"distilled.png and distillation.json written to {output_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(lambda: main(sys.argv[1:])))  # a bad option or output folder: one line, status 2

@@ -15,21 +15,23 @@ run are replaced only with --overwrite, and the folder is checked before trainin
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import matplotlib.pyplot as plt
 import torch
 
 from hfddpm import DDPMScheduler, durable
-from hfddpm.cli import count, seed
+from hfddpm.arguments import check_options, option, parse_options
 from hfddpm.evaluation.sliced_wasserstein import sliced_wasserstein
 from hfddpm.models.point_denoiser import PointDenoiser
 from hfddpm.schedulers.bound_terms import Decoder
-from hfddpm.training.loop import TrainingRandomness, training_step
-from hfddpm.training.losses import DiffusionLoss
+from hfddpm.training import run_command
+from hfddpm.training.objectives import DenoisingLoss
 from hfddpm.training.timestep_sampling import LossSecondMomentSampler
 from hfddpm.training.toy_data import TOY_DATASETS, toy_points
 
@@ -41,6 +43,23 @@ MODELS = {
 
 # What a run writes in --output_dir: the four figures, then the distances.
 OUTPUTS = ("forward_process.png", "reverse_process.png", "samples.png", "loss_curves.png", "distances.json")
+SEEDS = "[0, 4294967295]"
+
+
+@dataclasses.dataclass(kw_only=True)
+class ToyOptions:
+    """The command line of the toy examples (each field is a flag)."""
+
+    datasets: list[Literal[TOY_DATASETS]] = option(TOY_DATASETS, "the point clouds to train on")
+    steps: int = option(1500, "training steps per model", interval="[50, inf)")
+    batch_size: int = option(256, interval="[1, inf)")
+    num_samples: int = option(2000, "points drawn, and fresh data points compared with them", interval="[2, inf)")
+    seed: int = option(0, interval=SEEDS)
+    output_dir: str = option("outputs/toy-2d")
+    overwrite: bool = option(False, "replace the files of an earlier run")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def noise_schedule(reverse_variance: str) -> DDPMScheduler:
@@ -55,21 +74,25 @@ def noise_schedule(reverse_variance: str) -> DDPMScheduler:
     )
 
 
-def fit(model, loss_of_batch, data: torch.Tensor, steps: int, batch_size: int, seed: int, lr: float = 1e-3):
-    """AdamW with a cosine schedule and clipping on random batches of `data`; `loss_of_batch(model, batch,
-    randomness)` returns a `LossOutput` (a diffusion step, or a distillation objective). The per-step losses."""
+def fit(model, objective, data: torch.Tensor, steps: int, batch_size: int, seed: int, lr: float = 1e-3):
+    """AdamW with a cosine schedule and clipping on random batches of `data` (points as (B, 2, 1, 1) "images"),
+    minimising `objective`, an `hfddpm.training.Objective` (a diffusion loss, or a distillation round) that draws its
+    randomness from the run's generator; a loss-aware timestep sampler learns from every batch. The per-step
+    losses."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    randomness = TrainingRandomness(seed)
+    generator = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(steps):
-        batch = data[torch.randint(0, len(data), (batch_size,), generator=randomness.generator)]
-        output = loss_of_batch(model, batch[:, :, None, None], randomness)
+        batch = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
+        output = objective(model, batch[:, :, None, None], generator)
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        if (sampler := getattr(objective, "timestep_sampler", None)) is not None:
+            sampler.update(output.timesteps, output.per_sample)
         losses.append(output.loss.item())
     return losses
 
@@ -78,16 +101,9 @@ def train(data: torch.Tensor, options: dict, steps: int, batch_size: int, seed: 
     torch.manual_seed(seed)
     scheduler = noise_schedule(options["reverse_variance"])
     model = PointDenoiser(learned_variance=options["reverse_variance"] == "learned_range")
-    loss_fn = DiffusionLoss(scheduler, options["loss_type"], decoder=Decoder.CONTINUOUS)
     sampler = LossSecondMomentSampler(NUM_TIMESTEPS) if options["loss_type"] == "vlb" else None
-
-    def loss_of_batch(model, batch, randomness):
-        output = training_step(model, scheduler, loss_fn, batch, randomness, sampler)
-        if sampler is not None:
-            sampler.update(output.timesteps, output.per_sample)
-        return output
-
-    losses = fit(model, loss_of_batch, data, steps, batch_size, seed)
+    objective = DenoisingLoss(scheduler, options["loss_type"], timestep_sampler=sampler, decoder=Decoder.CONTINUOUS)
+    losses = fit(model, objective, data, steps, batch_size, seed)
     return model.eval(), scheduler, losses
 
 
@@ -118,21 +134,10 @@ def snapshot_row(axes, clouds: list[torch.Tensor], labels: list[str], color: str
         axis.set_title(label, fontsize=8)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(TOY_DATASETS), choices=TOY_DATASETS)
-    parser.add_argument("--steps", type=count(50), default=1500, help="training steps per model (at least 50)")
-    parser.add_argument("--batch_size", type=count(1), default=256)
-    parser.add_argument("--num_samples", type=count(2), default=2000)
-    parser.add_argument("--seed", type=seed, default=0)
-    parser.add_argument("--output_dir", default="outputs/toy-2d")
-    parser.add_argument("--overwrite", action="store_true", help="replace the figures of an earlier run")
-    args = parser.parse_args()
-    try:  # before minutes of training
-        for name in OUTPUTS:
-            durable.check_output_file(Path(args.output_dir) / name, "--output_dir", args.overwrite)
-    except ValueError as error:
-        parser.exit(2, f"error: {error}\n")
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(ToyOptions, argv, __doc__)
+    for name in OUTPUTS:  # before minutes of training
+        durable.check_output_file(Path(args.output_dir) / name, "--output_dir", args.overwrite)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -190,7 +195,8 @@ def main() -> None:
             figure.savefig(temporary, format="png", dpi=90)
     durable.write_text(output_dir / "distances.json", json.dumps(distances, indent=2, ensure_ascii=False))
     print(f"figures and distances.json written to {output_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(lambda: main(sys.argv[1:])))  # a bad option or output folder: one line, status 2

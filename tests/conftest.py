@@ -7,6 +7,8 @@ from diffusers.utils import logging as diffusers_logging
 from hfddpm import GaussianMixtureDenoiser, HFDDPMPipeline, create_unet
 
 diffusers_logging.disable_progress_bar()
+# One thread: the tests' networks are tiny, and two threads contending with another job's slow them down tenfold.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +46,30 @@ def dummy_sample_deter() -> torch.Tensor:
     """diffusers' deterministic scheduler-test sample, shape (4, 3, 8, 8) in [0, 1)."""
     n = 4 * 3 * 8 * 8
     return (torch.arange(n) / n).reshape(3, 8, 8, 4).permute(3, 0, 1, 2)
+
+
+def scheduler_loop(scheduler, num_inference_steps, variance_channels=None, seed=0, **step_kwargs) -> list:
+    """Denoise `dummy_sample_deter` with `dummy_model` as diffusers' scheduler tests do (the training chain when
+    `num_inference_steps` is None); a constant `variance_channels` value is appended as a learned-variance output.
+    Returns each step's (prev_sample, pred_original_sample)."""
+    if num_inference_steps is not None:
+        scheduler.set_timesteps(num_inference_steps)
+    sample, generator, outputs = dummy_sample_deter(), torch.Generator().manual_seed(seed), []
+    for t in scheduler.timesteps:
+        output = dummy_model(sample, t)
+        if variance_channels is not None:
+            output = torch.cat([output, torch.full_like(sample, variance_channels)], dim=1)
+        step = scheduler.step(output, t, sample, generator=generator, **step_kwargs)
+        outputs.append((step.prev_sample, step.pred_original_sample))
+        sample = step.prev_sample
+    return outputs
+
+
+def gaussian_gamma(scheduler, data_std: float) -> torch.Tensor:
+    """Analytic-DPM's Γ_t = E‖ε̂(x_t, t)‖²/d for N(μ, s² I) data and its exact denoiser, (1 − ᾱ_t)/(ᾱ_t s² + 1 − ᾱ_t)
+    (Bao et al. 2022, eq. 8, in closed form): float64, one per training timestep."""
+    alpha_bar = scheduler.alphas_cumprod.double()
+    return (1 - alpha_bar) / (alpha_bar * data_std**2 + 1 - alpha_bar)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 """Class-conditional sampling and classifier-free guidance, against closed forms and the exact conditional denoiser
 of a labelled Gaussian mixture (label = component)."""
 
+import re
+
 import diffusers
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ import torch
 from hfddpm import DDIMScheduler, DDPMScheduler, GaussianMixtureDenoiser, HFDDPMPipeline, create_unet
 from hfddpm.conditioning import guided_prediction, num_classes, predict
 from hfddpm.pipelines.pipeline_hfddpm import NonFiniteSampleError
+
+from .conftest import gaussian_gamma
 
 MEANS = torch.stack([torch.full((1, 2, 2), -0.5), torch.full((1, 2, 2), 0.5)])
 STDS = [0.1, 0.2]
@@ -86,17 +90,19 @@ def test_guidance_runs_both_halves_as_one_batch_with_the_formula_of_separate_cal
 @pytest.mark.parametrize("k", [0, 1])
 def test_sampling_with_label_k_reproduces_component_k(k):
     # Label k's exact denoiser and DDPM with component k's exact reverse variance — Analytic-DPM's, whose
-    # Γ_t = E‖ε̂‖²/d is (1 − ᾱ_t)/(ᾱ_t s_k² + 1 − ᾱ_t) in closed form for N(μ_k, s_k² I) — sample N(μ_k, s_k² I). The
-    # tolerance is four standard errors of the Monte Carlo mean and spread (2000 samples × 4 pixels); the spread
-    # also falls short by Var(x_0|x_1) ≈ 10⁻⁴ s_k²/(s_k² + 10⁻⁴) (the last step returns the mean), under 0.5 %.
-    alpha_bar = DDPMScheduler().alphas_cumprod.double()
-    gamma = ((1 - alpha_bar) / (alpha_bar * STDS[k] ** 2 + 1 - alpha_bar)).tolist()
-    scheduler = DDPMScheduler(clip_sample=False, reverse_variance="analytic", analytic_gamma=gamma)
+    # Γ_t = E‖ε̂‖²/d is (1 − ᾱ_t)/(ᾱ_t s_k² + 1 − ᾱ_t) in closed form for N(μ_k, s_k² I) — sample N(μ_k, s_k² I) at any
+    # step count ("linspace" runs from t = T − 1 to 0). The tolerance is four standard errors of the Monte Carlo
+    # mean and spread (2000 samples × 4 pixels); the spread also falls short by Var(x_0|x_0 noised to t = 0)
+    # ≈ 10⁻⁴ s_k²/(s_k² + 10⁻⁴) (the last step returns the mean), under 1 %.
+    gamma = gaussian_gamma(DDPMScheduler(), STDS[k]).tolist()
+    scheduler = DDPMScheduler(
+        clip_sample=False, reverse_variance="analytic", analytic_gamma=gamma, timestep_spacing="linspace"
+    )
     pipe = pipeline(mixture(scheduler), scheduler)
-    samples = draw(pipe, n=2000, class_labels=k, guidance_scale=1.0, num_inference_steps=1000) * 2 - 1
+    samples = draw(pipe, n=2000, class_labels=k, guidance_scale=1.0, num_inference_steps=10) * 2 - 1
     mean, std, n = MEANS[k].mean().item(), STDS[k], samples.numel()
     assert abs(samples.mean().item() - mean) < 4 * std / n**0.5
-    assert abs(samples.std().item() - std) < 4 * std / (2 * n) ** 0.5 + 0.005 * std
+    assert abs(samples.std().item() - std) < 4 * std / (2 * n) ** 0.5 + 0.01 * std
 
 
 def test_guidance_above_1_pushes_each_label_away_from_the_other_component_and_tightens_it():
@@ -128,51 +134,28 @@ def test_labels_are_ids_or_names_one_per_image_or_one_for_the_batch():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"class_labels": 2}, "not one of this model's 2 classes"),
-        ({"class_labels": -1}, "not one of this model's 2 classes"),
-        ({"class_labels": "grey"}, "unknown class name"),
-        ({"class_labels": []}, "class_labels is empty"),
-        ({"class_labels": [0, 1], "batch_size": 3}, "got 2 class_labels for batch_size=3"),
-        ({"class_labels": True}, "integer id or a class name"),
-        ({"class_labels": 0.5}, "integer id or a class name"),
-        ({"guidance_scale": 2.0}, "guidance_scale guides towards class_labels"),
-        ({"class_labels": 0, "guidance_scale": float("nan")}, "finite number >= 0"),
-        ({"class_labels": 0, "guidance_scale": -1.0}, "finite number >= 0"),
-        ({"class_labels": 0, "guidance_scale": "3"}, "must be a number"),
+        # As a long tensor, True would be label 1 and 0.5 label 0.
+        ({"class_labels": True}, TypeError, r"class label must be an integer, got True \(bool\)"),
+        ({"class_labels": 0.5}, TypeError, r"class label must be an integer, got 0.5 \(float\)"),
+        # NaN would make every image NaN; infinity overflows at the first step.
+        ({"class_labels": 0, "guidance_scale": float("nan")}, ValueError, r"guidance_scale .* in \[0, inf\).*nan"),
+        ({"class_labels": 0, "guidance_scale": float("inf")}, ValueError, r"guidance_scale .* in \[0, inf\).*inf"),
     ],
 )
-def test_bad_labels_and_guidance_are_refused_in_one_line(kwargs, message):
+def test_labels_that_are_no_ids_and_scales_that_are_no_weights_are_refused(kwargs, error, message):
+    # The other refusals of labels (unknown names, ids out of range, counts) are the pipeline's
+    # (test_pipeline.py::test_labels_that_would_draw_other_images_are_refused).
     scheduler = DDIMScheduler()
     pipe = pipeline(mixture(scheduler), scheduler, id2label={0: "dark", 1: "light"})
-    with pytest.raises((ValueError, TypeError), match=message):
+    with pytest.raises(error, match=message):
         pipe(num_inference_steps=2, **kwargs)
-
-
-def test_an_unconditional_model_given_labels_is_refused():
-    scheduler = DDIMScheduler()
-    pipe = pipeline(mixture(scheduler, class_conditional=False), scheduler)
-    with pytest.raises(ValueError, match="this checkpoint is unconditional"):
-        pipe(class_labels=0, num_inference_steps=2)
-    with pytest.raises(ValueError, match="the UNet is unconditional"):
-        HFDDPMPipeline(unet=pipe.unet, scheduler=scheduler, id2label={0: "a"})
-
-
-@pytest.mark.parametrize(
-    "id2label",
-    [{0: "a"}, {0: "a", 2: "b"}, {0: "a", 1: "a"}, {0: "a", 1: ""}, {"x": "a", "y": "b"}, ["a", "b"]],
-    ids=["too few", "gap", "same name", "empty name", "not ids", "a list"],
-)
-def test_id2label_must_name_exactly_the_unets_classes(id2label):
-    scheduler = DDIMScheduler()
-    with pytest.raises((ValueError, TypeError), match="id2label"):
-        HFDDPMPipeline(unet=mixture(scheduler), scheduler=scheduler, id2label=id2label)
 
 
 def test_other_kinds_of_class_embedding_are_refused():
     unet = create_unet("tiny", in_channels=1, sample_size=8, class_embed_type="timestep")
-    with pytest.raises(ValueError, match="class_embed_type is 'timestep'"):
+    with pytest.raises(ValueError, match="class_embed_type is 'timestep'; hfddpm conditions on class labels through"):
         num_classes(unet)
 
 
@@ -222,14 +205,6 @@ def test_evaluating_a_class_conditional_model_draws_every_class_alike_with_guida
     assert "class i mod 3 for sample i, guidance scale 1.5" in result.details["samples"]["source"]
 
 
-def test_a_class_conditional_unet_without_class_names_is_warned_about(caplog):
-    scheduler = DDIMScheduler()
-    pipeline(mixture(scheduler), scheduler, id2label={0: "dark", 1: "light"})
-    assert "no id2label" not in caplog.text
-    pipeline(mixture(scheduler), scheduler)
-    assert "its last class embedding (2) is taken as 'no label'" in caplog.text
-
-
 @pytest.mark.parametrize(
     "scheduler, guidance_scale, where",
     [
@@ -243,7 +218,5 @@ def test_a_guidance_scale_that_overflows_is_reported_with_the_step(scheduler, gu
     torch.manual_seed(0)
     unet = create_unet("tiny", in_channels=1, sample_size=8, num_class_embeds=3)
     pipe = pipeline(unet, scheduler, id2label={0: "a", 1: "b"})
-    message = f"at {where}: guidance_scale={guidance_scale:g} pushed the guided prediction past float32's range"
-    with pytest.raises(NonFiniteSampleError) as info:
+    with pytest.raises(NonFiniteSampleError, match=rf"NaN or infinite at {re.escape(where)}: .* lower guidance_scale"):
         pipe(class_labels="a", guidance_scale=guidance_scale, num_inference_steps=2)
-    assert message in str(info.value)

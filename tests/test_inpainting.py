@@ -155,21 +155,22 @@ def test_a_class_conditional_model_inpaints_towards_its_label():
 @pytest.mark.parametrize(
     ("image", "mask", "message"),
     [
-        (torch.rand(1, 1, 4, 4), torch.ones(1, 1, 4, 4), "the model generates 2×2"),
-        (torch.rand(1, 1, 2, 2), torch.ones(1, 1, 3, 3), "give a mask of the image's size"),
-        (torch.rand(3, 1, 2, 2), torch.ones(2, 1, 2, 2), "one mask, or one per image"),
-        (torch.full((1, 1, 2, 2), float("nan")), torch.ones(1, 1, 2, 2), "finite and in \\[0, 1\\]"),
-        (torch.full((1, 1, 2, 2), -0.5), torch.ones(1, 1, 2, 2), "finite and in \\[0, 1\\]"),
-        ([], torch.ones(1, 1, 2, 2), "empty list"),
-        ("x.png", torch.ones(1, 1, 2, 2), "must be a PIL image"),
-        (PIL.Image.new("I;16", (2, 2), 40000), torch.ones(1, 1, 2, 2), "'I;16' pixels \\(more than 8 bits\\)"),
-        (torch.rand(1, 1, 2, 2), PIL.Image.new("F", (2, 2), 0.5), "mask_image has 'F' pixels"),
+        (
+            torch.rand(1, 1, 4, 4),
+            torch.ones(1, 1, 4, 4),
+            r"image \(1, 4, 4\) .* model's channels and size \(1, 2, 2\)",
+        ),
+        (torch.rand(1, 1, 2, 2), torch.ones(1, 1, 3, 3), r"mask_image \(3, 3\) must have the model's .*; resize them"),
+        (torch.rand(3, 1, 2, 2), torch.ones(2, 1, 2, 2), "got 2 masks for 3 images: pass one mask, or one per image"),
+        # Converting it to 8 bits would clip it.
+        (PIL.Image.new("I;16", (2, 2), 40000), torch.ones(1, 1, 2, 2), r"'I;16' pixels \(more than 8 bits\).*convert"),
     ],
+    ids=["image size", "mask size", "mask count", "16-bit image"],
 )
 def test_bad_images_and_masks_are_refused_in_one_line(image, mask, message):
     scheduler = DDPMScheduler()
     model = GaussianMixtureDenoiser.for_scheduler(scheduler, torch.zeros(1, 1, 2, 2), [0.3])
-    with pytest.raises((ValueError, TypeError), match=message):
+    with pytest.raises(ValueError, match=message):
         inpainter(model, scheduler)(image, mask, num_inference_steps=2)
 
 
@@ -178,102 +179,6 @@ def test_a_scheduler_that_cannot_go_back_up_is_refused():
     model = GaussianMixtureDenoiser.for_scheduler(scheduler, torch.zeros(1, 1, 2, 2), [0.3])
     with pytest.raises(ValueError, match="use a DDPMScheduler or DDIMScheduler"):
         inpainter(model, scheduler)(torch.rand(1, 1, 2, 2), BOTTOM_ROW)
-
-
-@pytest.fixture(scope="module")
-def conditional_checkpoint(tmp_path_factory):
-    """A tiny class-conditional digits-sized checkpoint with named classes."""
-    from hfddpm import HFDDPMPipeline
-
-    torch.manual_seed(0)
-    unet = create_unet("tiny", in_channels=1, sample_size=8, num_class_embeds=4)
-    folder = tmp_path_factory.mktemp("conditional")
-    HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(), id2label={0: "cat", 1: "dog", 2: "owl"}).save_pretrained(
-        folder
-    )
-    return folder
-
-
-def test_sample_command_draws_one_row_per_label(conditional_checkpoint, tmp_path):
-    from hfddpm.cli import main
-
-    grid = tmp_path / "grid.png"
-    argv = ["sample", str(conditional_checkpoint), "--class_labels", "owl", "0", "--num_images", "3", "--steps", "2"]
-    assert main([*argv, "--guidance_scale", "2", "--output", str(grid)]) == 0
-    assert PIL.Image.open(grid).size == (3 * 80, 2 * 80)  # 3 columns × 2 labels; cells of 64 pixels framed by 8
-    assert main([*argv, "--output_dir", str(tmp_path / "each")]) == 0
-    assert sorted(p.name for p in (tmp_path / "each").iterdir())[0] == "000000_class2.png"
-
-
-def test_inpaint_command_keeps_the_known_pixels(conditional_checkpoint, tmp_path):
-    from hfddpm.cli import main
-
-    pixels = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
-    mask = np.zeros((8, 8), dtype=np.uint8)
-    mask[2:6, 2:6] = 255
-    PIL.Image.fromarray(pixels).save(tmp_path / "digit.png")
-    PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
-    argv = ["inpaint", str(conditional_checkpoint), "--image", str(tmp_path / "digit.png"), "--mask"]
-    argv += [str(tmp_path / "mask.png"), "--steps", "4", "--jump_length", "2", "--jump_n_sample", "2"]
-    assert main([*argv, "--class_labels", "dog", "--output", str(tmp_path / "out.png")]) == 0
-    completed = np.asarray(PIL.Image.open(tmp_path / "out.png"))
-    assert completed.shape == (8, 8) and np.array_equal(completed[mask == 0], pixels[mask == 0])
-    assert main([*argv, "--num_images", "4", "--output", str(tmp_path / "grid.png")]) == 0
-    assert PIL.Image.open(tmp_path / "grid.png").size == (2 * 80, 2 * 80)
-
-
-@pytest.mark.parametrize(
-    ("extra", "words"),
-    [
-        (["--class_labels", "7"], "not one of this model's 3 classes"),
-        (["--class_labels", "bat"], "unknown class name(s) ['bat']"),
-        (["--class_labels", "cat", "dog"], "inpainting takes one label"),
-        (["--guidance_scale", "2"], "guidance_scale guides towards class_labels"),
-        (["--mask_size", "4"], "give a mask of the image's size"),
-        (["--image", "missing.png"], "missing.png does not exist; fix the path"),
-        (["--mask", "not-an-image.png"], "cannot read --mask"),
-        (["--output", "out.jpg"], "must name a .png file"),
-    ],
-)
-def test_inpaint_command_refuses_bad_input_in_one_line(conditional_checkpoint, tmp_path, capsys, extra, words):
-    from hfddpm.cli import main
-
-    PIL.Image.new("L", (8, 8), 128).save(tmp_path / "digit.png")
-    (tmp_path / "not-an-image.png").write_text("text")
-    size = int(extra[1]) if extra[0] == "--mask_size" else 8
-    PIL.Image.new("L", (size, size), 255).save(tmp_path / "mask.png")
-    options = {
-        "--image": str(tmp_path / "digit.png"),
-        "--mask": str(tmp_path / "mask.png"),
-        "--output": str(tmp_path / "o.png"),
-    }
-    if extra[0] in options:
-        options[extra[0]] = str(tmp_path / extra[1])
-        extra = []
-    elif extra[0] == "--mask_size":
-        extra = []
-    argv = [
-        "inpaint",
-        str(conditional_checkpoint),
-        *[x for pair in options.items() for x in pair],
-        "--steps",
-        "2",
-        *extra,
-    ]
-    assert main(argv) == 2
-    [line] = capsys.readouterr().err.strip().splitlines()
-    assert words in line and not (tmp_path / "o.png").exists()
-
-
-def test_sample_command_refuses_labels_for_an_unconditional_checkpoint(tmp_path, capsys):
-    from hfddpm import HFDDPMPipeline
-    from hfddpm.cli import main
-
-    HFDDPMPipeline(unet=create_unet("tiny", in_channels=1, sample_size=8), scheduler=DDIMScheduler()).save_pretrained(
-        tmp_path / "u"
-    )
-    assert main(["sample", str(tmp_path / "u"), "--class_labels", "3", "--output", str(tmp_path / "g.png")]) == 2
-    assert "this checkpoint is unconditional" in capsys.readouterr().err
 
 
 def test_after_every_step_the_known_pixels_are_the_known_image_noised_to_the_level_reached():
@@ -359,30 +264,20 @@ def test_guided_inpainting_pushes_towards_the_label_harder_than_w_1():
     assert generated[1] > generated[0] > 0
 
 
-def test_a_call_in_which_no_jump_fits_says_that_nothing_is_resampled(caplog):
-    scheduler = DDPMScheduler()
-    model = GaussianMixtureDenoiser.for_scheduler(scheduler, torch.zeros(1, 1, 2, 2), [0.3])
-    inpainter(model, scheduler)(torch.rand(1, 1, 2, 2), BOTTOM_ROW, num_inference_steps=5)  # j = 10, r = 10
-    assert "jump_length=10 is not below num_inference_steps=5: no jump fits, so nothing is resampled" in caplog.text
-
-
 @pytest.mark.parametrize(
     "options, error, message",
     [
-        ({"jump_length": 0}, ValueError, "jump_length must be a positive integer, got 0"),
-        ({"jump_length": True}, TypeError, r"jump_length must be an integer, got True \(bool\)"),
-        ({"jump_n_sample": 2.0}, TypeError, r"jump_n_sample must be an integer, got 2.0 \(float\)"),
-        ({"jump_n_sample": -1}, ValueError, "jump_n_sample must be a positive integer, got -1"),
-        ({"eta": float("nan")}, ValueError, r"eta must be a finite number in \[0, 1\]"),
-        ({"num_inference_steps": 0}, ValueError, r"num_inference_steps must be in \[1, 1000\], got 0"),
-        ({"guidance_scale": 2.0}, ValueError, "guidance_scale guides towards class_labels"),
+        ({"jump_length": 0}, ValueError, r"jump_length must be in \[1, inf\), got 0"),
+        ({"jump_n_sample": -1}, ValueError, r"jump_n_sample must be in \[1, inf\), got -1"),
+        ({"jump_length": True}, TypeError, r"jump_length must be an integer, got True \(bool\)"),  # else a jump of 1
+        ({"num_inference_steps": 1001}, ValueError, r"num_inference_steps must be in \[1, 1000\], got 1001"),
     ],
 )
 def test_bad_resampling_and_sampling_arguments_are_refused(options, error, message):
     scheduler = DDPMScheduler()
     model = GaussianMixtureDenoiser.for_scheduler(scheduler, torch.zeros(1, 1, 2, 2), [0.3])
     with pytest.raises(error, match=message):
-        inpainter(model, scheduler)(torch.rand(1, 1, 2, 2), BOTTOM_ROW, **options)
+        inpainter(model, scheduler)(torch.rand(1, 1, 2, 2), BOTTOM_ROW, **{"num_inference_steps": 4, **options})
 
 
 def test_numpy_integers_set_the_resampling():
@@ -410,5 +305,5 @@ def test_non_finite_weights_stop_inpainting_with_the_step():
     with torch.no_grad():
         unet.conv_out.weight[0, 0, 0, 0] = float("inf")
     pipe = inpainter(unet, DDIMScheduler())
-    with pytest.raises(NonFiniteSampleError, match=r"at step 1 of 4 \(timestep 750\): the UNet has 1 non-finite"):
+    with pytest.raises(NonFiniteSampleError, match=r"at step 1 of 4 \(timestep 750\): the UNet holds 1 non-finite"):
         pipe(torch.rand(1, 1, 8, 8), torch.ones(1, 1, 8, 8), 4, 2, 1)

@@ -2,6 +2,7 @@
 
 import math
 
+import diffusers
 import numpy as np
 import pytest
 import torch
@@ -191,3 +192,13 @@ def test_bound_evaluates_a_checkpoint_with_another_reverse_variance_and_plots_it
     assert small.bits_per_dim == pytest.approx(small.prior_bits_per_dim + sum(small.terms_bits_per_dim), rel=1e-12)
     path = plot_bound_terms(small, tmp_path / "terms.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_stock_schedulers_checkpoint_is_evaluated_with_its_own_variance():
+    # A stock DDPMScheduler states its σ²_t as variance_type; the bound evaluates that choice.
+    ours = DDPMScheduler(num_train_timesteps=50, reverse_variance="fixed_large")
+    stock = diffusers.DDPMScheduler(num_train_timesteps=50, variance_type="fixed_large")
+    denoiser = gaussian_denoiser(ours, torch.zeros(1, 2, 2), 0.3)
+    x0 = denoiser.sample_data(8, torch.Generator().manual_seed(0)).clamp(-1, 1)
+    bounds = [variational_bound(denoiser, scheduler, [x0], progress_bar=False) for scheduler in (stock, ours)]
+    assert bounds[0].reverse_variance == "fixed_large" and bounds[0] == bounds[1]

@@ -1,242 +1,148 @@
-"""HFDDPMPipeline's call interface: outputs, seeds, schedulers, precision, and refused arguments."""
+"""HFDDPMPipeline as diffusers users know it: outputs, generators, schedulers, callbacks, progress bar, class labels,
+a student's own step count, the refusals of a call, and the saved folder, which stock diffusers loads and which
+loads stock folders."""
+
+import functools
+import json
+from pathlib import Path
 
 import diffusers
 import diffusers.callbacks
 import numpy as np
-import PIL.Image
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
-from hfddpm import DDIMScheduler, DDPMScheduler, HFDDPMPipeline
-from hfddpm.arguments import checked_integer, checked_number
+import hfddpm
+from hfddpm import DDIMScheduler, DDPMScheduler, HFDDPMPipeline, create_unet
 from hfddpm.pipelines.pipeline_hfddpm import NonFiniteSampleError
 
 from .conftest import make_pipeline, tiny_unet
 
 
+@pytest.fixture(scope="module")
+def unet():
+    """An RGB tiny UNet in eval mode (stock pipelines sample in the mode the model is in; hfddpm in eval)."""
+    return tiny_unet(channels=3).eval()
+
+
 @pytest.fixture
-def pipe():
-    return make_pipeline(tiny_unet(channels=3), DDIMScheduler(timestep_spacing="trailing"))
+def pipe(unet):
+    # Without clipping a random UNet's sample leaves [−1, 1], so the outputs' clamping shows.
+    return make_pipeline(unet, DDIMScheduler(timestep_spacing="trailing", clip_sample=False))
 
 
-def test_output_types(pipe):
-    kwargs = {"batch_size": 2, "generator": torch.manual_seed(0), "num_inference_steps": 3}
-    pil = pipe(**kwargs, output_type="pil").images
-    assert len(pil) == 2 and isinstance(pil[0], PIL.Image.Image) and pil[0].size == (8, 8) and pil[0].mode == "RGB"
-    kwargs["generator"] = torch.manual_seed(0)
-    array = pipe(**kwargs, output_type="np").images
-    assert array.shape == (2, 8, 8, 3) and array.dtype == np.float32 and 0 <= array.min() and array.max() <= 1
-    kwargs["generator"] = torch.manual_seed(0)
-    tensor = pipe(**kwargs, output_type="pt").images
-    assert tensor.shape == (2, 3, 8, 8) and tensor.dtype == torch.float32
-    np.testing.assert_array_equal(tensor.permute(0, 2, 3, 1).numpy(), array)
-    np.testing.assert_array_equal(np.asarray(pil[0]), (array[0] * 255).round().astype(np.uint8))
+def images(pipe, seed=0, **kwargs):
+    options = {"batch_size": 2, "num_inference_steps": 3, "output_type": "np", **kwargs}
+    return pipe(generator=torch.manual_seed(seed), **options).images
 
 
-def test_grayscale_pil_and_tuple_output():
-    pipe = make_pipeline(tiny_unet(channels=1), DDPMScheduler())
-    (images,) = pipe(batch_size=3, num_inference_steps=2, return_dict=False)
-    assert len(images) == 3 and images[0].mode == "L"
+def test_every_output_type_is_a_view_of_one_sample(pipe):
+    steps = []
+    keep = lambda pipe, i, t, tensors: steps.append(tensors["latents"]) or {}  # noqa: E731
+    latent = images(pipe, output_type="latent", callback_on_step_end=keep)
+    tensor = images(pipe, output_type="pt")
+    (array,) = pipe(
+        batch_size=2, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np", return_dict=False
+    )
+    pil = images(pipe, output_type="pil")
+    assert latent.dtype == torch.float32 and latent.shape == (2, 3, 8, 8) and torch.equal(latent, steps[-1])
+    assert latent.abs().max() > 1  # "latent" is the raw sample; the images map [−1, 1] to [0, 1] and clamp
+    assert torch.equal(tensor, (latent / 2 + 0.5).clamp(0, 1))
+    np.testing.assert_array_equal(array, tensor.permute(0, 2, 3, 1).numpy())
+    assert [(p.mode, p.size) for p in pil] == [("RGB", (8, 8))] * 2
+    np.testing.assert_array_equal(np.asarray(pil[1]), (array[1] * 255).round().astype(np.uint8))
 
 
-def test_same_seed_same_images_and_different_seed_different_images(pipe):
-    a = pipe(batch_size=2, generator=torch.manual_seed(3), num_inference_steps=4, eta=0.5, output_type="np").images
-    b = pipe(batch_size=2, generator=torch.manual_seed(3), num_inference_steps=4, eta=0.5, output_type="np").images
-    c = pipe(batch_size=2, generator=torch.manual_seed(4), num_inference_steps=4, eta=0.5, output_type="np").images
-    np.testing.assert_array_equal(a, b)
-    assert np.abs(a - c).mean() > 0.01
+def test_image_i_depends_on_generator_i_only(pipe):
+    # η = 1: the noise of every step, not only x_T, comes from each image's generator.
+    generators = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    options = {"num_inference_steps": 3, "eta": 1.0, "output_type": "np"}
+    batch = pipe(batch_size=3, generator=generators(10, 11, 12), **options).images
+    again = pipe(batch_size=3, generator=generators(10, 11, 12), **options).images
+    alone = pipe(batch_size=1, generator=generators(11), **options).images
+    np.testing.assert_array_equal(batch, again)
+    np.testing.assert_allclose(batch[1], alone[0], atol=1e-5)  # batched convolutions round differently
+    assert np.abs(batch[0] - batch[1]).mean() > 0.01
 
 
-def test_a_generator_per_image_makes_images_independent_of_the_batch(pipe):
-    # Image i depends on generator i only, noise added at each step (η = 1) included.
-    batch = pipe(
-        batch_size=3,
-        generator=[torch.Generator().manual_seed(s) for s in (10, 11, 12)],
-        num_inference_steps=4,
-        eta=1.0,
-        output_type="np",
-    ).images
-    single = pipe(generator=[torch.Generator().manual_seed(11)], num_inference_steps=4, eta=1.0, output_type="np")
-    np.testing.assert_allclose(batch[1], single.images[0], atol=1e-5)  # batched convolutions round differently
-
-
-def test_eta_reaches_ddim_and_changes_the_images(pipe):
-    deterministic = [
-        pipe(generator=torch.manual_seed(s), num_inference_steps=4, output_type="np").images for s in (0, 0)
-    ]
-    stochastic = pipe(generator=torch.manual_seed(0), num_inference_steps=4, eta=1.0, output_type="np").images
-    np.testing.assert_array_equal(*deterministic)
-    assert np.abs(deterministic[0] - stochastic).mean() > 1e-3
-
-
-def test_same_images_as_stock_ddim_pipeline():
-    # With stock settings (leading spacing, ε̂ not re-derived from the clipped x̂_0) hfddpm's DDIM pipeline is
-    # stock's DDIMPipeline, bit for bit.
-    unet = tiny_unet(channels=3).eval()  # stock pipelines use the mode the model is in; hfddpm samples in eval
+def test_same_images_as_stock_ddim_pipeline_and_epsilon_follows_the_clipped_prediction(unet):
+    # With stock settings (leading spacing, ε̂ not re-derived from the clipped x̂_0) hfddpm's DDIM is stock's
+    # DDIMPipeline bit for bit, η included; by default it re-derives ε̂, which a random UNet's clipping makes differ.
     ours = make_pipeline(unet, DDIMScheduler())
     stock = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler())
     stock.set_progress_bar_config(disable=True)
-    kwargs = {"batch_size": 2, "num_inference_steps": 10, "eta": 0.5, "output_type": "np"}
-    a = ours(generator=torch.manual_seed(0), use_clipped_model_output=False, **kwargs).images
-    b = stock(generator=torch.manual_seed(0), **kwargs).images
-    np.testing.assert_array_equal(a, b)
+    stock_style = images(ours, eta=0.5, use_clipped_model_output=False)
+    np.testing.assert_array_equal(stock_style, images(stock, eta=0.5))
+    assert np.abs(images(ours, eta=0.5) - stock_style).max() > 1e-2
 
 
-def test_ddim_re_derives_epsilon_from_the_clipped_prediction_by_default():
-    # A random UNet's x̂_0 lies far outside [−1, 1], so clipping is active at every step.
-    pipe = make_pipeline(tiny_unet(channels=3).eval(), DDIMScheduler())  # clip_sample=True, as stock's default
-    kwargs = {"batch_size": 2, "num_inference_steps": 10, "output_type": "np"}
-    default = pipe(generator=torch.manual_seed(0), **kwargs).images
-    consistent = pipe(generator=torch.manual_seed(0), use_clipped_model_output=True, **kwargs).images
-    stock_style = pipe(generator=torch.manual_seed(0), use_clipped_model_output=False, **kwargs).images
-    np.testing.assert_array_equal(default, consistent)
-    assert np.abs(default - stock_style).max() > 1e-2
+@pytest.fixture(scope="module")
+def learned_variance_unet():
+    return tiny_unet(channels=3, learned_variance=True)
 
 
 @pytest.mark.parametrize(
-    "scheduler_class",
+    "scheduler, reads_variance",
     [
-        diffusers.DPMSolverMultistepScheduler,
-        diffusers.EulerAncestralDiscreteScheduler,
-        diffusers.HeunDiscreteScheduler,
-        diffusers.UniPCMultistepScheduler,
-        diffusers.PNDMScheduler,
+        (DDPMScheduler(reverse_variance="learned_range"), True),
+        (DDIMScheduler(reverse_variance="learned_range"), True),
+        (diffusers.DDPMScheduler(variance_type="learned_range"), True),
+        (DDIMScheduler(), False),  # η only: the prediction channels alone
+        (diffusers.DPMSolverMultistepScheduler(), False),
     ],
+    ids=lambda value: type(value).__name__ if not isinstance(value, bool) else None,
 )
-def test_any_stock_scheduler_plugs_in(scheduler_class):
-    scheduler = scheduler_class.from_config(DDPMScheduler().config)
-    pipe = make_pipeline(tiny_unet(channels=3), scheduler)
-    images = pipe(batch_size=2, generator=torch.manual_seed(0), num_inference_steps=5, output_type="np").images
-    again = pipe(batch_size=2, generator=torch.manual_seed(0), num_inference_steps=5, output_type="np").images
-    assert images.shape == (2, 8, 8, 3) and np.isfinite(images).all()
-    np.testing.assert_array_equal(images, again)
+def test_a_learned_variance_reaches_only_the_schedulers_that_read_it(learned_variance_unet, scheduler, reads_variance):
+    channels = []
+    step = scheduler.step
+
+    @functools.wraps(step)  # the pipeline reads the step's signature
+    def recording_step(model_output, *args, **kwargs):
+        channels.append(model_output.shape[1])
+        return step(model_output, *args, **kwargs)
+
+    scheduler.step = recording_step
+    make_pipeline(learned_variance_unet, scheduler)(num_inference_steps=2, output_type="latent")
+    assert channels == [6 if reads_variance else 3] * 2
 
 
-def test_learned_variance_unet_with_each_kind_of_scheduler():
-    unet = tiny_unet(channels=3, learned_variance=True)
-    for scheduler in (
-        DDPMScheduler(reverse_variance="learned_range"),  # reads the variance channels
-        DDIMScheduler(reverse_variance="learned_range"),
-        DDIMScheduler(),  # η only: the pipeline passes the prediction channels alone
-        diffusers.DDPMScheduler(variance_type="learned_range"),
-        diffusers.DPMSolverMultistepScheduler(),
-    ):
-        pipe = make_pipeline(unet, scheduler)
-        images = pipe(batch_size=2, generator=torch.manual_seed(0), num_inference_steps=4, output_type="pt").images
-        assert images.shape == (2, 3, 8, 8) and torch.isfinite(images).all()
+def test_a_half_precision_unet_samples_in_float32_close_to_full_precision(unet, tmp_path):
+    make_pipeline(unet, DDIMScheduler()).save_pretrained(tmp_path)
+    half = HFDDPMPipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    half.set_progress_bar_config(disable=True)
+    reference = images(make_pipeline(unet, DDIMScheduler()))
+    sample = images(half, output_type="latent")
+    assert half.unet.dtype == torch.bfloat16 and sample.dtype == torch.float32
+    # Same seed, same starting noise (drawn in float32); only the network evaluations are rounded (8-bit mantissa).
+    assert np.abs(images(half) - reference).mean() < 0.03
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_unet_on_cpu(dtype):
-    unet = tiny_unet(channels=3)
-    full = make_pipeline(unet, DDIMScheduler())
-    reference = full(batch_size=4, generator=torch.manual_seed(0), num_inference_steps=5, output_type="np").images
-    half = make_pipeline(tiny_unet(channels=3).to(dtype), DDIMScheduler())
-    images = half(batch_size=4, generator=torch.manual_seed(0), num_inference_steps=5, output_type="np").images
-    assert half.unet.dtype == dtype and images.dtype == np.float32
-    # Same seed, same starting noise (drawn in float32); only the network evaluations are rounded.
-    tolerance = {torch.bfloat16: 0.03, torch.float16: 0.005}[dtype]
-    assert np.abs(images - reference).mean() < tolerance
-
-
-def test_sampling_uses_eval_mode_and_restores_the_mode():
+def test_sampling_runs_the_unet_in_eval_mode_and_restores_its_mode():
     dropout_unet = diffusers.UNet2DModel.from_config({**tiny_unet(channels=3).config, "dropout": 0.5}).train()
     pipe = make_pipeline(dropout_unet, DDIMScheduler())
-    a = pipe(generator=torch.manual_seed(0), num_inference_steps=3, output_type="np").images
-    b = pipe(generator=torch.manual_seed(0), num_inference_steps=3, output_type="np").images
-    np.testing.assert_array_equal(a, b)  # dropout would make these differ
+    np.testing.assert_array_equal(images(pipe), images(pipe))  # dropout would make these differ
     assert dropout_unet.training
 
 
-NAN, INF = float("nan"), float("inf")
-
-
-@pytest.mark.parametrize(
-    "kwargs, error, message",
-    [
-        ({"batch_size": 0}, ValueError, "batch_size must be a positive integer, got 0"),
-        ({"batch_size": -2}, ValueError, "batch_size must be a positive integer, got -2"),
-        ({"batch_size": True}, TypeError, r"batch_size must be an integer, got True \(bool\)"),
-        ({"batch_size": 2.0}, TypeError, r"batch_size must be an integer, got 2.0 \(float\)"),
-        ({"num_inference_steps": 0}, ValueError, r"num_inference_steps must be in \[1, 1000\], got 0"),
-        ({"num_inference_steps": -3}, ValueError, r"num_inference_steps must be in \[1, 1000\], got -3"),
-        ({"num_inference_steps": 1001}, ValueError, r"num_inference_steps must be in \[1, 1000\], got 1001"),
-        ({"num_inference_steps": True}, TypeError, r"num_inference_steps must be an integer, got True \(bool\)"),
-        ({"num_inference_steps": 2.5}, TypeError, r"num_inference_steps must be an integer, got 2.5 \(float\)"),
-        ({"num_inference_steps": "4"}, TypeError, r"num_inference_steps must be an integer, got '4' \(str\)"),
-        ({"batch_size": 2, "generator": [torch.manual_seed(0)]}, ValueError, "got 1 generators for batch_size=2"),
-        ({"generator": 0}, TypeError, r"generator must be a torch.Generator .*, got 0; use torch.Generator"),
-        ({"batch_size": 2, "generator": [0, 1]}, TypeError, "generator must be a torch.Generator or a list of them"),
-        ({"output_type": "jpeg"}, ValueError, "output_type must be one of"),
-        ({"eta": -0.1}, ValueError, r"eta must be a finite number in \[0, 1\] \(0 is deterministic DDIM"),
-        ({"eta": NAN}, ValueError, r"eta must be a finite number in \[0, 1\] .*, got nan"),
-        ({"eta": INF}, ValueError, r"eta must be a finite number in \[0, 1\] .*, got inf"),
-        ({"eta": 1.5}, ValueError, r"eta must be a finite number in \[0, 1\] .*, got 1.5"),
-        ({"eta": "0"}, TypeError, r"eta must be a number, got '0' \(str\)"),
-        ({"corrector_steps": -1}, ValueError, "corrector_steps must be an integer >= 0, got -1"),
-        ({"corrector_steps": True}, TypeError, r"corrector_steps must be an integer, got True \(bool\)"),
-        ({"corrector_steps": 1, "corrector_snr": NAN}, ValueError, r"corrector_snr must be a finite number in \(0"),
-        ({"corrector_steps": 1, "corrector_snr": 0}, ValueError, r"corrector_snr must be a finite number in \(0"),
-        ({"callback_on_step_end_tensor_inputs": ["noise"]}, ValueError, "must be among"),
-        ({"callback_on_step_end_tensor_inputs": "latents"}, TypeError, "must be a list of names"),
-    ],
-)
-def test_bad_arguments_are_refused_before_sampling(pipe, kwargs, error, message):
-    calls = []
-    pipe.unet.register_forward_pre_hook(lambda *args: calls.append(1))
-    with pytest.raises(error, match=message) as info:
-        pipe(**kwargs)
-    assert "\n" not in str(info.value) and calls == []  # one line, and no network evaluation before it
-
-
-@pytest.mark.parametrize(
-    "steps, batch", [(np.int64(2), np.int32(2)), (np.uint8(3), np.int64(1)), (torch.tensor(2), np.array(2))]
-)
-def test_numpy_integers_are_counts(pipe, steps, batch):
-    images = pipe(batch_size=batch, num_inference_steps=steps, generator=torch.manual_seed(0), output_type="pt")
-    assert images.images.shape[0] == int(batch)
-    assert pipe.num_timesteps == int(steps)
-
-
-def test_a_zero_dimensional_tensor_is_its_number():
-    """diffusers users pass `torch.tensor(0.5)` for a number: it counts as 0.5 (and a 0-d bool tensor as no number)."""
-    assert checked_number("eta", torch.tensor(0.5), 0, 1) == 0.5 and checked_integer("n", np.array(3)) == 3
-    with pytest.raises(TypeError, match=r"n must be an integer, got True \(bool\)"):
-        checked_integer("n", torch.tensor(True))
-
-
-def test_learned_variance_scheduler_on_a_fixed_variance_unet_is_refused():
-    pipe = make_pipeline(tiny_unet(channels=3), DDPMScheduler(reverse_variance="learned_range"))
-    with pytest.raises(ValueError, match="uses a learned variance but the UNet has out_channels=3"):
-        pipe(num_inference_steps=2)
-
-
-def test_callback_inputs_follow_diffusers_convention(pipe):
+def test_callbacks_follow_diffusers_conventions(pipe):
     # diffusers' PipelineTesterMixin.test_callback_inputs, pointed at HFDDPMPipeline.
-    assert pipe._callback_tensor_inputs == ["latents", "pred_original_sample"]
+    seen = []
 
-    def subset(pipe, i, t, callback_kwargs):
-        assert set(callback_kwargs) <= set(pipe._callback_tensor_inputs)
-        return callback_kwargs
-
-    def everything(pipe, i, t, callback_kwargs):
-        assert set(callback_kwargs) == set(pipe._callback_tensor_inputs)
-        return callback_kwargs
-
-    def zero_at_the_last_step(pipe, i, t, callback_kwargs):
+    def zero_at_the_last_step(pipe, i, t, tensors):
+        seen.append((i, sorted(tensors)))
         if i == pipe.num_timesteps - 1:
-            callback_kwargs["latents"] = torch.zeros_like(callback_kwargs["latents"])
-        return callback_kwargs
+            tensors["latents"] = torch.zeros_like(tensors["latents"])
+        return tensors
 
-    inputs = {"num_inference_steps": 3, "generator": torch.manual_seed(0), "output_type": "latent"}
-    pipe(**inputs, callback_on_step_end=subset, callback_on_step_end_tensor_inputs=["latents"])
-    pipe(**inputs, callback_on_step_end=everything, callback_on_step_end_tensor_inputs=pipe._callback_tensor_inputs)
-    output = pipe(
-        **inputs,
-        callback_on_step_end=zero_at_the_last_step,
-        callback_on_step_end_tensor_inputs=pipe._callback_tensor_inputs,
-    )[0]
-    assert pipe.num_timesteps == 3 and output.abs().sum() == 0
+    names = pipe._callback_tensor_inputs
+    assert names == ["latents", "pred_original_sample"]
+    callback = {"callback_on_step_end": zero_at_the_last_step, "callback_on_step_end_tensor_inputs": names}
+    output = images(pipe, output_type="latent", **callback)
+    assert pipe.num_timesteps == 3 and seen == [(i, names) for i in range(3)] and output.abs().sum() == 0
+    seen.clear()
+    images(pipe, callback_on_step_end=zero_at_the_last_step)
+    assert seen == [(i, ["latents"]) for i in range(3)]  # the default hands "latents" only
 
 
 def test_a_diffusers_pipeline_callback_brings_its_tensor_names(pipe):
@@ -246,68 +152,244 @@ def test_a_diffusers_pipeline_callback_brings_its_tensor_names(pipe):
         def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
             return {"latents": torch.zeros_like(callback_kwargs["latents"])}
 
-    callbacks = diffusers.callbacks.MultiPipelineCallbacks([ZeroLatents()])
-    for callback in (ZeroLatents(), callbacks):
-        images = pipe(num_inference_steps=2, output_type="latent", callback_on_step_end=callback).images
-        assert images.abs().sum() == 0
+    for callback in (ZeroLatents(), diffusers.callbacks.MultiPipelineCallbacks([ZeroLatents()])):
+        assert images(pipe, output_type="latent", callback_on_step_end=callback).abs().sum() == 0
 
 
-def test_latent_output_is_the_raw_sample_and_the_others_are_its_images():
-    # Without clipping, a random UNet's sample leaves [−1, 1]: "latent" keeps it, "pt" maps and clamps it.
-    pipe = make_pipeline(tiny_unet(channels=3), DDIMScheduler(clip_sample=False))
-    seen = []
-    kwargs = {"batch_size": 2, "num_inference_steps": 3, "callback_on_step_end_tensor_inputs": ["latents"]}
-    callback = lambda pipe, i, t, tensors: seen.append(tensors["latents"].clone()) or {}  # noqa: E731
-    latent = pipe(generator=torch.manual_seed(0), output_type="latent", callback_on_step_end=callback, **kwargs)
-    tensor = pipe(generator=torch.manual_seed(0), output_type="pt", **kwargs).images
-    latent = latent.images
-    assert latent.dtype == torch.float32 and latent.shape == (2, 3, 8, 8)
-    assert torch.equal(latent, seen[-1]) and latent.abs().max() > 1
-    assert torch.equal(tensor, (latent / 2 + 0.5).clamp(0, 1))
-
-
-def test_the_deprecated_callback_name_sample_still_works_with_a_warning(pipe):
-    def zero(pipe, i, t, tensors):
-        return {"sample": torch.zeros_like(tensors["sample"])}
-
-    with pytest.warns(FutureWarning, match="'sample' is deprecated; name it 'latents'"):
-        images = pipe(
-            num_inference_steps=2,
-            output_type="latent",
-            callback_on_step_end=zero,
-            callback_on_step_end_tensor_inputs=["sample"],
-        ).images
-    assert images.abs().sum() == 0
-
-
-@pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])
-def test_non_finite_weights_are_reported_not_drawn_as_black_images(output_type):
+def test_a_sample_turning_nan_names_the_step_and_the_cause():
     unet = tiny_unet(channels=3)
     with torch.no_grad():
         unet.conv_out.bias[0] = float("nan")
-    pipe = make_pipeline(unet, DDPMScheduler())
-    message = (
-        r"the sample turned non-finite \(NaN or Inf\) at step 1 of 4 \(timestep 750\): the UNet has 1 non-finite "
-        "weights; load a checkpoint whose weights are finite"
-    )
-    with pytest.raises(NonFiniteSampleError, match=message):
-        pipe(num_inference_steps=4, output_type=output_type)
+    with pytest.raises(
+        NonFiniteSampleError, match=r"NaN or infinite at step 1 of 4 .*1 non-finite weights; load a checkpoint"
+    ):
+        make_pipeline(unet, DDPMScheduler())(num_inference_steps=4)
 
 
-def test_a_sample_that_overflows_later_names_its_step():
-    pipe = make_pipeline(tiny_unet(channels=3), DDIMScheduler(clip_sample=False))
+def test_a_sample_that_overflows_later_names_its_step(pipe):
+    def overflow_at_the_second_step(pipe, i, t, tensors):
+        return {"latents": tensors["latents"] * (1e39 if i == 1 else 1)}
 
-    def overflow_at_the_third_step(pipe, i, t, tensors):
-        return {"latents": tensors["latents"] * (1e39 if i == 2 else 1)}
+    with pytest.raises(
+        ValueError, match=r"at step 2 of 3 \(timestep 666\): the network's output or the step overflow"
+    ):
+        images(pipe, callback_on_step_end=overflow_at_the_second_step)
 
-    with pytest.raises(NonFiniteSampleError, match=r"at step 3 of 5 \(timestep 400\): the network's output or"):
-        pipe(num_inference_steps=5, callback_on_step_end=overflow_at_the_third_step)
 
-
-def test_progress_bar_counts_denoising_steps_and_can_be_turned_off(capsys):
-    pipe = HFDDPMPipeline(unet=tiny_unet(channels=3), scheduler=DDIMScheduler())
+def test_the_progress_bar_counts_denoising_steps_and_can_be_turned_off(unet, capsys):
+    pipe = HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler())
     pipe(batch_size=3, num_inference_steps=4, corrector_steps=1)
-    assert "4/4" in capsys.readouterr().err  # steps, not batches or network evaluations
+    assert "4/4" in capsys.readouterr().err  # steps, not images or network evaluations
     pipe.set_progress_bar_config(disable=True)
-    pipe(num_inference_steps=3)
+    pipe(num_inference_steps=2)
     assert capsys.readouterr().err == ""
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    "scheduler, kwargs, match, before_sampling",
+    [
+        (DDIMScheduler(), {"corrector_steps": -1}, r"corrector_steps must be in \[0", True),
+        (DDIMScheduler(), {"corrector_steps": 1, "corrector_snr": 0}, r"corrector_snr .* in \(0, inf\)", True),
+        (DDIMScheduler(), {"corrector_steps": 1, "corrector_snr": NAN}, r"corrector_snr .* in \(0, inf\)", True),
+        (diffusers.EulerDiscreteScheduler(), {"corrector_steps": 1}, "needs hfddpm's DDPMScheduler or DDIM", True),
+        (DDIMScheduler(), {"callback_on_step_end_tensor_inputs": ["noise"]}, r"must be among \['latents'", True),
+        (DDIMScheduler(), {"num_inference_steps": 1001}, r"num_inference_steps must be in \[1, 1000\]", True),
+        (DDIMScheduler(), {"num_inference_steps": 0}, r"num_inference_steps must be in \[1, 1000\]", True),
+        (DDIMScheduler(), {"eta": -0.1}, r"eta must be a finite number in \[0, 1\]", False),
+        (DDIMScheduler(), {"eta": NAN}, r"eta must be a finite number in \[0, 1\]", False),
+        (
+            DDPMScheduler(reverse_variance="learned_range"),
+            {},
+            r"learned_range.* 2 × 3 output channels.*'fixed_small' or 'fixed_large'",
+            False,
+        ),
+    ],
+    ids=[
+        "corrector_steps<0",
+        "corrector_snr=0",
+        "corrector_snr=nan",
+        "corrector on a stock scheduler",
+        "unknown callback tensor",
+        "steps>T",
+        "steps=0",
+        "eta<0",
+        "eta=nan",
+        "learned variance on a fixed-variance UNet",
+    ],
+)
+def test_a_call_that_would_sample_wrong_numbers_is_refused_in_one_line(
+    unet, scheduler, kwargs, match, before_sampling
+):
+    calls = []
+    hook = unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=match) as info:
+            make_pipeline(unet, scheduler)(**{"num_inference_steps": 2, **kwargs})
+    finally:
+        hook.remove()
+    assert "\n" not in str(info.value) and (calls == [] or not before_sampling)
+
+
+@pytest.fixture(scope="module")
+def conditional():
+    """A class-conditional pipeline of three named classes (num_class_embeds 4: the last one means "no label")."""
+    torch.manual_seed(0)
+    unet = create_unet("tiny", in_channels=1, sample_size=8, num_class_embeds=4)
+    pipe = HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(), id2label={0: "cat", 1: "dog", 2: "owl"})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"class_labels": ["cow"]}, r"unknown class name.*\['cow'\].*\['cat', 'dog', 'owl'\]"),
+        ({"class_labels": [3]}, r"class label must be in \[0, 2\], got 3"),  # 3 would draw unconditional images
+        ({"class_labels": [0, 1], "batch_size": 3}, "got 2 class_labels for batch_size=3: pass one label, or one"),
+        ({"guidance_scale": 2.0}, "none were given: pass class_labels or drop it"),
+    ],
+)
+def test_labels_that_would_draw_other_images_are_refused(conditional, kwargs, match):
+    # Labels as ids or names, their folder, and guidance's own refusals are test_guidance.py's.
+    with pytest.raises(ValueError, match=match):
+        conditional(num_inference_steps=2, **kwargs)
+
+
+def test_labels_for_an_unconditional_unet_and_names_for_classes_it_lacks_are_refused(unet):
+    with pytest.raises(ValueError, match=r"this checkpoint is unconditional .*drop them"):
+        make_pipeline(unet, DDIMScheduler())(class_labels=[0], num_inference_steps=2)
+    with pytest.raises(ValueError, match=r"id2label must name the UNet's classes 0 to 2"):
+        HFDDPMPipeline(unet=create_unet("tiny", num_class_embeds=4), scheduler=DDIMScheduler(), id2label={0: "a"})
+
+
+def test_a_student_samples_at_its_own_step_count_which_its_folder_keeps(unet, tmp_path):
+    student = HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(), default_num_inference_steps=2)
+    student.set_progress_bar_config(disable=True)
+    student(output_type="latent")
+    assert student.num_timesteps == 2
+    student(num_inference_steps=3, output_type="latent")
+    assert student.num_timesteps == 3
+    student.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["default_num_inference_steps"] == 2
+    loaded = HFDDPMPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    loaded(output_type="latent")
+    assert loaded.num_timesteps == 2 and loaded.inference_steps() == 2
+
+
+def files_in(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "scheduler, stock_pipeline",
+    [
+        (DDPMScheduler(reverse_variance="fixed_large", timestep_spacing="trailing"), "DDPMPipeline"),
+        (DDIMScheduler(beta_schedule="cosine", reverse_variance="fixed_small"), "DDIMPipeline"),
+    ],
+)
+def test_save_writes_the_stock_layout_and_reloads_exactly(unet, tmp_path, scheduler, stock_pipeline):
+    pipe = make_pipeline(unet, scheduler)
+    before = images(pipe, eta=1.0)
+    pipe.save_pretrained(tmp_path)
+    assert files_in(tmp_path) == {
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+    }
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == stock_pipeline and index["_hfddpm_version"] == hfddpm.__version__
+    assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == [
+        "diffusers",
+        type(scheduler).__name__,
+    ]
+    assert "default_num_inference_steps" not in index and "id2label" not in index  # as stock writes it
+    plain = diffusers.UNet2DModel.from_pretrained(tmp_path / "unet")  # unet/ is a plain UNet2DModel folder
+    weights = load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(
+        torch.equal(weights[k], v) and torch.equal(plain.state_dict()[k], v) for k, v in unet.state_dict().items()
+    )
+
+    loaded = HFDDPMPipeline.from_pretrained(tmp_path)
+    assert type(loaded.scheduler) is type(scheduler)
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.scheduler.config) == public(scheduler.config)
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(images(loaded, eta=1.0), before)
+
+
+def test_stock_diffusers_loads_an_hfddpm_folder_as_its_own_pipeline(unet, tmp_path):
+    make_pipeline(unet, DDIMScheduler()).save_pretrained(tmp_path / "ddim")
+    stock = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "ddim")
+    assert type(stock) is diffusers.DDIMPipeline and type(stock.scheduler) is diffusers.DDIMScheduler
+    stock.set_progress_bar_config(disable=True)
+    ours = HFDDPMPipeline.from_pretrained(tmp_path / "ddim")
+    ours.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(images(stock), images(ours, use_clipped_model_output=False))
+    # An hfddpm-only option reaches stock diffusers as its nearest stock choice.
+    make_pipeline(unet, DDPMScheduler(reverse_variance="fixed_large")).save_pretrained(tmp_path / "ddpm")
+    stock = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "ddpm")
+    assert type(stock) is diffusers.DDPMPipeline and stock.scheduler.config.variance_type == "fixed_large"
+
+
+@pytest.mark.parametrize(
+    "stock_pipeline_class, stock_scheduler, hfddpm_scheduler",
+    [
+        (diffusers.DDPMPipeline, diffusers.DDPMScheduler(variance_type="fixed_large"), DDPMScheduler),
+        (diffusers.DDIMPipeline, diffusers.DDIMScheduler(prediction_type="v_prediction"), DDIMScheduler),
+    ],
+)
+def test_a_folder_written_by_stock_diffusers_samples_as_stock(
+    unet, tmp_path, stock_pipeline_class, stock_scheduler, hfddpm_scheduler
+):
+    stock_pipeline_class(unet=unet, scheduler=stock_scheduler).save_pretrained(tmp_path)
+    ours = HFDDPMPipeline.from_pretrained(tmp_path)
+    ours.set_progress_bar_config(disable=True)
+    assert type(ours.scheduler) is hfddpm_scheduler
+    stock = stock_pipeline_class.from_pretrained(tmp_path)
+    stock.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(images(ours, use_clipped_model_output=False), images(stock))
+
+
+def test_the_google_ddpm_cifar10_layout_loads_and_samples_as_stock(tmp_path):
+    """A folder laid out like google/ddpm-cifar10-32 (configs of diffusers 0.1–0.5, with their keys), tiny."""
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "scheduler").mkdir()
+    index = {"_class_name": "DDPMPipeline", "_diffusers_version": "0.1.1", "scheduler": ["diffusers", "DDPMScheduler"],
+             "unet": ["diffusers", "UNet2DModel"]}  # fmt: skip
+    scheduler = {"_class_name": "DDPMScheduler", "_diffusers_version": "0.1.1", "beta_end": 0.02,
+                 "beta_schedule": "linear", "beta_start": 0.0001, "clip_sample": True, "num_train_timesteps": 1000,
+                 "trained_betas": None, "variance_type": "fixed_large"}  # fmt: skip
+    unet_config = {"_class_name": "UNet2DModel", "_diffusers_version": "0.5.0.dev0", "act_fn": "silu",
+                   "attention_head_dim": None, "block_out_channels": [16, 32], "center_input_sample": False,
+                   "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "downsample_padding": 0,
+                   "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "layers_per_block": 1,
+                   "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 8, "out_channels": 3,
+                   "sample_size": 16, "time_embedding_type": "positional",
+                   "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}  # fmt: skip
+    for path, content in [("model_index.json", index), ("scheduler/scheduler_config.json", scheduler),
+                          ("unet/config.json", unet_config)]:  # fmt: skip
+        (tmp_path / path).write_text(json.dumps(content))
+    torch.manual_seed(0)
+    weights = diffusers.UNet2DModel.from_config(unet_config).state_dict()
+    save_file(weights, tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
+
+    ours = HFDDPMPipeline.from_pretrained(tmp_path)
+    assert type(ours.scheduler) is DDPMScheduler and ours.scheduler.config.variance_type == "fixed_large"
+    assert ours.scheduler.config.timestep_spacing == "leading"  # a key the old config lacks takes the default
+    stock = diffusers.DDPMPipeline.from_pretrained(tmp_path)
+    for pipe in (ours, stock):
+        pipe.set_progress_bar_config(disable=True)
+    sample = images(ours, batch_size=1, num_inference_steps=2)
+    assert sample.shape == (1, 16, 16, 3)
+    np.testing.assert_array_equal(sample, images(stock, batch_size=1, num_inference_steps=2))
+
+
+def test_a_scheduler_passed_to_from_pretrained_replaces_the_saved_one(unet, tmp_path):
+    make_pipeline(unet, DDPMScheduler()).save_pretrained(tmp_path)
+    solver = diffusers.DPMSolverMultistepScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    assert HFDDPMPipeline.from_pretrained(tmp_path, scheduler=solver).scheduler is solver

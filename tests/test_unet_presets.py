@@ -1,7 +1,11 @@
+"""The named UNet configurations: their published sizes and layouts, and the sizes they refuse."""
+
+import numpy as np
 import pytest
 import torch
 
 from hfddpm import UNET_PRESETS, create_unet, unet_config
+from hfddpm.models.unet_presets import check_sample_size
 
 # Each preset's size in millions of parameters as the README states it, and half a unit of its last digit (the
 # figures are rounded). Nichol & Dhariwal publish no count for their 64×64 layout built from diffusers' blocks (their
@@ -11,22 +15,15 @@ STATED_MILLIONS = {
     "tiny": (0.18, 0.005),
     "digits": (1.1, 0.05),
     "mnist-28": (6.5, 0.05),
-    "ddpm-cifar10-32": (35.7, 0.05),  # Ho et al. 2020, appendix B
+    "ddpm-cifar10-32": (35.7, 0.05),  # Ho et al. 2020, appendix B: "Our CIFAR10 model has 35.7 million parameters"
     "improved-ddpm-64": (115.94, 0.005),
 }
 
 
-def meta_unet(preset: str, learned_variance: bool = False):
+def meta_unet(preset: str, learned_variance: bool = False, **overrides):
     """The preset's UNet with its weights on the meta device: shapes and counts without the memory or the time."""
     with torch.device("meta"):
-        return create_unet(preset, learned_variance=learned_variance)
-
-
-def test_ddpm_cifar10_preset_has_the_published_size():
-    # Ho et al. 2020, appendix B: "Our CIFAR10 model has 35.7 million parameters".
-    unet = create_unet("ddpm-cifar10-32")
-    assert sum(p.numel() for p in unet.parameters()) / 1e6 == pytest.approx(35.7, abs=0.05)
-    assert unet.config.sample_size == 32 and unet.config.dropout == 0.1
+        return create_unet(preset, learned_variance=learned_variance, **overrides)
 
 
 def test_every_preset_has_a_stated_size():
@@ -71,10 +68,37 @@ def test_improved_ddpm_64_has_the_papers_layout():
 def test_overrides_and_channel_rule():
     unet = create_unet("tiny", in_channels=1, sample_size=8)
     assert (unet.config.in_channels, unet.config.out_channels, unet.config.sample_size) == (1, 1, 8)
-    assert create_unet("tiny", learned_variance=True, in_channels=1).config.out_channels == 2
-    with pytest.raises(ValueError, match="out_channels follows in_channels"):
+    assert meta_unet("tiny", learned_variance=True, in_channels=1).config.out_channels == 2
+    with pytest.raises(ValueError, match="out_channels follows in_channels and learned_variance; set those instead"):
         unet_config("tiny", out_channels=5)
-    with pytest.raises(ValueError, match="unknown UNet preset 'cifar'; choose one of"):
+    with pytest.raises(ValueError, match=r"unknown UNet preset 'cifar'; choose one of \[.*'ddpm-cifar10-32'"):
         unet_config("cifar")
     with pytest.raises(TypeError):
         UNET_PRESETS["tiny"]["sample_size"] = 4  # presets are read-only: checkpoints depend on them
+
+
+@pytest.mark.parametrize(
+    "preset, sample_size, message",
+    [
+        ("tiny", 9, r"sample_size=9 is not divisible by 2, .* UNet preset 'tiny' \(2 resolutions\); .* 8 or 10"),
+        ("digits", 10, r"sample_size=10 is not divisible by 4, .* such as 8 or 12"),
+        ("ddpm-cifar10-32", 5, r"sample_size=5 is not divisible by 8, .* such as 8$"),
+        ("digits", [8, 6], r"sample_size=6 is not divisible by 4"),
+    ],
+)
+def test_a_size_the_unet_cannot_halve_is_refused_with_the_sizes_that_fit(preset, sample_size, message):
+    # The skip connections would not line up, and the first forward pass would fail deep inside diffusers.
+    with pytest.raises(ValueError, match=message):
+        meta_unet(preset, sample_size=sample_size)
+
+
+def test_a_configuration_files_size_is_refused_naming_the_file():
+    config = {**unet_config("digits"), "sample_size": 6}
+    with pytest.raises(ValueError, match=r"downsampling factor of model/config.json \(3 resolutions\)"):
+        check_sample_size(config, "model/config.json")
+    check_sample_size({**config, "sample_size": [8, 16]}, "model/config.json")  # rectangles of multiples pass
+
+
+def test_numpy_integers_are_sizes_and_counts():
+    unet = meta_unet("tiny", sample_size=np.int64(8), in_channels=np.int32(1), layers_per_block=np.int64(1))
+    assert unet.config.sample_size == 8 and unet.config.out_channels == 1

@@ -37,7 +37,7 @@ def checked_integer(name: str, value: Any, low: int = 1, high: float = math.inf)
     if not is_integer(value):
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high:g}], got {value}")
+        raise ValueError(f"{name} must be in [{low}, {f'{high}]' if high < math.inf else 'inf)'}, got {value}")
     return int(value)
 
 

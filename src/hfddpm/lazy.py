@@ -25,7 +25,7 @@ def missing_extra(error: ImportError) -> ImportError:
     if library not in EXTRAS:
         return error
     extras = " or ".join(f"pip install 'hfddpm[{extra}]'" for extra in EXTRAS[library])
-    return ImportError(f"this needs {library}, which hfddpm's extras install: {extras}")
+    return ImportError(f"this needs {library}, which hfddpm's extras install: {extras}", name=library)
 
 
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from types import MappingProxyType
 from typing import Any
 
@@ -109,7 +110,7 @@ def check_sample_size(config: Any, source: str) -> None:
     skip connections would not line up, and the first forward pass would fail deep inside diffusers."""
     factor = 2 ** (len(config["block_out_channels"]) - 1)
     size = config["sample_size"]
-    for side in (size,) if isinstance(size, int) else tuple(size):
+    for side in (size,) if isinstance(size, numbers.Integral) else tuple(size):
         if side % factor:
             lower, upper = side // factor * factor, (side // factor + 1) * factor
             raise ValueError(

@@ -19,7 +19,7 @@ from typing import Any
 import diffusers
 import torch
 from huggingface_hub import hf_hub_download
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from .. import __version__
 from ..schedulers import DDIMScheduler, DDPMScheduler
@@ -108,7 +108,11 @@ def check_model_index(index: dict, where: str) -> None:
                 "from a checkpoint: delete it"
             )
     saved_by = index.get("_hfddpm_version")
-    if saved_by is not None and Version(str(saved_by)) > Version(__version__):
+    try:
+        newer = saved_by is not None and Version(str(saved_by)) > Version(__version__)
+    except InvalidVersion:
+        raise ValueError(f"{path} has _hfddpm_version {saved_by!r}, which is not a version; {RESAVE}") from None
+    if newer:
         raise ValueError(
             f"{where} was saved by hfddpm {saved_by}, newer than the installed {__version__}; upgrade with `pip "
             "install -U hfddpm`"
@@ -127,22 +131,23 @@ def components_of(index: dict, path: str) -> dict[str, tuple[str | None, str | N
     return {name: tuple(entry) for name, entry in entries.items()}
 
 
-def weight_files_are_safe(unet_folder: str, allow_pickle: bool, variant: str | None) -> None:
-    """Refuse, unless `allow_pickle`, weights diffusers would read with `torch.load`: shards named by a safetensors
-    index that are not safetensors files, and pickle weights without safetensors beside them."""
+def weight_files_are_safe(unet_folder: str, allow_pickle: bool) -> None:
+    """Refuse, unless `allow_pickle`, weights diffusers would read with `torch.load`: shards named by any weights
+    index (every variant's, under either of diffusers' names) that are not safetensors files, and pickle weights
+    without safetensors beside them."""
+    files = os.listdir(unet_folder)
     if allow_pickle:
         return
-    suffix = f".{variant}" if variant else ""
-    index = os.path.join(unet_folder, f"diffusion_pytorch_model{suffix}.safetensors.index.json")
-    shards = set(read_json(index, "").get("weight_map", {}).values()) if os.path.isfile(index) else set()
-    if pickles := sorted(shard for shard in shards if not str(shard).endswith(".safetensors")):
-        raise ValueError(
-            f"{index} names {pickles[0]}, which is not safetensors: loading it would unpickle it, and unpickling can "
-            "run code; re-save the pipeline as safetensors, or pass allow_pickle=True (--allow_pickle) if you trust it"
-        )
-    files = os.listdir(unet_folder) if os.path.isdir(unet_folder) else []
+    for index in (os.path.join(unet_folder, name) for name in files if ".index" in name and name.endswith(".json")):
+        shards = read_json(index, "").get("weight_map", {}).values()
+        if pickles := sorted(str(shard) for shard in shards if not str(shard).endswith(".safetensors")):
+            raise ValueError(
+                f"{index} names {pickles[0]}, which is not safetensors: loading it would unpickle it, and unpickling "
+                "can run code; re-save the pipeline as safetensors, or pass allow_pickle=True (--allow_pickle) if you "
+                "trust it"
+            )
     if not any(name.endswith(".safetensors") for name in files) and (
-        pickled := [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+        pickled := [name for name in files if name.endswith(PICKLE_SUFFIXES)]
     ):
         raise ValueError(
             f"{unet_folder}/{pickled[0]} is a pickle, and unpickling can run code, so it is not loaded: re-save the "
@@ -154,7 +159,9 @@ def load_unet(folder: str, index: dict, allow_pickle: bool, options: dict[str, A
     """The pipeline's network, refused in one line when its weights are damaged, miss tensors of its config, hold
     others, or hold NaN or infinities (black images)."""
     unet_folder = os.path.join(folder, "unet")
-    weight_files_are_safe(unet_folder, allow_pickle, options.get("variant"))
+    if not os.path.isdir(unet_folder):  # diffusers would take the path for a Hub id
+        raise FileNotFoundError(f"{folder} has no unet/ folder; {RESAVE}")
+    weight_files_are_safe(unet_folder, allow_pickle)
     library, class_name = index["unet"]
     model_class = getattr(importlib.import_module(library), class_name)  # a trusted library (`check_model_index`)
     try:
@@ -187,10 +194,11 @@ def load_scheduler(folder: str, index: dict) -> Any:
         raise ValueError(
             f"{folder}/model_index.json names the scheduler {class_name!r}, which diffusers does not have; {RESAVE}"
         )
+    path = os.path.join(folder, "scheduler", "scheduler_config.json")
+    config = read_json(path, f"has no {os.path.basename(path)}; {RESAVE}")  # read here: no Hub lookup on a bad file
     try:
-        return scheduler_class.from_pretrained(folder, subfolder="scheduler")
-    except (OSError, ValueError, TypeError, RuntimeError) as error:
-        path = os.path.join(folder, "scheduler", "scheduler_config.json")
+        return scheduler_class.from_config(config)
+    except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(f"{path} does not make a {class_name} ({first_line(error)}); {RESAVE}") from None
 
 

@@ -27,7 +27,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
-from .. import __version__
+from .. import __version__, durable
 from ..arguments import checked_integer, checked_number
 from ..conditioning import guided_prediction, num_classes, predict
 from ..eval_mode import eval_mode
@@ -137,6 +137,13 @@ class HFDDPMPipeline(DiffusionPipeline):
         folder, components = safe_components(pretrained_model_name_or_path, allow_pickle, kwargs)
         return super().from_pretrained(folder, **components, **kwargs)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """diffusers' `save_pretrained`, the components' files given the modes a plain write would (safetensors
+        writes its files 0600 whatever the umask)."""
+        super().save_pretrained(save_directory, **kwargs)
+        for name in self.components:
+            durable.finish_tree(os.path.join(save_directory, name))
+
     def to_json_string(self) -> str:
         """`model_index.json` in the stock form described in the module docstring."""
         index = json.loads(super().to_json_string())
@@ -156,7 +163,9 @@ class HFDDPMPipeline(DiffusionPipeline):
     def inference_steps(self, num_inference_steps: int | None = None) -> int:
         """The step count a call with `num_inference_steps` samples at: that, else `default_num_inference_steps`,
         else 50."""
-        return num_inference_steps or self.config.get("default_num_inference_steps") or 50
+        if num_inference_steps is not None:
+            return num_inference_steps
+        return self.config.get("default_num_inference_steps") or 50
 
     @torch.no_grad()
     def __call__(

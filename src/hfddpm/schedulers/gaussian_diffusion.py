@@ -170,7 +170,10 @@ class GaussianDiffusionMixin:
         of the arguments left at their defaults, which `from_config` drops), as do hfddpm's own."""
         unset = [key for key in self.hfddpm_options if self.config.get(key) is None]
         config = {key: value for key, value in self.config.items() if key not in unset}
-        defaults = [key for key in config.pop("_use_default_values", []) if key not in (*self.hfddpm_options, *synced)]
+        # sorted: diffusers lists them in a set's order, which a config that went through another class's loses
+        defaults = sorted(
+            key for key in config.pop("_use_default_values", []) if key not in (*self.hfddpm_options, *synced)
+        )
         # Private, no public twin: `register_to_config` only adds keys.
         self._internal_dict = FrozenDict({**config, **({"_use_default_values": defaults} if defaults else {})})
 

@@ -20,7 +20,7 @@ def repaint_schedule(num_steps: int, jump_length: int, jump_n_sample: int) -> li
     (L = `jump_length`), jump L positions back up, `jump_n_sample` − 1 times at each. The reverse steps number
     N + (`jump_n_sample` − 1) · L · ⌈(N − L)/L⌉; `jump_n_sample` = 1 is plain replacement, without resampling.
     """
-    num_steps = checked_integer("num_steps", num_steps)
+    num_steps = checked_integer("num_inference_steps", num_steps)
     jump_length = checked_integer("jump_length", jump_length)
     jump_n_sample = checked_integer("jump_n_sample", jump_n_sample)
     jumps_left = {j: jump_n_sample - 1 for j in range(0, num_steps - jump_length, jump_length)}

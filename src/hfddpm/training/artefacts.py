@@ -78,65 +78,45 @@ def evaluate_during_training(config: RunConfig, pipeline: HFDDPMPipeline, device
     """--eval_metrics of the current EMA pipeline against the training split (bits/dim: 100 terms per image)."""
     from ..evaluation import evaluate_pipeline
 
+    options = {"image_column": config.image_column, "num_samples": config.eval_num_samples, "device": device}
+    options.update(num_inference_steps=config.num_inference_steps, seed=config.seed, progress_bar=False)
     return evaluate_pipeline(
         pipeline,
         config.dataset_source,
         config.eval_metrics,
         split=config.split,
         reference_split=config.split,
-        image_column=config.image_column,
-        num_timesteps=100,
-        num_samples=config.eval_num_samples,
-        num_inference_steps=config.num_inference_steps,
-        device=device,
-        seed=config.seed,
-        progress_bar=False,
+        **options,
     )
 
 
 def training_info(accelerator: accelerate.Accelerator, model: torch.nn.Module, **run: object) -> dict:
     """What the model card reports of the run besides its configuration: hardware, versions, and `run`'s values
     (time, steps, final loss, counters)."""
-    device = accelerator.device
-    if device.type == "cuda":
-        hardware = f"{accelerator.num_processes} × {torch.cuda.get_device_name(device)}"
+    processes = accelerator.num_processes
+    if accelerator.device.type == "cuda":
+        hardware = f"{processes} × {torch.cuda.get_device_name(accelerator.device)}"
     else:
-        hardware = (
-            f"CPU ({platform.machine()}, {torch.get_num_threads()} threads × {accelerator.num_processes} process(es))"
-        )
+        hardware = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads × {processes} process(es))"
+    parameters = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+    versions = {"hfddpm": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
     return {
         "device": hardware,
-        "num_processes": accelerator.num_processes,
+        "num_processes": processes,
         "mixed_precision": accelerator.mixed_precision,
         **run,
-        "parameters": f"{sum(p.numel() for p in accelerator.unwrap_model(model).parameters()) / 1e6:.2f}M",
-        "versions": {
-            "hfddpm": __version__,
-            "diffusers": diffusers.__version__,
-            "torch": torch.__version__,
-            "accelerate": accelerate.__version__,
-        },
+        "parameters": f"{parameters / 1e6:.2f}M",
+        "versions": {**versions, "accelerate": accelerate.__version__},
     }
 
 
 def push(config: RunConfig, output_dir: Path, commit_message: str, **options: object) -> object:
-    """Push `output_dir` to the configured Hub repository, branch and visibility (`hfddpm.hub.push_to_hub`)."""
+    """Push `output_dir` to the configured Hub repository, branch and visibility (`hfddpm.hub.push_to_hub`); with
+    `run_as_future=True` in the background, while training goes on (--hub_push_intermediate)."""
     from ..hub import push_to_hub
 
-    return push_to_hub(
-        output_dir,
-        config.hub_model_id,
-        token=config.hub_token,
-        private=config.hub_private_repo,
-        revision=config.hub_revision,
-        commit_message=commit_message,
-        **options,
-    )
-
-
-def push_in_background(config: RunConfig, output_dir: Path, step: int) -> Future:
-    """Push the pipeline saved at `step` while training goes on (--hub_push_intermediate)."""
-    return push(config, output_dir, f"Pipeline at step {step}", run_as_future=True)
+    hub = {"token": config.hub_token, "private": config.hub_private_repo, "revision": config.hub_revision}
+    return push_to_hub(output_dir, config.hub_model_id, commit_message=commit_message, **hub, **options)
 
 
 def publish(config: RunConfig, output_dir: Path, intermediate_pushes: list[Future]) -> int:
@@ -148,15 +128,16 @@ def publish(config: RunConfig, output_dir: Path, intermediate_pushes: list[Futur
             future.result()
         except Exception as error:  # a lost intermediate push does not fail the run
             print(f"warning: an intermediate push failed: {str(error).splitlines()[0]}", file=sys.stderr)
+    training_state = config.hub_include_training_state
     try:
         if config.hub_dry_run:
-            export = output_dir / RUN_EXPORT
-            files = export_for_hub(output_dir, export, config.hub_model_id, config.hub_include_training_state)
-            print(f"--hub_dry_run: the {len(files)} files a push to {config.hub_model_id} uploads are in {export}")
-        elif config.push_to_hub:
-            commit = push(
-                config, output_dir, "Final pipeline", include_training_state=config.hub_include_training_state
+            files = export_for_hub(output_dir, output_dir / RUN_EXPORT, config.hub_model_id, training_state)
+            print(
+                f"--hub_dry_run: the {len(files)} files a push to {config.hub_model_id} uploads are in "
+                f"{output_dir / RUN_EXPORT}"
             )
+        elif config.push_to_hub:
+            commit = push(config, output_dir, "Final pipeline", include_training_state=training_state)
             print(f"Pushed {output_dir} to {config.hub_model_id}: {commit.commit_url}")
     except HubError as error:
         print(f"error: {error}", file=sys.stderr)

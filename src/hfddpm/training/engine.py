@@ -41,7 +41,7 @@ from .artefacts import (
     evaluate_during_training,
     model_card_text,
     publish,
-    push_in_background,
+    push,
     record_arguments,
     save_pipeline,
     save_sample_grid,
@@ -308,7 +308,9 @@ class Trainer:
         if config.save_model_steps and step % config.save_model_steps == 0:
             save_pipeline(self.inference_pipeline(), self.output_dir)
             if config.hub_push_intermediate:
-                self.intermediate_pushes.append(push_in_background(config, self.output_dir, step))
+                self.intermediate_pushes.append(
+                    push(config, self.output_dir, f"Pipeline at step {step}", run_as_future=True)
+                )
 
     def inference_pipeline(self) -> HFDDPMPipeline:
         """The objective's pipeline around the EMA weights (the trained ones without EMA), progress bar off."""
