@@ -2,6 +2,7 @@
 writes, and that a bad number, a bad output path or a missing library is one line, `hfddpm CMD: error: …`, with
 status 2, before any work. Publishing (`hfddpm push` with a token) is tested with the Hub in test_hub.py."""
 
+import importlib.util
 import json
 import os
 import re
@@ -399,31 +400,48 @@ def test_the_installed_entry_point_samples_a_grid(checkpoint, tmp_path):
     assert PIL.Image.open(grid).size == (3 * 80, 2 * 80)
 
 
-MISSING_LIBRARIES = """
-import sys
-from hfddpm.cli import main
-
-sys.modules["matplotlib"] = None  # the bound's plot
-assert main(["evaluate", sys.argv[1], "--metrics", "bits_per_dim", "--max_images", "1", "--num_timesteps", "2",
-             "--output_dir", sys.argv[2]]) == 2
-sys.modules["datasets"] = None  # the images
-assert main(["evaluate", sys.argv[1], "--metrics", "bits_per_dim"]) == 2
-sys.modules["accelerate"] = None
-try:
-    from hfddpm.training import train_unconditional
-except ImportError as error:
-    print(error, file=sys.stderr)
-"""
+@pytest.mark.skipif(importlib.util.find_spec("torch_fidelity") is not None, reason="torch-fidelity is installed")
+def test_fid_without_torch_fidelity_is_one_line_naming_it_before_sampling(checkpoint, tmp_path, capsys):
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "weights.pth")
+    argv = ["evaluate", str(checkpoint), "--metrics", "fid", "--inception_weights", str(tmp_path / "weights.pth")]
+    assert main(argv) == 2
+    stderr = capsys.readouterr().err
+    assert "Sampling" not in stderr  # refused before the samples are drawn
+    assert re.fullmatch(
+        r"hfddpm evaluate: error: this needs torch_fidelity: pip install torch-fidelity .*", stderr.splitlines()[-1]
+    )
 
 
-@pytest.mark.slow  # a fresh interpreter, whose libraries can be made missing
+def with_libraries_missing(checkpoint: Path, output_dir: Path) -> None:
+    """Evaluate `checkpoint` without matplotlib, then without datasets, and import the training without accelerate."""
+    sys.modules["matplotlib"] = None  # the bound's plot
+    argv = ["evaluate", str(checkpoint), "--metrics", "bits_per_dim", "--max_images", "1", "--num_timesteps", "2"]
+    assert main([*argv, "--output_dir", str(output_dir)]) == 2
+    sys.modules["datasets"] = None  # the images
+    assert main(argv) == 2
+    sys.modules["accelerate"] = None
+    for name in [name for name in sys.modules if name.startswith("hfddpm.training")]:
+        del sys.modules[name]  # imported afresh, as in a new interpreter
+    try:
+        from hfddpm.training import train_unconditional  # noqa: F401
+    except ImportError as error:
+        print(error, file=sys.stderr)
+
+
+@pytest.mark.slow
 def test_a_missing_optional_library_is_one_line_naming_the_extra_that_installs_it(checkpoint, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", MISSING_LIBRARIES, str(checkpoint), str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    plot, images, training = [line for line in result.stderr.splitlines() if "hfddpm[" in line]
+    child = os.fork()  # a process whose libraries can be made missing (a fork of this one spares the imports)
+    if child == 0:
+        status = 1
+        try:
+            sys.stderr = open(tmp_path / "stderr.txt", "w", buffering=1)  # noqa: SIM115 (the child exits at once)
+            with_libraries_missing(checkpoint, tmp_path / "out")
+            status = 0
+        finally:
+            os._exit(status)
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0, (tmp_path / "stderr.txt").read_text()[-2000:]
+    stderr = (tmp_path / "stderr.txt").read_text()
+    plot, images, training = [line for line in stderr.splitlines() if "hfddpm[" in line]
     assert re.fullmatch(r"hfddpm evaluate: error: this needs matplotlib, .*pip install 'hfddpm\[eval\]'.*", plot)
     assert re.fullmatch(r"hfddpm evaluate: error: this needs datasets, .*pip install 'hfddpm\[train\]'.*", images)
     assert re.fullmatch(r"this needs accelerate, .*pip install 'hfddpm\[train\]'.*", training)

@@ -137,6 +137,9 @@ def test_an_image_folder_loads_as_samples_of_one_size(tmp_path):
 def test_networks_that_need_weights_say_where_to_put_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth; none at .*--inception_weights"):
         InceptionFeatures(tmp_path / "pt_inception.pth")
+    (tmp_path / "page.pth").write_text("<html>a download that failed</html>")
+    with pytest.raises(ValueError, match=r"page.pth is not pt_inception-2015-12-05-6726825d.pth .*download it again"):
+        InceptionFeatures(tmp_path / "page.pth")
     with pytest.raises(FileNotFoundError, match="FD_DINOv2 needs the DINOv2 weights .* --dinov2_model FOLDER"):
         Dinov2Features(tmp_path / "no-dinov2")
 

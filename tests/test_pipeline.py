@@ -263,6 +263,8 @@ def test_labels_for_an_unconditional_unet_and_names_for_classes_it_lacks_are_ref
         make_pipeline(unet, DDIMScheduler())(class_labels=[0], num_inference_steps=2)
     with pytest.raises(ValueError, match=r"id2label must name the UNet's classes 0 to 2"):
         HFDDPMPipeline(unet=create_unet("tiny", num_class_embeds=4), scheduler=DDIMScheduler(), id2label={0: "a"})
+    with pytest.raises(ValueError, match=r"id2label must name no class \(the UNet is unconditional\)"):
+        HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(), id2label={0: "a"})
 
 
 def test_a_student_samples_at_its_own_step_count_which_its_folder_keeps(unet, tmp_path):
@@ -278,6 +280,8 @@ def test_a_student_samples_at_its_own_step_count_which_its_folder_keeps(unet, tm
     loaded.set_progress_bar_config(disable=True)
     loaded(output_type="latent")
     assert loaded.num_timesteps == 2 and loaded.inference_steps() == 2
+    with pytest.raises(ValueError, match=r"num_inference_steps must be in \[1, 1000\], got 0"):  # not 50 steps
+        HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(), default_num_inference_steps=0)()
 
 
 def files_in(folder: Path) -> set[str]:

@@ -143,11 +143,10 @@ def add_options(parser: argparse.ArgumentParser, options_class: type) -> None:
             kwargs.update(nargs="+", type=type(choices[0]) if choices else item, choices=choices)
         else:
             kwargs["type"] = kind
+        required = field.default is dataclasses.MISSING
         if metadata.get("positional"):
-            nargs = {} if field.default is dataclasses.MISSING else {"nargs": "?"}
-            group.add_argument(field.name, **nargs, **kwargs, default=argparse.SUPPRESS)
+            group.add_argument(field.name, **kwargs, **({} if required else {"nargs": "?"}), default=argparse.SUPPRESS)
         else:
-            required = field.default is dataclasses.MISSING
             group.add_argument(f"--{field.name}", **kwargs, required=required, default=argparse.SUPPRESS)
 
 

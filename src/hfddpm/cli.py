@@ -20,8 +20,6 @@ COUNT = "[1, inf)"
 SCHEDULERS = Literal["checkpoint", "ddpm", "ddim", "dpm-solver", "euler"]
 METRICS = Literal["bits_per_dim", "fd_digits", "digits_scores", "fid", "fd_dinov2"]
 VARIANCES = Literal["fixed_small", "fixed_large", "learned", "learned_range", "analytic"]
-DEVICE_HELP = "e.g. cpu, cuda (default: cuda when available)"
-PICKLE_HELP = "also load pickle weights (.bin, read with torch.load(weights_only=True)): only for a source you trust"
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -31,7 +29,17 @@ class Options:
 
 
 @dataclasses.dataclass(kw_only=True)
-class SampleOptions(Options):
+class CheckpointOptions(Options):
+    """The options of a command that loads a pipeline checkpoint."""
+
+    device: str | None = option(None, "e.g. cpu, cuda (default: cuda when available)")
+    allow_pickle: bool = option(
+        False, "also load pickle weights (.bin, read with torch.load(weights_only=True)): only for a source you trust"
+    )
+
+
+@dataclasses.dataclass(kw_only=True)
+class SampleOptions(CheckpointOptions):
     """Draw images from a pipeline checkpoint (folder or Hub repository) with any scheduler; write them as one grid
     image (--output grid.png) or one PNG per image (--output_dir folder/)."""
 
@@ -54,12 +62,10 @@ class SampleOptions(Options):
     output: str | None = option(None, "grid image to write (.png, or another extension PIL writes)")
     output_dir: str | None = option(None, "folder to write one PNG per image into")
     overwrite: bool = option(False, "replace existing output files")
-    device: str | None = option(None, DEVICE_HELP)
-    allow_pickle: bool = option(False, PICKLE_HELP)
 
 
 @dataclasses.dataclass(kw_only=True)
-class InpaintOptions(Options):
+class InpaintOptions(CheckpointOptions):
     """Generate the pixels of --image where --mask is white, keeping the others exactly, with any unconditional or
     class-conditional checkpoint and its own scheduler (RePaint, Lugmayr et al. 2022)."""
 
@@ -79,12 +85,10 @@ class InpaintOptions(Options):
     seed: int = option(0, "completion i is drawn from seed + i", interval=SEEDS)
     class_labels: list[str] | None = option(None, "the class of a class-conditional checkpoint (one)")
     guidance_scale: float | None = option(None, "classifier-free guidance w", interval="[0, inf)")
-    device: str | None = option(None, DEVICE_HELP)
-    allow_pickle: bool = option(False, PICKLE_HELP)
 
 
 @dataclasses.dataclass(kw_only=True)
-class EvaluateOptions(Options):
+class EvaluateOptions(CheckpointOptions):
     """Measure a pipeline checkpoint, or a folder of generated images, against a dataset and print the numbers; with
     --output_dir, also write evaluation.json and a plot of the bound's terms L_t against t. On a run folder with
     hfddpm's model card, the numbers are recorded in its evaluation.json and card."""
@@ -113,16 +117,14 @@ class EvaluateOptions(Options):
     batch_size: int = option(250, "images per network call", interval=COUNT)
     inception_weights: str | None = option(None, "FID: path of pt_inception-2015-12-05-6726825d.pth")
     dinov2_model: str = option("facebook/dinov2-large", "FD_DINOv2: local folder or cached Hub id")
-    device: str | None = option(None, DEVICE_HELP)
     seed: int = option(0, "seeds the samples, noise and timesteps drawn", interval=SEEDS)
     output_dir: str | None = option(None, "write evaluation.json and the plot here")
     overwrite: bool = option(False, "replace existing output files")
     cache_dir: str | None = option(None, "where reference statistics are cached (default ~/.cache/hfddpm)")
-    allow_pickle: bool = option(False, PICKLE_HELP)
 
 
 @dataclasses.dataclass(kw_only=True)
-class VisualizeOptions(Options):
+class VisualizeOptions(CheckpointOptions):
     """forward: real images (rows) noised to chosen timesteps (columns). reverse: a checkpoint's sampling, every few
     steps: x after the step from timestep t (top row of each image) and that step's prediction x̂_0 (bottom row)."""
 
@@ -144,8 +146,6 @@ class VisualizeOptions(Options):
     scheduler: SCHEDULERS = option("checkpoint", "reverse: the saved one, or one built from its config")
     seed: int = option(0, interval=SEEDS)
     scale: int = option(8, "enlarge each image N times", interval=COUNT)
-    device: str | None = option(None, DEVICE_HELP)
-    allow_pickle: bool = option(False, PICKLE_HELP)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -168,7 +168,7 @@ class PushOptions(Options):
 
 
 @dataclasses.dataclass(kw_only=True)
-class AnalyticVarianceOptions(Options):
+class AnalyticVarianceOptions(CheckpointOptions):
     """Estimate Γ_t = E‖ε_θ(x_t, t)‖²/d for every training timestep on training images (Bao et al. 2022) and save
     the pipeline with it in its scheduler config (reverse_variance='analytic') into a new folder (--output_dir), or
     rewrite the checkpoint's scheduler (--in_place), so that it samples with the optimal reverse variance."""
@@ -181,35 +181,27 @@ class AnalyticVarianceOptions(Options):
     batch_size: int = option(250, "images per network call", interval=COUNT)
     output_dir: str | None = option(None, "a new or empty folder: the pipeline with Analytic-DPM's variance, its card")
     in_place: bool = option(False, "rewrite the checkpoint's scheduler config and card instead")
-    device: str | None = option(None, DEVICE_HELP)
     seed: int = option(0, interval=SEEDS)
-    allow_pickle: bool = option(False, PICKLE_HELP)
 
 
-def device_of(options: Any) -> str:
-    import torch
-
-    return options.device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_pipeline(options: Any, pipeline_class: Any = None) -> Any:
-    """The checkpoint's pipeline on the device, with the scheduler the options name."""
+def load_pipeline(options: CheckpointOptions, pipeline_class: Any = None) -> Any:
+    """The checkpoint's pipeline on the device, with the scheduler the options name (if they name one)."""
     import diffusers
+    import torch
 
     from .pipelines import HFDDPMPipeline
     from .schedulers import DDIMScheduler, DDPMScheduler
 
     pipeline_class = pipeline_class or HFDDPMPipeline
-    pipeline = pipeline_class.from_pretrained(options.checkpoint, allow_pickle=options.allow_pickle).to(
-        device_of(options)
-    )
+    device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipeline = pipeline_class.from_pretrained(options.checkpoint, allow_pickle=options.allow_pickle).to(device)
     schedulers = {
         "ddpm": DDPMScheduler,
         "ddim": DDIMScheduler,
         "dpm-solver": diffusers.DPMSolverMultistepScheduler,
         "euler": diffusers.EulerDiscreteScheduler,
     }
-    if options.scheduler != "checkpoint":
+    if getattr(options, "scheduler", "checkpoint") != "checkpoint":
         pipeline.scheduler = schedulers[options.scheduler].from_config(pipeline.scheduler.config)
     return pipeline
 
@@ -239,8 +231,7 @@ def run_sample(options: SampleOptions) -> None:
     paths = (
         [] if options.output else image_paths(options.output_dir, options.seed, count, per_image, options.overwrite)
     )
-    call = {"corrector_steps": options.corrector_steps, "class_labels": per_image}
-    call.update({"guidance_scale": options.guidance_scale} if options.guidance_scale is not None else {})
+    call = dict(corrector_steps=options.corrector_steps, class_labels=per_image, guidance_scale=options.guidance_scale)
     images = generate_samples(
         pipeline, count, options.batch_size, options.num_inference_steps, options.eta, options.seed, **call
     )
@@ -297,10 +288,9 @@ def run_evaluate(options: EvaluateOptions) -> None:
     if options.output_dir:
         for name in ("evaluation.json", "bits_per_dim_terms.png"):
             durable.check_output_file(Path(options.output_dir) / name, "--output_dir", options.overwrite)
-    arguments = {
-        key: value for key, value in dataclasses.asdict(options).items() if key not in ("checkpoint", "overwrite")
-    }
-    report = evaluate(options.checkpoint, **arguments)
+    arguments = dataclasses.asdict(options)
+    del arguments["overwrite"]
+    report = evaluate(arguments.pop("checkpoint"), **arguments)
     print(report.summary())
     if options.output_dir:
         print(f"  written to {options.output_dir}/evaluation.json")
@@ -320,14 +310,8 @@ def run_visualize(options: VisualizeOptions) -> None:
     check_image_path(options.output, "--output", options.overwrite)
     generator = torch.Generator().manual_seed(options.seed)
     if options.process == "forward":
-        batches = image_batches(
-            options.dataset,
-            options.split,
-            options.resolution,
-            options.channels,
-            options.num_images,
-            max_images=options.num_images,
-        )
+        size, count = options.resolution, options.num_images
+        batches = image_batches(options.dataset, options.split, size, options.channels, count, max_images=count)
         scheduler = DDPMScheduler(beta_schedule=options.beta_schedule)
         grid = forward_noising_grid(next(iter(batches)), scheduler, options.timesteps, generator, options.scale)
     else:
@@ -339,10 +323,8 @@ def run_visualize(options: VisualizeOptions) -> None:
             pipeline, options.num_images, options.num_inference_steps, options.every, generator, options.scale
         )
     save_image(grid, options.output)
-    print(
-        f"{options.process} process of {options.num_images} images written to {options.output} "
-        f"({grid.width}×{grid.height})"
-    )
+    size = f"{grid.width}×{grid.height}"
+    print(f"{options.process} process of {options.num_images} images written to {options.output} ({size})")
 
 
 def run_push(options: PushOptions) -> None:
@@ -353,12 +335,9 @@ def run_push(options: PushOptions) -> None:
         print(f"{len(files)} files would be uploaded to {options.repo_id}; they are in {options.export_dir}:")
         print("\n".join(f"  {name}" for name in files))
         return
-    push = {
-        key: value
-        for key, value in dataclasses.asdict(options).items()
-        if key not in ("folder", "repo_id", "export_dir")
-    }
-    commit = push_to_hub(options.folder, options.repo_id, **push)
+    push = dataclasses.asdict(options)
+    del push["export_dir"]
+    commit = push_to_hub(push.pop("folder"), push.pop("repo_id"), **push)
     print(f"pushed {options.folder} to {options.repo_id}: {commit.commit_url}")
 
 
@@ -366,7 +345,6 @@ def run_analytic_variance(options: AnalyticVarianceOptions) -> None:
     import torch
 
     from .image_data import image_batches
-    from .pipelines import HFDDPMPipeline
     from .schedulers.analytic_dpm import fit_analytic_variance
 
     if (options.output_dir is None) == (not options.in_place):
@@ -378,9 +356,7 @@ def run_analytic_variance(options: AnalyticVarianceOptions) -> None:
         raise ValueError(f"--in_place: {options.checkpoint} is not a local pipeline folder; pass --output_dir instead")
     if options.output_dir:
         durable.check_new_folder(options.output_dir, "--output_dir")
-    pipeline = HFDDPMPipeline.from_pretrained(options.checkpoint, allow_pickle=options.allow_pickle).to(
-        device_of(options)
-    )
+    pipeline = load_pipeline(options)
     size, channels = pipeline.unet.config.sample_size, pipeline.unet.config.in_channels
     size = size if isinstance(size, int) else size[0]
     batches = image_batches(
@@ -460,13 +436,13 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as error:
         if (friendly := missing_extra(error)) is error:
             raise
-        print(f"hfddpm {command}: error: {friendly}", file=sys.stderr)
-        return 2
+        message = str(friendly)
     except (ValueError, OSError) as error:  # FileNotFoundError and HubError among them: bad input, one line
         message = str(error).splitlines()[0] if str(error).strip() else repr(error)
-        print(f"hfddpm {command}: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    else:
+        return 0
+    print(f"hfddpm {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -148,6 +148,5 @@ def check_new_folder(folder: str | os.PathLike, what: str) -> Path:
 
 
 def write_problem(error: BaseException) -> str:
-    """How an error line names a failed write: "no space left" when the disk is full (`is_disk_full`), else "could
-    not write"."""
+    """How an error line names a failed write: "no space left" when the disk is full, else "could not write"."""
     return "no space left" if is_disk_full(error) else "could not write"

@@ -137,10 +137,9 @@ def export_for_hub(
             if export_dir == Path(folder).resolve() / RUN_EXPORT and export_dir.exists():
                 durable.remove_tree(export_dir)  # the run's earlier export
     except OSError as error:
-        problem = durable.write_problem(error)
         raise HubError(
-            f"{problem} to export {folder} into {export_dir} ({error.strerror or error}); nothing was exported: "
-            "free disk space or choose another folder"
+            f"{durable.write_problem(error)} to export {folder} into {export_dir} ({error.strerror or error}); "
+            "nothing was exported: free disk space or choose another folder"
         ) from error
     return sorted([*files, "README.md"])
 

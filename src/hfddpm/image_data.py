@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,12 +21,16 @@ if TYPE_CHECKING:  # imported where used: `import hfddpm` does not load datasets
 
 DIGITS = "digits"
 DIGITS_TRAIN_SIZE = 1500  # of sklearn's 1797 UCI digits; the last 297 are the held-out "test" split
-# PIL modes without colour: bilevel, grey (with alpha), 32-bit integer, 16-bit integer (any byte order), float.
-GRAYSCALE_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
-# PIL modes with more than 8 bits per channel, whose conversion to "L" or "RGB" clips values above 255.
+# PIL modes with more than 8 bits per channel: 32-bit integer, 16-bit integer (any byte order), float.
 DEEP_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
-# PIL modes that PIL converts to "RGB" without their colours (it copies CIELAB's L, a, b as if they were R, G, B).
-UNCONVERTIBLE_MODES = ("LAB",)
+# PIL modes without colour: bilevel, grey (with alpha) and the deep ones.
+GRAYSCALE_MODES = ("1", "L", "LA", "La", *DEEP_MODES)
+# The PIL modes whose conversion to 8-bit "L" or "RGB" changes their values, and how: PIL clips values above 255,
+# and copies CIELAB's L, a, b as if they were R, G, B.
+LOSSY_MODES = {
+    **dict.fromkeys(DEEP_MODES, " (more than 8 bits), which converting to 8-bit would clip"),
+    "LAB": ", which PIL cannot convert to RGB with their colours kept",
+}
 
 
 def load_digits_dataset(split: str = "train") -> datasets.Dataset:
@@ -82,13 +86,11 @@ def load_image_dataset(
     elif dataset_name is None or dataset_name == DIGITS:
         dataset = load_digits_dataset(split)
     elif os.path.isdir(dataset_name) and is_saved_dataset(dataset_name):
-        dataset = datasets.load_from_disk(dataset_name)
-        if isinstance(dataset, datasets.DatasetDict):
-            if split not in dataset:
-                raise ValueError(
-                    f"{dataset_name!r} has splits {sorted(dataset)}, not {split!r}; pick one with --split"
-                )
-            dataset = dataset[split]
+        saved = datasets.load_from_disk(dataset_name)
+        splits = saved if isinstance(saved, datasets.DatasetDict) else {split: saved}
+        if split not in splits:
+            raise ValueError(f"{dataset_name!r} has splits {sorted(splits)}, not {split!r}; pick one with --split")
+        dataset = splits[split]
     else:
         dataset = datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
 
@@ -217,15 +219,9 @@ def first_image_mode(dataset: datasets.Dataset, image_column: str) -> str:
 def check_eight_bit(image: PIL.Image.Image, source: str) -> PIL.Image.Image:
     """`image` unless converting it to 8-bit "L" or "RGB" would change its values: pixels of more than 8 bits
     (clipped above 255) or CIELAB colours (which PIL copies as R, G, B)."""
-    if image.mode in DEEP_MODES:
+    if image.mode in LOSSY_MODES:
         raise ValueError(
-            f"{source} has {image.mode!r} pixels (more than 8 bits), which converting to 8-bit would clip; convert "
-            "it to 8-bit RGB or L first"
-        )
-    if image.mode in UNCONVERTIBLE_MODES:
-        raise ValueError(
-            f"{source} has {image.mode!r} pixels, which PIL cannot convert to RGB with their colours kept; convert "
-            "it to 8-bit RGB or L first"
+            f"{source} has {image.mode!r} pixels{LOSSY_MODES[image.mode]}; convert it to 8-bit RGB or L first"
         )
     return image
 
@@ -280,6 +276,7 @@ def read_image(file: str | os.PathLike | io.BytesIO, source: str) -> PIL.Image.I
     return image
 
 
+@dataclass(eq=False)
 class TrainingImages(torch.utils.data.Dataset):
     """Pre-tensorised images as float tensors in [−1, 1], cropped and flipped reproducibly; with `labels` (one class
     id per image, the classes named by `label_names`), each item is the pair (image, class id).
@@ -287,20 +284,12 @@ class TrainingImages(torch.utils.data.Dataset):
     Item i of epoch e draws its crop offset and flip from a generator seeded with (seed, e, i).
     """
 
-    def __init__(
-        self,
-        pixels: datasets.Dataset,
-        preprocessing: ImagePreprocessing,
-        seed: int = 0,
-        labels: list[int] | None = None,
-        label_names: list[str] | None = None,
-    ) -> None:
-        self.pixels = pixels
-        self.preprocessing = preprocessing
-        self.seed = seed
-        self.labels = labels
-        self.label_names = label_names
-        self.epoch = 0
+    pixels: datasets.Dataset
+    preprocessing: ImagePreprocessing
+    seed: int = 0
+    labels: list[int] | None = None
+    label_names: list[str] | None = None
+    epoch: int = field(default=0, init=False)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -348,12 +337,8 @@ def image_batches(
     `max_images` images are used (all when None).
     """
     image_folder = os.path.isdir(source) and not is_saved_dataset(source)
-    dataset, image_column = load_image_dataset(
-        dataset_name=None if image_folder else source,
-        train_data_dir=source if image_folder else None,
-        split=split,
-        image_column=image_column,
-    )
+    where = {"train_data_dir" if image_folder else "dataset_name": source}
+    dataset, image_column = load_image_dataset(**where, split=split, image_column=image_column)
     if max_images is not None:
         dataset = dataset.select(range(min(max_images, len(dataset))))
     preprocessing = ImagePreprocessing(resolution, channels, center_crop=True, random_flip=False)

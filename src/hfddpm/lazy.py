@@ -17,11 +17,15 @@ EXTRAS = {
     "transformers": ("eval",),
     "torchmetrics": ("eval",),
 }
+# Optional libraries no extra installs, and how to install each.
+ELSEWHERE = {"torch_fidelity": "pip install torch-fidelity (FID's Inception network; it needs torchvision)"}
 
 
 def missing_extra(error: ImportError) -> ImportError:
     """`error` as one line naming the extra to install, when it is an optional library's absence; else `error`."""
     library = (getattr(error, "name", None) or "").split(".")[0]
+    if library in ELSEWHERE:
+        return ImportError(f"this needs {library}: {ELSEWHERE[library]}", name=library)
     if library not in EXTRAS:
         return error
     extras = " or ".join(f"pip install 'hfddpm[{extra}]'" for extra in EXTRAS[library])

@@ -7,7 +7,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import PIL.Image
 import PIL.ImageDraw
@@ -16,7 +16,6 @@ import torch
 from diffusers.utils import make_image_grid
 
 from . import durable
-from .eval_mode import eval_mode
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
@@ -55,9 +54,9 @@ def save_image(image: PIL.Image.Image, path: str | os.PathLike) -> None:
         with durable.replacing(path) as temporary:
             image.save(temporary, format=image_format(path))
     except OSError as error:
-        problem = durable.write_problem(error)
         raise OSError(
-            f"{problem} to write {path} ({error.strerror or error}); free disk space or write elsewhere"
+            f"{durable.write_problem(error)} to write {path} ({error.strerror or error}); free disk space or write "
+            "elsewhere"
         ) from None
 
 
@@ -66,22 +65,17 @@ def to_pil(images: torch.Tensor, scale: int = 1) -> list[PIL.Image.Image]:
     pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     pixels = pixels.permute(0, 2, 3, 1).numpy()
     pictures = [PIL.Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
-    return (
-        [p.resize((p.width * scale, p.height * scale), PIL.Image.NEAREST) for p in pictures] if scale > 1 else pictures
-    )
+    return [PIL.ImageOps.scale(p, scale, PIL.Image.NEAREST) for p in pictures]
 
 
 def sample_grid(pictures: list[PIL.Image.Image], cell_size: int = 64, cols: int | None = None) -> PIL.Image.Image:
     """Images in a grid of `cols` columns (None: near-square), row by row, each enlarged (nearest neighbour) to at
     least `cell_size` pixels wide and framed by a black border one original pixel wide; empty cells are black."""
-    if not pictures:
-        raise ValueError("sample_grid needs at least one image")
     cols = cols or math.ceil(math.sqrt(len(pictures)))
     rows = math.ceil(len(pictures) / cols)
     scale = max(1, cell_size // pictures[0].width)
     cells = [
-        PIL.ImageOps.expand(p.resize((p.width * scale, p.height * scale), PIL.Image.NEAREST), border=scale, fill=0)
-        for p in pictures
+        PIL.ImageOps.expand(PIL.ImageOps.scale(p, scale, PIL.Image.NEAREST), border=scale, fill=0) for p in pictures
     ]
     cells += [PIL.Image.new(cells[0].mode, cells[0].size)] * (rows * cols - len(cells))
     return make_image_grid(cells, rows=rows, cols=cols)
@@ -116,11 +110,10 @@ def forward_noising_grid(
     noise = torch.randn(images.shape, generator=generator)
     columns = [images] + [scheduler.add_noise(images.float(), noise, torch.full((len(images),), t)) for t in timesteps]
     pictures = [to_pil(column, scale) for column in columns]
-    rows = [[pictures[c][r] for c in range(len(columns))] for r in range(len(images))]
+    rows = [list(row) for row in zip(*pictures, strict=True)]
     return labelled_grid(rows, ["x_0"] + [f"t={t}" for t in timesteps])
 
 
-@torch.no_grad()
 def reverse_trajectory_grid(
     pipeline: HFDDPMPipeline,
     num_images: int = 4,
@@ -128,39 +121,31 @@ def reverse_trajectory_grid(
     every: int = 5,
     generator: torch.Generator | list[torch.Generator] | None = None,
     scale: int = 4,
-    **call_options: Any,
 ) -> PIL.Image.Image:
     """For each image two rows: x_t and the step's prediction x̂_0, every `every` steps and at the last one; at the
     pipeline's own step count unless `num_inference_steps` is given.
 
-    Runs the pipeline (its own scheduler, `call_options` passed on) and records the tensors through its
-    `callback_on_step_end`.
+    Runs the pipeline (with its own scheduler) and records the tensors through its `callback_on_step_end`.
     """
     num_inference_steps = pipeline.inference_steps(num_inference_steps)
     recorded: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
     def record(pipe, index, timestep, tensors):
         if index % every == every - 1 or index == num_inference_steps - 1:
-            predicted = tensors["pred_original_sample"]
-            recorded.append(
-                (int(timestep), tensors["latents"].cpu(), predicted.cpu() if predicted is not None else None)
-            )
+            latents, predicted = tensors["latents"].cpu(), tensors["pred_original_sample"]
+            predicted = torch.zeros_like(latents) if predicted is None else predicted.cpu()
+            recorded.append((int(timestep), latents, predicted))
         return {}
 
-    with eval_mode(pipeline.unet):
-        pipeline(
-            batch_size=num_images,
-            generator=generator if generator is not None else torch.Generator().manual_seed(0),
-            num_inference_steps=num_inference_steps,
-            output_type="pt",
-            callback_on_step_end=record,
-            callback_on_step_end_tensor_inputs=["latents", "pred_original_sample"],
-            **call_options,
-        )
-    samples = [to_pil(x, scale) for _, x, _ in recorded]
-    predictions = [to_pil(p if p is not None else torch.zeros_like(x), scale) for _, x, p in recorded]
-    rows = []
-    for image in range(num_images):
-        rows.append([column[image] for column in samples])
-        rows.append([column[image] for column in predictions])
+    pipeline(
+        batch_size=num_images,
+        generator=generator if generator is not None else torch.Generator().manual_seed(0),
+        num_inference_steps=num_inference_steps,
+        output_type="pt",
+        callback_on_step_end=record,
+        callback_on_step_end_tensor_inputs=["latents", "pred_original_sample"],
+    )
+    samples = [to_pil(latents, scale) for _, latents, _ in recorded]
+    predictions = [to_pil(predicted, scale) for _, _, predicted in recorded]
+    rows = [[column[image] for column in kind] for image in range(num_images) for kind in (samples, predictions)]
     return labelled_grid(rows, [f"t={t}" for t, _, _ in recorded])

@@ -68,11 +68,6 @@ class DigitsClassifier(ModelMixin, ConfigMixin):
         return self.head(self.features(images))
 
 
-def load_digits_classifier(path: str | Path = SHIPPED_WEIGHTS) -> DigitsClassifier:
-    """The shipped classifier (or one saved elsewhere with `save_pretrained`), in eval mode."""
-    return DigitsClassifier.from_pretrained(path, use_safetensors=True).eval()
-
-
 def digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The built-in digits of a split as images in [0, 1] of shape (N, 1, 8, 8), and their labels."""
     rows = load_digits_dataset(split).with_format("numpy")[:]

@@ -15,12 +15,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .digits_classifier import SHIPPED_WEIGHTS, load_digits_classifier
+from .digits_classifier import SHIPPED_WEIGHTS, DigitsClassifier
 
 INCEPTION_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception, as torchmetrics uses
 DINOV2_DEFAULT = "facebook/dinov2-large"  # ViT-L/14, the network of FD_DINOv2 (Stein et al. 2023)
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _file_digest(path: Path) -> str:
@@ -35,7 +33,7 @@ class DigitsFeatures:
     """The 64 penultimate activations of the shipped digits classifier (`digits_classifier`); offline."""
 
     def __init__(self, path: str | os.PathLike = SHIPPED_WEIGHTS, device: str | torch.device = "cpu") -> None:
-        self.model = load_digits_classifier(path).to(device)
+        self.model = DigitsClassifier.from_pretrained(path, use_safetensors=True).eval().to(device)
         self.name = f"digits-classifier-{_file_digest(Path(path) / 'diffusion_pytorch_model.safetensors')}"
 
     @torch.no_grad()
@@ -48,11 +46,6 @@ class DigitsFeatures:
         return self.model(images).softmax(dim=1)
 
 
-def default_inception_weights() -> Path:
-    """Where torch-fidelity (and so torchmetrics) keeps the FID Inception weights: torch hub's checkpoint folder."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_NAME
-
-
 class InceptionFeatures:
     """The 2048-d pool features of the FID Inception network, through torchmetrics' `NoTrainInceptionV3`.
 
@@ -61,25 +54,28 @@ class InceptionFeatures:
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> None:
-        path = Path(weights) if weights is not None else default_inception_weights()
+        default = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_NAME  # torch-fidelity's place
+        path = Path(weights) if weights is not None else default
         if not path.is_file():
             raise FileNotFoundError(
                 f"FID needs the Inception weights {INCEPTION_WEIGHTS_NAME}; none at {path}: download it once from "
                 "https://github.com/toshas/torch-fidelity/releases and put it there or pass --inception_weights PATH"
             )
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
         try:
-            from torchmetrics.image.fid import NoTrainInceptionV3
-        except ImportError as error:
-            raise ImportError("FID needs torchmetrics: pip install torchmetrics") from error
-        torch.load(path, map_location="cpu", weights_only=True)  # refuses a pickle that holds more than tensors
+            torch.load(path, map_location="cpu", weights_only=True)  # refuses a pickle that holds more than tensors
+        except Exception:  # pickle's and torch's errors: not a file of tensors alone
+            raise ValueError(
+                f"--inception_weights {path} is not {INCEPTION_WEIGHTS_NAME} (not a file of tensors); download it "
+                "again"
+            ) from None
         try:
             network = NoTrainInceptionV3(
                 name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path)
             )
-        except ModuleNotFoundError as error:
-            raise ImportError(
-                f"FID needs torch-fidelity (and torchvision): pip install torch-fidelity ({error})"
-            ) from error
+        except ModuleNotFoundError as error:  # torchmetrics names no module: say which, for `missing_extra`
+            raise ImportError(str(error), name="torch_fidelity") from None
         self.network = network.to(device)
         self.name = f"inception-v3-fid-{_file_digest(path)}"
 
@@ -100,6 +96,7 @@ class Dinov2Features:
 
     def __init__(self, model: str | os.PathLike = DINOV2_DEFAULT, device: str | torch.device = "cpu") -> None:
         from transformers import Dinov2Model
+        from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
         try:
             self.network = Dinov2Model.from_pretrained(str(model), local_files_only=True, use_safetensors=True)
@@ -111,11 +108,10 @@ class Dinov2Features:
         self.network = self.network.to(device).eval()
         config = self.network.config
         self.name = f"dinov2-{Path(str(model)).name}-{config.hidden_size}x{config.num_hidden_layers}"
+        self.mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=self.network.device).reshape(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_DEFAULT_STD, device=self.network.device).reshape(1, 3, 1, 1)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        device = self.network.device
-        x = F.interpolate(_rgb(images).float().to(device), size=(224, 224), mode="bicubic", align_corners=False)
-        mean = torch.tensor(_IMAGENET_MEAN, device=device).reshape(1, 3, 1, 1)
-        std = torch.tensor(_IMAGENET_STD, device=device).reshape(1, 3, 1, 1)
-        return self.network(pixel_values=(x.clamp(0, 1) - mean) / std).pooler_output.double()
+        resized = F.interpolate(_rgb(images).float().to(self.network.device), size=(224, 224), mode="bicubic")
+        return self.network(pixel_values=(resized.clamp(0, 1) - self.mean) / self.std).pooler_output.double()

@@ -37,9 +37,8 @@ class FeatureStatistics:
         features = features.detach().to("cpu", torch.float64)
         if not torch.isfinite(features).all():
             raise ValueError("features hold NaN or infinity: the images they come from are not finite")
-        return cls(
-            features.mean(0), torch.cov(features.T).reshape(features.shape[1], features.shape[1]), len(features)
-        )
+        count, dimension = features.shape
+        return cls(features.mean(0), torch.cov(features.T).reshape(dimension, dimension), count)
 
     def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
         """Write to a safetensors file atomically (a temporary file renamed into place)."""
@@ -55,12 +54,6 @@ class FeatureStatistics:
         return cls(tensors["mean"], tensors["covariance"], int(tensors["count"]))
 
 
-def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
-    """The symmetric square root of a symmetric positive semi-definite matrix (eigenvalues clipped at 0)."""
-    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
-    return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
-
-
 def frechet_distance(first: FeatureStatistics, second: FeatureStatistics) -> float:
     """FD between the Gaussians of two feature sets (module docstring), computed in float64.
 
@@ -69,7 +62,8 @@ def frechet_distance(first: FeatureStatistics, second: FeatureStatistics) -> flo
     """
     if first.mean.shape != second.mean.shape:
         raise ValueError(f"feature dimensions differ: {tuple(first.mean.shape)} and {tuple(second.mean.shape)}")
-    root = _psd_sqrt(first.covariance.double())
+    eigenvalues, eigenvectors = torch.linalg.eigh(first.covariance.double())
+    root = (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T  # Σ_1^½, eigenvalues clipped at 0
     product = root @ second.covariance.double() @ root
     trace_sqrt = torch.linalg.eigvalsh((product + product.T) / 2).clamp(min=0).sqrt().sum()
     difference = first.mean.double() - second.mean.double()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,9 +62,6 @@ class VariationalBound:
     reverse_variance: str
     decoder: str
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def bound_scheduler(scheduler: SchedulerMixin, reverse_variance: str | None = None) -> DDPMScheduler:
     """hfddpm's `DDPMScheduler` with `scheduler`'s noise schedule and prediction type and the reverse variance to
@@ -100,7 +97,6 @@ def variational_bound(
         model: a `UNet2DModel` (or a model called the same way) trained with `scheduler`'s noise schedule.
         scheduler: its DDPM or DDIM scheduler (any config with `num_train_timesteps` and the beta schedule).
         reverse_variance: the σ²_t of p_θ to evaluate (`ReverseVariance`), by default the scheduler's own.
-        decoder: see `Decoder`.
     """
     scheduler = bound_scheduler(scheduler, reverse_variance)
     num_train_timesteps = scheduler.config.num_train_timesteps
@@ -152,14 +148,12 @@ def variational_bound(
 def plot_bound_terms(bound: VariationalBound, path: str | Path, title: str | None = None) -> Path:
     """Save the figure readers of the papers expect (Nichol & Dhariwal 2021, Fig. 2): L_t against t on a log
     scale, and the share of the bound accumulated from t = 0 upwards."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend to choose, no global figure to close
 
     timesteps = torch.tensor(bound.timesteps)
     terms = torch.tensor(bound.terms_bits_per_dim)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    figure = Figure(figsize=(10, 3.6))
+    left, right = figure.subplots(1, 2)
     left.semilogy(timesteps, terms.clamp(min=1e-8), lw=1)
     left.set(xlabel="timestep t", ylabel="L_t (bits/dim)", title="terms of the bound")
     # With strata the terms stand for their slices: weight each by the width of the t it represents.
@@ -177,5 +171,4 @@ def plot_bound_terms(bound: VariationalBound, path: str | Path, title: str | Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ from ..pipelines import HFDDPMPipeline
 from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
 from .features import DINOV2_DEFAULT, DigitsFeatures, Dinov2Features, InceptionFeatures
 from .frechet import FeatureStatistics, frechet_distance
-from .likelihood import Decoder, plot_bound_terms, variational_bound
-from .sample_quality import digits_scores, extract_features, generate_samples, load_image_folder, reference_statistics
+from .likelihood import plot_bound_terms, variational_bound
+from .sample_quality import digits_scores, generate_samples, load_image_folder, reference_statistics
 
 # What `evaluate` can measure, and what each is.
 METRICS = {
@@ -31,12 +31,8 @@ METRICS = {
     "fd_dinov2": "FD_DINOv2: Fréchet distance in DINOv2 ViT-L/14 features (needs local weights)",
 }
 SAMPLE_METRICS = ("fd_digits", "digits_scores", "fid", "fd_dinov2")
+# By default the built-in digits get every offline metric, other data bits/dim (the others need downloaded weights).
 OFFLINE_DIGITS_METRICS = ("fd_digits", "digits_scores", "bits_per_dim")
-
-
-def default_metrics(dataset: str) -> tuple[str, ...]:
-    """The built-in digits get every offline metric; other data bits/dim (the others need downloaded weights)."""
-    return OFFLINE_DIGITS_METRICS if dataset == DIGITS else ("bits_per_dim",)
 
 
 @dataclass
@@ -86,13 +82,11 @@ def evaluate(
     those of `evaluate_pipeline`.
     """
     device = torch.device(options.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
+    options.update(name=str(checkpoint), device=device)
     if os.path.isdir(checkpoint) and not (Path(checkpoint) / "model_index.json").is_file():
-        samples = load_image_folder(checkpoint)
-        return evaluate_pipeline(
-            None, dataset, metrics, samples=samples, name=str(checkpoint), device=device, **options
-        )
+        return evaluate_pipeline(None, dataset, metrics, samples=load_image_folder(checkpoint), **options)
     pipeline = HFDDPMPipeline.from_pretrained(checkpoint, allow_pickle=allow_pickle).to(device)
-    return evaluate_pipeline(pipeline, dataset, metrics, name=str(checkpoint), device=device, **options)
+    return evaluate_pipeline(pipeline, dataset, metrics, **options)
 
 
 def record_evaluation(folder: str | os.PathLike, report: EvaluationReport) -> bool:
@@ -110,10 +104,8 @@ def record_evaluation(folder: str | os.PathLike, report: EvaluationReport) -> bo
     parts = ("metrics", "details")
     if not isinstance(earlier, dict) or not all(isinstance(earlier.get(part, {}), dict) for part in parts):
         raise ValueError(f"{path} is not an evaluation record (JSON objects); remove it to record the new numbers")
-    recorded = asdict(report)
-    for key in ("metrics", "details"):
-        recorded[key] = {**earlier.get(key, {}), **recorded[key]}
-    durable.write_text(path, json.dumps(recorded, indent=2) + "\n")
+    merged = {part: {**earlier.get(part, {}), **getattr(report, part)} for part in parts}
+    durable.write_text(path, replace(report, **merged).to_json())
     return rewrite_model_card(folder)
 
 
@@ -131,14 +123,7 @@ def draw_samples(
     classes = pipeline.num_classes
     labels = None if classes is None else every_class(num_samples, classes)
     samples = generate_samples(
-        pipeline,
-        num_samples,
-        batch_size,
-        num_inference_steps,
-        eta,
-        seed,
-        progress_bar=progress_bar,
-        class_labels=labels,
+        pipeline, num_samples, batch_size, num_inference_steps, eta, seed, progress_bar, class_labels=labels
     )
     steps = pipeline.inference_steps(num_inference_steps)
     source = f"{type(pipeline.scheduler).__name__}, {steps} steps, eta {eta}, seed {seed}"
@@ -176,7 +161,7 @@ def evaluate_pipeline(
 
     Args:
         dataset: "digits" (built in), an image folder, a `save_to_disk` folder or a Hub dataset name.
-        metrics: names from `METRICS`; by default `default_metrics(dataset)`.
+        metrics: names from `METRICS`; by default `OFFLINE_DIGITS_METRICS` for the digits, else bits_per_dim.
         split: the held-out split of ``bits_per_dim``; the first `max_images` of it (all when None).
         reference_split: the split the samples are compared with (its statistics are cached).
         num_timesteps: ``bits_per_dim`` terms per image, stratified over t: an unbiased estimate with its standard
@@ -188,40 +173,33 @@ def evaluate_pipeline(
         output_dir: when given, `evaluation.json` and the plot of the bound's terms are written there.
         cache_dir: where reference statistics are cached (default `frechet.statistics_cache_dir()`).
     """
-    metrics = (
-        default_metrics(dataset) if metrics is None else (metrics,) if isinstance(metrics, str) else tuple(metrics)
-    )
+    if metrics is None:
+        metrics = OFFLINE_DIGITS_METRICS if dataset == DIGITS else ("bits_per_dim",)
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
     if unknown := sorted(set(metrics) - set(METRICS)):
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
     if pipeline is None and "bits_per_dim" in metrics:
         raise ValueError(f"{name} holds images, not a pipeline: bits_per_dim needs a checkpoint")
     report = EvaluationReport(name, dataset)
+    # The networks first: a missing or wrong weights file is refused before the long work.
+    digits = DigitsFeatures(device=device) if {"fd_digits", "digits_scores"} & set(metrics) else None
+    features = {
+        "fd_digits": digits,
+        "fid": InceptionFeatures(inception_weights, device) if "fid" in metrics else None,
+        "fd_dinov2": Dinov2Features(dinov2_model, device) if "fd_dinov2" in metrics else None,
+    }
+    features = {metric: network for metric, network in features.items() if metric in metrics}
 
     if "bits_per_dim" in metrics:
-        unet = pipeline.unet
-        size = unet.config.sample_size
-        batches = image_batches(
-            dataset,
-            split,
-            size if isinstance(size, int) else size[0],
-            unet.config.in_channels,
-            batch_size,
-            image_column=image_column,
-            max_images=max_images,
-        )
-        with eval_mode(unet):
+        _, channels, resolution, _ = pipeline.sample_shape(1)
+        batches = image_batches(dataset, split, resolution, channels, batch_size, image_column, max_images)
+        options = {"generator": torch.Generator().manual_seed(seed), "progress_bar": progress_bar}
+        with eval_mode(pipeline.unet):  # the discretised decoder: the bound on the 8-bit data
             bound = variational_bound(
-                unet,
-                pipeline.scheduler,
-                batches,
-                num_timesteps=num_timesteps,
-                reverse_variance=reverse_variance,
-                decoder=Decoder.DISCRETIZED,
-                generator=torch.Generator().manual_seed(seed),
-                progress_bar=progress_bar,
+                pipeline.unet, pipeline.scheduler, batches, num_timesteps, reverse_variance, **options
             )
         report.metrics["bits_per_dim"] = bound.bits_per_dim
-        report.details["bits_per_dim"] = {"split": split, **bound.to_dict()}
+        report.details["bits_per_dim"] = {"split": split, **asdict(bound)}
         if output_dir is not None:
             plot_bound_terms(bound, Path(output_dir) / "bits_per_dim_terms.png")
 
@@ -239,24 +217,16 @@ def evaluate_pipeline(
             "reference": f"{dataset} {reference_split} at {channels}×{resolution}×{resolution}",
         }
 
-        def distance(metric: str, extractor) -> None:
+        for metric, extractor in features.items():
             reference = reference_statistics(
                 extractor, dataset, reference_split, resolution, channels, image_column, None, batch_size, cache_dir
             )
-            generated = FeatureStatistics.of(extract_features(extractor, samples, batch_size))
-            report.metrics[metric] = frechet_distance(generated, reference)
+            generated = torch.cat([extractor(batch).cpu() for batch in samples.split(batch_size)])
+            report.metrics[metric] = frechet_distance(FeatureStatistics.of(generated), reference)
             report.details[metric] = {"extractor": extractor.name, "num_reference": reference.count}
-
-        digits = DigitsFeatures(device=device) if {"fd_digits", "digits_scores"} & set(metrics) else None
-        if "fd_digits" in metrics:
-            distance("fd_digits", digits)
         if "digits_scores" in metrics:
             probabilities = torch.cat([digits.probabilities(batch).cpu() for batch in samples.split(batch_size)])
             report.metrics.update(digits_scores(probabilities))
-        if "fid" in metrics:
-            distance("fid", InceptionFeatures(inception_weights, device))
-        if "fd_dinov2" in metrics:
-            distance("fd_dinov2", Dinov2Features(dinov2_model, device))
 
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)

@@ -9,17 +9,16 @@ channels, count and feature extractor.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..image_data import channels_of_mode, image_batches, to_eight_bit
+from ..image_data import channels_of_mode, image_batches, read_image, to_eight_bit
 from .frechet import FeatureStatistics, cached_statistics
 
 if TYPE_CHECKING:
@@ -50,6 +49,7 @@ def generate_samples(
     batches = range(0, num_samples, batch_size)
     steps = pipeline.inference_steps(num_inference_steps)
     progress = tqdm(total=len(batches) * steps, desc="Sampling", unit="step", disable=not progress_bar)
+    call_options.update(num_inference_steps=num_inference_steps, eta=eta, output_type="pt")
 
     def count_step(pipe, index, timestep, tensors):
         progress.update(1)
@@ -61,15 +61,7 @@ def generate_samples(
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
         if class_labels is not None:
             call_options["class_labels"] = list(class_labels[start : start + count])
-        output = pipeline(
-            batch_size=count,
-            generator=generators,
-            num_inference_steps=num_inference_steps,
-            eta=eta,
-            output_type="pt",
-            callback_on_step_end=count_step,
-            **call_options,
-        )
+        output = pipeline(batch_size=count, generator=generators, callback_on_step_end=count_step, **call_options)
         images.append(output.images.float().cpu())
     progress.close()
     return torch.cat(images)
@@ -80,31 +72,19 @@ def load_image_folder(folder: str | os.PathLike, channels: int | None = None) ->
 
     `channels` 1 or 3 converts them to grey or RGB; by default the first image's mode decides.
     """
-    if not Path(folder).is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder; point at a folder of sample images")
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}; point at a folder of samples")
     arrays = []
     for path in paths:
-        try:
-            with PIL.Image.open(path) as image:
-                if channels is None:
-                    channels = channels_of_mode(image.mode)
-                arrays.append(np.asarray(to_eight_bit(image, channels, str(path)), dtype=np.uint8))
-        except (OSError, SyntaxError) as error:
-            raise ValueError(f"cannot read {path}: {error}; remove or replace the file") from error
+        with read_image(path, str(path)) as image:
+            if channels is None:
+                channels = channels_of_mode(image.mode)
+            arrays.append(np.asarray(to_eight_bit(image, channels, str(path)), dtype=np.uint8))
         if arrays[-1].shape != arrays[0].shape:
             raise ValueError(f"{path} is {arrays[-1].shape[:2]}, the first image {arrays[0].shape[:2]}; use one size")
     stacked = torch.from_numpy(np.stack(arrays)).float() / 255
     return stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
-
-
-def extract_features(
-    extractor: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 250
-) -> torch.Tensor:
-    """The extractor's features of images in [0, 1], batch by batch, on the CPU in float64."""
-    return torch.cat([extractor(batch).double().cpu() for batch in images.split(batch_size)])
 
 
 def reference_statistics(

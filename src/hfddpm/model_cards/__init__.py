@@ -56,12 +56,6 @@ def training_data(args: dict) -> TrainingData:
     return TrainingData(f"[{name}](https://huggingface.co/datasets/{name})", [name], name, name)
 
 
-def _unnamed_classes(folder: Path) -> list[str]:
-    """The ids of a class-conditional UNet's classes, as names, when model_index.json names none."""
-    embeds = _read_json(folder / "unet" / "config.json").get("num_class_embeds")
-    return [str(i) for i in range(embeds - 1)] if embeds else []
-
-
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
@@ -86,17 +80,15 @@ def _training_rows(args: dict, info: dict, unet: dict, scheduler: dict, lineage:
     if args:
         processes, accumulation = info.get("num_processes", 1), args.get("gradient_accumulation_steps", 1)
         batch = f"batch {args.get('train_batch_size')} × {processes} process(es) × {accumulation} accumulation"
+        optimizer = (
+            f"AdamW, learning rate {args.get('learning_rate')}, {args.get('lr_scheduler')} schedule with "
+            f"{args.get('lr_warmup_steps')} warm-up steps"
+        )
+        ema = f"max decay {args.get('ema_max_decay')}; these are the EMA weights" if args.get("use_ema") else "no"
         rows += [
             ("optimizer steps", f"{info.get('global_step', args.get('max_train_steps'))}, {batch}"),
-            (
-                "optimizer",
-                f"AdamW, learning rate {args.get('learning_rate')}, {args.get('lr_scheduler')} schedule with "
-                f"{args.get('lr_warmup_steps')} warm-up steps",
-            ),
-            (
-                "EMA",
-                f"max decay {args.get('ema_max_decay')}; these are the EMA weights" if args.get("use_ema") else "no",
-            ),
+            ("optimizer", optimizer),
+            ("EMA", ema),
             ("precision", info.get("mixed_precision") or args.get("mixed_precision") or "no"),
         ]
     if info:
@@ -114,22 +106,12 @@ def _lineage_rows(lineage: dict, info: dict) -> list[tuple[str, str]]:
     if not lineage:
         return []
     rows = [("method", lineage["method"]), ("teacher", lineage["teacher"])]
-    if "round" in lineage:
-        rows += [
-            ("distilled from", lineage["distilled_from"]),
-            (
-                "round",
-                f"{lineage['round']} of {lineage['rounds']}: {lineage['teacher_steps']} → {lineage['steps']} steps",
-            ),
-        ]
-    else:
-        rows.append(
-            (
-                "skipping grid",
-                f"{lineage['num_ddim_timesteps']} DDIM timesteps, target EMA μ = {lineage['target_ema_decay']}",
-            )
-        )
-    if info and "round" in lineage:
+    if "round" not in lineage:
+        grid = f"{lineage['num_ddim_timesteps']} DDIM timesteps, target EMA μ = {lineage['target_ema_decay']}"
+        return [*rows, ("skipping grid", grid)]
+    steps = f"{lineage['round']} of {lineage['rounds']}: {lineage['teacher_steps']} → {lineage['steps']} steps"
+    rows += [("distilled from", lineage["distilled_from"]), ("round", steps)]
+    if info:
         total = lineage.get("earlier_rounds_seconds", 0.0) + info["wall_time_seconds"]
         rows.append(("distillation time, this round and the earlier ones", f"{total / 60:.1f} min"))
     return rows
@@ -153,11 +135,7 @@ def _evaluation_rows(evaluation: dict) -> list[tuple[str, str, str]]:
 
 
 def model_card(
-    folder: str | os.PathLike,
-    repo_id: str,
-    license: str = "apache-2.0",
-    sample_grid_link: str = SAMPLE_GRID,
-    model_name: str | None = None,
+    folder: str | os.PathLike, repo_id: str, sample_grid_link: str = SAMPLE_GRID, model_name: str | None = None
 ) -> ModelCard:
     """The model card of the checkpoint in `folder`, for the Hub repository `repo_id`; its sample grid is linked as
     `sample_grid_link` (the grid's place in the folder, unless the card is kept elsewhere), and it is titled
@@ -168,8 +146,10 @@ def model_card(
     evaluation = _read_json(folder / "evaluation.json")
     index = _read_json(folder / "model_index.json")
     scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
+    unet = _read_json(folder / "unet" / "config.json")
     data = training_data(args)
-    classes = list((index.get("id2label") or {}).values()) or _unnamed_classes(folder)
+    embeds = unet.get("num_class_embeds") or 1  # K classes and "no label"
+    classes = list((index.get("id2label") or {}).values()) or [str(i) for i in range(embeds - 1)]  # ids if unnamed
     model_name = model_name or repo_id.split("/")[-1]
     splits = {"bits_per_dim": evaluation.get("details", {}).get("bits_per_dim", {}).get("split")}
     eval_results = [
@@ -187,7 +167,7 @@ def model_card(
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
-        license=license,
+        license="apache-2.0",
         tags=TAGS + (["class-conditional"] if classes else []),
         datasets=data.hub_ids or None,
         model_name=model_name if eval_results else None,
@@ -213,8 +193,7 @@ def model_card(
         sample_grid_caption=f"{args.get('num_sample_images', 'Samples')} samples from this model, "
         f"{scheduler_class} with {args.get('num_inference_steps', 50)} steps, seed {args.get('seed', 0)}"
         + (f"; column k shows class k, guidance scale {DEFAULT_GUIDANCE_SCALE}." if classes else "."),
-        training=_lineage_rows(lineage, info)
-        + _training_rows(args, info, _read_json(folder / "unet" / "config.json"), scheduler, lineage),
+        training=_lineage_rows(lineage, info) + _training_rows(args, info, unet, scheduler, lineage),
         evaluation=_evaluation_rows(evaluation),
     )
 
@@ -226,12 +205,9 @@ def card_repo_id(folder: str | os.PathLike) -> str:
 
 def is_hfddpm_card(path: str | os.PathLike) -> bool:
     """Whether `path` is a model card hfddpm wrote (its metadata has the 'hfddpm' tag), so hfddpm may rewrite it."""
-    path = Path(path)
-    if not path.is_file():
-        return False
     try:
-        return "hfddpm" in (ModelCard(path.read_text(encoding="utf-8")).data.tags or [])
-    except Exception:  # not a card at all: the user's own README
+        return "hfddpm" in (ModelCard(Path(path).read_text(encoding="utf-8")).data.tags or [])
+    except Exception:  # no file, or not a card at all: the user's own README
         return False
 
 

@@ -76,10 +76,9 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
         self.register_buffer(
             "schedule_alphas_cumprod", torch.as_tensor(alphas_cumprod, dtype=torch.float64), persistent=False
         )
-        self.register_to_config(sample_size=tuple(means.shape[2:]), in_channels=means.shape[1])
-        self.register_to_config(
-            out_channels=means.shape[1], num_class_embeds=num_components + 1 if class_conditional else None
-        )
+        channels = means.shape[1]
+        self.register_to_config(sample_size=tuple(means.shape[2:]), in_channels=channels, out_channels=channels)
+        self.register_to_config(num_class_embeds=num_components + 1 if class_conditional else None)
 
     @classmethod
     def for_scheduler(
@@ -92,11 +91,10 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
         class_conditional: bool = False,
     ) -> GaussianMixtureDenoiser:
         """The exact denoiser for `scheduler`'s noise schedule and prediction type."""
-        weights = [1.0] * len(means) if weights is None else list(weights)
         return cls(
             means=torch.as_tensor(means).tolist(),
-            stds=[float(s) for s in stds],
-            weights=[float(w) for w in weights],
+            stds=[float(std) for std in stds],
+            weights=[1.0] * len(means) if weights is None else [float(weight) for weight in weights],
             alphas_cumprod=scheduler.alphas_cumprod.tolist(),
             prediction_type=scheduler.config.prediction_type,
             covariances=None if covariances is None else torch.as_tensor(covariances).tolist(),
@@ -114,9 +112,7 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
         t = torch.as_tensor(timestep, device=x.device).long().reshape(-1)
         alpha_bar = self.schedule_alphas_cumprod[t].reshape(-1, 1).expand(len(x), 1)  # (B, 1)
         flat = x.reshape(len(x), 1, -1)  # (B, 1, D)
-        centred = flat - alpha_bar.unsqueeze(-1).sqrt() * self.component_means.reshape(
-            1, len(self.component_means), -1
-        )  # (B, K, D)
+        centred = flat - alpha_bar.unsqueeze(-1).sqrt() * self.component_means.flatten(1)  # (B, K, D)
         # In each component's eigenbasis V_k is diagonal: ᾱ_t λ_k + 1 − ᾱ_t.
         rotated = torch.einsum("kde,bkd->bke", self.component_eigenvectors, centred)  # U_kᵀ (x − √ᾱ μ_k)
         variance = alpha_bar.unsqueeze(-1) * self.component_eigenvalues + (1 - alpha_bar.unsqueeze(-1))  # (B, K, D)

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.models.unets.unet_2d import UNet2DOutput
-
-
-def sinusoidal_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
-    """[sin(t ω_i), cos(t ω_i)] with ω_i = 10000^(−i/(dim/2)) (Vaswani et al. 2017; Ho et al. 2020, App. B)."""
-    half = dim // 2
-    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, device=timesteps.device) / half)
-    angles = timesteps.float()[:, None] * frequencies[None]
-    return torch.cat([angles.sin(), angles.cos()], dim=1)
-
 
 COORDINATE_SCALE = 25.0
 
@@ -31,8 +21,7 @@ class PointDenoiser(ModelMixin, ConfigMixin):
     Points are tensors of shape (B, dims, 1, 1), so hfddpm's schedulers treat them as 1×1 "images" with `dims`
     channels. With `learned_variance` the last layer has twice the outputs: the mean (through the ε, x_0 or v
     prediction the scheduler turns into μ̃) and the variance (the ``learned_range`` interpolation v) of each
-    coordinate — the network of the source documents' 2-D example, whose last layer outputs mean and variance.
-    """
+    coordinate, as the network of the source documents' 2-D example does."""
 
     @register_to_config
     def __init__(
@@ -57,8 +46,10 @@ class PointDenoiser(ModelMixin, ConfigMixin):
     ) -> UNet2DOutput | tuple[torch.Tensor]:
         points = sample.flatten(1)
         timesteps = torch.as_tensor(timestep, device=points.device).reshape(-1).expand(len(points))
+        # t and 25·x as [sin(s ω_i), cos(s ω_i)], ω_i = 10000^(−i/(d/2)) (Vaswani et al. 2017; Ho et al. 2020, App. B)
         dim = self.config.embedding_dim
-        coordinates = sinusoidal_embedding(COORDINATE_SCALE * points.reshape(-1), dim).reshape(len(points), -1)
-        features = torch.cat([points, coordinates, sinusoidal_embedding(timesteps, dim)], dim=1)
+        coordinates = get_timestep_embedding(COORDINATE_SCALE * points.reshape(-1), dim, downscale_freq_shift=0)
+        time = get_timestep_embedding(timesteps, dim, downscale_freq_shift=0)
+        features = torch.cat([points, coordinates.reshape(len(points), -1), time], dim=1)
         output = self.head(self.body(features)).reshape(len(points), -1, 1, 1)
         return UNet2DOutput(sample=output) if return_dict else (output,)

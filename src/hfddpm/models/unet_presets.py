@@ -11,82 +11,75 @@ from diffusers import UNet2DModel
 # The sinusoidal time embedding of Ho et al. (2020): sin before cos, frequencies 10000^(−i/(d/2 − 1)).
 _DDPM_TIME_EMBEDDING = {"flip_sin_to_cos": False, "freq_shift": 1}
 
+_PRESETS = {
+    # For tests and smoke runs: 0.18M parameters, one attention level.
+    "tiny": {
+        "sample_size": 16,
+        "in_channels": 3,
+        "block_out_channels": (16, 32),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+        "norm_num_groups": 8,
+        "attention_head_dim": 8,
+    },
+    # The built-in digits at their native 8×8 on a CPU budget: 1.1M parameters, three resolutions (8, 4, 2),
+    # attention at the lowest.
+    "digits": {
+        "sample_size": 8,
+        "in_channels": 1,
+        "block_out_channels": (32, 64, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "attention_head_dim": 32,
+    },
+    # MNIST at 28×28: 6.5M parameters, three resolutions (28, 14, 7), two residual blocks per resolution,
+    # attention at 7×7, dropout 0.1 (the CIFAR-10 model's recipe at a third of its width).
+    "mnist-28": {
+        "sample_size": 28,
+        "in_channels": 1,
+        "block_out_channels": (64, 128, 128),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "attention_head_dim": None,
+        "dropout": 0.1,
+        **_DDPM_TIME_EMBEDDING,
+    },
+    # Ho et al. (2020), appendix B, CIFAR-10: 35.7M parameters, channel multipliers (1, 2, 2, 2), two residual
+    # blocks per resolution, single-head self-attention at 16×16, dropout 0.1 (google/ddpm-cifar10-32's layout).
+    "ddpm-cifar10-32": {
+        "sample_size": 32,
+        "in_channels": 3,
+        "block_out_channels": (128, 256, 256, 256),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        "attention_head_dim": None,
+        "downsample_padding": 0,
+        "norm_eps": 1e-6,
+        "dropout": 0.1,
+        **_DDPM_TIME_EMBEDDING,
+    },
+    # Nichol & Dhariwal (2021), ImageNet 64×64: channel multipliers (1, 2, 3, 4) on 128 channels, three
+    # residual blocks per resolution, attention at 16×16 and 8×8 (64 channels per head here).
+    "improved-ddpm-64": {
+        "sample_size": 64,
+        "in_channels": 3,
+        "block_out_channels": (128, 256, 384, 512),
+        "layers_per_block": 3,
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "attention_head_dim": 64,
+        "norm_eps": 1e-6,
+        **_DDPM_TIME_EMBEDDING,
+    },
+}
+
+# Read-only: a preset is the same network in every run.
 UNET_PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
-    {
-        # For tests and smoke runs: 0.18M parameters, one attention level.
-        "tiny": MappingProxyType(
-            {
-                "sample_size": 16,
-                "in_channels": 3,
-                "block_out_channels": (16, 32),
-                "layers_per_block": 1,
-                "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
-                "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
-                "norm_num_groups": 8,
-                "attention_head_dim": 8,
-            }
-        ),
-        # The built-in digits at their native 8×8 on a CPU budget: 1.1M parameters, three resolutions (8, 4, 2),
-        # attention at the lowest.
-        "digits": MappingProxyType(
-            {
-                "sample_size": 8,
-                "in_channels": 1,
-                "block_out_channels": (32, 64, 64),
-                "layers_per_block": 1,
-                "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-                "attention_head_dim": 32,
-            }
-        ),
-        # MNIST at 28×28: 6.5M parameters, three resolutions (28, 14, 7), two residual blocks per resolution,
-        # attention at 7×7, dropout 0.1 (the CIFAR-10 model's recipe at a third of its width).
-        "mnist-28": MappingProxyType(
-            {
-                "sample_size": 28,
-                "in_channels": 1,
-                "block_out_channels": (64, 128, 128),
-                "layers_per_block": 2,
-                "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-                "attention_head_dim": None,
-                "dropout": 0.1,
-                **_DDPM_TIME_EMBEDDING,
-            }
-        ),
-        # Ho et al. (2020), appendix B, CIFAR-10: 35.7M parameters, channel multipliers (1, 2, 2, 2), two residual
-        # blocks per resolution, single-head self-attention at 16×16, dropout 0.1 (google/ddpm-cifar10-32's layout).
-        "ddpm-cifar10-32": MappingProxyType(
-            {
-                "sample_size": 32,
-                "in_channels": 3,
-                "block_out_channels": (128, 256, 256, 256),
-                "layers_per_block": 2,
-                "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-                "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-                "attention_head_dim": None,
-                "downsample_padding": 0,
-                "norm_eps": 1e-6,
-                "dropout": 0.1,
-                **_DDPM_TIME_EMBEDDING,
-            }
-        ),
-        # Nichol & Dhariwal (2021), ImageNet 64×64: channel multipliers (1, 2, 3, 4) on 128 channels, three
-        # residual blocks per resolution, attention at 16×16 and 8×8 (64 channels per head here).
-        "improved-ddpm-64": MappingProxyType(
-            {
-                "sample_size": 64,
-                "in_channels": 3,
-                "block_out_channels": (128, 256, 384, 512),
-                "layers_per_block": 3,
-                "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-                "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-                "attention_head_dim": 64,
-                "norm_eps": 1e-6,
-                **_DDPM_TIME_EMBEDDING,
-            }
-        ),
-    }
+    {name: MappingProxyType(config) for name, config in _PRESETS.items()}
 )
 
 

@@ -31,8 +31,10 @@ TRUSTED_LIBRARIES = ("diffusers", "hfddpm")
 # `from_pretrained` options with which diffusers imports code named by the caller or the checkpoint, or loads
 # another repository (a model card's base model) past these checks.
 REMOTE_CODE_OPTIONS = ("custom_pipeline", "trust_remote_code", "load_connected_pipeline")
-# `from_pretrained` options that say where and how to fetch a Hub repository, and how to load a model's weights.
-DOWNLOAD_OPTIONS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant")
+# `from_pretrained` options that say where and how to fetch a Hub repository (those `hf_hub_download` takes, and
+# diffusers' own), and how to load a model's weights.
+HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "revision")
+DOWNLOAD_OPTIONS = (*HUB_OPTIONS, "proxies", "variant")
 MODEL_OPTIONS = ("torch_dtype", "variant", "use_safetensors", "low_cpu_mem_usage")
 RESAVE = "copy it again from the source, or re-save the pipeline with save_pretrained"
 
@@ -74,13 +76,10 @@ def safe_components(source: str | os.PathLike, allow_pickle: bool, options: dict
 def fetch_model_index(repo_id: str, download: dict) -> dict:
     """A Hub repository's model_index.json, fetched alone so that it is checked before diffusers' download reads
     it (which fetches a custom pipeline it names)."""
-    hub_options = {
-        key: download[key]
-        for key in ("cache_dir", "force_download", "local_files_only", "token", "revision")
-        if key in download
-    }
     try:
-        path = hf_hub_download(repo_id, "model_index.json", **hub_options)
+        path = hf_hub_download(
+            repo_id, "model_index.json", **{key: download[key] for key in HUB_OPTIONS if key in download}
+        )
     except Exception as error:  # an invalid id, no network, no such repository or file: all the same to the user
         raise FileNotFoundError(
             f"{repo_id!r} is not a local folder and its model_index.json could not be fetched from the Hub "
@@ -90,14 +89,22 @@ def fetch_model_index(repo_id: str, download: dict) -> dict:
 
 
 def check_model_index(index: dict, where: str) -> None:
-    """Refuse a model_index.json that names code outside diffusers and hfddpm (a custom pipeline, another library,
-    a `.py` file in a local component folder) or was written by a newer hfddpm."""
+    """Refuse a model_index.json without [library, class name] entries for a unet and a scheduler, or that names code
+    outside diffusers and hfddpm (a custom pipeline, another library, a `.py` file in a local component folder), or
+    that was written by a newer hfddpm."""
     path = f"{where}/model_index.json"
     if not isinstance(index.get("_class_name"), str):
         raise ValueError(
             f"{path} names a custom pipeline ({index.get('_class_name')!r}); hfddpm never runs code from a checkpoint"
         )
-    for name, (library, _) in components_of(index, path).items():
+    components = {name: entry for name, entry in index.items() if not name.startswith("_") and isinstance(entry, list)}
+    for name in ("unet", "scheduler"):
+        entry = components.get(name)
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)):
+            raise ValueError(
+                f"{path} has no {name} entry [library, class name]; re-save the pipeline with save_pretrained"
+            )
+    for name, (library, _) in components.items():
         if library is not None and library.split(".")[0] not in TRUSTED_LIBRARIES:
             raise ValueError(
                 f"{path} loads {name} from {library!r}; hfddpm loads components from {list(TRUSTED_LIBRARIES)} only"
@@ -117,18 +124,6 @@ def check_model_index(index: dict, where: str) -> None:
             f"{where} was saved by hfddpm {saved_by}, newer than the installed {__version__}; upgrade with `pip "
             "install -U hfddpm`"
         )
-
-
-def components_of(index: dict, path: str) -> dict[str, tuple[str | None, str | None]]:
-    """The [library, class name] entries of model_index.json, which must include a unet and a scheduler."""
-    entries = {name: entry for name, entry in index.items() if not name.startswith("_") and isinstance(entry, list)}
-    for name in ("unet", "scheduler"):
-        entry = entries.get(name)
-        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)):
-            raise ValueError(
-                f"{path} has no {name} entry [library, class name]; re-save the pipeline with save_pretrained"
-            )
-    return {name: tuple(entry) for name, entry in entries.items()}
 
 
 def weight_files_are_safe(unet_folder: str, allow_pickle: bool) -> None:
@@ -177,9 +172,8 @@ def load_unet(folder: str, index: dict, allow_pickle: bool, options: dict[str, A
             )
     if bad := count_nonfinite(unet):
         raise ValueError(
-            f"{unet_folder} holds {bad} non-finite weights (NaN or infinity), which would sample black images: load "
-            "an "
-            "earlier checkpoint of the run, or retrain"
+            f"{unet_folder} holds {bad} non-finite weights (NaN or infinity), which would sample black images: "
+            "load an earlier checkpoint of the run, or retrain"
         )
     return unet
 

@@ -1,14 +1,13 @@
 """`HFDDPMPipeline`: image generation with any diffusers scheduler, unconditional or class-conditional with
 classifier-free guidance, saved in the stock layout.
 
-Checkpoint layout. `save_pretrained` writes the folder stock `DDPMPipeline` writes — `model_index.json`,
-`unet/` (config and safetensors weights) and `scheduler/` (`scheduler_config.json`) — and `model_index.json` names
-only stock diffusers classes: `DDIMPipeline` when the scheduler is a DDIM scheduler, `DDPMPipeline` otherwise, and
-diffusers' `DDPMScheduler`/`DDIMScheduler` for hfddpm's subclasses of them. So `HFDDPMPipeline.from_pretrained`
-loads its own folders and stock ones (google/ddpm-cifar10-32), giving hfddpm's schedulers in place of stock DDPM/DDIM
-ones; stock `DiffusionPipeline.from_pretrained` loads an hfddpm folder as a stock `DDPMPipeline` or `DDIMPipeline`
-(hfddpm-only scheduler keys are ignored with diffusers' warning, and `variance_type` holds the nearest stock choice);
-and `unet/` is a plain `UNet2DModel` folder. Loading runs no code and reads no pickle from a checkpoint
+`save_pretrained` writes stock `DDPMPipeline`'s folder (`model_index.json`, `unet/` with safetensors weights,
+`scheduler/`), and `model_index.json` names only stock classes: `DDIMPipeline` for a DDIM scheduler, else
+`DDPMPipeline`, and diffusers' `DDPMScheduler`/`DDIMScheduler` for hfddpm's subclasses. So
+`HFDDPMPipeline.from_pretrained` loads its own folders and stock ones (google/ddpm-cifar10-32), with hfddpm's
+schedulers for stock DDPM/DDIM ones; stock `DiffusionPipeline.from_pretrained` loads an hfddpm folder as a stock
+pipeline (hfddpm-only scheduler keys are ignored with diffusers' warning; `variance_type` holds the nearest stock
+choice); `unet/` is a plain `UNet2DModel` folder. Loading runs no code and reads no pickle from a checkpoint
 (`hfddpm.pipelines.loading`).
 """
 
@@ -48,14 +47,6 @@ class NonFiniteSampleError(ValueError):
     """The sample turned NaN or infinite while sampling (a ValueError: command lines report it in one line)."""
 
 
-def consumes_model_variance(scheduler: SchedulerMixin) -> bool:
-    """Whether `scheduler.step` reads a learned-variance network's extra output channels."""
-    config = scheduler.config
-    if isinstance(scheduler, (DDPMScheduler, DDIMScheduler)) and config.get("reverse_variance") is not None:
-        return config.reverse_variance in LEARNED_VARIANCES
-    return isinstance(scheduler, diffusers.DDPMScheduler) and config.variance_type in LEARNED_VARIANCES
-
-
 class HFDDPMPipeline(DiffusionPipeline):
     """Image generation: start from N(0, σ_max² I) and apply the scheduler's reverse steps.
 
@@ -92,7 +83,8 @@ class HFDDPMPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
         classes = num_classes(unet)
         if id2label is not None and sorted(int(key) for key in id2label) != list(range(classes or 0)):
-            raise ValueError(f"id2label must name the UNet's classes 0 to {(classes or 0) - 1}, got {id2label}")
+            named = f"the UNet's classes 0 to {classes - 1}" if classes else "no class (the UNet is unconditional)"
+            raise ValueError(f"id2label must name {named}, got {id2label}")
         id2label = None if id2label is None else {str(key): str(name) for key, name in id2label.items()}
         self.register_to_config(default_num_inference_steps=default_num_inference_steps, id2label=id2label)
         self._num_timesteps = 0
@@ -105,10 +97,8 @@ class HFDDPMPipeline(DiffusionPipeline):
     @property
     def id2label(self) -> dict[int, str]:
         """{id: name} of the classes (names "0", "1", … when none were saved); empty for an unconditional UNet."""
-        saved = self.config.get("id2label")
-        if saved is not None:
-            return {int(key): name for key, name in saved.items()}
-        return {i: str(i) for i in range(self.num_classes or 0)}
+        names = self.config.get("id2label") or {index: index for index in range(self.num_classes or 0)}
+        return {int(key): str(name) for key, name in names.items()}
 
     @property
     def labels(self) -> dict[str, int]:
@@ -161,11 +151,11 @@ class HFDDPMPipeline(DiffusionPipeline):
         return json.dumps(index, indent=2, sort_keys=True) + "\n"
 
     def inference_steps(self, num_inference_steps: int | None = None) -> int:
-        """The step count a call with `num_inference_steps` samples at: that, else `default_num_inference_steps`,
-        else 50."""
+        """The step count a call samples at: `num_inference_steps`, else `default_num_inference_steps`, else 50."""
         if num_inference_steps is not None:
             return num_inference_steps
-        return self.config.get("default_num_inference_steps") or 50
+        default = self.config.get("default_num_inference_steps")
+        return 50 if default is None else default
 
     @torch.no_grad()
     def __call__(
@@ -193,10 +183,9 @@ class HFDDPMPipeline(DiffusionPipeline):
                 pipeline's `default_num_inference_steps` (a distilled student's own step count), else 50.
             eta: DDIM's η (0 deterministic, 1 DDPM-like); used by schedulers whose `step` takes it.
             use_clipped_model_output: passed to `step` (see diffusers' `DDIMScheduler.step`). None means True for
-                hfddpm's `DDIMScheduler` when it clips or thresholds x̂_0: the step's ε̂ is then re-derived from the
-                clipped x̂_0. Otherwise x_s = √ᾱ_s clip(x̂_0) + √(1 − ᾱ_s) ε̂ moves x by the whole clipping residual
-                at every step, however small the step, and deterministic DDIM drifts further from the data the more
-                steps it takes. Pass False for stock `DDIMPipeline`'s behaviour.
+                hfddpm's `DDIMScheduler` when it clips or thresholds x̂_0, so ε̂ is re-derived from the clipped x̂_0:
+                otherwise x_s = √ᾱ_s clip(x̂_0) + √(1 − ᾱ_s) ε̂ moves x by the whole clipping residual at every step,
+                and deterministic DDIM drifts further from the data the more steps it takes. False: stock's behaviour.
             output_type: ``"pil"``, ``"np"`` (NHWC in [0, 1]), ``"pt"`` (NCHW in [0, 1]) or ``"latent"`` (the sample
                 itself, float32 in about [−1, 1], as diffusers' pipelines return latents).
             return_dict: return an `ImagePipelineOutput` rather than a tuple.
@@ -258,7 +247,9 @@ class HFDDPMPipeline(DiffusionPipeline):
         """`scheduler.step` from x_t with the (guided) network output at `scale_model_input(x_t)`, whose variance
         channels are dropped unless the scheduler reads them."""
         model_output = self.model_output(scheduler.scale_model_input(sample, t), t, labels, guidance_scale)
-        if model_output.shape[1] == 2 * sample.shape[1] and not consumes_model_variance(scheduler):
+        stock_choice = scheduler.config.variance_type if isinstance(scheduler, diffusers.DDPMScheduler) else None
+        reads_variance = (scheduler.config.get("reverse_variance") or stock_choice) in LEARNED_VARIANCES
+        if model_output.shape[1] == 2 * sample.shape[1] and not reads_variance:
             model_output = model_output[:, : sample.shape[1]]
         return scheduler.step(model_output, t, sample, **step_kwargs)
 

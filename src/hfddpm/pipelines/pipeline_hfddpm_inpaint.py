@@ -10,17 +10,16 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-import diffusers
 import PIL.Image
 import torch
-from diffusers import ImagePipelineOutput, SchedulerMixin
+from diffusers import ImagePipelineOutput
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..eval_mode import eval_mode
 from ..image_data import check_eight_bit
-from ..schedulers import DDIMScheduler, DDPMScheduler
+from ..schedulers import as_hfddpm_scheduler
 from ..schedulers.repaint import renoise, repaint_schedule
 from .pipeline_hfddpm import HFDDPMPipeline
 
@@ -35,7 +34,8 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
     x_0's own. The resampling schedule (`repaint_schedule`) goes back up the grid `jump_length` steps at a time,
     `jump_n_sample` − 1 times, so that the generated pixels harmonise with the known ones.
 
-    Works with hfddpm's `DDPMScheduler`/`DDIMScheduler` and stock ones (run as hfddpm's, `markov_scheduler`), whose
+    Works with hfddpm's `DDPMScheduler`/`DDIMScheduler` and stock ones, run as hfddpm's (the same config: stock DDPM's
+    steps, and DDIM's landing on the next scheduled timestep, whose noise level the known region is given), whose
     steps keep no history, so the chain may go back up; other schedulers are refused.
     """
 
@@ -76,7 +76,12 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
                 and the progress bar counts the same reverse steps.
             class_labels, guidance_scale: for a class-conditional UNet, as in `HFDDPMPipeline.__call__`.
         """
-        scheduler = markov_scheduler(self.scheduler)
+        scheduler = as_hfddpm_scheduler(self.scheduler)  # their steps keep no history: the chain may go back up
+        if scheduler is None:
+            raise ValueError(
+                f"inpainting goes back up the timestep grid, which {type(self.scheduler).__name__} (a multistep or "
+                "stateful scheduler) cannot; use a DDPMScheduler or DDIMScheduler"
+            )
         device = self._execution_device
         known, keep = self.known_region(image, mask_image, device)
         labels, batch_size = self.class_label_ids(class_labels, len(known), device)
@@ -91,8 +96,8 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
         self._num_timesteps = sum(target > position for position, target in moves)  # the reverse steps
         scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = scheduler.timesteps
-        final = torch.as_tensor(getattr(scheduler, "final_alpha_cumprod", 1.0), device=device).reshape(1)  # DDIM's
-        alpha_bars = torch.cat([scheduler.alphas_cumprod.to(device)[timesteps.long()], final.float()])
+        # ᾱ at each grid position, the last one x_0's (1, or DDIM's `final_alpha_cumprod`)
+        alpha_bars = scheduler.alpha_bar(torch.cat([timesteps, timesteps.new_tensor([-1])])).to(device)
         step_kwargs = self.step_kwargs(scheduler, generator, eta, use_clipped_model_output)
         sample = randn_tensor(known.shape, generator=generator, device=device, dtype=torch.float32)
         steps = 0
@@ -131,21 +136,6 @@ class HFDDPMInpaintPipeline(HFDDPMPipeline):
         if len(masks) not in (1, len(images)):
             raise ValueError(f"got {len(masks)} masks for {len(images)} images: pass one mask, or one per image")
         return images.to(device=device, dtype=torch.float32), (masks < 0.5).to(device)
-
-
-def markov_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
-    """`scheduler` if its steps keep no history, so that the chain may go back up the grid: hfddpm's DDPM and DDIM
-    schedulers, or theirs for a stock one (the same config: stock DDPM's steps, and DDIM's landing on the next
-    scheduled timestep, whose noise level the known region is given); others are refused."""
-    if isinstance(scheduler, (DDPMScheduler, DDIMScheduler)):
-        return scheduler
-    for stock, ours in ((diffusers.DDPMScheduler, DDPMScheduler), (diffusers.DDIMScheduler, DDIMScheduler)):
-        if isinstance(scheduler, stock):
-            return ours.from_config(scheduler.config)
-    raise ValueError(
-        f"inpainting goes back up the timestep grid, which {type(scheduler).__name__} (a multistep or stateful "
-        "scheduler) cannot; use a DDPMScheduler or DDIMScheduler"
-    )
 
 
 # As diffusers' inpainting pipelines read masks: grey, in [0, 1], binarised at 0.5.

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-import diffusers
 import torch
 from tqdm.auto import tqdm
 
 from ..conditioning import predict
 from ..eval_mode import eval_mode
+from . import as_hfddpm_scheduler
 from .scheduling_ddim import DDIMScheduler
 from .scheduling_ddpm import DDPMScheduler
 
@@ -72,21 +72,17 @@ def fit_analytic_variance(
     progress_bar: bool = True,
 ) -> DiffusionPipeline:
     """Give `pipeline` (in place, and return it) an hfddpm DDPM or DDIM scheduler that samples with Analytic-DPM's
-    variance: ``reverse_variance="analytic"`` and the `analytic_gamma` measured on `batches`.
-
-    The scheduler must be a DDPM or DDIM scheduler, hfddpm's or stock (which becomes hfddpm's of the same name).
-    """
-    pairs = ((diffusers.DDPMScheduler, DDPMScheduler), (diffusers.DDIMScheduler, DDIMScheduler))
-    hfddpm_class = next((ours for stock, ours in pairs if isinstance(pipeline.scheduler, stock)), None)
-    if hfddpm_class is None:
+    variance: ``reverse_variance="analytic"`` and the `analytic_gamma` measured on `batches`. Its scheduler must be
+    a DDPM or DDIM scheduler, hfddpm's or stock (which becomes hfddpm's of the same name)."""
+    scheduler = as_hfddpm_scheduler(pipeline.scheduler)
+    if scheduler is None:
         raise ValueError(
             f"Analytic-DPM needs a DDPM or DDIM scheduler, not {type(pipeline.scheduler).__name__}; set "
             "pipeline.scheduler = hfddpm.DDIMScheduler.from_config(pipeline.scheduler.config) first"
         )
-    scheduler = hfddpm_class.from_config(pipeline.scheduler.config)
     with eval_mode(pipeline.unet):
         gamma = estimate_analytic_gamma(pipeline.unet, scheduler, batches, generator, progress_bar)
-    pipeline.scheduler = hfddpm_class.from_config(
+    pipeline.scheduler = type(scheduler).from_config(
         scheduler.config, reverse_variance="analytic", analytic_gamma=gamma.tolist()
     )
     return pipeline

@@ -38,10 +38,8 @@ class Decoder(str, Enum):
 def normal_kl(
     mean1: torch.Tensor, log_variance1: torch.Tensor, mean2: torch.Tensor, log_variance2: torch.Tensor
 ) -> torch.Tensor:
-    """KL(N(μ_1, σ_1²) ‖ N(μ_2, σ_2²)) = ½ (log σ_2² − log σ_1² + (σ_1² + (μ_1 − μ_2)²)/σ_2² − 1), in nats.
-
-    Elementwise; the Gaussians are given by their means and log-variances.
-    """
+    """KL(N(μ_1, σ_1²) ‖ N(μ_2, σ_2²)) = ½ (log σ_2² − log σ_1² + (σ_1² + (μ_1 − μ_2)²)/σ_2² − 1), elementwise, in
+    nats."""
     return 0.5 * (
         log_variance2
         - log_variance1

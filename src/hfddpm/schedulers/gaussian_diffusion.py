@@ -66,11 +66,8 @@ def stock_variance_type(reverse_variance: str) -> str:
 
 
 def reverse_variance_of(config: Mapping[str, Any]) -> str:
-    """The `ReverseVariance` a DDPM or DDIM scheduler config samples with.
-
-    hfddpm's `reverse_variance` when set; otherwise the stock `variance_type`'s equivalent, and β̃ (``fixed_small``)
-    for a stock DDIM config, whose η = 1 is the DDPM step with β̃.
-    """
+    """The `ReverseVariance` a DDPM or DDIM scheduler config samples with: `reverse_variance` when set, else the
+    stock `variance_type`'s equivalent, and β̃ (``fixed_small``) for a stock DDIM config (η = 1 is that DDPM step)."""
     if config.get("reverse_variance") is not None:
         return config["reverse_variance"]
     variance_type = config.get("variance_type") or "fixed_small"
@@ -147,8 +144,7 @@ def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class GaussianDiffusionMixin:
     """The closed forms that training, sampling and evaluation need, for schedulers with `alphas_cumprod`.
 
-    Timestep arguments are ints or integer tensors of shape () or (batch,); an s of −1 denotes x_0.
-    """
+    Timestep arguments are ints or integer tensors of shape () or (batch,); an s of −1 denotes x_0."""
 
     # Config keys hfddpm adds to the stock schedulers; None means "as stock diffusers".
     hfddpm_options = ("reverse_variance", "analytic_gamma")
@@ -229,23 +225,15 @@ class GaussianDiffusionMixin:
         alpha_bar_s = per_sample(self.alpha_bar(prev_timesteps), sample)
         beta_bar_t, beta_bar_s = 1 - alpha_bar_t, 1 - alpha_bar_s
         alpha_ts = alpha_bar_t / alpha_bar_s
-        beta_ts = 1 - alpha_ts
-        mean = (alpha_bar_s**0.5 * beta_ts) / beta_bar_t * original_samples + (
-            alpha_ts**0.5 * beta_bar_s / beta_bar_t
-        ) * sample
+        original_weight = alpha_bar_s**0.5 * (1 - alpha_ts) / beta_bar_t
+        sample_weight = alpha_ts**0.5 * beta_bar_s / beta_bar_t
+        mean = original_weight * original_samples + sample_weight * sample
         return mean, posterior_variance_between(alpha_bar_t, alpha_bar_s)
 
-    def posterior_variance(
-        self,
-        timesteps: int | torch.Tensor,
-        prev_timesteps: int | torch.Tensor,
-        dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor:
-        """β̃_{t,s} of the step t → s (`posterior_variance_between`), in `dtype`, shaped like `timesteps`. It is 0 at
-        s = −1 when ᾱ_{−1} = 1."""
-        return posterior_variance_between(
-            self.alpha_bar(timesteps).to(dtype), self.alpha_bar(prev_timesteps).to(dtype)
-        )
+    def posterior_variance(self, timesteps: int | torch.Tensor, prev_timesteps: int | torch.Tensor) -> torch.Tensor:
+        """β̃_{t,s} of the step t → s (`posterior_variance_between`), float32, shaped like `timesteps`; 0 at s = −1
+        when ᾱ_{−1} = 1."""
+        return posterior_variance_between(self.alpha_bar(timesteps), self.alpha_bar(prev_timesteps))
 
     def convert_prediction(
         self,
@@ -255,10 +243,8 @@ class GaussianDiffusionMixin:
         to_type: str,
         from_type: str | None = None,
     ) -> torch.Tensor:
-        """Turn a prediction (of type `from_type`, by default `config.prediction_type`) at x_t into `to_type`.
-
-        See `convert_prediction` in this module for the formulas.
-        """
+        """Turn a prediction (of type `from_type`, by default `config.prediction_type`) at x_t into `to_type`; the
+        formulas are the module's `convert_prediction`'s."""
         alpha_bar = per_sample(self.alpha_bar(timesteps), sample)
         return convert_prediction(model_output, sample, alpha_bar, from_type or self.config.prediction_type, to_type)
 
@@ -295,10 +281,13 @@ class GaussianDiffusionMixin:
         alpha_bar_s = self.alpha_bar(prev_timesteps).double()
         log_beta = torch.log(1 - alpha_bar_t / alpha_bar_s)
         small_variance = posterior_variance_between(alpha_bar_t, alpha_bar_s)
+        # On the step to x_0, where β̃ is 0: log β̃ of the training step n → n − 1 landing on t (Ho et al. 2020, code).
+        step = (timesteps + 1).clamp(1, self.config.num_train_timesteps - 1)  # n = t + 1, kept inside [1, T − 1]
+        last_step = torch.log(
+            posterior_variance_between(self.alpha_bar(step).double(), self.alpha_bar(step - 1).double())
+        )
         log_posterior_variance = torch.where(
-            prev_timesteps >= 0,
-            torch.log(small_variance.clamp(min=1e-20)),
-            self._last_step_log_variance(timesteps),
+            prev_timesteps >= 0, torch.log(small_variance.clamp(min=1e-20)), last_step
         )
         if choice == ReverseVariance.FIXED_SMALL:
             return log_posterior_variance.float()
@@ -336,22 +325,13 @@ class GaussianDiffusionMixin:
         weight = (alpha_bar_s.sqrt() - ((beta_bar_s - lambda_sq).clamp(min=0) * alpha_bar_t / beta_bar_t).sqrt()) ** 2
         return lambda_sq + weight * x0_variance
 
-    def _last_step_log_variance(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """log β̃ of the training step n → n − 1 that lands on t (n = t + 1, kept inside [1, T − 1]).
-
-        Stands in for the posterior variance on the step that returns x_0, where it is 0 (Ho et al. 2020, code).
-        """
-        n = (timesteps + 1).clamp(1, self.config.num_train_timesteps - 1)
-        return torch.log(posterior_variance_between(self.alpha_bar(n).double(), self.alpha_bar(n - 1).double()))
-
     def split_model_output(
         self, model_output: torch.Tensor, sample: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Split a learned-variance network's 2C output channels into (prediction, variance channels)."""
         channels = sample.shape[1]
         if model_output.shape[1] == 2 * channels:
-            prediction, model_variance = torch.split(model_output, channels, dim=1)
-            return prediction, model_variance
+            return torch.split(model_output, channels, dim=1)
         if self.config.get("reverse_variance") in LEARNED_VARIANCES:
             raise ValueError(
                 f"reverse_variance={self.config.reverse_variance!r} needs a model with 2 × {channels} output "

@@ -77,11 +77,8 @@ class DDIMScheduler(GaussianDiffusionMixin, diffusers.DDIMScheduler):
         self.timesteps = self.quadratic_timesteps(num_inference_steps).to(device)
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
-        """The timestep s a step from t lands on: the next entry of `timesteps`, or −1 after the last one.
-
-        Before `set_timesteps` the chain is the training chain (s = t − 1); a t off the schedule gets stock
-        diffusers' t − T//S.
-        """
+        """The timestep s a step from t lands on: the next entry of `timesteps`, or −1 after the last one; before
+        `set_timesteps` the training chain's t − 1, and for a t off the schedule stock diffusers' t − T//S."""
         if self.num_inference_steps is None:
             return timestep - 1
         matches = (self.timesteps == torch.as_tensor(timestep).to(self.timesteps.device)).nonzero()

@@ -12,12 +12,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..arguments import checked_integer
 from .checks import checked_timesteps
-from .gaussian_diffusion import (
-    STOCK_EQUIVALENTS,
-    STOCK_VARIANCE_TYPES,
-    GaussianDiffusionMixin,
-    stock_variance_type,
-)
+from .gaussian_diffusion import STOCK_EQUIVALENTS, STOCK_VARIANCE_TYPES, GaussianDiffusionMixin, stock_variance_type
 
 # The stock DDPM scheduler's schedules; "cosine" is accepted as an alias of "squaredcos_cap_v2".
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid")
@@ -27,8 +22,7 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
     """diffusers' `DDPMScheduler`, plus the closed forms of `GaussianDiffusionMixin` and a `reverse_variance` option.
 
     With `reverse_variance` None every stock argument and method behaves as in diffusers, with one difference: the
-    step that returns x_0 adds no noise (stock adds noise there when that step's t is above 0, as on the "trailing"
-    spacing or with `steps_offset=1`; see `_stock_step`). The added arguments are:
+    step that returns x_0 adds no noise (see `step`). The added arguments are:
 
     Args:
         beta_schedule: also accepts ``"cosine"``, the schedule of Nichol & Dhariwal (2021, eq. 17),
@@ -126,48 +120,30 @@ class DDPMScheduler(GaussianDiffusionMixin, diffusers.DDPMScheduler):
 
         x̂_0 comes from the network's prediction (clipped or thresholded as configured), μ̃ is the posterior mean of
         `posterior_mean_variance`, σ² follows `reverse_variance`; the step to x_0 adds no noise. With
-        `reverse_variance=None` this is diffusers' own step, except on that last step (see `_stock_step`).
+        `reverse_variance=None` this is diffusers' own step, except on that last step: stock adds noise whenever
+        t > 0, so on "trailing" spacing (or `steps_offset=1`), whose last t is above 0, its x_0 got noise of variance
+        β_t (`fixed_large`) or the learned one; there stock's mean is x̂_0 exactly, which is returned instead.
         """
-        if self.config.get("reverse_variance") is None:
-            return self._stock_step(model_output, timestep, sample, generator, return_dict)
-
         prev_timestep = self.previous_timestep(timestep)
-        prediction, model_variance = self.split_model_output(model_output, sample)
-        pred_original_sample = self.clip_original_sample(
-            self.convert_prediction(prediction, sample, timestep, "sample")
-        )
-        prev_sample, _ = self.posterior_mean_variance(pred_original_sample, sample, timestep, prev_timestep)
-        if prev_timestep >= 0:
-            log_variance = self.reverse_log_variance(timestep, prev_timestep, model_variance)
-            noise_std = torch.exp(0.5 * log_variance)
-            noise = randn_tensor(
-                prediction.shape, generator=generator, device=prediction.device, dtype=prediction.dtype
+        if self.config.get("reverse_variance") is None:
+            prev_sample, pred_original_sample = super().step(
+                model_output, timestep, sample, generator=generator, return_dict=False
             )
-            prev_sample = prev_sample + noise_std.to(prev_sample) * noise
-
-        prev_sample, pred_original_sample = prev_sample.to(sample.dtype), pred_original_sample.to(sample.dtype)
+            if timestep > 0 and prev_timestep < 0:
+                prev_sample = pred_original_sample.clone()
+        else:
+            prediction, model_variance = self.split_model_output(model_output, sample)
+            pred_original_sample = self.clip_original_sample(
+                self.convert_prediction(prediction, sample, timestep, "sample")
+            )
+            prev_sample, _ = self.posterior_mean_variance(pred_original_sample, sample, timestep, prev_timestep)
+            if prev_timestep >= 0:
+                noise_std = torch.exp(0.5 * self.reverse_log_variance(timestep, prev_timestep, model_variance))
+                noise = randn_tensor(
+                    prediction.shape, generator=generator, device=prediction.device, dtype=prediction.dtype
+                )
+                prev_sample = prev_sample + noise_std.to(prev_sample) * noise
+            prev_sample, pred_original_sample = prev_sample.to(sample.dtype), pred_original_sample.to(sample.dtype)
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
-
-    def _stock_step(
-        self,
-        model_output: torch.Tensor,
-        timestep: int | torch.Tensor,
-        sample: torch.Tensor,
-        generator: torch.Generator | list[torch.Generator] | None,
-        return_dict: bool,
-    ) -> DDPMSchedulerOutput | tuple:
-        """diffusers' step for the stock keys, without noise on the step that returns x_0.
-
-        Stock adds noise whenever t > 0, but the last timestep of "trailing" spacing (or of `steps_offset=1`) is
-        above 0, so its x_0 got noise of variance β_t (`fixed_large`) or the learned one. On that step stock's mean
-        is x̂_0 exactly (its coefficients are 1 and 0), which is returned instead; every other step is stock's.
-        """
-        output = super().step(model_output, timestep, sample, generator=generator, return_dict=True)
-        if timestep > 0 and self.previous_timestep(timestep) < 0:
-            original = output.pred_original_sample
-            output = DDPMSchedulerOutput(prev_sample=original.clone(), pred_original_sample=original)
-        if not return_dict:
-            return output.prev_sample, output.pred_original_sample
-        return output

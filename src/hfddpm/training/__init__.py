@@ -49,19 +49,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .config import RunConfig, TrainingConfig
-    from .consistency import (
-        ConsistencyDistillationConfig,
-        ConsistencyDistillationObjective,
-        distill_consistency,
-    )
+    from .consistency import ConsistencyDistillationConfig, ConsistencyDistillationObjective, distill_consistency
     from .engine import Trainer
     from .faults import run_command
     from .objectives import DenoisingLoss, LossOutput, Objective
-    from .progressive import (
-        ProgressiveDistillationConfig,
-        ProgressiveDistillationObjective,
-        distill_progressive,
-    )
+    from .progressive import ProgressiveDistillationConfig, ProgressiveDistillationObjective, distill_progressive
     from .unconditional import train_unconditional
 
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 def record_arguments(config: RunConfig, output_dir: Path) -> None:
     """Write the run's configuration (never the token) to `RUN_RECORD`, before anything else: it marks the folder
-    as one a run wrote, whose run outputs a later --overwrite_output_dir may delete (`setup.written_by_run`)."""
+    as one a run wrote, whose run outputs a later --overwrite_output_dir may delete (`written_by_run`)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     durable.write_text(output_dir / RUN_RECORD, json.dumps(config.recorded(), indent=2))
 
@@ -123,10 +123,8 @@ def publish(config: RunConfig, output_dir: Path, intermediate_pushes: list[Futur
     """Push (or, with --hub_dry_run, export) the finished run; 1 when a push failed, after saying why."""
     from ..hub import RUN_EXPORT, HubError, export_for_hub
 
-    for future in intermediate_pushes:
-        try:
-            future.result()
-        except Exception as error:  # a lost intermediate push does not fail the run
+    for future in intermediate_pushes:  # a lost intermediate push does not fail the run
+        if (error := future.exception()) is not None:
             print(f"warning: an intermediate push failed: {str(error).splitlines()[0]}", file=sys.stderr)
     training_state = config.hub_include_training_state
     try:
@@ -143,10 +141,3 @@ def publish(config: RunConfig, output_dir: Path, intermediate_pushes: list[Futur
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def model_card_text(output_dir: Path, config: RunConfig) -> str:
-    """The model card of the run in `output_dir` (README.md), from its records."""
-    from ..model_cards import model_card
-
-    return str(model_card(output_dir, config.hub_model_id or output_dir.resolve().name))

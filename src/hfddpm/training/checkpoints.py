@@ -71,19 +71,12 @@ class CheckpointManager:
 
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        if not self.folder.is_dir():
-            return []
-        found = [
-            (int(match.group(1)), path)
-            for path in self.folder.iterdir()
-            if (match := _NAME.match(path.name)) and (path / TRAINING_STATE).is_file()
-        ]
-        return [path for _, path in sorted(found)]
+        steps = {path: int(match[1]) for path in self.folder.glob("*") if (match := _NAME.match(path.name))}
+        return sorted((path for path in steps if (path / TRAINING_STATE).is_file()), key=steps.__getitem__)
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint, or None."""
-        checkpoints = self.complete()
-        return checkpoints[-1] if checkpoints else None
+        return next(reversed(self.complete()), None)
 
     def resolve(self, spec: str) -> Path:
         """The checkpoint `spec` names: "latest", or a checkpoint folder."""
@@ -105,14 +98,9 @@ class CheckpointManager:
     def save(
         self, accelerator: Accelerator, step: int, run_state: dict, objects: dict, generator: torch.Generator
     ) -> Path:
-        """Save the run's state at optimizer step `step`; call on every process.
-
-        `run_state` is JSON (epoch, batches seen in the epoch, counters, …); `objects` maps names to objects with
-        `state_dict()` saved by the main process (EMA, learning-rate schedule, objective); `generator` (the
-        step's randomness) is saved per process.
-        Raises `CheckpointError` (on every process) when a process could not write its part; the partial folder
-        is then deleted and the earlier checkpoints are kept.
-        """
+        """Save the run's state at optimizer step `step`, called on every process: the JSON `run_state`, the state
+        dicts of `objects` (EMA, schedule, objective; by the main process) and `generator` (per process). Raises
+        `CheckpointError` on every process when one could not write its part, after deleting the partial folder."""
         final = self.folder / f"checkpoint-{step}"
         partial = self.folder / f".checkpoint-{step}.partial"
         if accelerator.is_main_process:
@@ -145,11 +133,8 @@ class CheckpointManager:
         return final
 
     def load(self, accelerator: Accelerator, path: Path, objects: dict, generator: torch.Generator) -> dict:
-        """Restore what `save` wrote; return the run state it recorded (global step, position in the data, counters).
-
-        Raises `CheckpointError` naming the checkpoint when a file is missing, damaged, or holds a pickle that
-        would run code.
-        """
+        """Restore what `save` wrote and return its run state; `CheckpointError` when a file is missing, damaged, or
+        holds a pickle that would run code."""
         try:
             accelerator.load_state(str(path))
             generator.set_state(load_state_dict(path / f"randomness_{accelerator.process_index}")["generator"].cpu())
@@ -209,12 +194,9 @@ def save_state_dict(state: dict, stem: Path) -> None:
 
 def load_state_dict(stem: Path) -> dict:
     """Inverse of `save_state_dict`."""
-    plain = json.loads(Path(f"{stem}.json").read_text())
+    state = json.loads(Path(f"{stem}.json").read_text())
     tensors = load_file(f"{stem}.safetensors")
-    state = {key: value for key, value in plain.items() if not key.endswith(".__length__")}
-    for key in plain:
-        if key.endswith(".__length__"):
-            name = key.removesuffix(".__length__")
-            state[name] = [tensors.pop(f"{name}.{i}") for i in range(plain[key])]
-    state.update(tensors)
-    return state
+    for key in [key for key in state if key.endswith(".__length__")]:
+        name = key.removesuffix(".__length__")
+        state[name] = [tensors.pop(f"{name}.{i}") for i in range(state.pop(key))]
+    return state | tensors

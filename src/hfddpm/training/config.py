@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -243,9 +242,3 @@ def launched_as_main_process() -> bool:
     """Whether this process is the main one of its launch (RANK 0, or no distributed launcher): the one that prints,
     before Accelerate exists to say so."""
     return os.environ.get("RANK", "0") == "0"
-
-
-def warn(message: str) -> None:
-    """A warning line on stderr, from the main process only."""
-    if launched_as_main_process():
-        print(f"warning: {message}", file=sys.stderr)

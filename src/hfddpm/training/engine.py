@@ -36,10 +36,10 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from .. import durable
+from ..model_cards import card_repo_id, model_card
 from ..pipelines import HFDDPMPipeline
 from .artefacts import (
     evaluate_during_training,
-    model_card_text,
     publish,
     push,
     record_arguments,
@@ -79,16 +79,12 @@ class Trainer:
             eps=config.adam_epsilon,
             fused=accelerator.device.type in ("cpu", "cuda"),
         )
-        # diffusers' EMA with its warm-up: decay min(1 − (1 + step/γ)^−p, max decay).
-        ema_options = {"inv_gamma": config.ema_inv_gamma, "power": config.ema_power, "foreach": True}
-        self.ema = (
-            EMAModel(model.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, **ema_options)
-            if config.use_ema
-            else None
-        )
-        self.model, self.optimizer, self.dataloader = accelerator.prepare(model, optimizer, dataloader)
-        if self.ema is not None:
+        self.ema = None
+        if config.use_ema:  # diffusers' EMA with its warm-up: decay min(1 − (1 + step/γ)^−p, max decay)
+            ema_options = {"inv_gamma": config.ema_inv_gamma, "power": config.ema_power, "foreach": True}
+            self.ema = EMAModel(model.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, **ema_options)
             self.ema.to(accelerator.device)
+        self.model, self.optimizer, self.dataloader = accelerator.prepare(model, optimizer, dataloader)
         # The schedule counts optimizer steps, however many batches each accumulates.
         steps_per_epoch = math.ceil(len(self.dataloader) / config.gradient_accumulation_steps)
         self.max_train_steps = config.max_train_steps or config.num_epochs * steps_per_epoch
@@ -110,7 +106,6 @@ class Trainer:
         self.grad_norm: torch.Tensor | None = None  # of the last optimizer step
         self.last_output: LossOutput | None = None  # of the last batch
         self.progress: tqdm | None = None  # while `run` trains
-        self.reset_running_loss()
 
     def run(self) -> int:
         """Resume if asked, train to the last step, save the final artefacts and publish; the exit status (0, or 1
@@ -280,8 +275,7 @@ class Trainer:
         """Log the mean loss since the last log (over every process), the schedule, counters and throughput."""
         accelerator, state = self.accelerator, self.state
         self.final_loss = accelerator.gather(self.running_loss.reshape(1) / self.running_count).mean().item()
-        logs: dict[str, Any] = {"loss": self.final_loss, "lr": self.lr_scheduler.get_last_lr()[0]}
-        logs["grad_norm"] = float(self.grad_norm)
+        logs = {"loss": self.final_loss, "lr": self.lr_scheduler.get_last_lr()[0], "grad_norm": float(self.grad_norm)}
         logs.update(
             {name: accelerator.gather(value).double().mean().item() for name, value in self.last_output.logs.items()}
         )
@@ -355,17 +349,13 @@ class Trainer:
         self.save_grid(self.output_dir / "samples" / "final.png", pipeline)
         if self.config.eval_every:
             durable.write_text(self.output_dir / "evaluation.json", self.evaluate(pipeline).to_json())
+        steps = {name: getattr(state, name) for name in ("global_step", "skipped_steps", "nonfinite_steps")}
         info = training_info(
-            accelerator,
-            self.model,
-            wall_time_seconds=round(self.wall_time(), 1),
-            global_step=state.global_step,
-            final_loss=self.final_loss,
-            skipped_steps=state.skipped_steps,
-            nonfinite_steps=state.nonfinite_steps,
+            accelerator, self.model, wall_time_seconds=round(self.wall_time(), 1), final_loss=self.final_loss, **steps
         )
         durable.write_text(self.output_dir / "training_info.json", json.dumps(info, indent=2))
-        durable.write_text(self.output_dir / "README.md", model_card_text(self.output_dir, self.config))
+        card = model_card(self.output_dir, card_repo_id(self.output_dir))  # --hub_model_id, else the folder name
+        durable.write_text(self.output_dir / "README.md", str(card))
         accelerator.print(
             f"Saved the pipeline and its model card to {self.output_dir}, samples to "
             f"{self.output_dir / 'samples' / 'final.png'}"

@@ -43,13 +43,11 @@ class RunInterrupted(Exception):
 
 
 class StopRequest:
-    """Within `with StopRequest():`, SIGTERM and SIGINT only record that the run should stop.
-
-    The training loop finishes its optimizer step, saves a checkpoint and exits; a second signal while it does so
-    takes the signal's usual effect (SIGINT: KeyboardInterrupt; SIGTERM: termination). A signal the process ignores
-    when the block starts stays ignored: `nohup` and a shell's background job (`cmd &`) start with SIGINT ignored,
-    so that Ctrl-C in the terminal does not reach them.
-    """
+    """Within `with StopRequest():`, SIGTERM and SIGINT only record that the run should stop: the training loop
+    finishes its optimizer step, saves a checkpoint and exits. A second signal while it does so takes the signal's
+    usual effect (SIGINT: KeyboardInterrupt; SIGTERM: termination). A signal the process ignores when the block
+    starts stays ignored: `nohup` and a shell's background job (`cmd &`) start with SIGINT ignored, so that Ctrl-C in
+    the terminal does not reach them."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -96,22 +94,17 @@ def check_step(
     accelerator: Accelerator, step_loss: torch.Tensor, grad_norm: torch.Tensor, stop: StopRequest
 ) -> StepCheck:
     """Gather this step's loss (summed over accumulated batches), gradient norm and stop request from every process.
-
-    A non-finite loss is a fault in every precision. A non-finite gradient norm is one too, except under fp16's
-    grad scaler, whose scale deliberately overflows now and then: the scaler skips those updates itself and the
-    training loop counts them.
-    """
-    stop_flag = float(stop.signum or 0)
-    values = torch.stack([step_loss.detach().float().reshape(()), grad_norm.detach().float().reshape(())])
-    row = torch.cat([values, values.new_tensor([stop_flag])]).reshape(1, 3)
+    A non-finite loss is a fault in every precision, a non-finite gradient norm too except under fp16's grad scaler,
+    whose scale overflows now and then on purpose: the scaler skips those updates itself, and the loop counts them."""
+    values = (step_loss, grad_norm, step_loss.new_tensor(float(stop.signum or 0)))
+    row = torch.stack([value.detach().float().reshape(()) for value in values]).reshape(1, 3)
     losses, norms, signals = accelerator.gather(row).cpu().double().T.tolist()
     fault = None
     if bad := [x for x in losses if not math.isfinite(x)]:
         fault = f"the loss is {bad[0]}"
     elif accelerator.scaler is None and (bad := [x for x in norms if not math.isfinite(x)]):
         fault = f"the gradient norm is {bad[0]}"
-    stop_signal = next((int(s) for s in signals if s), None)
-    return StepCheck(fault, stop_signal)
+    return StepCheck(fault, stop_signal=next((int(s) for s in signals if s), None))
 
 
 def weights_are_finite(model: torch.nn.Module) -> bool:
@@ -124,32 +117,24 @@ def weights_are_finite(model: torch.nn.Module) -> bool:
 
 
 def run_command(train: Callable[[], int]) -> int:
-    """Run `train` (which returns an exit status) and answer its faults with one line on stderr.
-
-    Exit status: 0 done; 1 a fault stopped the run (a non-finite loss, a checkpoint that could not be written or
-    read, a failed push); 2 a bad argument or input; 128 + N stopped by signal N after saving a checkpoint. Only
-    the main process (RANK 0) prints.
-    """
+    """Run `train` (which returns an exit status) and answer its faults with one line on stderr, from the main
+    process (RANK 0). Exit status: 0 done; 1 a fault stopped the run (a non-finite loss, a checkpoint that could not
+    be written or read, a failed push); 2 a bad argument or input; 128 + N stopped by signal N after saving."""
     from ..hub import HubError
 
-    main_process = launched_as_main_process()
     try:
         return train()
     except RunInterrupted as interruption:
-        if main_process:
-            print(interruption, file=sys.stderr)
-        return interruption.exit_code
+        message, status = str(interruption), interruption.exit_code
     except KeyboardInterrupt:
-        if main_process:
-            print("interrupted; the checkpoints written so far are kept", file=sys.stderr)
-        return 128 + signal.SIGINT
+        message, status = "interrupted; the checkpoints written so far are kept", 128 + signal.SIGINT
     except ImportError as error:
         if (friendly := missing_extra(error)) is error:
             raise
-        if main_process:
-            print(f"error: {friendly}", file=sys.stderr)
-        return 2
+        message, status = f"error: {friendly}", 2
     except (ValueError, FileNotFoundError, NotADirectoryError, HubError, CheckpointError, NonFiniteLossError) as error:
-        if main_process:
-            print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 1 if isinstance(error, (CheckpointError, NonFiniteLossError)) else 2
+        message = f"error: {str(error).splitlines()[0]}"
+        status = 1 if isinstance(error, (CheckpointError, NonFiniteLossError)) else 2
+    if launched_as_main_process():
+        print(message, file=sys.stderr)
+    return status

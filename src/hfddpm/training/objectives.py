@@ -1,9 +1,6 @@
-"""Training objectives: what the engine minimises, each one class from a batch to a loss.
-
-An objective owns everything of its loss — noise schedule, weighting, timestep sampler — and the engine
-(`hfddpm.training.engine.Trainer`) owns everything around it: Accelerate, the optimizer and its fault checks, EMA,
-checkpoints, logging, sample grids, evaluation and saving. `DenoisingLoss` is DDPM's; the distillation objectives
-are in `hfddpm.training.progressive` and `hfddpm.training.consistency`.
+"""Training objectives: what the engine (`hfddpm.training.engine.Trainer`) minimises, each one class from a batch to
+a loss that owns everything of it — noise schedule, weighting, timestep sampler. `DenoisingLoss` is DDPM's; the
+distillation objectives are in `hfddpm.training.progressive` and `hfddpm.training.consistency`.
 """
 
 from __future__ import annotations
@@ -49,6 +46,7 @@ class Objective(Protocol):
         """The pipeline that samples from `unet` (sample grids, evaluation, the saved model)."""
 
 
+@dataclass(eq=False)
 class DenoisingLoss:
     """DDPM's objective (Ho et al. 2020, Algorithm 1), with the losses of Improved DDPM and min-SNR weighting.
 
@@ -67,32 +65,25 @@ class DenoisingLoss:
     ε_θ(x_t, t, c) and ε_θ(x_t, t, ∅) at once, as classifier-free guidance needs.
     """
 
-    def __init__(
-        self,
-        scheduler: DDPMScheduler,
-        loss_type: str = "simple",
-        snr_gamma: float | None = None,
-        vlb_weight: float = 1e-3,
-        timestep_sampler: UniformTimestepSampler | None = None,
-        label_names: list[str] | None = None,
-        class_dropout_prob: float = 0.0,
-        inference_scheduler: str = "ddim",
-        decoder: str = Decoder.DISCRETIZED,
-    ) -> None:
-        self.scheduler, self.loss_type, self.snr_gamma, self.vlb_weight = scheduler, loss_type, snr_gamma, vlb_weight
-        self.timestep_sampler = timestep_sampler or UniformTimestepSampler(scheduler.config.num_train_timesteps)
-        self.label_names, self.class_dropout_prob = label_names, class_dropout_prob
-        self.inference_scheduler, self.decoder = inference_scheduler, decoder
+    scheduler: DDPMScheduler
+    loss_type: str = "simple"
+    snr_gamma: float | None = None
+    vlb_weight: float = 1e-3
+    timestep_sampler: UniformTimestepSampler | None = None
+    label_names: list[str] | None = None
+    class_dropout_prob: float = 0.0
+    inference_scheduler: str = "ddim"
+    decoder: str = Decoder.DISCRETIZED
+
+    def __post_init__(self) -> None:
+        if self.timestep_sampler is None:
+            self.timestep_sampler = UniformTimestepSampler(self.scheduler.config.num_train_timesteps)
 
     @classmethod
     def from_config(cls, config: TrainingConfig, label_names: list[str] | None = None) -> DenoisingLoss:
         """The objective a training configuration describes, class-conditional on `label_names` (the data's)."""
-        scheduler = DDPMScheduler(
-            num_train_timesteps=config.num_train_timesteps,
-            beta_schedule=config.beta_schedule,
-            prediction_type=config.prediction_type,
-            reverse_variance=config.reverse_variance,
-        )
+        schedule = ("num_train_timesteps", "beta_schedule", "prediction_type", "reverse_variance")
+        scheduler = DDPMScheduler(**{name: getattr(config, name) for name in schedule})
         sampler_class = LossSecondMomentSampler if config.timestep_sampling == "loss_second_moment" else None
         return cls(
             scheduler,

@@ -34,8 +34,6 @@ RUN_OUTPUTS = (
     "hub-export",
     "distillation.json",
 )
-
-
 # The record every run writes before anything else (`artefacts.record_arguments`): the mark of a folder a run wrote.
 RUN_RECORD = "training_args.json"
 # Held (flock) by a run's main process for the run's life; the kernel releases it when the process dies, however.
@@ -46,7 +44,8 @@ def check_output_dir(config: RunConfig) -> Path:
     """The output folder, refused when it cannot be created or written, holds files a run would replace but no run
     wrote, or holds an earlier run that the config neither resumes nor overwrites."""
     output_dir = check_output_folder(config.output_dir, "--output_dir")
-    if foreign := foreign_run_outputs(output_dir):
+    foreign = [] if written_by_run(output_dir) else [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    if foreign:
         raise ValueError(
             f"--output_dir {output_dir} holds {', '.join(foreign)}, which a run would replace, but no training run "
             f"wrote it (no {RUN_RECORD}); choose a new or empty --output_dir"
@@ -68,14 +67,6 @@ def written_by_run(output_dir: Path) -> bool:
     return isinstance(record, dict) and "output_dir" in record
 
 
-def foreign_run_outputs(output_dir: Path) -> list[str]:
-    """The names of `RUN_OUTPUTS` in `output_dir` when no run wrote it: files of the user's that a run would replace
-    (a saved pipeline, a README.md, a samples/ folder)."""
-    if written_by_run(output_dir):
-        return []
-    return [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
-
-
 def holds_earlier_run(output_dir: Path) -> bool:
     """Whether `output_dir` holds a run's checkpoints or saved pipeline."""
     return written_by_run(output_dir) and (
@@ -84,8 +75,7 @@ def holds_earlier_run(output_dir: Path) -> bool:
 
 
 def remove_earlier_run_outputs(config: RunConfig, accelerator: Any, output_dir: Path) -> None:
-    """With --overwrite_output_dir (and no resume), delete what an earlier run wrote in `output_dir` (`RUN_OUTPUTS`,
-    nothing else), and only when a run wrote it; the main process deletes, the others wait."""
+    """With --overwrite_output_dir (and no resume), `delete_run_outputs` on the main process; the others wait."""
     if config.overwrite_output_dir and config.resume_from_checkpoint is None and accelerator.is_main_process:
         delete_run_outputs(output_dir)
     accelerator.wait_for_everyone()
@@ -102,13 +92,10 @@ def delete_run_outputs(output_dir: Path) -> None:
 
 @contextlib.contextmanager
 def output_dir_lock(output_dir: Path) -> Iterator[None]:
-    """Hold `output_dir`'s lock while the block runs, creating the folder; a second run into the same folder is
-    refused in one line. Only the main process of a launch locks (the others write where it says).
-
-    The lock is `flock` on `LOCK_FILE`: the kernel drops it when the holder dies, even by SIGKILL, so no lock is
-    ever left stuck; the file may stay. Folders created here that hold nothing but the lock file at the end (the run
-    was refused before it wrote anything) are removed again. Where `fcntl` is missing (Windows) nothing is locked.
-    """
+    """Hold `output_dir`'s lock (`flock` on `LOCK_FILE`, by the main process of a launch) while the block runs,
+    creating the folder; a second run into the same folder is refused in one line. The kernel drops the lock when the
+    holder dies, even by SIGKILL; the file may stay. Folders created here that hold nothing but the lock file at the
+    end (the run was refused before it wrote anything) are removed again. Without `fcntl` (Windows) nothing locks."""
     try:
         import fcntl
     except ImportError:
@@ -126,7 +113,9 @@ def output_dir_lock(output_dir: Path) -> Iterator[None]:
         finally:
             if created and [path.name for path in output_dir.iterdir()] == [LOCK_FILE]:
                 (output_dir / LOCK_FILE).unlink()
-                remove_empty_folders(created)
+                with contextlib.suppress(OSError):  # a folder another run wrote in stays, and so do its parents
+                    for folder in created:  # deepest first
+                        folder.rmdir()
     finally:
         os.close(descriptor)
 
@@ -151,19 +140,7 @@ def lock_file(fcntl: Any, output_dir: Path) -> int:
                 f"--output_dir {output_dir} is in use by another training run (process {holder}); wait for it to "
                 "end, or choose another --output_dir"
             ) from None
-        try:
+        with contextlib.suppress(FileNotFoundError):
             if os.stat(output_dir / LOCK_FILE).st_ino == os.fstat(descriptor).st_ino:
                 return descriptor
-        except FileNotFoundError:
-            pass
         os.close(descriptor)
-
-
-def remove_empty_folders(folders: list[Path]) -> None:
-    """Remove `folders` (deepest first) while they are empty; one that is not (another run wrote there) stays, and so
-    do its parents."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return

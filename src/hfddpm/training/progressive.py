@@ -186,12 +186,9 @@ def distill_progressive(config: ProgressiveDistillationConfig) -> int:
             if not done:
                 lineage.update(distilled_from=source, earlier_rounds_seconds=round(earlier_seconds, 1))
 
-                def objective(
-                    teacher: Teacher, student: torch.nn.Module, n: int = lineage["steps"]
-                ) -> DistillationObjective:
-                    return ProgressiveDistillationObjective(
-                        teacher, config.prediction_type, n, config.class_dropout_prob or 0.0
-                    )
+                def objective(teacher: Teacher, student: torch.nn.Module, n: int = lineage["steps"]):
+                    dropout = config.class_dropout_prob or 0.0
+                    return ProgressiveDistillationObjective(teacher, config.prediction_type, n, dropout)
 
                 status = max(status, train_student(round_config, objective, teacher, lineage))
             round_dir = Path(round_config.output_dir)

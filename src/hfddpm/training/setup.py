@@ -74,22 +74,13 @@ def create_training_unet(config: TrainingConfig, channels: int, num_classes: int
     and resolution, and for `num_classes` classes a class embedding with one more entry, "no label"
     (`hfddpm.conditioning`)."""
     learned = config.reverse_variance in LEARNED_VARIANCES
-    classes = {"num_class_embeds": num_classes + 1, "class_embed_type": None} if num_classes else {}
-    if not config.model_config:
-        unet = create_unet(
-            config.model_preset,
-            learned_variance=learned,
-            in_channels=channels,
-            sample_size=config.resolution,
-            **classes,
-        )
+    fixed = {"in_channels": channels, "sample_size": config.resolution}
+    if num_classes:
+        fixed.update(num_class_embeds=num_classes + 1, class_embed_type=None)
+    if config.model_config:
+        unet = unet_from_config_file(config.model_config, {**fixed, "out_channels": channels * (2 if learned else 1)})
     else:
-        sizes = {
-            "in_channels": channels,
-            "out_channels": channels * (2 if learned else 1),
-            "sample_size": config.resolution,
-        }
-        unet = unet_from_config_file(config.model_config, {**sizes, **classes})
+        unet = create_unet(config.model_preset, learned_variance=learned, **fixed)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     return unet

@@ -55,13 +55,10 @@ class DistillationConfig(RunConfig):
 
 
 class Teacher:
-    """A frozen network with its noise schedule, used as the deterministic DDIM sampler it defines.
-
-    Any ε-, x_0- or v-prediction network (a learned variance's extra channels are ignored); x̂_0 is clipped as its
-    scheduler clips (`clip_sample`), with ε̂ re-derived from the clipped x̂_0, as `HFDDPMPipeline` samples it. A
-    class-conditional teacher is called with each sample's label ("no label" included), and its class names
-    (`id2label`) pass to the student.
-    """
+    """A frozen network with its noise schedule, used as the deterministic DDIM sampler it defines: any ε-, x_0- or
+    v-prediction network (a learned variance's extra channels are ignored); x̂_0 is clipped as its scheduler clips
+    (`clip_sample`), with ε̂ re-derived from the clipped x̂_0, as `HFDDPMPipeline` samples it. A class-conditional
+    teacher is called with each sample's label ("no label" included), and its class names pass to the student."""
 
     def __init__(
         self, unet: torch.nn.Module, scheduler: DDIMScheduler, id2label: dict[int, str] | None = None
@@ -148,8 +145,7 @@ class DistillationObjective:
         return original, self.scheduler.add_noise(original, noise, grid[index].to(original.device)), index, labels
 
     def student_pipeline(self, unet: torch.nn.Module, scheduler: Any, steps: int) -> HFDDPMPipeline:
-        """The student with `scheduler`, sampling at `steps` steps unless told otherwise, with the teacher's "
-        "classes."""
+        """The student with `scheduler` and the teacher's classes, sampling at `steps` steps unless told otherwise."""
         return HFDDPMPipeline(unet, scheduler, default_num_inference_steps=steps, id2label=self.teacher.id2label)
 
     def state_dict(self) -> dict[str, Any]:
@@ -168,10 +164,8 @@ def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, Distillati
     for name, value in (("resolution", size), ("channels", channels)):
         if getattr(config, name) not in (None, value):
             raise ValueError(f"--{name} {getattr(config, name)} differs from the teacher's {value}; leave it out")
-    teacher_prediction = teacher.scheduler.config.get("prediction_type", "epsilon")
-    prediction_type = config.prediction_type or (
-        "v_prediction" if teacher_prediction == "epsilon" else teacher_prediction
-    )
+    prediction = teacher.scheduler.config.get("prediction_type", "epsilon")
+    prediction_type = config.prediction_type or ("v_prediction" if prediction == "epsilon" else prediction)
     data = {} if config.dataset_name or config.train_data_dir else teacher_data(config.teacher, size, channels)
     classes = num_classes(teacher.unet)
     if config.class_conditional and classes is None:

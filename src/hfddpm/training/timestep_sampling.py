@@ -34,12 +34,10 @@ class UniformTimestepSampler:
 
 class LossSecondMomentSampler(UniformTimestepSampler):
     """Importance sampling p_t ∝ √E[ℓ_t²] (Nichol & Dhariwal 2021, §3.3, eq. 18; improved-diffusion's
-    `LossSecondMomentResampler`).
-
-    Each t keeps its last `history_per_term` losses; until every t has that many, t is drawn uniformly (the
-    warm-up). Afterwards p_t = (1 − u) √mean(ℓ_t²)/Σ + u/T, the uniform share u keeping every weight finite.
-    Call `update` with the losses of every process (gathered) so that data-parallel replicas stay identical.
-    """
+    `LossSecondMomentResampler`). Each t keeps its last `history_per_term` losses; until every t has that many, t is
+    drawn uniformly (the warm-up). Afterwards p_t = (1 − u) √mean(ℓ_t²)/Σ + u/T, the uniform share u keeping every
+    weight finite. Call `update` with the losses of every process (gathered) so that data-parallel replicas stay
+    identical."""
 
     def __init__(self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001) -> None:
         super().__init__(num_timesteps)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+from operator import methodcaller
 from pathlib import Path
 
 from accelerate.tracking import GeneralTracker
 
 
 class JSONLinesTracker(GeneralTracker):
-    """Appends `{"step": …, **values}` to `<logging_dir>/<run_name>.jsonl`; readable without TensorBoard.
-
-    Pass an instance in `Accelerator(log_with=[...])` beside "tensorboard". A resumed run appends to the same file,
-    so a step logged before the interruption can appear twice; the later line is the resumed run's.
-    """
+    """Appends `{"step": …, **values}` to `<logging_dir>/<run_name>.jsonl`, readable without TensorBoard. A resumed
+    run appends to the same file, so a step logged before the interruption can appear twice; the later line is the
+    resumed run's."""
 
     name = "jsonl"
     requires_logging_directory = True
@@ -31,16 +30,12 @@ class JSONLinesTracker(GeneralTracker):
         self._append({"config": values})
 
     def log(self, values: dict, step: int | None = None, **kwargs: object) -> None:
-        self._append({"step": step, **{key: _plain(value) for key, value in values.items()}})
+        self._append({"step": step, **values})
 
     def _append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value
+            file.write(json.dumps(record, default=methodcaller("item")) + "\n")  # tensors and NumPy scalars
 
 
 def read_jsonl_log(path: str | os.PathLike) -> dict[int, dict]:

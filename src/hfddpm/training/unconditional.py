@@ -11,13 +11,10 @@ from .setup import create_accelerator, create_training_unet, load_training_image
 
 
 def train_unconditional(config: TrainingConfig) -> int:
-    """Train a `UNet2DModel` on `config`'s images (and their class labels, with --class_conditional) to predict the
-    noise (or x_0, or v) of x_t, and save the EMA weights as an `HFDDPMPipeline` in `config.output_dir`; the exit
-    status (0, or 1 when a push failed).
-
-    The options are checked when the config is built, the output folder first here; the data and the network are
-    loaded before an earlier run is overwritten; the output folder is locked for the run's life.
-    """
+    """Train a `UNet2DModel` on `config`'s images (and labels, with --class_conditional) to predict ε, x_0 or v of
+    x_t, and save the EMA weights as an `HFDDPMPipeline` in `config.output_dir`; the exit status (0, or 1 when a push
+    failed). The output folder is checked first and locked for the run's life; the data and the network load before
+    an earlier run is overwritten."""
     output_dir = check_output_dir(config)
     with output_dir_lock(output_dir):
         accelerator = create_accelerator(config, output_dir)
