@@ -20,12 +20,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hfddpm import HFDDPMPipeline
+from hfddpm import DDIMScheduler, HFDDPMPipeline, create_unet
 from hfddpm.training.faults import StepCheck, StopRequest, check_step, weights_are_finite
 from hfddpm.training.tracking import read_jsonl_log
 
 from .test_train_script import FAST, weights
-from .training_runner import train_unconditional_command
+from .training_runner import memory_kb, train_unconditional_command
 
 
 def run_args(output_dir: Path, *args) -> list[str]:
@@ -76,10 +76,12 @@ def assert_everything_readable(run: Path) -> None:
         json.loads((run / "training_args.json").read_text())
 
 
-# Gradient accumulation 2 and 72 optimizer steps cross the epoch boundary (47 steps per epoch); checkpoints every 4
-# steps with at most 2 kept, so old ones are deleted; a sample grid every 20 steps and the pipeline every 24.
-CHAIN = ["--max_train_steps", "72", "--checkpointing_steps", "4", "--checkpoints_total_limit", "2"]
-CHAIN += ["--gradient_accumulation_steps", "2", "--save_images_steps", "20", "--save_model_steps", "24"]
+# The 297 test digits in batches of 8 and gradient accumulation 2: 37 batches, so 18.5 optimizer steps, per epoch,
+# and 72 steps cross three epoch boundaries, one of them inside a step; checkpoints every 4 steps with at most 2
+# kept, so old ones are deleted; a sample grid every 20 steps and the pipeline every 24.
+CHAIN = ["--split", "test", "--train_batch_size", "8", "--gradient_accumulation_steps", "2", "--max_train_steps", "72"]
+CHAIN += ["--checkpointing_steps", "4", "--checkpoints_total_limit", "2", "--save_images_steps", "20"]
+CHAIN += ["--save_model_steps", "24"]
 
 
 @pytest.mark.slow
@@ -348,30 +350,31 @@ def test_many_training_runs_in_one_process_keep_memory_flat(tmp_path, training_r
     assert memory[-1]["peak_kb"] - memory[2]["peak_kb"] < 10_000, memory
 
 
-SAMPLING_LOOP = """
-import json, torch
-from hfddpm import DDIMScheduler, HFDDPMPipeline, create_unet
-from tests.training_runner import memory_kb
-torch.manual_seed(0)
-pipe = HFDDPMPipeline(create_unet("tiny", in_channels=1, sample_size=8), DDIMScheduler())
-pipe.set_progress_bar_config(disable=True)
-records = []
-for block in range(4):
-    for _ in range(8):
-        pipe(batch_size=8, num_inference_steps=5, generator=torch.manual_seed(block), output_type="pil")
-    records.append(memory_kb())
-print(json.dumps(records))
-"""
+def sample_many_batches(records: Path) -> None:
+    """32 batches of 8 with one pipeline, memory recorded after every 8, written to `records`."""
+    torch.manual_seed(0)
+    pipe = HFDDPMPipeline(create_unet("tiny", in_channels=1, sample_size=8), DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    memory = []
+    for block in range(4):
+        for _ in range(8):
+            pipe(batch_size=8, num_inference_steps=5, generator=torch.manual_seed(block), output_type="pil")
+        memory.append(memory_kb())
+    records.write_text(json.dumps(memory))
 
 
 @pytest.mark.slow
-def test_sampling_many_batches_keeps_memory_flat():
-    repository = Path(__file__).resolve().parents[1]  # where `tests.training_runner` imports from
-    result = subprocess.run(
-        [sys.executable, "-c", SAMPLING_LOOP], capture_output=True, text=True, timeout=300, cwd=repository
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    memory = json.loads(result.stdout.splitlines()[-1])
+def test_sampling_many_batches_keeps_memory_flat(tmp_path):
+    child = os.fork()  # a process whose memory is the sampling's (a fork of this one spares the imports)
+    if child == 0:
+        status = 1
+        try:
+            sample_many_batches(tmp_path / "memory.json")
+            status = 0
+        finally:
+            os._exit(status)
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+    memory = json.loads((tmp_path / "memory.json").read_text())
     # 24 batches after the first 8: less than 5 MB more, resident or peak (measured: under 0.1 MB).
     assert memory[-1]["resident_kb"] - memory[0]["resident_kb"] < 5_000, memory
     assert memory[-1]["peak_kb"] - memory[0]["peak_kb"] < 5_000, memory

@@ -34,6 +34,7 @@ FAST = [
     "--logging_steps", "1",
     "--lr_warmup_steps", "5",
     "--report_to", "none",
+    "--model_preset", "tiny",
 ]  # fmt: skip
 
 
@@ -288,7 +289,10 @@ BAD_INPUTS = {
         lambda tmp: ["--train_data_dir", image_folder(tmp / "i", {"a.png": grey(), "b.png": grey().convert("RGB")})],
         ["mix grayscale and colour (1 of 2", "--channels 3"],
     ),
-    "resolution the UNet cannot halve": (["--resolution", "10"], ["sample_size=10 is not divisible by 4", "8 or 12"]),
+    "resolution the UNet cannot halve": (
+        ["--model_preset", "digits", "--resolution", "10"],
+        ["sample_size=10 is not divisible by 4", "8 or 12"],
+    ),
     "model config not JSON": (
         lambda tmp: ["--model_config", file_as(tmp, "config.json", "{not json")],
         ["--model_config", "does not make a unet2dmodel", "fix the file"],

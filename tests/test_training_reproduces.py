@@ -40,6 +40,7 @@ COMMON = [
     "--lr_warmup_steps", "5",
     "--report_to", "none",
     "--cpu_threads", "2",
+    "--model_preset", "tiny",
 ]  # fmt: skip
 RUNS = {
     "default": ["--max_train_steps", "30"],
