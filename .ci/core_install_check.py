@@ -3,6 +3,7 @@ answer with one line naming the extra to install."""
 
 import subprocess
 import sys
+import tempfile
 
 import torch
 
@@ -21,7 +22,9 @@ else:
 
 script = subprocess.run([sys.executable, "examples/train_unconditional.py"], capture_output=True, text=True)
 assert script.returncode == 2 and script.stderr.strip().endswith("pip install 'hfddpm[train]'"), script.stderr
-command = subprocess.run(["hfddpm", "visualize", "forward", "--output", "/tmp/forward.png"], capture_output=True, text=True)
+with tempfile.TemporaryDirectory() as folder:
+    command = [sys.executable, "-m", "hfddpm", "visualize", "forward", "--output", f"{folder}/forward.png"]
+    command = subprocess.run(command, capture_output=True, text=True)
 assert command.returncode == 2 and len(command.stderr.strip().splitlines()) == 1, command.stderr
 assert "pip install 'hfddpm[train]' or pip install 'hfddpm[eval]'" in command.stderr, command.stderr
 print("core install: samples; training and evaluation name their extras")

@@ -1,8 +1,10 @@
 """Few-step generation: distilled students against the teacher's samplers at 1, 2, 4 and 8 network evaluations.
 
-    accelerate launch examples/train_unconditional.py                                   # the teacher (~3 min)
-    accelerate launch examples/distill_progressive.py --teacher outputs/ddpm-digits     # steps-32 … steps-1
-    accelerate launch examples/distill_consistency.py --teacher outputs/ddpm-digits
+    accelerate launch --config_file examples/accelerate_config.yaml examples/train_unconditional.py  # the teacher
+    accelerate launch --config_file examples/accelerate_config.yaml examples/distill_progressive.py \
+        --teacher outputs/ddpm-digits  # steps-32 … steps-1
+    accelerate launch --config_file examples/accelerate_config.yaml examples/distill_consistency.py \
+        --teacher outputs/ddpm-digits
     python benchmarks/distillation_study.py outputs/ddpm-digits outputs/progressive-digits outputs/consistency-digits
 
 Every cell: 500 samples, image i from seed i (the same x_T for every sampler at a given step count), scored as in

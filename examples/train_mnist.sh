@@ -11,7 +11,7 @@
 # (AVX2, CPU-B of benchmarks/RESULTS.md) a step took 25–42 s: 3 to 5 days.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-accelerate launch examples/train_unconditional.py \
+accelerate launch --config_file examples/accelerate_config.yaml examples/train_unconditional.py \
     --dataset_name ylecun/mnist --resolution 28 --channels 1 --model_preset mnist-28 \
     --beta_schedule linear --num_train_timesteps 1000 --prediction_type epsilon --reverse_variance fixed_small \
     --train_batch_size 128 --num_epochs 20 --learning_rate 2e-4 --lr_scheduler constant_with_warmup \

@@ -1,7 +1,8 @@
 """Train a DDPM with Accelerate and save it as an HFDDPMPipeline (EMA weights, safetensors).
 
     accelerate launch --config_file examples/accelerate_config.yaml examples/train_unconditional.py
-    accelerate launch examples/train_unconditional.py --dataset_name ylecun/mnist --resolution 28
+    accelerate launch --config_file examples/accelerate_config.yaml examples/train_unconditional.py \
+        --dataset_name ylecun/mnist --resolution 28
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 examples/train_unconditional.py   # two processes on CPU
     python examples/train_unconditional.py --config my_run.json                         # options from a JSON file
 

@@ -1,10 +1,12 @@
 import logging
+import shutil
 
 import pytest
 import torch
 from diffusers.utils import logging as diffusers_logging
 
-from hfddpm import GaussianMixtureDenoiser, HFDDPMPipeline, create_unet
+from hfddpm import DDPMScheduler, GaussianMixtureDenoiser, HFDDPMPipeline, create_unet
+from hfddpm.model_cards import model_card
 
 diffusers_logging.disable_progress_bar()
 # One thread: the tests' networks are tiny, and two threads contending with another job's slow them down tenfold.
@@ -80,3 +82,22 @@ def training_runner():
     runner = TrainingRunner()
     yield runner
     runner.close()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A tiny 8×8 grey pipeline folder with T = 120 training timesteps: bits/dim's default of 100 terms is then a
+    stratified estimate."""
+    folder = tmp_path_factory.mktemp("checkpoint") / "tiny"
+    HFDDPMPipeline(unet=tiny_unet(channels=1), scheduler=DDPMScheduler(num_train_timesteps=120)).save_pretrained(
+        folder
+    )
+    return folder
+
+
+@pytest.fixture
+def run_with_card(checkpoint, tmp_path):
+    """A copy of the checkpoint with the model card a training run writes beside it."""
+    folder = shutil.copytree(checkpoint, tmp_path / "run")
+    (folder / "README.md").write_text(str(model_card(folder, "run")))
+    return folder

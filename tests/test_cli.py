@@ -27,16 +27,6 @@ from .conftest import tiny_unet
 MISSING = "/nonexistent/checkpoint"  # a checkpoint argument that fails, without a network call, if it is loaded
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny 8×8 grey pipeline with T = 120: bits/dim's default of 100 terms is then a stratified estimate."""
-    folder = tmp_path_factory.mktemp("cli") / "tiny"
-    HFDDPMPipeline(unet=tiny_unet(channels=1), scheduler=DDPMScheduler(num_train_timesteps=120)).save_pretrained(
-        folder
-    )
-    return folder
-
-
 def run(argv, capsys) -> tuple[int, list[str], str]:
     """The status of `hfddpm argv`, its error lines and its output (argparse's own errors exit, status 2 too)."""
     try:
@@ -280,14 +270,6 @@ def test_the_forward_grid_starts_from_the_images_themselves():
     first = torch.tensor(np.array(grid.convert("L").crop((0, 14, 32, 46))), dtype=torch.float32)
     expected = ((images[0, 0] + 1) * 127.5).round().repeat_interleave(4, 0).repeat_interleave(4, 1)
     torch.testing.assert_close(first, expected, atol=1, rtol=0)  # 8-bit rounding
-
-
-@pytest.fixture
-def run_with_card(checkpoint, tmp_path):
-    """A copy of the checkpoint with the model card a training run writes beside it."""
-    folder = shutil.copytree(checkpoint, tmp_path / "run")
-    (folder / "README.md").write_text(str(model_card(folder, "run")))
-    return folder
 
 
 def test_evaluate_estimates_the_bound_from_100_terms_by_default_and_records_it_in_the_run(

@@ -12,7 +12,7 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 import hfddpm
-from hfddpm import DDPMScheduler, HFDDPMPipeline
+from hfddpm import HFDDPMPipeline
 from hfddpm.evaluation import EvaluationReport, variational_bound
 from hfddpm.evaluation.digits_classifier import HELD_OUT_ACCURACY, digits_tensors, held_out_accuracy
 from hfddpm.evaluation.features import DigitsFeatures, Dinov2Features, InceptionFeatures
@@ -21,8 +21,6 @@ from hfddpm.evaluation.report import record_evaluation
 from hfddpm.evaluation.sample_quality import digits_scores, generate_samples, load_image_folder, reference_statistics
 from hfddpm.image_data import image_batches
 from hfddpm.model_cards import model_card
-
-from .conftest import tiny_unet
 
 
 def gaussian_features(n, d, seed):
@@ -158,16 +156,6 @@ def test_dinov2_features_from_a_local_folder(tmp_path):
     assert torch.allclose(extractor(images[:1]), features[:1], atol=1e-5)  # no dependence on the batch
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny 8×8 digits-sized pipeline with T = 120 training timesteps."""
-    folder = tmp_path_factory.mktemp("evaluation") / "tiny"
-    HFDDPMPipeline(unet=tiny_unet(channels=1), scheduler=DDPMScheduler(num_train_timesteps=120)).save_pretrained(
-        folder
-    )
-    return folder
-
-
 def test_evaluate_reports_the_bound_of_the_checkpoint_from_100_stratified_terms(checkpoint, tmp_path):
     report = hfddpm.evaluate(
         checkpoint, "digits", ["bits_per_dim"], max_images=2, batch_size=2, output_dir=tmp_path, progress_bar=False
@@ -213,14 +201,6 @@ def bound_report(value: float) -> EvaluationReport:
     details = {"split": "test", "standard_error": 0.01, "num_images": 8, "num_timesteps": 2,
                "reverse_variance": "fixed_small", "prior_bits_per_dim": 1e-5, "decoder_bits_per_dim": 0.5}  # fmt: skip
     return EvaluationReport("run", "digits", {"bits_per_dim": value}, {"bits_per_dim": details})
-
-
-@pytest.fixture
-def run_with_card(checkpoint, tmp_path):
-    """A copy of the checkpoint with the model card a training run writes beside it."""
-    folder = shutil.copytree(checkpoint, tmp_path / "run")
-    (folder / "README.md").write_text(str(model_card(folder, "run")))
-    return folder
 
 
 def test_a_record_merges_into_the_runs_evaluation_and_rewrites_its_card(run_with_card):
