@@ -21,7 +21,15 @@ import torch
 from safetensors.torch import load_file
 
 from hfddpm import DDIMScheduler, HFDDPMPipeline, create_unet
-from hfddpm.training.faults import StepCheck, StopRequest, check_step, weights_are_finite
+from hfddpm.training.faults import (
+    CheckpointError,
+    RunInterrupted,
+    StepCheck,
+    StopRequest,
+    check_step,
+    run_command,
+    weights_are_finite,
+)
 from hfddpm.training.tracking import read_jsonl_log
 
 from .test_train_script import FAST, weights
@@ -251,6 +259,23 @@ class OneProcess:
 def test_check_step_flags_non_finite_values(loss, grad_norm, scaler, fault):
     check = check_step(OneProcess(scaler), torch.tensor(loss), torch.tensor(grad_norm), StopRequest())
     assert check == StepCheck(fault=fault, stop_signal=None)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "line"),
+    [
+        (ValueError("--x must be in [1, inf), got 0\nmore detail"), 2, "error: --x must be in [1, inf), got 0"),
+        (ValueError(), 2, "error: ValueError"),  # no message: its type, not an IndexError
+        (CheckpointError("cannot resume from c: torn"), 1, "error: cannot resume from c: torn"),
+        (RunInterrupted("SIGTERM: stopped at step 3", signal.SIGTERM), 143, "SIGTERM: stopped at step 3"),
+    ],
+)
+def test_a_fault_is_one_line_and_an_exit_status(error, status, line, capsys):
+    def train():
+        raise error
+
+    assert run_command(train) == status
+    assert capsys.readouterr().err.splitlines() == [line]
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,11 @@ def in_interval(value: float, interval: str) -> bool:
     return math.isfinite(value) and above and below
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of `error`'s message, for a one-line error; its type's name when it has no message."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def _scalar(value: Any) -> Any:
     """A 0-d tensor or array as its Python number (diffusers users pass `torch.tensor(0.5)`); anything else as is."""
     return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value

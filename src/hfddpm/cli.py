@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import __version__, durable
-from .arguments import check_options, option
+from .arguments import check_options, first_line, option
 from .lazy import missing_extra
 
 SEEDS = "[0, 4294967295]"  # as the training script's --seed
@@ -357,8 +357,7 @@ def run_analytic_variance(options: AnalyticVarianceOptions) -> None:
     if options.output_dir:
         durable.check_new_folder(options.output_dir, "--output_dir")
     pipeline = load_pipeline(options)
-    size, channels = pipeline.unet.config.sample_size, pipeline.unet.config.in_channels
-    size = size if isinstance(size, int) else size[0]
+    _, channels, size, _ = pipeline.sample_shape(1)
     batches = image_batches(
         options.dataset, options.split, size, channels, options.batch_size, options.image_column, options.num_images
     )
@@ -438,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = str(friendly)
     except (ValueError, OSError) as error:  # FileNotFoundError and HubError among them: bad input, one line
-        message = str(error).splitlines()[0] if str(error).strip() else repr(error)
+        message = first_line(error)
     else:
         return 0
     print(f"hfddpm {command}: error: {message}", file=sys.stderr)

@@ -22,8 +22,9 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from . import durable
+from .arguments import first_line
 from .model_cards import model_card
-from .pipelines.loading import PICKLE_SUFFIXES, first_line
+from .pipelines.loading import PICKLE_SUFFIXES
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo

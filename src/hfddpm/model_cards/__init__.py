@@ -20,6 +20,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .. import durable
 from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
+from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
 
 TEMPLATE = Path(__file__).parent / "template.md"
 SAMPLE_GRID = "samples/final.png"
@@ -62,7 +63,7 @@ def _read_json(path: Path) -> dict:
 
 def _training_rows(args: dict, info: dict, unet: dict, scheduler: dict, lineage: dict) -> list[tuple[str, str]]:
     """The training configuration as (setting, value) rows, from whatever of it the folder records."""
-    learned = str(scheduler.get("reverse_variance")).startswith("learned")
+    learned = scheduler.get("reverse_variance") in LEARNED_VARIANCES
     loss = lineage.get("loss") or args.get("loss_type") or ("hybrid" if learned else "simple")
     preset = "the teacher's" if lineage else f"preset {args.get('model_preset', '?')}"
     rows = [

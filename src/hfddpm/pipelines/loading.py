@@ -22,6 +22,7 @@ from huggingface_hub import hf_hub_download
 from packaging.version import InvalidVersion, Version
 
 from .. import __version__
+from ..arguments import first_line
 from ..schedulers import DDIMScheduler, DDPMScheduler
 
 # Weight files that are pickles, which can run code when loaded: refused unless the user opts in, never published.
@@ -130,9 +131,9 @@ def weight_files_are_safe(unet_folder: str, allow_pickle: bool) -> None:
     """Refuse, unless `allow_pickle`, weights diffusers would read with `torch.load`: shards named by any weights
     index (every variant's, under either of diffusers' names) that are not safetensors files, and pickle weights
     without safetensors beside them."""
-    files = os.listdir(unet_folder)
     if allow_pickle:
         return
+    files = os.listdir(unet_folder)
     for index in (os.path.join(unet_folder, name) for name in files if ".index" in name and name.endswith(".json")):
         shards = read_json(index, "").get("weight_map", {}).values()
         if pickles := sorted(str(shard) for shard in shards if not str(shard).endswith(".safetensors")):
@@ -203,10 +204,6 @@ def count_nonfinite(model: torch.nn.Module) -> int:
         for tensor in model.state_dict().values()
         if tensor.is_floating_point() and tensor.device.type != "meta"
     )
-
-
-def first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def read_json(path: str, missing: str) -> dict:

@@ -16,6 +16,7 @@ import PIL.Image
 import torch
 
 from .. import __version__, durable
+from ..arguments import first_line
 from ..conditioning import every_class
 from ..pipelines import HFDDPMPipeline
 from ..visualize import sample_grid, save_image, to_pil
@@ -46,7 +47,7 @@ def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         problem = durable.write_problem(error)
         raise CheckpointError(
-            f"{problem} to save the pipeline in {output_dir} ({str(error).splitlines()[0]}); the earlier files are "
+            f"{problem} to save the pipeline in {output_dir} ({first_line(error)}); the earlier files are "
             "kept: free disk space, then resume with --resume_from_checkpoint latest"
         ) from error
     durable.move_files_into(staging, output_dir, last="model_index.json")
@@ -125,7 +126,7 @@ def publish(config: RunConfig, output_dir: Path, intermediate_pushes: list[Futur
 
     for future in intermediate_pushes:  # a lost intermediate push does not fail the run
         if (error := future.exception()) is not None:
-            print(f"warning: an intermediate push failed: {str(error).splitlines()[0]}", file=sys.stderr)
+            print(f"warning: an intermediate push failed: {first_line(error)}", file=sys.stderr)
     training_state = config.hub_include_training_state
     try:
         if config.hub_dry_run:

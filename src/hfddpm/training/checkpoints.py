@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
+from ..arguments import first_line
 from ..durable import finish_tree, is_disk_full, remove_tree, write_text
 from .faults import CheckpointError
 
@@ -142,7 +143,7 @@ class CheckpointManager:
                 obj.load_state_dict(load_state_dict(path / name))
             return json.loads((path / TRAINING_STATE).read_text())
         except _UNREADABLE as error:
-            reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             if isinstance(error, pickle.UnpicklingError):
                 reason = "it holds a pickle that would run code when loaded (refused by torch.load weights_only)"
             earlier = [p.name for p in self.complete() if p != path]
@@ -157,7 +158,7 @@ class CheckpointManager:
         kept = f"{kept_path.name} is kept" if kept_path else "no earlier checkpoint exists"
         if error is None:  # another process failed; it reports the reason
             return f"another process could not write {final.name}; {kept}"
-        reason = str(error).splitlines()[0]
+        reason = first_line(error)
         # torch.save's writer drops the OS error: judge by the room left against the size of the last checkpoint.
         needed = sum(f.stat().st_size for f in kept_path.rglob("*") if f.is_file()) if kept_path else 0
         if is_disk_full(error) or shutil.disk_usage(self.folder).free < needed:

@@ -19,7 +19,7 @@ from ..arguments import add_options, check_options, option
 from ..image_data import DIGITS
 from ..models.unet_presets import UNET_PRESETS
 from ..schedulers.checks import PREDICTION_TYPES
-from ..schedulers.gaussian_diffusion import REVERSE_VARIANCES
+from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES, REVERSE_VARIANCES
 
 DEFAULT_MAX_TRAIN_STEPS = 2000
 # p_uncond of Ho & Salimans (2022): the share of training labels replaced by "no label", so that one network learns
@@ -213,7 +213,7 @@ class TrainingConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        learned = self.reverse_variance in ("learned", "learned_range")
+        learned = self.reverse_variance in LEARNED_VARIANCES
         self.loss_type = self.loss_type or ("hybrid" if learned else "simple")
         if self.loss_type != "vlb" and (self.loss_type == "hybrid") != learned:
             raise ValueError(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..arguments import first_line
 from ..lazy import missing_extra
 from .config import launched_as_main_process
 
@@ -133,7 +134,7 @@ def run_command(train: Callable[[], int]) -> int:
             raise
         message, status = f"error: {friendly}", 2
     except (ValueError, FileNotFoundError, NotADirectoryError, HubError, CheckpointError, NonFiniteLossError) as error:
-        message = f"error: {str(error).splitlines()[0]}"
+        message = f"error: {first_line(error)}"
         status = 1 if isinstance(error, (CheckpointError, NonFiniteLossError)) else 2
     if launched_as_main_process():
         print(message, file=sys.stderr)

@@ -17,23 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from ..durable import check_output_folder
+from ..hub import RUN_EXPORT, RUN_RECORDS
 from .config import RunConfig, launched_as_main_process
 
-# Everything a run writes at the top of its output folder, and so all that --overwrite_output_dir may remove.
-RUN_OUTPUTS = (
-    "checkpoints",
-    "samples",
-    "logs",
-    "unet",
-    "scheduler",
-    "model_index.json",
-    "training_args.json",
-    "training_info.json",
-    "evaluation.json",
-    "README.md",
-    "hub-export",
-    "distillation.json",
-)
+# Everything a run writes at the top of its output folder, and so all that --overwrite_output_dir may remove: the
+# pipeline, its card, checkpoints, grids, logs, the run's JSON records and its Hub export.
+RUN_OUTPUTS = ("checkpoints", "samples", "logs", "unet", "scheduler", "model_index.json", "README.md")
+RUN_OUTPUTS += (*RUN_RECORDS, RUN_EXPORT)
 # The record every run writes before anything else (`artefacts.record_arguments`): the mark of a folder a run wrote.
 RUN_RECORD = "training_args.json"
 # Held (flock) by a run's main process for the run's life; the kernel releases it when the process dies, however.

@@ -159,8 +159,7 @@ def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, Distillati
     """The teacher pipeline, and `config` completed from it: its resolution and channels (others are refused), the
     student's prediction type, and its training data unless --dataset_name or --train_data_dir name some."""
     teacher = HFDDPMPipeline.from_pretrained(config.teacher)
-    size, channels = teacher.unet.config.sample_size, teacher.unet.config.in_channels
-    size = size if isinstance(size, int) else size[0]
+    _, channels, size, _ = teacher.sample_shape(1)
     for name, value in (("resolution", size), ("channels", channels)):
         if getattr(config, name) not in (None, value):
             raise ValueError(f"--{name} {getattr(config, name)} differs from the teacher's {value}; leave it out")
