@@ -423,6 +423,35 @@ def test_schedulers_refuse_a_broken_noise_schedule(cls, options, message):
 
 
 @pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
+@pytest.mark.parametrize(
+    "key, value, switch",
+    [
+        # Stock diffusers builds each of these and, with its switch on, samples constant or NaN images, reads
+        # ᾱ_{T−1} at t < 0, or fails at the first step (a quantile outside [0, 1], an index past T − 1); the
+        # 0 quantile is the smallest |x̂_0|, no percentile.
+        ("clip_sample_range", 0.0, "clip_sample"),
+        ("clip_sample_range", -1.0, "clip_sample"),
+        ("clip_sample_range", NAN, "clip_sample"),
+        ("dynamic_thresholding_ratio", 0.0, "thresholding"),
+        ("dynamic_thresholding_ratio", 1.5, "thresholding"),
+        ("sample_max_value", 0.0, "thresholding"),
+        ("sample_max_value", -1.0, "thresholding"),
+        ("steps_offset", -1, None),
+        ("steps_offset", 1000, None),  # T = 1000
+    ],
+)
+def test_config_numbers_that_sample_constant_or_nan_images_are_refused(cls, key, value, switch):
+    config = {key: value, **({switch: True} if switch else {})}
+    with pytest.raises(ValueError, match=key) as info:
+        cls(**config)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=key):  # as a checkpoint's scheduler_config.json loads
+        cls.from_config({"_class_name": cls.__name__, "num_train_timesteps": 1000, **config})
+    if switch:  # unread while its switch is off
+        cls(**{**config, switch: False})
+
+
+@pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
 def test_analytic_needs_one_finite_gamma_per_training_timestep(cls):
     with pytest.raises(ValueError, match="reverse_variance='analytic' needs analytic_gamma.*fit_analytic_variance"):
         cls(reverse_variance="analytic")

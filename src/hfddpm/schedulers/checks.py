@@ -24,6 +24,15 @@ _SCHEDULES_WITH_ENDPOINTS = ("linear", "scaled_linear", "sigmoid")
 # What η means, for the messages refusing one (Song et al. 2021, eq. 16: η² scales the DDPM posterior variance;
 # above 1 the noise can exceed what the step leaves room for, and the mean's square root turns NaN).
 ETA_MEANING = "0 is deterministic DDIM, 1 is DDPM-like"
+# Stock numbers read only while their switch is on: (switch, key, interval, meaning). Outside it stock samples
+# constant or NaN images: clip_sample_range r < 0 clamps every x̂_0 to −r (torch.clamp's max wins), 0 to 0;
+# sample_max_value < 0 makes every thresholded x̂_0 one value, 0 makes it 0/0; NaN in either gives NaN. A ratio
+# outside [0, 1] fails torch.quantile at the first step, and 0 is no percentile (the smallest |x̂_0|).
+_SWITCHED_NUMBERS = (
+    ("clip_sample", "clip_sample_range", "(0, inf)", "clip_sample clips x̂_0 to ± it"),
+    ("thresholding", "dynamic_thresholding_ratio", "(0, 1]", "thresholding's quantile of |x̂_0|"),
+    ("thresholding", "sample_max_value", "(0, inf)", "thresholding's largest threshold"),
+)
 
 
 def check_scheduler_options(
@@ -35,7 +44,9 @@ def check_scheduler_options(
 
     `beta_start` ≤ `beta_end` lie in (0, 1) where the schedule reads them; `trained_betas` holds one β in (0, 1)
     per training timestep (stock accepts another length and fails with an IndexError when sampling), and then
-    `beta_schedule` is ignored, as in stock diffusers.
+    `beta_schedule` is ignored, as in stock diffusers. The clipping and thresholding numbers where switched on
+    (`_SWITCHED_NUMBERS`), and `steps_offset`, are refused where stock samples constant or NaN images or fails
+    mid-sampling.
     """
     options = dict(options)
     steps = options["num_train_timesteps"] = checked_integer("num_train_timesteps", options["num_train_timesteps"])
@@ -50,6 +61,16 @@ def check_scheduler_options(
         if start > checked_number("beta_end", options["beta_end"], "(0, 1)"):
             end = options["beta_end"]
             raise ValueError(f"beta_start must not exceed beta_end (the noise grows with t), got {start} > {end}")
+    for switch, name, interval, meaning in _SWITCHED_NUMBERS:
+        if options[switch]:
+            checked_number(name, options[name], interval, meaning)
+    # "leading" spacing with S steps samples t = k⌊T/S⌋ + steps_offset, k = 0, …, S − 1 (the other spacings ignore
+    # the offset), so every t stays in [0, T − 1] exactly when 0 ≤ steps_offset ≤ T − 1 − (S − 1)⌊T/S⌋
+    # = ⌊T/S⌋ + (T mod S) − 1: T − 1 at S = 1, 0 at S = T (stock's steps_offset=1 fits every S < T). S comes later,
+    # so only an offset out of range for every S is refused here; a larger one for the S asked fails at the first
+    # step with an IndexError. A negative offset gives t < 0, which stock reads silently as ᾱ_{T−1} (Python's
+    # index −1) and hfddpm's DDIM as x_0 (ᾱ = 1: NaN images).
+    options["steps_offset"] = checked_integer("steps_offset", options["steps_offset"], 0, steps - 1)
     for name, choices in (("prediction_type", PREDICTION_TYPES), ("timestep_spacing", TIMESTEP_SPACINGS)):
         if options[name] not in choices:
             raise ValueError(f"{name} must be one of {choices}, got {options[name]!r}")
