@@ -20,6 +20,8 @@ LAYERS = {
     "eval_mode": 1,
     "lazy": 1,
     "schedulers": 2,
+    "records": 2,
+    "run_folder": 3,
     "models": 3,
     "pipelines": 4,
     "visualize": 5,

@@ -16,17 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from hfddpm import DDIMScheduler, HFDDPMPipeline
+from hfddpm.run_folder import LOCK_FILE, RUN_RECORD, _take_lock, run_lock
 from hfddpm.training import LossOutput, Trainer, TrainingConfig
 from hfddpm.training.faults import NonFiniteLossError
-from hfddpm.training.output_folder import (
-    LOCK_FILE,
-    RUN_OUTPUTS,
-    RUN_RECORD,
-    check_output_dir,
-    lock_file,
-    output_dir_lock,
-    remove_earlier_run_outputs,
-)
+from hfddpm.training.output_folder import RUN_OUTPUTS, check_output_dir, replace_earlier_runs
 from hfddpm.training.setup import create_accelerator, create_training_unet, load_training_images
 from hfddpm.training.tracking import read_jsonl_log
 
@@ -221,7 +214,7 @@ def test_overwriting_removes_what_an_earlier_run_wrote_and_nothing_else(tmp_path
     (run / "my-images").mkdir()
     (run / LOCK_FILE).touch()
     config = TrainingConfig(output_dir=str(run), overwrite_output_dir=True)
-    remove_earlier_run_outputs(config, MAIN_PROCESS, check_output_dir(config))
+    replace_earlier_runs(config, MAIN_PROCESS, [check_output_dir(config)])
     assert sorted(path.name for path in run.iterdir()) == [LOCK_FILE, "my-images", "notes.txt"]
 
 
@@ -247,7 +240,7 @@ def record_that_is_no_runs(folder: Path) -> str:
     folder.mkdir()
     (folder / RUN_RECORD).write_text("my own notes, not JSON")
     (folder / "evaluation.json").write_text('{"mine": 1}')
-    return "training_args.json, evaluation.json"
+    return "evaluation.json, training_args.json"
 
 
 @pytest.mark.parametrize(
@@ -261,14 +254,14 @@ def test_a_folder_no_run_wrote_is_refused_and_loses_nothing(tmp_path, make, opti
     config = TrainingConfig(output_dir=str(folder), **options)
     with pytest.raises(ValueError, match=f"holds {names}, which a run would replace, but no training run wrote it"):
         check_output_dir(config)
-    remove_earlier_run_outputs(config, MAIN_PROCESS, folder)  # were it reached anyway
+    replace_earlier_runs(config, MAIN_PROCESS, [folder])  # were it reached anyway
     assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
 
 
 def test_a_parent_folder_of_runs_is_no_run_and_overwriting_it_deletes_nothing(tmp_path):
     runs = [earlier_run(tmp_path / "runs" / name) for name in ("a", "b")]
     config = TrainingConfig(output_dir=str(tmp_path / "runs"), overwrite_output_dir=True)
-    remove_earlier_run_outputs(config, MAIN_PROCESS, check_output_dir(config))
+    replace_earlier_runs(config, MAIN_PROCESS, [check_output_dir(config)])
     assert all(sorted(path.name for path in run.iterdir()) == sorted(RUN_OUTPUTS) for run in runs)
 
 
@@ -286,17 +279,19 @@ def test_output_folders_that_cannot_be_written_are_refused_before_any_work(tmp_p
 
 def test_a_second_run_into_a_locked_output_folder_is_refused(tmp_path):
     run = tmp_path / "run"
-    with output_dir_lock(run):
+    with run_lock(run):
         assert (run / LOCK_FILE).read_text() == str(os.getpid())
-        with pytest.raises(ValueError, match=rf"is in use by another training run \(process {os.getpid()}\); wait"):
-            with output_dir_lock(run):
+        with pytest.raises(
+            ValueError, match=rf"in use by another training run or hfddpm command \(process {os.getpid()}\)"
+        ):
+            with run_lock(run):
                 pass
         (run / RUN_RECORD).write_text("{}")  # the run writes
-    with output_dir_lock(run):  # released when the run ends
+    with run_lock(run):  # released when the run ends
         pass
     assert sorted(path.name for path in run.iterdir()) == [LOCK_FILE, RUN_RECORD]
     # Folders the lock created, left holding only the lock (the run was refused before writing), are removed.
-    with pytest.raises(ValueError, match="a bad image"), output_dir_lock(tmp_path / "new" / "refused"):
+    with pytest.raises(ValueError, match="a bad image"), run_lock(tmp_path / "new" / "refused"):
         raise ValueError("a bad image")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
 
@@ -317,7 +312,7 @@ def test_a_lock_taken_on_a_lock_file_removed_meanwhile_is_taken_again_on_the_new
                 (tmp_path / LOCK_FILE).unlink()  # the refused run's clean-up, between our open and our lock
             locked.append(os.fstat(descriptor).st_ino)
 
-    descriptor = lock_file(RemovedAfterOpening(), tmp_path)
+    descriptor = _take_lock(RemovedAfterOpening(), tmp_path, "--output_dir")
     try:
         assert len(locked) == 2 and locked[1] == os.stat(tmp_path / LOCK_FILE).st_ino == os.fstat(descriptor).st_ino
     finally:
@@ -328,17 +323,17 @@ def test_a_killed_run_leaves_no_lock_behind(tmp_path):
     run, (ready, told) = tmp_path / "run", os.pipe()
     holder = os.fork()
     if holder == 0:  # the child: takes the lock, says so, and waits to be killed
-        with output_dir_lock(run):
+        with run_lock(run):
             os.write(told, b"locked")
             time.sleep(600)
         os._exit(0)
     try:
         assert os.read(ready, 6) == b"locked"
-        with pytest.raises(ValueError, match=rf"is in use by another training run \(process {holder}\)"):
-            with output_dir_lock(run):
+        with pytest.raises(ValueError, match=rf"in use by another .* \(process {holder}\)"):
+            with run_lock(run):
                 pass
     finally:
         os.kill(holder, 9)
         os.waitpid(holder, 0)
-    with output_dir_lock(run):  # SIGKILL released it
+    with run_lock(run):  # SIGKILL released it
         assert (run / LOCK_FILE).read_text() == str(os.getpid())

@@ -21,6 +21,7 @@ from hfddpm.evaluation.report import record_evaluation
 from hfddpm.evaluation.sample_quality import digits_scores, generate_samples, load_image_folder, reference_statistics
 from hfddpm.image_data import image_batches
 from hfddpm.model_cards import model_card
+from hfddpm.records import pipeline_fingerprint
 
 
 def gaussian_features(n, d, seed):
@@ -197,20 +198,24 @@ def test_evaluate_scores_seeded_samples_against_the_reference_split(checkpoint, 
     assert report.metrics["digits_confidence"] == pytest.approx(scores["digits_confidence"], rel=1e-6)
 
 
-def bound_report(value: float) -> EvaluationReport:
+def bound_report(value: float, weights: str | None) -> EvaluationReport:
     details = {"split": "test", "standard_error": 0.01, "num_images": 8, "num_timesteps": 2,
                "reverse_variance": "fixed_small", "prior_bits_per_dim": 1e-5, "decoder_bits_per_dim": 0.5}  # fmt: skip
-    return EvaluationReport("run", "digits", {"bits_per_dim": value}, {"bits_per_dim": details})
+    return EvaluationReport("run", "digits", weights, {"bits_per_dim": value}, {"bits_per_dim": details})
 
 
-def test_a_record_merges_into_the_runs_evaluation_and_rewrites_its_card(run_with_card):
+def test_a_record_merges_into_the_runs_evaluation_of_the_same_weights_and_rewrites_its_card(run_with_card):
     assert "This checkpoint was not evaluated" in (run_with_card / "README.md").read_text()
+    weights = pipeline_fingerprint(run_with_card)
     earlier = {
+        "checkpoint": "run",
+        "dataset": "digits",
+        "weights": weights,
         "metrics": {"fd_digits": 7.5},
         "details": {"samples": {"num_samples": 9, "source": "s", "reference": "r"}},
     }
     (run_with_card / "evaluation.json").write_text(json.dumps(earlier))
-    assert record_evaluation(run_with_card, bound_report(3.25))
+    assert record_evaluation(run_with_card, bound_report(3.25, weights))
     recorded = json.loads((run_with_card / "evaluation.json").read_text())
     assert recorded["metrics"] == {"fd_digits": 7.5, "bits_per_dim": 3.25}  # a new metric joins the earlier ones
     assert (
@@ -220,16 +225,26 @@ def test_a_record_merges_into_the_runs_evaluation_and_rewrites_its_card(run_with
     assert (
         "was not evaluated" not in card and "| 3.2500 | ± " in card and card == str(model_card(run_with_card, "run"))
     )
-    assert record_evaluation(run_with_card, bound_report(3.0))  # measured again: replaced
+    assert record_evaluation(run_with_card, bound_report(3.0, weights))  # measured again: replaced
     assert json.loads((run_with_card / "evaluation.json").read_text())["metrics"]["bits_per_dim"] == 3.0
     assert not list(run_with_card.glob(".*partial"))
+
+
+def test_numbers_of_other_weights_are_not_merged_nor_shown_as_these_weights(run_with_card):
+    weights = pipeline_fingerprint(run_with_card)
+    assert record_evaluation(run_with_card, bound_report(3.25, weights))
+    assert record_evaluation(run_with_card, bound_report(9.0, "0123456789abcdef"))  # e.g. before a resume
+    assert json.loads((run_with_card / "evaluation.json").read_text())["metrics"] == {"bits_per_dim": 9.0}
+    card = (run_with_card / "README.md").read_text()
+    assert "9.0000" not in card and "3.2500" not in card and "measured earlier weights" in card
+    assert "model-index" not in card  # nor in the metadata the Hub indexes
 
 
 @pytest.mark.parametrize("earlier", ["[]", '{"metrics": [1]}', "{"], ids=["a list", "metrics a list", "not JSON"])
 def test_an_evaluation_file_that_is_no_record_is_refused_and_kept(run_with_card, earlier):
     (run_with_card / "evaluation.json").write_text(earlier)
-    with pytest.raises(ValueError, match=r"evaluation.json is not .*; remove it to record the new numbers"):
-        record_evaluation(run_with_card, bound_report(3.25))
+    with pytest.raises(ValueError, match=r"evaluation.json: .*; fix the file, or remove it"):
+        record_evaluation(run_with_card, bound_report(3.25, None))
     assert (run_with_card / "evaluation.json").read_text() == earlier
 
 
@@ -237,5 +252,5 @@ def test_a_folder_whose_card_is_someone_elses_is_left_as_it_was(checkpoint, tmp_
     folder = shutil.copytree(checkpoint, tmp_path / "theirs")
     (folder / "README.md").write_text("# My model\n\nMy own words.\n")
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    assert not record_evaluation(folder, bound_report(3.25))
+    assert not record_evaluation(folder, bound_report(3.25, None))
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before

@@ -2,10 +2,12 @@
 against a local HTTP server (tests/fake_hub.py) and back, the export folder, and the one-line errors; the token is
 never written anywhere."""
 
+import ast
 import errno
 import importlib.util
 import json
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -21,6 +23,8 @@ from hfddpm import DDIMScheduler, HFDDPMPipeline, create_unet
 from hfddpm.cli import main
 from hfddpm.hub import HubError, export_for_hub, files_to_publish, push_to_hub
 from hfddpm.model_cards import model_card
+from hfddpm.records import pipeline_fingerprint
+from hfddpm.training import TrainingConfig
 
 from .conftest import tiny_unet
 from .fake_hub import FakeHub
@@ -37,6 +41,14 @@ PUBLISHED = [
     "unet/config.json",
     "unet/diffusion_pytorch_model.safetensors",
 ]
+# Class and folder names a card must show as they are: code, HTML, a heading, a table cell, quotes and a backslash.
+HOSTILE_NAMES = [
+    'cat"]; import os; os.system("x")  #',
+    "<img src=x onerror=alert(1)>",
+    "x\n## Injected",
+    "a|b",
+    "\\\"'",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +58,7 @@ def finished_run(tmp_path_factory):
     HFDDPMPipeline(unet=tiny_unet(channels=1, sample_size=8), scheduler=DDIMScheduler()).save_pretrained(folder)
     (folder / "samples").mkdir()
     (folder / "samples" / "final.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
-    args = {"dataset_name": None, "split": "train", "model_preset": "tiny", "train_batch_size": 64, "seed": 0,
-            "max_train_steps": 2000, "learning_rate": 2e-3, "lr_scheduler": "cosine", "lr_warmup_steps": 100,
-            "use_ema": True, "ema_max_decay": 0.9999, "num_sample_images": 64, "num_inference_steps": 50}  # fmt: skip
+    args = TrainingConfig(output_dir=str(folder), model_preset="tiny", max_train_steps=2000).recorded()
     (folder / "training_args.json").write_text(json.dumps(args))
     info = {"device": "cpu (2 threads)", "wall_time_seconds": 556.0, "final_loss": 0.0761, "global_step": 2000,
             "num_processes": 1, "mixed_precision": "no", "parameters": "0.18M",
@@ -58,6 +68,9 @@ def finished_run(tmp_path_factory):
              "reverse_variance": "fixed_small"}  # fmt: skip
     samples = {"num_samples": 256, "source": "DDIMScheduler, 50 steps", "reference": "digits train"}
     evaluation = {
+        "checkpoint": str(folder),
+        "dataset": "digits",
+        "weights": pipeline_fingerprint(folder),
         "metrics": {"fd_digits": 5.758, "bits_per_dim": 5.134},
         "details": {"samples": samples, "bits_per_dim": bound},
     }
@@ -102,7 +115,7 @@ def test_the_model_card_has_the_metadata_the_hub_indexes_and_round_trips(run_fol
     }
     text = str(card)
     assert yaml.safe_load(text.split("---")[1])["model-index"][0]["name"] == "ddpm-digits"
-    assert 'HFDDPMPipeline.from_pretrained("user/ddpm-digits")' in text and "![Samples" in text
+    assert "HFDDPMPipeline.from_pretrained('user/ddpm-digits')" in text and "![Samples" in text
     assert "| training time | 9.3 min |" in text and "| noise schedule | linear, T = 1000 |" in text
     assert "297 test images, 1000 terms each" in text
     reloaded = ModelCard(text)
@@ -116,7 +129,7 @@ def test_the_cards_usage_snippet_runs_as_written(run_folder, monkeypatch, condit
         pipe = HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(), id2label={0: "cat", 1: "dog", 2: "owl"})
         pipe.save_pretrained(run_folder)
     snippet = str(model_card(run_folder, "user/ddpm-digits")).split("```python\n")[1].split("```")[0]
-    assert ('class_labels=["cat"] * 4 + ["owl"] * 4' in snippet) == conditional
+    assert ("class_labels=['cat'] * 4 + ['owl'] * 4" in snippet) == conditional
     # The snippet loads from the Hub; here the repository id is a local folder of that name.
     monkeypatch.chdir(run_folder.parent)
     shutil.copytree(run_folder, run_folder.parent / "user" / "ddpm-digits")
@@ -124,12 +137,38 @@ def test_the_cards_usage_snippet_runs_as_written(run_folder, monkeypatch, condit
     assert (run_folder.parent / "sample.png").is_file()
 
 
+def card_naming(folder: Path, name: str) -> tuple[str, str]:
+    """The text and the usage code of `folder`'s card when `name` is its one class and its image folder's name."""
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "id2label": {"0": name}}))
+    args = json.loads((folder / "training_args.json").read_text())
+    (folder / "training_args.json").write_text(json.dumps({**args, "train_data_dir": f"data/{name}"}))
+    before, code, after = re.split(r"^```.*\n", model_card(folder, "user/ddpm-digits").text, flags=re.MULTILINE)
+    return before + after, code
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_names_from_the_data_stay_literals_in_the_code_and_plain_text_in_the_card(run_folder, name):
+    plain_text, _ = card_naming(run_folder, "cat")
+    text, code = card_naming(run_folder, name)
+    tree = ast.parse(code)  # no name ends the string and runs as code
+    labels = next(
+        node.value for node in ast.walk(tree) if isinstance(node, ast.keyword) and node.arg == "class_labels"
+    )
+    assert ast.literal_eval(labels.left.left) == [name]  # the class a reader draws is the data's, exactly
+    headings = lambda text: [line for line in text.splitlines() if line.startswith("#")]  # noqa: E731
+    assert headings(text) == headings(plain_text)  # no name starts a section of its own
+    cells = lambda text: [len(re.findall(r"(?<!\\)\|", line)) for line in text.splitlines() if line.startswith("|")]  # noqa: E731
+    assert cells(text) == cells(plain_text)  # nor a table cell
+    assert "<img" not in text  # nor HTML
+
+
 def test_only_weights_configs_card_images_and_records_are_published(run_folder):
     assert files_to_publish(run_folder) == sorted(set(PUBLISHED) - {"README.md"})
     assert "checkpoints/checkpoint-500/optimizer.bin" in files_to_publish(run_folder, include_training_state=True)
     (run_folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     torch.save({}, run_folder / "unet" / "diffusion_pytorch_model.bin")
-    with pytest.raises(HubError, match=r"unet/ has pickle weights only .*save it with safetensors"):
+    with pytest.raises(ValueError, match=r"is a pickle.*re-save the pipeline as safetensors"):
         files_to_publish(run_folder)
 
 
@@ -237,7 +276,7 @@ def user_file(tmp_path):
     ("make_target", "message"),
     [
         pytest.param(lambda run, tmp: user_folder(tmp), r"is not empty; name a new or empty folder", id="user files"),
-        pytest.param(lambda run, tmp: tmp, r"holds the run folder .*; export to a new or empty folder", id="parent"),
+        pytest.param(lambda run, tmp: tmp, r"is not empty; name a new or empty folder", id="parent"),
         pytest.param(lambda run, tmp: run, r"is inside the run folder .*; export to a folder outside it", id="run"),
         pytest.param(lambda run, tmp: run / "samples", r"is inside the run folder", id="run subfolder"),
         pytest.param(lambda run, tmp: run / "export", r"is inside the run folder", id="new folder in the run"),

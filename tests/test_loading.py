@@ -266,7 +266,7 @@ def set_first(tensors, key, value):
 DAMAGED = [
     ("no model_index.json", lambda f: (f / "model_index.json").unlink(), FileNotFoundError, "holds no pipeline"),
     ("model_index.json not JSON", lambda f: (f / "model_index.json").write_text("{"), ValueError, "is not valid JSON"),
-    ("model_index.json a list", lambda f: (f / "model_index.json").write_text("[]"), ValueError, "holds a JSON list"),
+    ("model_index.json a list", lambda f: (f / "model_index.json").write_text("[]"), ValueError, "not an object"),
     (
         "no unet entry",
         lambda f: (f / "model_index.json").write_text('{"_class_name": "DDPMPipeline"}'),

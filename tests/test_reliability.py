@@ -223,8 +223,8 @@ def test_a_second_run_into_the_same_folder_is_refused_and_a_killed_run_leaves_no
             os._exit(train_unconditional_command(argv))
         assert os.waitstatus_to_exitcode(os.waitpid(second, 0)[1]) == 2
         assert (tmp_path / "second.txt").read_text().strip().splitlines() == [
-            f"error: --output_dir {run} is in use by another training run "
-            f"(process {pid}); wait for it to end, or choose another --output_dir"
+            f"error: --output_dir {run} is in use by another training run or hfddpm command "
+            f"(process {pid}); wait for it to end, or choose another folder"
         ]
     finally:
         os.kill(pid, signal.SIGKILL)

@@ -50,7 +50,7 @@ def test_checkpoints_are_complete_rotated_and_resolved(tmp_path):
             model.weight.fill_(step)
         if step == 20:  # the step's randomness is saved and restored with the rest
             expected = torch.randn(7, generator=torch.Generator().set_state(generator.get_state()))
-        manager.save(accelerator, step, {"epoch": 0, "batches_in_epoch": step}, {"ema": ema}, generator)
+        manager.save(accelerator, step, {"epoch": 0, "batches_in_epoch": step}, {"ema": ema}, generator, {})
         torch.randn(5, generator=generator)
     assert [p.name for p in manager.complete()] == ["checkpoint-20", "checkpoint-30"]
     # A save killed midway leaves a partial folder that is never taken for a checkpoint.
@@ -62,7 +62,7 @@ def test_checkpoints_are_complete_rotated_and_resolved(tmp_path):
         model.weight.fill_(0)
     restored = torch.Generator()
     state = manager.load(
-        accelerator, manager.resolve(str(tmp_path / "checkpoints" / "checkpoint-20")), {"ema": ema}, restored
+        accelerator, manager.resolve(str(tmp_path / "checkpoints" / "checkpoint-20")), {"ema": ema}, restored, {}
     )
     assert state["global_step"] == 20 and state["batches_in_epoch"] == 20
     assert torch.all(model.weight == 20) and torch.equal(torch.randn(7, generator=restored), expected)
@@ -80,16 +80,16 @@ def test_a_checkpoint_that_meets_a_full_disk_is_removed_and_the_previous_one_kep
     generator = torch.Generator()
     manager = CheckpointManager(tmp_path / "checkpoints")
     position = {"epoch": 0, "batches_in_epoch": 1}
-    manager.save(accelerator, 1, position, {}, generator)
+    manager.save(accelerator, 1, position, {}, generator, {})
 
     def full_disk(tensors, filename):  # what safetensors raises when the device is full
         raise SafetensorError('Error while serializing: IoError(Os { code: 28, message: "No space left on device" })')
 
     monkeypatch.setattr("hfddpm.training.checkpoints.save_file", full_disk)
     with pytest.raises(CheckpointError, match=r"no space left to write .*checkpoint-2 .*; checkpoint-1 is kept: free"):
-        manager.save(accelerator, 2, position, {}, generator)
+        manager.save(accelerator, 2, position, {}, generator, {})
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["checkpoint-1"]
-    assert manager.load(accelerator, manager.resolve("latest"), {}, generator)["global_step"] == 1
+    assert manager.load(accelerator, manager.resolve("latest"), {}, generator, {})["global_step"] == 1
 
 
 def test_is_disk_full_reads_the_os_error_through_wrapping_exceptions():

@@ -17,6 +17,7 @@ import numbers
 import os
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal
 
 
@@ -62,6 +63,21 @@ def in_interval(value: float, interval: str) -> bool:
     return math.isfinite(value) and above and below
 
 
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+    """Refuse, in one line naming the size, to allocate `nbytes` for `what` when the memory available now (Linux's
+    MemAvailable, else the physical memory) is smaller: a size that cannot fit fails before the work, not after."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > available:
+        raise ValueError(
+            f"{what} needs {nbytes / 2**30:.1f} GiB of memory, and {available / 2**30:.1f} GiB are available; ask "
+            "for fewer or smaller images"
+        )
+
+
 def first_line(error: BaseException) -> str:
     """The first line of `error`'s message, for a one-line error; its type's name when it has no message."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -79,11 +95,16 @@ def option(
     interval: str | None = None,
     positional: bool = False,
     group: str | None = None,
+    path: Literal["input", "output", "owned"] | None = None,
+    defines_run: bool = False,
 ) -> Any:
     """A field of an options dataclass that is also a command-line argument (`--name`, or `name` if `positional`):
     its `help`, the `interval` its number must lie in, and the help `group` it is listed under. Choices are the
-    field's `Literal` type."""
-    metadata = {"help": help, "interval": interval, "positional": positional, "group": group}
+    field's `Literal` type. A `path` is a file or folder the command reads ("input"), writes ("output"), or owns
+    ("owned": writes, and may delete what it wrote there): `check_options` keeps them apart. An option that
+    `defines_run` may not change when a training run resumes."""
+    metadata = {"help": help, "interval": interval, "positional": positional, "group": group, "path": path}
+    metadata["defines_run"] = defines_run
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -97,6 +118,28 @@ def check_options(options: Any) -> None:
         if interval and value is not None and not in_interval(value, interval):
             raise ValueError(f"--{field.name} must be in {interval}, got {value}")
         setattr(options, field.name, value)
+    check_inputs_apart(options)
+
+
+def check_inputs_apart(options: Any) -> None:
+    """Refuse options whose output is, or lies in, a file or folder they read — and whose owned folder holds one:
+    a command never writes into, replaces or deletes its own input (a teacher, a dataset, the checkpoint it
+    exports)."""
+    paths: dict[str, list[tuple[str, Path]]] = {"input": [], "output": [], "owned": []}
+    for field in dataclasses.fields(options):
+        if (role := field.metadata.get("path")) and isinstance(value := getattr(options, field.name), str):
+            name = field.name if field.metadata["positional"] else f"--{field.name}"
+            paths[role].append((f"{name} {value}", Path(value).expanduser().resolve()))
+    for read, source in paths["input"]:
+        if not source.exists():  # a Hub name, or absent: nothing local to overwrite
+            continue
+        for written, target in paths["output"] + paths["owned"]:
+            if target == source or source in target.parents:
+                where = "is" if target == source else "lies in"
+                raise ValueError(f"{written} {where} {read}, which it reads; write it somewhere else")
+        for written, target in paths["owned"]:
+            if target in source.parents:
+                raise ValueError(f"{written} holds {read}, which it reads and may replace; keep them apart")
 
 
 def _kinds(hint: Any) -> tuple:

@@ -4,7 +4,9 @@ are its flags (`hfddpm.arguments.option`), checked before it loads a checkpoint 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -12,8 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import __version__, durable
-from .arguments import check_options, first_line, option
+from .arguments import check_fits_in_memory, check_options, first_line, option
 from .lazy import missing_extra
+from .records import read_record, write_record
+from .run_folder import RUN_RECORDS, recorded_data, run_lock
 
 SEEDS = "[0, 4294967295]"  # as the training script's --seed
 COUNT = "[1, inf)"
@@ -43,7 +47,7 @@ class SampleOptions(CheckpointOptions):
     """Draw images from a pipeline checkpoint (folder or Hub repository) with any scheduler; write them as one grid
     image (--output grid.png) or one PNG per image (--output_dir folder/)."""
 
-    checkpoint: str = option(help="pipeline folder or Hub repository", positional=True)
+    checkpoint: str = option(help="pipeline folder or Hub repository", positional=True, path="input")
     num_images: int = option(16, "images to draw, of each label with --class_labels", interval=COUNT)
     class_labels: list[str] | None = option(None, "class names or ids of a class-conditional checkpoint")
     guidance_scale: float | None = option(
@@ -59,8 +63,8 @@ class SampleOptions(CheckpointOptions):
     corrector_steps: int = option(0, "Langevin corrector steps before each step", interval="[0, inf)")
     seed: int = option(0, "image i is drawn from seed + i (as the training grids)", interval=SEEDS)
     batch_size: int = option(250, "images per network call", interval=COUNT)
-    output: str | None = option(None, "grid image to write (.png, or another extension PIL writes)")
-    output_dir: str | None = option(None, "folder to write one PNG per image into")
+    output: str | None = option(None, "grid image to write (.png, or another extension PIL writes)", path="output")
+    output_dir: str | None = option(None, "folder to write one PNG per image into", path="output")
     overwrite: bool = option(False, "replace existing output files")
 
 
@@ -69,10 +73,10 @@ class InpaintOptions(CheckpointOptions):
     """Generate the pixels of --image where --mask is white, keeping the others exactly, with any unconditional or
     class-conditional checkpoint and its own scheduler (RePaint, Lugmayr et al. 2022)."""
 
-    checkpoint: str = option(help="pipeline folder or Hub repository", positional=True)
-    image: str = option(help="the image to complete, of the model's size")
-    mask: str = option(help="white where pixels are generated, black where kept")
-    output: str = option(help="PNG to write: the completion, or a grid of --num_images completions")
+    checkpoint: str = option(help="pipeline folder or Hub repository", positional=True, path="input")
+    image: str = option(help="the image to complete, of the model's size", path="input")
+    mask: str = option(help="white where pixels are generated, black where kept", path="input")
+    output: str = option(help="PNG to write: the completion, or a grid of --num_images completions", path="output")
     overwrite: bool = option(False, "replace an existing output file")
     num_images: int = option(1, "completions to draw", interval=COUNT)
     num_inference_steps: int | None = option(
@@ -94,9 +98,14 @@ class EvaluateOptions(CheckpointOptions):
     hfddpm's model card, the numbers are recorded in its evaluation.json and card."""
 
     checkpoint: str = option(
-        help="pipeline folder or Hub repository, or a folder of generated images", positional=True
+        help="pipeline folder or Hub repository, or a folder of generated images", positional=True, path="input"
     )
-    dataset: str = option("digits", "'digits' (built in), an image folder, a save_to_disk folder or a Hub name")
+    dataset: str | None = option(
+        None,
+        "'digits' (built in), an image folder, a save_to_disk folder or a Hub name (default: the data a run folder "
+        "records, else digits)",
+        path="input",
+    )
     metrics: list[METRICS] | None = option(None, "default: every offline one for the digits, bits_per_dim otherwise")
     split: str = option("test", "held-out split for bits/dim")
     reference_split: str = option("train", "split the samples are compared with")
@@ -115,10 +124,10 @@ class EvaluateOptions(CheckpointOptions):
     num_inference_steps: int | None = option(None, "sampling steps (default: the checkpoint's own)", interval=COUNT)
     eta: float = option(0.0, "DDIM's eta for sampling", interval="[0, 1]")
     batch_size: int = option(250, "images per network call", interval=COUNT)
-    inception_weights: str | None = option(None, "FID: path of pt_inception-2015-12-05-6726825d.pth")
-    dinov2_model: str = option("facebook/dinov2-large", "FD_DINOv2: local folder or cached Hub id")
+    inception_weights: str | None = option(None, "FID: path of pt_inception-2015-12-05-6726825d.pth", path="input")
+    dinov2_model: str = option("facebook/dinov2-large", "FD_DINOv2: local folder or cached Hub id", path="input")
     seed: int = option(0, "seeds the samples, noise and timesteps drawn", interval=SEEDS)
-    output_dir: str | None = option(None, "write evaluation.json and the plot here")
+    output_dir: str | None = option(None, "write evaluation.json and the plot here", path="output")
     overwrite: bool = option(False, "replace existing output files")
     cache_dir: str | None = option(None, "where reference statistics are cached (default ~/.cache/hfddpm)")
 
@@ -129,10 +138,10 @@ class VisualizeOptions(CheckpointOptions):
     steps: x after the step from timestep t (top row of each image) and that step's prediction x̂_0 (bottom row)."""
 
     process: Literal["forward", "reverse"] = option(help="which process to picture", positional=True)
-    checkpoint: str | None = option(None, "reverse: pipeline folder or Hub repository", positional=True)
-    output: str = option(help="image to write (.png, or another extension PIL writes)")
+    checkpoint: str | None = option(None, "reverse: pipeline folder or Hub repository", positional=True, path="input")
+    output: str = option(help="image to write (.png, or another extension PIL writes)", path="output")
     overwrite: bool = option(False, "replace an existing output file")
-    dataset: str = option("digits", "forward: the images to noise")
+    dataset: str = option("digits", "forward: the images to noise", path="input")
     split: str = option("train", "forward: the split")
     resolution: int = option(8, "forward: image size", interval=COUNT)
     channels: Literal[1, 3] = option(1, "forward: 1 grey, 3 RGB")
@@ -154,7 +163,7 @@ class PushOptions(Options):
     model_index.json, configs, safetensors weights, the card, sample images and the run's JSON records. Optimizer
     states and other pickles stay local unless --include_training_state."""
 
-    folder: str = option(help="the checkpoint folder (a training run's output_dir)", positional=True)
+    folder: str = option(help="the checkpoint folder (a training run's output_dir)", positional=True, path="input")
     repo_id: str = option(help="'user/name' (created if it does not exist)")
     token: str | None = option(None, "Hub token (default: $HF_TOKEN or the saved login)")
     private: bool = option(False, "create the repository private")
@@ -162,7 +171,7 @@ class PushOptions(Options):
     commit_message: str | None = option(None)
     include_training_state: bool = option(False, "also push checkpoints/ (pickles)")
     export_dir: str | None = option(
-        None, "write the folder a push would upload here (new or empty), and upload nothing"
+        None, "write the folder a push would upload here (new or empty), and upload nothing", path="output"
     )
     endpoint: str | None = option(None, "Hub address (default: $HF_ENDPOINT or huggingface.co)")
 
@@ -173,13 +182,17 @@ class AnalyticVarianceOptions(CheckpointOptions):
     the pipeline with it in its scheduler config (reverse_variance='analytic') into a new folder (--output_dir), or
     rewrite the checkpoint's scheduler (--in_place), so that it samples with the optimal reverse variance."""
 
-    checkpoint: str = option(help="a pipeline folder or Hub repository", positional=True)
-    dataset: str = option("digits", "the images the model was trained on")
+    checkpoint: str = option(help="a pipeline folder or Hub repository", positional=True, path="input")
+    dataset: str | None = option(
+        None, "the images the model was trained on (default: those a run folder records, else digits)", path="input"
+    )
     split: str = option("train")
     image_column: str | None = option(None, "column holding the images (default: the first image column)")
     num_images: int = option(500, "images in the Monte Carlo average", interval=COUNT)
     batch_size: int = option(250, "images per network call", interval=COUNT)
-    output_dir: str | None = option(None, "a new or empty folder: the pipeline with Analytic-DPM's variance, its card")
+    output_dir: str | None = option(
+        None, "a new or empty folder: the pipeline with Analytic-DPM's variance, its card", path="output"
+    )
     in_place: bool = option(False, "rewrite the checkpoint's scheduler config and card instead")
     seed: int = option(0, interval=SEEDS)
 
@@ -282,22 +295,45 @@ def run_inpaint(options: InpaintOptions) -> None:
 
 
 def run_evaluate(options: EvaluateOptions) -> None:
+    """Evaluate; on a run folder with hfddpm's card, record the numbers there, holding the run's lock throughout (its
+    records are read first, so a malformed one is refused before any work)."""
     from .evaluation import evaluate
     from .evaluation.report import record_evaluation
+    from .model_cards import is_hfddpm_card
 
     if options.output_dir:
         for name in ("evaluation.json", "bits_per_dim_terms.png"):
             durable.check_output_file(Path(options.output_dir) / name, "--output_dir", options.overwrite)
-    arguments = dataclasses.asdict(options)
-    del arguments["overwrite"]
-    report = evaluate(arguments.pop("checkpoint"), **arguments)
-    print(report.summary())
-    if options.output_dir:
-        print(f"  written to {options.output_dir}/evaluation.json")
-    if os.path.isfile(os.path.join(options.checkpoint, "model_index.json")) and record_evaluation(
-        options.checkpoint, report
-    ):
-        print(f"  recorded in {options.checkpoint}/evaluation.json and its model card (README.md)")
+    records = os.path.isfile(os.path.join(options.checkpoint, "model_index.json")) and is_hfddpm_card(
+        os.path.join(options.checkpoint, "README.md")
+    )
+    with writing_into(options.checkpoint, records):
+        if records:
+            for name in RUN_RECORDS:
+                read_record(Path(options.checkpoint, name))
+        arguments = dataclasses.asdict(options) | run_data(options)
+        del arguments["overwrite"]
+        report = evaluate(arguments.pop("checkpoint"), **arguments)
+        print(report.summary())
+        if options.output_dir:
+            print(f"  written to {options.output_dir}/evaluation.json")
+        if records and record_evaluation(options.checkpoint, report):
+            print(f"  recorded in {options.checkpoint}/evaluation.json and its model card (README.md)")
+
+
+def writing_into(folder: str, writes: bool) -> contextlib.AbstractContextManager:
+    """The folder's run lock (`run_lock`) for a command that `writes` into it, else nothing to hold."""
+    return run_lock(Path(folder), "the run folder") if writes else contextlib.nullcontext()
+
+
+def run_data(options: EvaluateOptions | AnalyticVarianceOptions) -> dict:
+    """--dataset and --image_column, by default those of the run folder's record (local paths found from it), else
+    the built-in digits: a run is measured on the data it was trained on unless told otherwise."""
+    if options.dataset is not None:
+        return {"dataset": options.dataset, "image_column": options.image_column}
+    data = recorded_data(options.checkpoint) if os.path.isdir(options.checkpoint) else {}
+    dataset = data.get("train_data_dir") or data.get("dataset_name") or "digits"
+    return {"dataset": dataset, "image_column": options.image_column or data.get("image_column")}
 
 
 def run_visualize(options: VisualizeOptions) -> None:
@@ -309,15 +345,22 @@ def run_visualize(options: VisualizeOptions) -> None:
 
     check_image_path(options.output, "--output", options.overwrite)
     generator = torch.Generator().manual_seed(options.seed)
+    pipeline = load_pipeline(options) if options.process == "reverse" and options.checkpoint else None
+    if pipeline is None:
+        size, columns = options.resolution, len(options.timesteps)
+    else:
+        size = pipeline.sample_shape(1)[2]
+        columns = math.ceil(pipeline.inference_steps(options.num_inference_steps) / options.every) + 1
+    pixels = options.num_images * 2 * columns * (size * options.scale) ** 2
+    check_fits_in_memory(pixels * 3, f"--scale {options.scale}: the picture")
     if options.process == "forward":
         size, count = options.resolution, options.num_images
         batches = image_batches(options.dataset, options.split, size, options.channels, count, max_images=count)
         scheduler = DDPMScheduler(beta_schedule=options.beta_schedule)
         grid = forward_noising_grid(next(iter(batches)), scheduler, options.timesteps, generator, options.scale)
     else:
-        if options.checkpoint is None:
+        if pipeline is None:
             raise ValueError("visualize reverse needs a checkpoint: hfddpm visualize reverse CHECKPOINT --output ...")
-        pipeline = load_pipeline(options)
         pipeline.set_progress_bar_config(disable=True)
         grid = reverse_trajectory_grid(
             pipeline, options.num_images, options.num_inference_steps, options.every, generator, options.scale
@@ -328,6 +371,13 @@ def run_visualize(options: VisualizeOptions) -> None:
 
 
 def run_push(options: PushOptions) -> None:
+    """Export or push, holding the run's lock (in a folder this user may write): what is published is one state of
+    the folder."""
+    with writing_into(options.folder, os.access(options.folder, os.W_OK)):
+        publish_folder(options)
+
+
+def publish_folder(options: PushOptions) -> None:
     from .hub import export_for_hub, push_to_hub
 
     if options.export_dir:
@@ -356,16 +406,17 @@ def run_analytic_variance(options: AnalyticVarianceOptions) -> None:
         raise ValueError(f"--in_place: {options.checkpoint} is not a local pipeline folder; pass --output_dir instead")
     if options.output_dir:
         durable.check_new_folder(options.output_dir, "--output_dir")
-    pipeline = load_pipeline(options)
-    _, channels, size, _ = pipeline.sample_shape(1)
-    batches = image_batches(
-        options.dataset, options.split, size, channels, options.batch_size, options.image_column, options.num_images
-    )
-    fit_analytic_variance(pipeline, batches, torch.Generator().manual_seed(options.seed))
-    if options.output_dir:
-        save_analytic_pipeline(pipeline, options.checkpoint, options.output_dir)
-    else:
-        rewrite_scheduler(pipeline, options.checkpoint)
+    data = run_data(options)
+    with writing_into(options.checkpoint, options.in_place):
+        pipeline = load_pipeline(options)
+        _, channels, size, _ = pipeline.sample_shape(1)
+        source, column = data["dataset"], data["image_column"]
+        batches = image_batches(source, options.split, size, channels, options.batch_size, column, options.num_images)
+        fit_analytic_variance(pipeline, batches, torch.Generator().manual_seed(options.seed))
+        if options.output_dir:
+            save_analytic_pipeline(pipeline, options.checkpoint, options.output_dir)
+        else:
+            rewrite_scheduler(pipeline, options.checkpoint)
     gamma = pipeline.scheduler.config.analytic_gamma
     print(
         f"Γ_t over {len(batches.dataset)} images: Γ_0 = {gamma[0]:.4f}, Γ_T/2 = {gamma[len(gamma) // 2]:.4f}, "
@@ -377,14 +428,13 @@ def run_analytic_variance(options: AnalyticVarianceOptions) -> None:
 def save_analytic_pipeline(pipeline: Any, checkpoint: str, output_dir: str) -> None:
     """Save `pipeline` into the new folder `output_dir`, atomically, with the records of the run it came from
     (not its evaluation or sample grid, which measured the old variance) and a card of its own."""
-    from .hub import RUN_RECORDS
     from .model_cards import model_card
 
     with durable.new_folder(output_dir) as partial:
         pipeline.save_pretrained(partial)
         for name in RUN_RECORDS:
-            if name != "evaluation.json" and os.path.isfile(os.path.join(checkpoint, name)):
-                durable.write_text(partial / name, Path(checkpoint, name).read_text(encoding="utf-8"))
+            if name != "evaluation.json" and (record := read_record(Path(checkpoint, name))):
+                write_record(partial / name, record)
         durable.write_text(partial / "README.md", str(model_card(partial, Path(output_dir).resolve().name)))
 
 

@@ -1,16 +1,17 @@
 """Publishing a checkpoint folder to the Hugging Face Hub: which files go, the card, and the upload itself.
 
-Only what a user of the model needs is published: `model_index.json`, each component's JSON configs and
-safetensors weights, the model card (README.md), sample and evaluation images, and the run's JSON records
-(`training_args.json`, `training_info.json`, `evaluation.json`). Optimizer states, random-generator pickles and
-any other pickle stay local unless `include_training_state` asks for the `checkpoints/` folder; a component with
-only pickle weights is refused. The token is read from the argument, `HF_TOKEN` or the login cache and never
-written anywhere.
+What is published loads: before a file is read, the folder passes the checks `HFDDPMPipeline.from_pretrained`
+makes (weights present, complete, finite, matching their config; no code, no pickle). Only what a user of the model
+needs is published: `model_index.json`, the JSON configs and safetensors weights of each component it names — a
+plain folder name, never a path or a link out of the folder — the model card (README.md), sample and evaluation
+images, and the run's JSON records (`training_args.json`, `training_info.json`, `evaluation.json`). Optimizer states,
+random-generator pickles and any other pickle stay local unless `include_training_state` asks for the `checkpoints/`
+folder. No link is followed. The token is read from the argument, `HF_TOKEN` or the login cache and never written
+anywhere.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from concurrent.futures import Future
@@ -24,14 +25,12 @@ from huggingface_hub.utils import validate_repo_id
 from . import durable
 from .arguments import first_line
 from .model_cards import model_card
-from .pipelines.loading import PICKLE_SUFFIXES
+from .pipelines.loading import safe_components
+from .records import RESAVE, read_record
+from .run_folder import RUN_EXPORT, RUN_RECORDS
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
-
-RUN_RECORDS = ("training_args.json", "training_info.json", "evaluation.json", "distillation.json")
-# A training run's own export folder (--hub_dry_run), which a later export of the same run replaces.
-RUN_EXPORT = "hub-export"
 
 
 class HubError(OSError):
@@ -62,28 +61,30 @@ def resolve_token(token: str | None, folder: str | os.PathLike, flag: str = "--t
 
 
 def files_to_publish(folder: str | os.PathLike, include_training_state: bool = False) -> list[str]:
-    """The paths (relative, '/'-separated, sorted) of the files of `folder` that a Hub repository gets."""
+    """The paths (relative, '/'-separated, sorted) of the files of `folder` that a Hub repository gets, once the
+    pipeline passes `from_pretrained`'s checks; plain files only, never a link."""
     folder = Path(folder)
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        raise FileNotFoundError(f"{folder} holds no pipeline (no model_index.json); save or train one first")
-    index = json.loads(index_path.read_text())
+    index = read_record(
+        folder / "model_index.json", "holds no pipeline (no model_index.json); save or train one first"
+    )
     components = [name for name, entry in index.items() if not name.startswith("_") and isinstance(entry, list)]
-    selected = ["model_index.json"]
-    for component in components:
-        files = sorted(p for p in (folder / component).glob("*") if p.is_file())
-        weights = [p for p in files if p.suffix in PICKLE_SUFFIXES]
-        if weights and not any(p.suffix == ".safetensors" for p in files):
-            raise HubError(
-                f"{component}/ has pickle weights only ({weights[0].name}); save it with safetensors "
-                "(save_pretrained(..., safe_serialization=True)) before publishing"
-            )
-        selected += [f"{component}/{p.name}" for p in files if p.suffix in (".json", ".safetensors")]
-    selected += [name for name in RUN_RECORDS if (folder / name).is_file()]
-    selected += [p.relative_to(folder).as_posix() for p in [*folder.glob("*.png"), *folder.glob("samples/*.png")]]
-    if include_training_state:
-        selected += [p.relative_to(folder).as_posix() for p in folder.glob("checkpoints/**/*") if p.is_file()]
-    return sorted(selected)
+    if odd := [name for name in components if not name.isidentifier() or (folder / name).is_symlink()]:
+        raise HubError(
+            f"{folder}/model_index.json names the component {odd[0]!r}, which is not a plain folder of the "
+            f"pipeline; {RESAVE}"
+        )
+    safe_components(folder, allow_pickle=False, options={})  # the weights load, complete and finite
+    patterns = ["model_index.json", *RUN_RECORDS, "*.png", "samples/*.png"]
+    patterns += [f"{name}/*.{suffix}" for name in components for suffix in ("json", "safetensors")]
+    patterns += ["checkpoints/**/*"] if include_training_state else []
+    inside = folder.resolve()
+    files = {
+        path.relative_to(folder).as_posix()
+        for pattern in patterns
+        for path in folder.glob(pattern)
+        if path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(inside)
+    }
+    return sorted(files)
 
 
 def check_export_dir(folder: str | os.PathLike, export_dir: str | os.PathLike) -> Path:
@@ -100,9 +101,7 @@ def check_export_dir(folder: str | os.PathLike, export_dir: str | os.PathLike) -
         raise ValueError(
             f"export folder {export_dir} is inside the run folder {folder}; export to a folder outside it"
         )
-    if export in run.parents:
-        raise ValueError(f"export folder {export_dir} holds the run folder {folder}; export to a new or empty folder")
-    durable.check_new_folder(export_dir, "export folder")
+    durable.check_new_folder(export_dir, "export folder")  # which cannot hold the run folder
     return export
 
 

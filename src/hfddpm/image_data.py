@@ -7,7 +7,9 @@ seeded by (seed, epoch, index), so a resumed run sees exactly the batches an uni
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -293,6 +295,13 @@ class TrainingImages(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def fingerprint(self) -> str:
+        """A short SHA-256 of the decoded pixels and the labels: the data's identity, wherever it was read from."""
+        digest = hashlib.sha256(json.dumps([self.labels, self.label_names]).encode())
+        for batch in self.pixels.iter(batch_size=4096):
+            digest.update(b"".join(batch["pixels"]))
+        return digest.hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.pixels)

@@ -17,6 +17,7 @@ from ..image_data import DIGITS, image_batches
 from ..model_cards import is_hfddpm_card, rewrite_model_card
 from ..pipelines import HFDDPMPipeline
 from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
+from ..records import read_record, weights_fingerprint
 from .features import DINOV2_DEFAULT, DigitsFeatures, Dinov2Features, InceptionFeatures
 from .frechet import FeatureStatistics, frechet_distance
 from .likelihood import plot_bound_terms, variational_bound
@@ -33,6 +34,7 @@ METRICS = {
 SAMPLE_METRICS = ("fd_digits", "digits_scores", "fid", "fd_dinov2")
 # By default the built-in digits get every offline metric, other data bits/dim (the others need downloaded weights).
 OFFLINE_DIGITS_METRICS = ("fd_digits", "digits_scores", "bits_per_dim")
+PARTS = ("metrics", "details")  # what a report adds to an earlier one of the same weights
 
 
 @dataclass
@@ -41,6 +43,7 @@ class EvaluationReport:
 
     checkpoint: str
     dataset: str
+    weights: str | None = None  # `weights_fingerprint` of the network measured (None for a folder of images)
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, dict] = field(default_factory=dict)
 
@@ -91,21 +94,17 @@ def evaluate(
 
 def record_evaluation(folder: str | os.PathLike, report: EvaluationReport) -> bool:
     """Merge `report` into the `evaluation.json` of the run in `folder` (a metric measured again replaces its old
-    value) and rewrite its model card, both atomically, when hfddpm wrote that card; False (nothing written)
-    otherwise, e.g. for a folder someone else published."""
+    value; numbers of other weights are dropped) and rewrite its model card, both atomically, when hfddpm wrote that
+    card; False (nothing written) otherwise, e.g. for a folder someone else published. The caller holds the run's
+    lock (`hfddpm.run_folder.run_lock`)."""
     folder = Path(folder)
     if not is_hfddpm_card(folder / "README.md"):
         return False
     path = folder / "evaluation.json"
-    try:
-        earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); remove it to record the new numbers") from None
-    parts = ("metrics", "details")
-    if not isinstance(earlier, dict) or not all(isinstance(earlier.get(part, {}), dict) for part in parts):
-        raise ValueError(f"{path} is not an evaluation record (JSON objects); remove it to record the new numbers")
-    merged = {part: {**earlier.get(part, {}), **getattr(report, part)} for part in parts}
-    durable.write_text(path, replace(report, **merged).to_json())
+    earlier = read_record(path)
+    if earlier.get("weights") == report.weights:
+        report = replace(report, **{part: {**earlier.get(part, {}), **getattr(report, part)} for part in PARTS})
+    durable.write_text(path, report.to_json())
     return rewrite_model_card(folder)
 
 
@@ -130,6 +129,24 @@ def draw_samples(
     if classes is not None:
         source += f", class i mod {classes} for sample i, guidance scale {DEFAULT_GUIDANCE_SCALE}"
     return samples, source
+
+
+def feature_networks(
+    metrics: tuple[str, ...],
+    inception_weights: str | os.PathLike | None = None,
+    dinov2_model: str | os.PathLike = DINOV2_DEFAULT,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """The feature network of each sample metric in `metrics` (one digits classifier serves fd_digits and
+    digits_scores); a missing or wrong weights file is refused here, in one line, before any long work."""
+    digits = DigitsFeatures(device=device) if {"fd_digits", "digits_scores"} & set(metrics) else None
+    networks = {
+        "fd_digits": lambda: digits,
+        "digits_scores": lambda: digits,
+        "fid": lambda: InceptionFeatures(inception_weights, device),
+        "fd_dinov2": lambda: Dinov2Features(dinov2_model, device),
+    }
+    return {metric: networks[metric]() for metric in SAMPLE_METRICS if metric in metrics}
 
 
 def evaluate_pipeline(
@@ -180,15 +197,10 @@ def evaluate_pipeline(
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
     if pipeline is None and "bits_per_dim" in metrics:
         raise ValueError(f"{name} holds images, not a pipeline: bits_per_dim needs a checkpoint")
-    report = EvaluationReport(name, dataset)
+    report = EvaluationReport(name, dataset, pipeline and weights_fingerprint(pipeline.unet.state_dict()))
     # The networks first: a missing or wrong weights file is refused before the long work.
-    digits = DigitsFeatures(device=device) if {"fd_digits", "digits_scores"} & set(metrics) else None
-    features = {
-        "fd_digits": digits,
-        "fid": InceptionFeatures(inception_weights, device) if "fid" in metrics else None,
-        "fd_dinov2": Dinov2Features(dinov2_model, device) if "fd_dinov2" in metrics else None,
-    }
-    features = {metric: network for metric, network in features.items() if metric in metrics}
+    features = feature_networks(metrics, inception_weights, dinov2_model, device)
+    digits = features.pop("digits_scores", None)  # scores, not a distance
 
     if "bits_per_dim" in metrics:
         _, channels, resolution, _ = pipeline.sample_shape(1)

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..arguments import check_fits_in_memory
 from ..image_data import channels_of_mode, image_batches, read_image, to_eight_bit
 from .frechet import FeatureStatistics, cached_statistics
 
@@ -45,6 +46,8 @@ def generate_samples(
     of class `class_labels[i]` when given), so the samples do not depend on the batch size; `num_inference_steps`
     None is the pipeline's own count (50 unless it is a distilled student). `call_options` go to the pipeline's
     call (e.g. corrector_steps, guidance_scale)."""
+    _, channels, size, _ = pipeline.sample_shape(1)
+    check_fits_in_memory(num_samples * channels * size * size * 4, f"{num_samples} samples")
     pipeline.set_progress_bar_config(disable=True)  # one bar for every batch, counting steps
     batches = range(0, num_samples, batch_size)
     steps = pipeline.inference_steps(num_inference_steps)

@@ -7,12 +7,17 @@ A training run writes `training_args.json` (the script's arguments, never the Hu
 tags, datasets, license, a model-index with the measured metrics), a usage snippet, the training configuration,
 the sample grid and the evaluation numbers with how they were measured. A folder without some of these files
 gets a card without those parts.
+
+Strings from the folder's records (class names, paths, dataset names, the hardware) are data: in code the card writes
+them as Python literals (`python_literal`), in its text as inert markdown text (`markdown_text`), so none of them
+becomes code, HTML, a heading, a link or a table cell of its own.
 """
 
 from __future__ import annotations
 
-import json
+import html
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +25,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .. import durable
 from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
+from ..records import pipeline_fingerprint, read_record
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
 
 TEMPLATE = Path(__file__).parent / "template.md"
@@ -34,6 +40,26 @@ METRIC_NAMES = {
     "fid": "FID",
     "fd_dinov2": "FD_DINOv2",
 }
+
+
+INLINE_MARKUP = re.compile(r"[\\`*\[\]|]")  # escapes, code spans, emphasis, links, table cells
+# A block marker where a line may begin: a heading, list item, rule, setext underline or fence ('>' and '<' are
+# HTML-escaped); matched as the place a backslash goes, before the marker or after an ordered list item's digits.
+BLOCK_MARKER = re.compile(r"^(?=[#+\-=_~])|^\d+(?=[.)](?:\s|$))")
+
+
+def python_literal(value: object) -> str:
+    """`value` as a Python literal that `ast.literal_eval` reads back as `value`, without backticks (written
+    `\\x60`), so it stays code in a markdown code span or block too."""
+    return repr(value).replace("`", "\\x60")
+
+
+def markdown_text(value: object) -> str:
+    """`value` as markdown text that renders as itself, on one line: HTML-escaped, every run of whitespace (line
+    breaks too) one space, markdown's inline markup and table-cell separator backslash-escaped, and no block marker
+    at its start."""
+    text = INLINE_MARKUP.sub(r"\\\g<0>", html.escape(" ".join(str(value).split()), quote=False))
+    return BLOCK_MARKER.sub(r"\g<0>\\", text, count=1)
 
 
 @dataclass
@@ -54,11 +80,7 @@ def training_data(args: dict) -> TrainingData:
         return TrainingData(description, [], "digits", "UCI handwritten digits")
     if os.path.isdir(name):
         return TrainingData(f"a local saved dataset ({Path(name).name})", [], "saved-dataset", Path(name).name)
-    return TrainingData(f"[{name}](https://huggingface.co/datasets/{name})", [name], name, name)
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return TrainingData(f"the Hub dataset {name}", [name], name, name)
 
 
 def _training_rows(args: dict, info: dict, unet: dict, scheduler: dict, lineage: dict) -> list[tuple[str, str]]:
@@ -108,9 +130,9 @@ def _lineage_rows(lineage: dict, info: dict) -> list[tuple[str, str]]:
         return []
     rows = [("method", lineage["method"]), ("teacher", lineage["teacher"])]
     if "round" not in lineage:
-        grid = f"{lineage['num_ddim_timesteps']} DDIM timesteps, target EMA μ = {lineage['target_ema_decay']}"
+        grid = f"{lineage.get('num_ddim_timesteps')} DDIM timesteps, target EMA μ = {lineage.get('target_ema_decay')}"
         return [*rows, ("skipping grid", grid)]
-    steps = f"{lineage['round']} of {lineage['rounds']}: {lineage['teacher_steps']} → {lineage['steps']} steps"
+    steps = f"{lineage['round']} of {lineage.get('rounds')}: {lineage.get('teacher_steps')} → {lineage['steps']} steps"
     rows += [("distilled from", lineage["distilled_from"]), ("round", steps)]
     if info:
         total = lineage.get("earlier_rounds_seconds", 0.0) + info["wall_time_seconds"]
@@ -122,15 +144,15 @@ def _evaluation_rows(evaluation: dict) -> list[tuple[str, str, str]]:
     """(metric, value, how it was measured) rows from an `evaluation.json`."""
     details, rows = evaluation.get("details", {}), []
     for name, value in evaluation.get("metrics", {}).items():
-        if name == "bits_per_dim":
-            bound = details["bits_per_dim"]
+        if name == "bits_per_dim" and (bound := details.get("bits_per_dim")):
             how = (
                 f"± {bound['standard_error']:.3f}; {bound['num_images']} {bound['split']} images, "
                 f"{bound['num_timesteps']} terms each, reverse variance {bound['reverse_variance']}"
             )
-        else:
-            samples = details["samples"]
+        elif samples := details.get("samples"):
             how = f"{samples['num_samples']} samples ({samples['source']}) against {samples['reference']}"
+        else:
+            how = "see evaluation.json"
         rows.append((METRIC_NAMES.get(name, name), f"{value:.4f}", how))
     return rows
 
@@ -142,12 +164,15 @@ def model_card(
     `sample_grid_link` (the grid's place in the folder, unless the card is kept elsewhere), and it is titled
     `model_name` (default: the repository's name)."""
     folder = Path(folder)
-    args = _read_json(folder / "training_args.json")
-    info = _read_json(folder / "training_info.json")
-    evaluation = _read_json(folder / "evaluation.json")
-    index = _read_json(folder / "model_index.json")
-    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
-    unet = _read_json(folder / "unet" / "config.json")
+    args = read_record(folder / "training_args.json")
+    info = read_record(folder / "training_info.json")
+    evaluation = read_record(folder / "evaluation.json")
+    # Numbers of other weights than the folder's (measured before a resume, or on a pipeline saved since) are left out.
+    stale_evaluation = bool(evaluation) and evaluation.get("weights") != pipeline_fingerprint(folder)
+    evaluation = {} if stale_evaluation else evaluation
+    index = read_record(folder / "model_index.json")
+    scheduler = read_record(folder / "scheduler" / "scheduler_config.json")
+    unet = read_record(folder / "unet" / "config.json")
     data = training_data(args)
     embeds = unet.get("num_class_embeds") or 1  # K classes and "no label"
     classes = list((index.get("id2label") or {}).values()) or [str(i) for i in range(embeds - 1)]  # ids if unnamed
@@ -175,33 +200,42 @@ def model_card(
         eval_results=eval_results or None,
     )
     scheduler_class = (index.get("scheduler") or [None, "scheduler"])[1]
-    lineage = _read_json(folder / "distillation.json")
+    lineage = read_record(folder / "distillation.json")
     steps = index.get("default_num_inference_steps")
+    text = {  # the card's prose; None for a part it lacks
+        "model_name": model_name,
+        "scheduler_class": scheduler_class,
+        "stock_pipeline": index.get("_class_name", "DDPMPipeline"),
+        "dataset_description": data.description,
+        "distilled_from": lineage.get("teacher"),
+        "native_steps": steps,
+        "sample_grid_caption": f"{args.get('num_sample_images', 'Samples')} samples from this model, "
+        f"{scheduler_class} with {args.get('num_inference_steps', 50)} steps, seed {args.get('seed', 0)}"
+        + (f"; column k shows class k, guidance scale {DEFAULT_GUIDANCE_SCALE}." if classes else "."),
+    }
+    tables = {
+        "training": _lineage_rows(lineage, info) + _training_rows(args, info, unet, scheduler, lineage),
+        "evaluation": _evaluation_rows(evaluation),
+    }
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
-        model_name=model_name,
-        repo_id=repo_id,
-        scheduler_class=scheduler_class,
-        stock_pipeline=index.get("_class_name", "DDPMPipeline"),
-        dataset_description=data.description,
-        distilled_from=lineage.get("teacher"),
-        classes=classes,
+        repo_literal=python_literal(repo_id),
+        class_literals=[python_literal(name) for name in classes],
+        steps_literal=python_literal(steps),
+        classes=[markdown_text(name) for name in classes],
+        **{name: value and markdown_text(value) for name, value in text.items()},
+        **{name: [[markdown_text(cell) for cell in row] for row in rows] for name, rows in tables.items()},
         guidance_scale=DEFAULT_GUIDANCE_SCALE,
         steps_argument="" if steps else "num_inference_steps=50, ",
-        native_steps=steps,
         sample_grid=sample_grid_link if (folder / SAMPLE_GRID).is_file() else None,
-        sample_grid_caption=f"{args.get('num_sample_images', 'Samples')} samples from this model, "
-        f"{scheduler_class} with {args.get('num_inference_steps', 50)} steps, seed {args.get('seed', 0)}"
-        + (f"; column k shows class k, guidance scale {DEFAULT_GUIDANCE_SCALE}." if classes else "."),
-        training=_lineage_rows(lineage, info) + _training_rows(args, info, unet, scheduler, lineage),
-        evaluation=_evaluation_rows(evaluation),
+        stale_evaluation=stale_evaluation,
     )
 
 
 def card_repo_id(folder: str | os.PathLike) -> str:
     """The repository a run's card names, as the run chose it: its `--hub_model_id`, else the folder's name."""
-    return _read_json(Path(folder) / "training_args.json").get("hub_model_id") or Path(folder).resolve().name
+    return read_record(Path(folder) / "training_args.json").get("hub_model_id") or Path(folder).resolve().name
 
 
 def is_hfddpm_card(path: str | os.PathLike) -> bool:

@@ -12,7 +12,6 @@ random) or holds others, or holds NaN or infinite weights; a stock DDPM or DDIM 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from typing import Any
 
@@ -23,6 +22,7 @@ from packaging.version import InvalidVersion, Version
 
 from .. import __version__
 from ..arguments import first_line
+from ..records import RESAVE, read_record
 from ..schedulers import DDIMScheduler, DDPMScheduler
 
 # Weight files that are pickles, which can run code when loaded: refused unless the user opts in, never published.
@@ -37,7 +37,6 @@ REMOTE_CODE_OPTIONS = ("custom_pipeline", "trust_remote_code", "load_connected_p
 HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "revision")
 DOWNLOAD_OPTIONS = (*HUB_OPTIONS, "proxies", "variant")
 MODEL_OPTIONS = ("torch_dtype", "variant", "use_safetensors", "low_cpu_mem_usage")
-RESAVE = "copy it again from the source, or re-save the pipeline with save_pretrained"
 
 
 def safe_components(source: str | os.PathLike, allow_pickle: bool, options: dict[str, Any]) -> tuple[str, dict]:
@@ -61,7 +60,7 @@ def safe_components(source: str | os.PathLike, allow_pickle: bool, options: dict
         check_model_index(fetch_model_index(folder, download), folder)
         # Pickle-only weights are fetched too (not unpickled), so that the check below names them.
         folder = diffusers.DiffusionPipeline.download(folder, **download, use_safetensors=None)
-    index = read_json(
+    index = read_record(
         os.path.join(folder, "model_index.json"), "holds no pipeline; pass the folder save_pretrained wrote"
     )
     check_model_index(index, folder)
@@ -86,7 +85,7 @@ def fetch_model_index(repo_id: str, download: dict) -> dict:
             f"{repo_id!r} is not a local folder and its model_index.json could not be fetched from the Hub "
             f"({first_line(error)}); check the path or the repository id"
         ) from None
-    return read_json(path, "has no model_index.json; check the repository id")
+    return read_record(path, "has no model_index.json; check the repository id")
 
 
 def check_model_index(index: dict, where: str) -> None:
@@ -135,7 +134,7 @@ def weight_files_are_safe(unet_folder: str, allow_pickle: bool) -> None:
         return
     files = os.listdir(unet_folder)
     for index in (os.path.join(unet_folder, name) for name in files if ".index" in name and name.endswith(".json")):
-        shards = read_json(index, "").get("weight_map", {}).values()
+        shards = read_record(index, "").get("weight_map", {}).values()
         if pickles := sorted(str(shard) for shard in shards if not str(shard).endswith(".safetensors")):
             raise ValueError(
                 f"{index} names {pickles[0]}, which is not safetensors: loading it would unpickle it, and unpickling "
@@ -190,7 +189,7 @@ def load_scheduler(folder: str, index: dict) -> Any:
             f"{folder}/model_index.json names the scheduler {class_name!r}, which diffusers does not have; {RESAVE}"
         )
     path = os.path.join(folder, "scheduler", "scheduler_config.json")
-    config = read_json(path, f"has no {os.path.basename(path)}; {RESAVE}")  # read here: no Hub lookup on a bad file
+    config = read_record(path, f"has no {os.path.basename(path)}; {RESAVE}")  # read here: no Hub lookup on a bad file
     try:
         return scheduler_class.from_config(config)
     except (ValueError, TypeError, RuntimeError) as error:
@@ -204,18 +203,3 @@ def count_nonfinite(model: torch.nn.Module) -> int:
         for tensor in model.state_dict().values()
         if tensor.is_floating_point() and tensor.device.type != "meta"
     )
-
-
-def read_json(path: str, missing: str) -> dict:
-    """The JSON object in `path`; a missing file is FileNotFoundError("`path` `missing`"), an invalid one a
-    ValueError."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{os.path.dirname(path) or path} {missing}")
-    try:
-        with open(path, encoding="utf-8") as file:
-            value = json.load(file)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); {RESAVE}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object; {RESAVE}")
-    return value

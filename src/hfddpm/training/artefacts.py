@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import sys
@@ -14,25 +13,29 @@ import accelerate
 import diffusers
 import PIL.Image
 import torch
+from safetensors import SafetensorError
 
 from .. import __version__, durable
 from ..arguments import first_line
 from ..conditioning import every_class
 from ..pipelines import HFDDPMPipeline
+from ..records import write_record
+from ..run_folder import RUN_RECORD
 from ..visualize import sample_grid, save_image, to_pil
 from .config import RunConfig
 from .faults import CheckpointError
-from .output_folder import RUN_RECORD
 
 if TYPE_CHECKING:
     from ..evaluation import EvaluationReport
 
 
-def record_arguments(config: RunConfig, output_dir: Path) -> None:
+def record_arguments(config: RunConfig, output_dir: Path, records: dict[str, dict]) -> None:
     """Write the run's configuration (never the token) to `RUN_RECORD`, before anything else: it marks the folder
-    as one a run wrote, whose run outputs a later --overwrite_output_dir may delete (`written_by_run`)."""
+    as one a run wrote, whose run outputs a later --overwrite_output_dir may delete (`written_by_run`); then the
+    run's other `records` (file name: content)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    durable.write_text(output_dir / RUN_RECORD, json.dumps(config.recorded(), indent=2))
+    for name, record in {RUN_RECORD: config.recorded(), **records}.items():
+        write_record(output_dir / name, record)
 
 
 def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
@@ -43,7 +46,7 @@ def save_pipeline(pipeline: HFDDPMPipeline, output_dir: Path) -> None:
     try:
         pipeline.save_pretrained(staging)
         durable.finish_tree(staging)
-    except (OSError, RuntimeError) as error:
+    except (OSError, RuntimeError, SafetensorError) as error:  # safetensors raises its own on a full disk
         shutil.rmtree(staging, ignore_errors=True)
         problem = durable.write_problem(error)
         raise CheckpointError(
@@ -73,6 +76,15 @@ def save_sample_grid(pipeline: HFDDPMPipeline, path: Path, config: RunConfig) ->
     grid = sample_grid(to_pil(images * 2 - 1), cols=classes)
     save_image(grid, path)
     return grid
+
+
+def check_eval_metrics(config: RunConfig, device: torch.device) -> None:
+    """Build the feature networks of --eval_metrics once, before training: missing weights are refused now, not at
+    the first evaluation."""
+    from ..evaluation.report import feature_networks
+
+    if config.eval_every:
+        feature_networks(tuple(config.eval_metrics), device=device)
 
 
 def evaluate_during_training(config: RunConfig, pipeline: HFDDPMPipeline, device: torch.device) -> EvaluationReport:

@@ -2,8 +2,10 @@
 
 A checkpoint `checkpoints/checkpoint-<step>/` holds Accelerate's state (model, optimizer, RNG states) and hfddpm's
 own: the EMA weights and the training-step randomness as safetensors, the learning-rate schedule and the run state
-(position in the data, counters) as JSON. Nothing of hfddpm's own is pickled, and Accelerate loads its pickled files
-(optimizer, RNG states) with `torch.load(weights_only=True)`, which refuses any pickle that would run code.
+(position in the data, counters) as JSON, with what defines the run — the options that may not change, the data's
+fingerprint and a student's teacher's — which a resume must match (`check_same_run`). Nothing of hfddpm's own is
+pickled, and Accelerate loads its pickled files (optimizer, RNG states) with `torch.load(weights_only=True)`, which
+refuses any pickle that would run code.
 
 A checkpoint folder is complete or absent: it is written as `.checkpoint-<step>.partial`, flushed to disk, given
 `training_state.json` last, and only then renamed into place; old checkpoints are renamed to a hidden name before
@@ -28,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from .. import __version__
 from ..arguments import first_line
 from ..durable import finish_tree, is_disk_full, remove_tree, write_text
+from ..records import read_record
 from .faults import CheckpointError
 
 if TYPE_CHECKING:
@@ -97,10 +100,17 @@ class CheckpointManager:
         return path
 
     def save(
-        self, accelerator: Accelerator, step: int, run_state: dict, objects: dict, generator: torch.Generator
+        self,
+        accelerator: Accelerator,
+        step: int,
+        run_state: dict,
+        objects: dict,
+        generator: torch.Generator,
+        identity: dict,
     ) -> Path:
-        """Save the run's state at optimizer step `step`, called on every process: the JSON `run_state`, the state
-        dicts of `objects` (EMA, schedule, objective; by the main process) and `generator` (per process). Raises
+        """Save the run's state at optimizer step `step`, called on every process: the JSON `run_state` and the run's
+        `identity`, the state dicts of `objects` (EMA, schedule, objective; by the main process) and `generator` (per
+        process). Raises
         `CheckpointError` on every process when one could not write its part, after deleting the partial folder."""
         final = self.folder / f"checkpoint-{step}"
         partial = self.folder / f".checkpoint-{step}.partial"
@@ -124,7 +134,7 @@ class CheckpointManager:
             raise CheckpointError(self._write_failure(final, failure)) from failure
         if accelerator.is_main_process:
             finish_tree(partial)
-            state = {"global_step": step, **run_state, "hfddpm_version": __version__}
+            state = {"global_step": step, **run_state, "run": identity, "hfddpm_version": __version__}
             write_text(partial / TRAINING_STATE, json.dumps(state))
             if final.exists():
                 remove_tree(final)
@@ -133,15 +143,18 @@ class CheckpointManager:
         accelerator.wait_for_everyone()
         return final
 
-    def load(self, accelerator: Accelerator, path: Path, objects: dict, generator: torch.Generator) -> dict:
-        """Restore what `save` wrote and return its run state; `CheckpointError` when a file is missing, damaged, or
-        holds a pickle that would run code."""
+    def load(
+        self, accelerator: Accelerator, path: Path, objects: dict, generator: torch.Generator, identity: dict
+    ) -> dict:
+        """Restore what `save` wrote and return its run state, once `check_same_run` has compared `identity` with the
+        one it records; `CheckpointError` when a file is missing, damaged, or holds a pickle that would run code."""
+        check_same_run(read_record(path / TRAINING_STATE).get("run") or {}, identity, path)
         try:
             accelerator.load_state(str(path))
             generator.set_state(load_state_dict(path / f"randomness_{accelerator.process_index}")["generator"].cpu())
             for name, obj in objects.items():
                 obj.load_state_dict(load_state_dict(path / name))
-            return json.loads((path / TRAINING_STATE).read_text())
+            return read_record(path / TRAINING_STATE)
         except _UNREADABLE as error:
             reason = first_line(error)
             if isinstance(error, pickle.UnpicklingError):
@@ -176,6 +189,25 @@ class CheckpointManager:
         if self.total_limit is not None:
             for path in self.complete()[: -self.total_limit]:
                 remove_tree(path)
+
+
+def check_same_run(recorded: dict, identity: dict, checkpoint: Path) -> None:
+    """Refuse, in one line naming the option and both values, a resume whose `identity` differs from the one the
+    checkpoint `recorded`: other options that define the run, other data, or a teacher whose weights changed. (A
+    checkpoint written before runs recorded their identity is trusted.)"""
+    for name, value in identity.items():
+        if name not in recorded or recorded[name] == value:
+            continue
+        if name == "data":
+            problem = f"the training data differs from the data {checkpoint.name} was trained on (fingerprint "
+            problem += f"{value}, recorded {recorded[name]}); pass the run's data"
+        elif name == "teacher_weights":
+            problem = f"the teacher's weights changed since {checkpoint.name} (fingerprint {value}, recorded "
+            problem += f"{recorded[name]}); pass the teacher the run started from"
+        else:
+            problem = f"--{name} {value} differs from the {recorded[name]} {checkpoint.name} was trained with; pass "
+            problem += f"--{name} {recorded[name]}"
+        raise ValueError(f"cannot resume: {problem}, or start a new run (--overwrite_output_dir or another folder)")
 
 
 def save_state_dict(state: dict, stem: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,6 +17,7 @@ from typing import Literal
 from ..arguments import add_options, check_options, option
 from ..image_data import DIGITS
 from ..models.unet_presets import UNET_PRESETS
+from ..run_folder import LOCAL_DATA, recorded_path
 from ..schedulers.checks import PREDICTION_TYPES
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES, REVERSE_VARIANCES
 
@@ -39,21 +39,30 @@ class RunConfig:
     """Everything a training run is told, whatever its objective; the field names are the scripts' flags."""
 
     dataset_name: str | None = option(
-        None, "Hub dataset or save_to_disk folder (default: the built-in digits)", group=DATA
+        None, "Hub dataset or save_to_disk folder (default: the built-in digits)", group=DATA, path="input"
     )
     dataset_config_name: str | None = option(None, "configuration of the Hub dataset", group=DATA)
-    train_data_dir: str | None = option(None, "folder of images, read with datasets' imagefolder", group=DATA)
+    train_data_dir: str | None = option(
+        None, "folder of images, read with datasets' imagefolder", group=DATA, path="input"
+    )
     split: str = option("train", "dataset split to train on", group=DATA)
     image_column: str | None = option(None, "column holding the images (default: the first image column)", group=DATA)
     cache_dir: str | None = option(None, "where datasets caches downloads and preprocessed images", group=DATA)
-    resolution: int | None = option(8, "square training resolution in pixels", interval=COUNT, group=DATA)
-    channels: Literal[1, 3] | None = option(None, "1 grayscale, 3 RGB (default: the first image's)", group=DATA)
+    resolution: int | None = option(
+        8, "square training resolution in pixels", interval=COUNT, group=DATA, defines_run=True
+    )
+    channels: Literal[1, 3] | None = option(
+        None, "1 grayscale, 3 RGB (default: the first image's)", group=DATA, defines_run=True
+    )
     random_crop: bool = option(False, "crop at random instead of at the centre", group=DATA)
     random_flip: bool = option(False, "flip horizontally with probability 1/2", group=DATA)
     dataloader_num_workers: int = option(0, interval="[0, inf)", group=DATA)
     preprocessing_num_workers: int | None = option(None, "processes decoding images once", interval=COUNT, group=DATA)
     class_conditional: bool = option(
-        False, "condition on class labels: the digits', an image folder's subfolders, or --label_column", group=DATA
+        False,
+        "condition on class labels: the digits', an image folder's subfolders, or --label_column",
+        group=DATA,
+        defines_run=True,
     )
     label_column: str | None = option(None, "column of class labels (default: the first ClassLabel)", group=DATA)
     class_dropout_prob: float | None = option(
@@ -63,7 +72,7 @@ class RunConfig:
         interval="(0, 1)",
         group=DATA,
     )
-    output_dir: str = option("outputs/ddpm-digits", "where the run writes everything", group=ENGINE)
+    output_dir: str = option("outputs/ddpm-digits", "where the run writes everything", group=ENGINE, path="owned")
     overwrite_output_dir: bool = option(False, "delete what an earlier run wrote there first", group=ENGINE)
     seed: int = option(0, interval=SEEDS, group=ENGINE)
     train_batch_size: int = option(64, "per process", interval=COUNT, group=ENGINE)
@@ -158,8 +167,17 @@ class RunConfig:
         return self.train_data_dir or self.dataset_name or DIGITS
 
     def recorded(self) -> dict:
-        """The configuration as the run records it (training_args.json, trackers, model card): never the token."""
-        return {key: value for key, value in dataclasses.asdict(self).items() if key != "hub_token"}
+        """The configuration as the run records it (training_args.json, trackers, model card): never the token, and
+        local data paths relative to the run folder (`hfddpm.run_folder.recorded_path`)."""
+        record = {key: value for key, value in dataclasses.asdict(self).items() if key != "hub_token"}
+        for name in LOCAL_DATA:
+            if record[name]:
+                record[name] = recorded_path(record[name], self.output_dir)
+        return record
+
+    def run_identity(self) -> dict:
+        """The options that define the run (`option(defines_run=True)`), which a resume must not change."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("defines_run")}
 
     def tracker_config(self) -> dict:
         """The configuration as trackers take hyper-parameters: scalars only (TensorBoard's hparams refuses lists)."""
@@ -187,27 +205,38 @@ class RunConfig:
 class TrainingConfig(RunConfig):
     """A DDPM training run (`hfddpm.training.train_unconditional`): the run's options, the UNet and the objective."""
 
-    model_preset: PRESET_NAMES = option("digits", "UNet preset (hfddpm.models.UNET_PRESETS)", group=MODEL)
-    model_config: str | None = option(None, "UNet2DModel config.json to use instead of a preset", group=MODEL)
-    prediction_type: PREDICTIONS = option("epsilon", group=MODEL)
-    beta_schedule: Literal["linear", "cosine"] = option("linear", group=MODEL)
-    num_train_timesteps: int = option(1000, "T, the number of diffusion steps", interval=COUNT, group=MODEL)
+    model_preset: PRESET_NAMES = option(
+        "digits", "UNet preset (hfddpm.models.UNET_PRESETS)", group=MODEL, defines_run=True
+    )
+    model_config: str | None = option(
+        None, "UNet2DModel config.json to use instead of a preset", group=MODEL, defines_run=True, path="input"
+    )
+    prediction_type: PREDICTIONS = option("epsilon", group=MODEL, defines_run=True)
+    beta_schedule: Literal["linear", "cosine"] = option("linear", group=MODEL, defines_run=True)
+    num_train_timesteps: int = option(
+        1000, "T, the number of diffusion steps", interval=COUNT, group=MODEL, defines_run=True
+    )
     reverse_variance: TRAINED_VARIANCES = option(
-        "fixed_small", "σ²_t of p_θ(x_{t−1}|x_t); the learned ones train with the hybrid loss", group=MODEL
+        "fixed_small",
+        "σ²_t of p_θ(x_{t−1}|x_t); the learned ones train with the hybrid loss",
+        group=MODEL,
+        defines_run=True,
     )
     loss_type: Literal["simple", "hybrid", "vlb"] | None = option(
         None,
         "L_simple, L_simple + λ L_vlb (learned variance) or the bound alone (default: by the variance)",
         group=MODEL,
+        defines_run=True,
     )
-    vlb_weight: float = option(1e-3, "λ of the hybrid loss", interval="[0, inf)", group=MODEL)
+    vlb_weight: float = option(1e-3, "λ of the hybrid loss", interval="[0, inf)", group=MODEL, defines_run=True)
     timestep_sampling: Literal["uniform", "loss_second_moment"] = option(
         "uniform",
         "how t is drawn; loss_second_moment is Improved DDPM's importance sampling, for the bound",
         group=MODEL,
+        defines_run=True,
     )
     snr_gamma: float | None = option(
-        None, "min-SNR-γ weighting (Hang et al. 2023 use 5)", interval="(0, inf)", group=MODEL
+        None, "min-SNR-γ weighting (Hang et al. 2023 use 5)", interval="(0, inf)", group=MODEL, defines_run=True
     )
     inference_scheduler: Literal["ddpm", "ddim"] = option("ddim", "saved with the pipeline", group=MODEL)
 
@@ -219,6 +248,11 @@ class TrainingConfig(RunConfig):
             raise ValueError(
                 f"--loss_type {self.loss_type} with --reverse_variance {self.reverse_variance}: hybrid's bound term "
                 "trains a learned variance only, so pair hybrid with learned_range or learned, simple with fixed ones"
+            )
+        if self.num_inference_steps > self.num_train_timesteps:
+            raise ValueError(
+                f"--num_inference_steps {self.num_inference_steps} exceeds T = --num_train_timesteps "
+                f"{self.num_train_timesteps}: the sample grids cannot take more steps than there are timesteps"
             )
         if self.snr_gamma is not None and self.loss_type == "vlb":
             raise ValueError("--snr_gamma weights the squared error, which --loss_type vlb does not have; drop one")
@@ -236,9 +270,3 @@ def read_config_file(path: str, config_class: type[RunConfig]) -> dict:
     if unknown := sorted(set(options) - {field.name for field in dataclasses.fields(config_class)}):
         raise ValueError(f"--config {path} names unknown options {unknown}; see --help for the options")
     return options
-
-
-def launched_as_main_process() -> bool:
-    """Whether this process is the main one of its launch (RANK 0, or no distributed launcher): the one that prints,
-    before Accelerate exists to say so."""
-    return os.environ.get("RANK", "0") == "0"

@@ -16,10 +16,11 @@ from accelerate import PartialState
 from ..arguments import option
 from ..conditioning import call_network
 from ..pipelines import HFDDPMPipeline
+from ..run_folder import run_lock
 from ..schedulers.gaussian_diffusion import per_sample
 from .config import ENGINE, OUTPUT
 from .objectives import LossOutput
-from .output_folder import check_output_dir, output_dir_lock
+from .output_folder import check_output_dir
 from .teacher import (
     DISTILLATION,
     DistillationConfig,
@@ -28,6 +29,7 @@ from .teacher import (
     load_teacher,
     predicted_original,
     stated_config,
+    student_data,
     train_student,
 )
 
@@ -114,11 +116,17 @@ class ConsistencyDistillationConfig(DistillationConfig):
     """Consistency distillation on an N-point skipping grid with a target network of decay μ; the saved pipeline
     samples at `num_inference_steps`."""
 
-    output_dir: str = option("outputs/consistency-digits", "where the run writes everything", group=ENGINE)
+    output_dir: str = option(
+        "outputs/consistency-digits", "where the run writes everything", group=ENGINE, path="owned"
+    )
     max_train_steps: int | None = option(2000, "optimizer steps", interval="[1, inf)", group=ENGINE)
     num_inference_steps: int = option(2, "steps the student samples at", interval="[1, inf)", group=OUTPUT)
-    num_ddim_timesteps: int = option(50, "N of the skipping grid (LCM's)", interval="[1, inf)", group=DISTILLATION)
-    target_ema_decay: float = option(0.95, "μ of the target network", interval="[0, 1)", group=DISTILLATION)
+    num_ddim_timesteps: int = option(
+        50, "N of the skipping grid (LCM's)", interval="[1, inf)", group=DISTILLATION, defines_run=True
+    )
+    target_ema_decay: float = option(
+        0.95, "μ of the target network", interval="[0, 1)", group=DISTILLATION, defines_run=True
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -156,7 +164,7 @@ def distill_consistency(config: ConsistencyDistillationConfig) -> int:
             config.class_dropout_prob or 0.0,
         )
 
-    with output_dir_lock(Path(config.output_dir)):
-        status = train_student(config, objective, teacher, lineage)
+    with run_lock(Path(config.output_dir)):
+        status = train_student(config, objective, teacher, lineage, student_data(config, teacher))
     PartialState().destroy_process_group()
     return status

@@ -36,9 +36,12 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from .. import durable
+from ..arguments import first_line
+from ..hub import HubError
 from ..model_cards import card_repo_id, model_card
 from ..pipelines import HFDDPMPipeline
 from .artefacts import (
+    check_eval_metrics,
     evaluate_during_training,
     publish,
     push,
@@ -51,11 +54,14 @@ from .checkpoints import CheckpointManager, RunState
 from .config import RunConfig
 from .faults import NonFiniteLossError, RunInterrupted, StepCheck, StopRequest, check_step, weights_are_finite
 from .objectives import LossOutput, Objective
+from .output_folder import replace_earlier_runs
 
 
 class Trainer:
-    """Train `model` on `images` (a dataset with `set_epoch`) to minimise `objective`, as `config` says, with the
-    `accelerator` that `setup.create_accelerator(config, ...)` makes."""
+    """Train `model` on `images` (a dataset with `set_epoch` and `fingerprint`) to minimise `objective`, as `config`
+    says, with the `accelerator` that `setup.create_accelerator(config, ...)` makes. With --overwrite_output_dir, the
+    earlier runs in `replaces` (default: the output folder) are deleted when `run` starts: after everything it needs
+    was built and checked."""
 
     def __init__(
         self,
@@ -64,9 +70,16 @@ class Trainer:
         objective: Objective,
         model: torch.nn.Module,
         images: torch.utils.data.Dataset,
+        replaces: list[Path] | None = None,
+        records: dict[str, dict] | None = None,
     ) -> None:
         self.config, self.accelerator, self.objective, self.images = config, accelerator, objective, images
         self.output_dir = Path(config.output_dir)
+        self.replaces = [self.output_dir] if replaces is None else replaces
+        self.records = records or {}  # the run's own records besides its arguments, e.g. a student's lineage
+        # What a resume must match (`checkpoints.check_same_run`): the options, the data, the objective's own.
+        self.identity = {**config.run_identity(), "data": images.fingerprint(), **getattr(objective, "identity", {})}
+        check_eval_metrics(config, accelerator.device)
         self.started = time.perf_counter()  # training time counts from here: set-up before the engine is not in it
         dataloader = torch.utils.data.DataLoader(
             images, batch_size=config.train_batch_size, shuffle=True, num_workers=config.dataloader_num_workers
@@ -110,10 +123,11 @@ class Trainer:
     def run(self) -> int:
         """Resume if asked, train to the last step, save the final artefacts and publish; the exit status (0, or 1
         when a push failed). Faults raise (see `hfddpm.training.faults`)."""
+        replace_earlier_runs(self.config, self.accelerator, self.replaces)
         self.resume()
         accelerator = self.accelerator
         if accelerator.is_main_process:
-            record_arguments(self.config, self.output_dir)
+            record_arguments(self.config, self.output_dir, self.records)
         accelerator.init_trackers("train", config=self.config.tracker_config())
         accelerator.print(
             f"{len(self.images)} images, {accelerator.num_processes} process(es) × batch "
@@ -236,14 +250,15 @@ class Trainer:
             self.accelerator.print(f"No checkpoint in {self.checkpoints.folder} yet: starting a new run")
         elif spec:
             path = self.checkpoints.resolve(spec)
-            record = self.checkpoints.load(self.accelerator, path, self.checkpointed, self.generator)
+            record = self.checkpoints.load(self.accelerator, path, self.checkpointed, self.generator, self.identity)
             self.state = RunState.from_record(record)
             self.last_checkpoint_step = self.state.global_step
             self.accelerator.print(f"Resuming from {path} at step {self.state.global_step}")
 
     def save_checkpoint(self) -> None:
         record = self.state.record(len(self.dataloader), self.wall_time())
-        self.checkpoints.save(self.accelerator, self.state.global_step, record, self.checkpointed, self.generator)
+        objects, generator = self.checkpointed, self.generator
+        self.checkpoints.save(self.accelerator, self.state.global_step, record, objects, generator, self.identity)
         self.last_checkpoint_step = self.state.global_step
 
     def last_checkpoint(self) -> str:
@@ -302,9 +317,17 @@ class Trainer:
         if config.save_model_steps and step % config.save_model_steps == 0:
             save_pipeline(self.inference_pipeline(), self.output_dir)
             if config.hub_push_intermediate:
-                self.intermediate_pushes.append(
-                    push(config, self.output_dir, f"Pipeline at step {step}", run_as_future=True)
-                )
+                self.push_intermediate(step)
+
+    def push_intermediate(self, step: int) -> None:
+        """Start pushing the pipeline saved at `step` in the background; one that fails, even before it starts, is a
+        warning, and training goes on."""
+        try:
+            self.intermediate_pushes.append(
+                push(self.config, self.output_dir, f"Pipeline at step {step}", run_as_future=True)
+            )
+        except HubError as error:
+            tqdm.write(f"warning: the push at step {step} failed: {first_line(error)}", file=sys.stderr)
 
     def inference_pipeline(self) -> HFDDPMPipeline:
         """The objective's pipeline around the EMA weights (the trained ones without EMA), progress bar off."""

@@ -21,7 +21,7 @@ import torch
 
 from ..arguments import first_line
 from ..lazy import missing_extra
-from .config import launched_as_main_process
+from ..run_folder import launched_as_main_process
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

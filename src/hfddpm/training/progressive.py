@@ -8,7 +8,6 @@ Each round is an engine run whose student starts from the previous round's model
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,11 +18,13 @@ from accelerate import PartialState
 from ..arguments import option
 from ..conditioning import call_network
 from ..pipelines import HFDDPMPipeline
+from ..records import read_record, weights_fingerprint
+from ..run_folder import run_lock
 from ..schedulers import DDIMScheduler
 from ..schedulers.gaussian_diffusion import per_sample
-from .config import ENGINE, launched_as_main_process
+from .config import ENGINE
 from .objectives import LossOutput
-from .output_folder import check_output_dir, delete_run_outputs, output_dir_lock
+from .output_folder import check_output_dir
 from .teacher import (
     DISTILLATION,
     LINEAGE_FILE,
@@ -32,6 +33,7 @@ from .teacher import (
     Teacher,
     load_teacher,
     predicted_original,
+    student_data,
     train_student,
 )
 
@@ -98,7 +100,9 @@ class ProgressiveDistillationObjective(DistillationObjective):
 class ProgressiveDistillationConfig(DistillationConfig):
     """Progressive distillation: rounds from `teacher_steps` to `final_steps`, `max_train_steps` each."""
 
-    output_dir: str = option("outputs/progressive-digits", "the rounds' parent folder (steps-N each)", group=ENGINE)
+    output_dir: str = option(
+        "outputs/progressive-digits", "the rounds' parent folder (steps-N each)", group=ENGINE, path="owned"
+    )
     max_train_steps: int | None = option(500, "optimizer steps of each round", interval="[1, inf)", group=ENGINE)
     teacher_steps: int = option(64, "DDIM steps of the first teacher", interval="[2, inf)", group=DISTILLATION)
     final_steps: int = option(1, "steps of the last student", interval="[1, inf)", group=DISTILLATION)
@@ -138,7 +142,7 @@ def finished_round(round_dir: Path, lineage: dict) -> bool:
     (another teacher or step counts) is refused."""
     if not ((round_dir / "training_info.json").is_file() and (round_dir / LINEAGE_FILE).is_file()):
         return False
-    recorded = json.loads((round_dir / LINEAGE_FILE).read_text(encoding="utf-8"))
+    recorded = read_record(round_dir / LINEAGE_FILE)
     if any(
         recorded.get(key) != lineage[key] for key in ("method", "teacher", "round", "rounds", "teacher_steps", "steps")
     ):
@@ -148,6 +152,16 @@ def finished_round(round_dir: Path, lineage: dict) -> bool:
             "replace it, or another --output_dir"
         )
     return True
+
+
+def check_distilled_from(round_dir: Path, teacher: HFDDPMPipeline) -> None:
+    """Refuse a finished round whose recorded teacher is not the weights it would be distilled from now."""
+    recorded = read_record(round_dir / LINEAGE_FILE).get("teacher_weights")
+    if recorded not in (None, current := weights_fingerprint(teacher.unet.state_dict())):
+        raise ValueError(
+            f"{round_dir} was distilled from other teacher weights ({recorded}) than it would be now ({current}); "
+            "pass --overwrite_output_dir to distil again, or another --output_dir"
+        )
 
 
 def distill_progressive(config: ProgressiveDistillationConfig) -> int:
@@ -177,22 +191,26 @@ def distill_progressive(config: ProgressiveDistillationConfig) -> int:
     for round_config, done in zip(rounds, finished, strict=True):
         if not done:
             check_output_dir(round_config)
-    with output_dir_lock(Path(config.output_dir)):
-        if config.overwrite_output_dir and not resuming and launched_as_main_process():
-            for round_config in rounds:  # all at once: no stale later round may outlive a stopped run
-                delete_run_outputs(Path(round_config.output_dir))
+    # The first round replaces every round's earlier outputs at once (no stale later round may outlive a stopped
+    # run), once its data is loaded and checked.
+    everything = [Path(round_config.output_dir) for round_config in rounds]
+    with run_lock(Path(config.output_dir)):
         status, earlier_seconds, source = 0, 0.0, config.teacher
         for round_config, lineage, done in zip(rounds, lineages, finished, strict=True):
-            if not done:
+            round_dir = Path(round_config.output_dir)
+            if done:
+                check_distilled_from(round_dir, teacher)
+            else:
                 lineage.update(distilled_from=source, earlier_rounds_seconds=round(earlier_seconds, 1))
 
                 def objective(teacher: Teacher, student: torch.nn.Module, n: int = lineage["steps"]):
                     dropout = config.class_dropout_prob or 0.0
                     return ProgressiveDistillationObjective(teacher, config.prediction_type, n, dropout)
 
-                status = max(status, train_student(round_config, objective, teacher, lineage))
-            round_dir = Path(round_config.output_dir)
-            earlier_seconds += json.loads((round_dir / "training_info.json").read_text())["wall_time_seconds"]
+                data = student_data(round_config, teacher)
+                replaces = everything if lineage["round"] == 1 else None
+                status = max(status, train_student(round_config, objective, teacher, lineage, data, replaces))
+            earlier_seconds += read_record(round_dir / "training_info.json")["wall_time_seconds"]
             teacher, source = HFDDPMPipeline.from_pretrained(round_dir), str(round_dir)
     PartialState().destroy_process_group()
     return status

@@ -9,30 +9,27 @@ the teacher's network, trains on the teacher's data, and records its lineage in 
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from accelerate import Accelerator
 
-from .. import durable
 from ..arguments import option
 from ..conditioning import num_classes, predict
+from ..image_data import TrainingImages
 from ..pipelines import HFDDPMPipeline
+from ..records import read_record, weights_fingerprint
+from ..run_folder import RUN_RECORD, recorded_data
 from ..schedulers import DDIMScheduler
 from ..schedulers.gaussian_diffusion import ddim_step, per_sample
-from .artefacts import record_arguments
 from .config import DEFAULT_CLASS_DROPOUT_PROB, ENGINE, RunConfig
 from .engine import Trainer
 from .objectives import drop_labels
-from .output_folder import RUN_RECORD, remove_earlier_run_outputs
 from .setup import create_accelerator, load_training_images
 
 LINEAGE_FILE = "distillation.json"
-# The options that say which images (and labels) a run trains on, read from a teacher's training_args.json when none
-# is given, and the label dropout the teacher trained with.
-DATA_OPTIONS = ("dataset_name", "dataset_config_name", "train_data_dir", "split", "image_column", "label_column")
 # ε-prediction's x̂_0 = (x_t − σ ε̂)/α explodes as α → 0, at the first of few steps: students predict v or x_0.
 STUDENT_PREDICTIONS = Literal["v_prediction", "sample"]
 DISTILLATION = "distillation"
@@ -43,9 +40,12 @@ class DistillationConfig(RunConfig):
     """A distillation run: the engine's options, the teacher, and the student's prediction type. The noise schedule,
     resolution and channels are the teacher's, and so is the data when the teacher's folder records it."""
 
-    teacher: str = option(help="pipeline folder or Hub repository to distil", group=DISTILLATION)
+    teacher: str = option(help="pipeline folder or Hub repository to distil", group=DISTILLATION, path="input")
     prediction_type: STUDENT_PREDICTIONS | None = option(
-        None, "what the student predicts (default: the teacher's when it is v or x_0, else v)", group=DISTILLATION
+        None,
+        "what the student predicts (default: the teacher's when it is v or x_0, else v)",
+        group=DISTILLATION,
+        defines_run=True,
     )
     resolution: int | None = option(None, "the teacher's", group=DISTILLATION)
     learning_rate: float = option(2e-4, interval="(0, inf)", group=ENGINE)
@@ -121,6 +121,8 @@ class DistillationObjective:
 
     def __init__(self, teacher: Teacher, prediction_type: str, class_dropout_prob: float = 0.0) -> None:
         self.teacher = teacher
+        # What a resume must find again (`checkpoints.check_same_run`): the same teacher weights.
+        self.identity = {"teacher_weights": weights_fingerprint(teacher.unet.state_dict())}
         self.scheduler = DDIMScheduler.from_config(
             stated_config(teacher.scheduler.config),
             prediction_type=prediction_type,
@@ -157,7 +159,8 @@ class DistillationObjective:
 
 def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, DistillationConfig]:
     """The teacher pipeline, and `config` completed from it: its resolution and channels (others are refused), the
-    student's prediction type, and its training data unless --dataset_name or --train_data_dir name some."""
+    student's prediction type, and its training data unless --dataset_name or --train_data_dir name some (a column or
+    split given as a flag is kept)."""
     teacher = HFDDPMPipeline.from_pretrained(config.teacher)
     _, channels, size, _ = teacher.sample_shape(1)
     for name, value in (("resolution", size), ("channels", channels)):
@@ -166,6 +169,8 @@ def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, Distillati
     prediction = teacher.scheduler.config.get("prediction_type", "epsilon")
     prediction_type = config.prediction_type or ("v_prediction" if prediction == "epsilon" else prediction)
     data = {} if config.dataset_name or config.train_data_dir else teacher_data(config.teacher, size, channels)
+    defaults = {field.name: field.default for field in fields(config)}
+    data = {name: value for name, value in data.items() if getattr(config, name) == defaults[name]}  # flags win
     classes = num_classes(teacher.unet)
     if config.class_conditional and classes is None:
         raise ValueError(f"--class_conditional: the teacher {config.teacher} is unconditional; drop the flag")
@@ -176,38 +181,46 @@ def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, Distillati
 
 
 def teacher_data(teacher: str, size: int, channels: int) -> dict:
-    """The data options (and label dropout) the teacher's training_args.json records; the built-in digits ({}) for an
-    8×8 grey teacher that records none; otherwise a ValueError asking for the data."""
-    record = Path(teacher) / RUN_RECORD
-    if record.is_file():
-        args = json.loads(record.read_text(encoding="utf-8"))
-        return {name: args[name] for name in (*DATA_OPTIONS, "class_dropout_prob") if name in args}
+    """The data options (local paths found where they were recorded) and label dropout the teacher's
+    training_args.json records; the built-in digits ({}) for an 8×8 grey teacher that records none; otherwise a
+    ValueError asking for the data."""
+    if (Path(teacher) / RUN_RECORD).is_file():
+        dropout = read_record(Path(teacher) / RUN_RECORD).get("class_dropout_prob")
+        return recorded_data(teacher) | ({} if dropout is None else {"class_dropout_prob": dropout})
     if (size, channels) == (8, 1):
         return {}
     raise ValueError(f"--teacher {teacher} does not record its training data: pass --dataset_name or --train_data_dir")
 
 
-def train_student(config: DistillationConfig, objective_for: Any, teacher: HFDDPMPipeline, lineage: dict) -> int:
-    """One engine run: the student starts as a copy of the teacher's network; `objective_for(teacher, student)`
-    makes the objective. The data is loaded, and the classes compared with the teacher's, before an earlier run's
-    outputs are deleted."""
-    output_dir = Path(config.output_dir)
-    student = copy.deepcopy(teacher.unet).float().train().requires_grad_(True)
-    if config.gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    objective = objective_for(Teacher.from_pipeline(teacher), student)
-    accelerator = create_accelerator(config, output_dir)
+def student_data(config: DistillationConfig, teacher: HFDDPMPipeline) -> tuple[Accelerator, TrainingImages]:
+    """The accelerator and the student's training images, whose classes must be the teacher's."""
+    accelerator = create_accelerator(config, Path(config.output_dir))
     images = load_training_images(config, accelerator)
-    teacher_classes = objective.teacher.id2label
+    teacher_classes = teacher.id2label if num_classes(teacher.unet) is not None else None
     if config.class_conditional and dict(enumerate(images.label_names)) != teacher_classes:
         raise ValueError(
             f"the data's classes {images.label_names} are not the teacher's {list(teacher_classes.values())}; "
             "pass the teacher's data (--dataset_name or --train_data_dir, and --label_column)"
         )
-    remove_earlier_run_outputs(config, accelerator, output_dir)
-    if accelerator.is_main_process:
-        record_arguments(config, output_dir)  # first: it marks the folder as a run's
-        durable.write_text(output_dir / LINEAGE_FILE, json.dumps(lineage, indent=2))
-    status = Trainer(config, accelerator, objective, student, images).run()
+    return accelerator, images
+
+
+def train_student(
+    config: DistillationConfig,
+    objective_for: Any,
+    teacher: HFDDPMPipeline,
+    lineage: dict,
+    data: tuple[Accelerator, TrainingImages],
+    replaces: list[Path] | None = None,
+) -> int:
+    """One engine run on `data` (`student_data`): the student starts as a copy of the teacher's network;
+    `objective_for(teacher, student)` makes the objective; `lineage`, with the teacher's fingerprint, is recorded."""
+    student = copy.deepcopy(teacher.unet).float().train().requires_grad_(True)
+    if config.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    objective = objective_for(Teacher.from_pipeline(teacher), student)
+    accelerator, images = data
+    records = {LINEAGE_FILE: {**lineage, **objective.identity}}
+    status = Trainer(config, accelerator, objective, student, images, replaces, records).run()
     accelerator.wait_for_everyone()  # the next round reads what the main process wrote
     return status
