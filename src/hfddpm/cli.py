@@ -9,7 +9,7 @@ import dataclasses
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -295,8 +295,7 @@ def run_inpaint(options: InpaintOptions) -> None:
 
 
 def run_evaluate(options: EvaluateOptions) -> None:
-    """Evaluate; on a run folder with hfddpm's card, record the numbers there, holding the run's lock throughout (its
-    records are read first, so a malformed one is refused before any work)."""
+    """Evaluate; on a run folder with hfddpm's card, record the numbers there (`writing_into` it)."""
     from .evaluation import evaluate
     from .evaluation.report import record_evaluation
     from .model_cards import is_hfddpm_card
@@ -308,9 +307,6 @@ def run_evaluate(options: EvaluateOptions) -> None:
         os.path.join(options.checkpoint, "README.md")
     )
     with writing_into(options.checkpoint, records):
-        if records:
-            for name in RUN_RECORDS:
-                read_record(Path(options.checkpoint, name))
         arguments = dataclasses.asdict(options) | run_data(options)
         del arguments["overwrite"]
         report = evaluate(arguments.pop("checkpoint"), **arguments)
@@ -321,9 +317,17 @@ def run_evaluate(options: EvaluateOptions) -> None:
             print(f"  recorded in {options.checkpoint}/evaluation.json and its model card (README.md)")
 
 
-def writing_into(folder: str, writes: bool) -> contextlib.AbstractContextManager:
-    """The folder's run lock (`run_lock`) for a command that `writes` into it, else nothing to hold."""
-    return run_lock(Path(folder), "the run folder") if writes else contextlib.nullcontext()
+@contextlib.contextmanager
+def writing_into(folder: str, writes: bool) -> Iterator[None]:
+    """For a command that `writes` into a run folder: hold its lock (`run_lock`) and read its records first, so that
+    a malformed one is refused before any work."""
+    if not writes:
+        yield
+        return
+    with run_lock(Path(folder), "the run folder"):
+        for name in RUN_RECORDS:
+            read_record(Path(folder, name))
+        yield
 
 
 def run_data(options: EvaluateOptions | AnalyticVarianceOptions) -> dict:

@@ -3,8 +3,9 @@
 `read_record` reads every record — a run's `training_args.json`, `training_info.json`, `evaluation.json`,
 `distillation.json`, a pipeline's `model_index.json` and component configs — and checks it against the shape
 `SHAPES` gives its file name: a value of the wrong kind or a missing key is a one-line `RecordError` naming the file
-and the key, before anything reads it. A key whose kind admits None may be absent; so may a nested object (a dict
-shape, whose "*" stands for every key).
+and the key, before anything reads it. A key whose kind admits None may be absent, and so may a nested object marked
+`Optional` (a dict shape, whose "*" stands for every key). A shape lists the keys some reader uses; others are
+never read.
 
 Numbers measured on weights (an evaluation) carry `weights_fingerprint` of those weights, so that a reader can tell
 them from numbers of earlier weights in the same folder.
@@ -24,6 +25,12 @@ from typing import Any
 from .arguments import is_integer, is_number
 
 Number = float  # an int or a float, never a bool
+
+
+class Optional(dict):
+    """The shape of a nested object that may be absent or null (other nested objects must be there)."""
+
+
 TRAINING_ARGS = {
     "output_dir": str,
     "dataset_name": str | None,
@@ -68,14 +75,16 @@ SHAPES: dict[str, dict] = {
         "weights": str | None,
         "metrics": {"*": Number},
         "details": {
-            "bits_per_dim": {
-                "split": str,
-                "standard_error": Number,
-                "num_images": int,
-                "num_timesteps": int,
-                "reverse_variance": str,
-            },
-            "samples": {"num_samples": int, "source": str, "reference": str},
+            "bits_per_dim": Optional(
+                {
+                    "split": str,
+                    "standard_error": Number,
+                    "num_images": int,
+                    "num_timesteps": int,
+                    "reverse_variance": str,
+                }
+            ),
+            "samples": Optional({"num_samples": int, "source": str, "reference": str}),
         },
     },
     "distillation.json": {
@@ -93,7 +102,7 @@ SHAPES: dict[str, dict] = {
         "target_ema_decay": Number | None,
     },
     "model_index.json": {
-        "id2label": {"*": str},
+        "id2label": Optional({"*": str}),
         "default_num_inference_steps": int | None,
     },
     "config.json": {"sample_size": int | list | None, "in_channels": int | None, "num_class_embeds": int | None},
@@ -164,14 +173,14 @@ FIXES = {"model_index.json": RESAVE, "config.json": RESAVE, "scheduler_config.js
 
 def _problem(value: Any, shape: Any, where: str = "") -> str | None:
     """What is wrong with `value` against `shape` ("key 'seed' is "zero", not an integer"), or None. A dict shape is
-    an object whose keys are checked (with "*", every key against it); it may be absent or null."""
+    an object whose keys are checked (with "*", every key against it)."""
     if not isinstance(shape, dict):
         return None if _admits(value, shape) else f"key {where[:-1]!r} is {json.dumps(value)[:40]}, not {_name(shape)}"
     if not isinstance(value, dict):
         return f"{f'key {where[:-1]!r}' if where else 'it'} is {json.dumps(value)[:40]}, not an object"
     for key in value if "*" in shape else shape:
         part = shape.get(key, shape.get("*"))
-        if value.get(key) is None and (isinstance(part, dict) or _admits(None, part)):
+        if value.get(key) is None and (isinstance(part, Optional) or _admits(None, part)):
             continue
         if key not in value:
             return f"key {where + key!r} is missing"

@@ -49,9 +49,10 @@ BLOCK_MARKER = re.compile(r"^(?=[#+\-=_~])|^\d+(?=[.)](?:\s|$))")
 
 
 def python_literal(value: object) -> str:
-    """`value` as a Python literal that `ast.literal_eval` reads back as `value`, without backticks (written
-    `\\x60`), so it stays code in a markdown code span or block too."""
-    return repr(value).replace("`", "\\x60")
+    """`value` as a Python literal that `ast.literal_eval` reads back as `value`, without backticks or angle brackets
+    (written `\\x60`, `\\x3c`, `\\x3e`), so it stays code in a markdown code span or block, and no HTML, wherever
+    it is rendered."""
+    return repr(value).replace("`", "\\x60").replace("<", "\\x3c").replace(">", "\\x3e")
 
 
 def markdown_text(value: object) -> str:
