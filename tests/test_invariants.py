@@ -299,6 +299,28 @@ def test_a_record_of_the_wrong_json_kind_is_refused_by_the_reader(tmp_path, name
         read_record(tmp_path / name)
 
 
+@pytest.mark.parametrize(
+    "record, problem",
+    [
+        ({"checkpoint": "c", "dataset": "d", "details": {}}, "key 'metrics' is missing"),
+        ({"checkpoint": "c", "dataset": "d", "metrics": {"fid": "low"}, "details": {}}, "'metrics.fid' is \"low\""),
+        (
+            {"checkpoint": "c", "dataset": "d", "metrics": {}, "details": {"samples": {"num_samples": 2}}},
+            "'details.sa",
+        ),
+        ({"checkpoint": "c", "dataset": "d", "metrics": {}, "details": {"samples": None}}, None),  # optional: absent
+    ],
+    ids=["required object missing", "string for a number", "nested key missing", "optional object null"],
+)
+def test_the_reader_names_the_key_at_any_depth(tmp_path, record, problem):
+    (tmp_path / "evaluation.json").write_text(json.dumps(record))
+    if problem is None:
+        assert read_record(tmp_path / "evaluation.json") == record
+    else:
+        with pytest.raises(RecordError, match=problem):
+            read_record(tmp_path / "evaluation.json")
+
+
 # 8. Long work starts only when it can finish
 
 

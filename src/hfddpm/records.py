@@ -180,7 +180,9 @@ def _problem(value: Any, shape: Any, where: str = "") -> str | None:
         return f"{f'key {where[:-1]!r}' if where else 'it'} is {json.dumps(value)[:40]}, not an object"
     for key in value if "*" in shape else shape:
         part = shape.get(key, shape.get("*"))
-        if value.get(key) is None and (isinstance(part, Optional) or _admits(None, part)):
+        if value.get(key) is None and (
+            isinstance(part, Optional) or not isinstance(part, dict) and _admits(None, part)
+        ):
             continue
         if key not in value:
             return f"key {where + key!r} is missing"
