@@ -330,6 +330,8 @@ def test_training_refuses_before_it_starts_what_it_could_not_finish(tmp_path, ca
     argv = ["--output_dir", tmp_path / "b", *FAST, "--eval_every", "1", "--eval_metrics", "fid"]
     assert "Inception weights" in refused(train_unconditional_command, argv, capsys)
     assert not (tmp_path / "b" / "checkpoints").exists()
+    argv = ["--output_dir", tmp_path / "c", *FAST, "--resolution", "1000000"]
+    assert "GiB of memory" in refused(train_unconditional_command, argv, capsys)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from hfddpm import DDIMScheduler, HFDDPMPipeline
+from hfddpm.records import pipeline_fingerprint
 from hfddpm.training.tracking import read_jsonl_log
 
 from .fake_hub import FakeHub
@@ -144,6 +145,9 @@ def test_metrics_are_logged_during_training_and_recorded_at_the_end(tmp_path, tr
     assert all(log[step]["eval/fd_digits"] > 0 and "eval/digits_confidence" in log[step] for step in (10, 20))
     report = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     assert report["metrics"]["fd_digits"] == log[20]["eval/fd_digits"]
+    # measured on the weights saved beside it, so the card shows it as theirs
+    assert report["weights"] == pipeline_fingerprint(tmp_path / "run")
+    assert f"{report['metrics']['fd_digits']:.4f}" in (tmp_path / "run" / "README.md").read_text()
 
 
 @pytest.mark.slow

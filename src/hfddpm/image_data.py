@@ -34,6 +34,8 @@ LOSSY_MODES = {
     "LAB": ", which PIL cannot convert to RGB with their colours kept",
 }
 
+DECODE_BATCH = 1000  # images decoded at once (datasets' default map batch)
+
 
 def load_digits_dataset(split: str = "train") -> datasets.Dataset:
     """The UCI handwritten digits shipped with scikit-learn: 8×8 images with 17 grey levels, and their labels.
@@ -205,6 +207,7 @@ def pretensorize(
     return undecoded.map(
         convert,
         batched=True,
+        batch_size=DECODE_BATCH,
         remove_columns=dataset.column_names,
         num_proc=num_proc,
         desc="Decoding and resizing images",

@@ -10,7 +10,9 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers import UNet2DModel
 
+from ..arguments import check_fits_in_memory
 from ..image_data import (
+    DECODE_BATCH,
     ImagePreprocessing,
     TrainingImages,
     channels_of_mode,
@@ -62,6 +64,8 @@ def load_training_images(config: RunConfig, accelerator: Accelerator) -> Trainin
     labels, label_names = class_labels(dataset, config.label_column) if config.class_conditional else (None, None)
     channels = config.channels or channels_of_mode(first_image_mode(dataset, image_column))
     preprocessing = ImagePreprocessing(config.resolution, channels, not config.random_crop, config.random_flip)
+    decoded = min(len(dataset), DECODE_BATCH) * channels * config.resolution**2 * 2  # uint8 arrays and their bytes
+    check_fits_in_memory(decoded, f"--resolution {config.resolution}: decoding {DECODE_BATCH} images at a time")
     with accelerator.main_process_first():
         pixels = pretensorize(dataset, image_column, preprocessing, config.preprocessing_num_workers)
     if config.channels is None:
