@@ -107,15 +107,21 @@ def test_an_overwrite_refused_for_its_input_keeps_the_earlier_run(run, capsys, b
     assert snapshot(run) == before
 
 
-def test_a_distillation_refused_for_its_data_keeps_every_earlier_round(run, tmp_path, capsys):
-    rounds = tmp_path / "progressive"
-    argv = ["--teacher", run, "--output_dir", rounds, *DISTIL, "--teacher_steps", "4", "--final_steps", "2"]
-    assert distill_progressive_command([*map(str, argv), "--max_train_steps", "1"]) == 0
-    before = snapshot(rounds)
-    refused(
-        distill_progressive_command, [*argv, *corrupt_image(run.parent / "data"), "--overwrite_output_dir"], capsys
-    )
-    assert snapshot(rounds) == before
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        (distill_progressive_command, ["--teacher_steps", "4", "--final_steps", "2"]),
+        (distill_consistency_command, ["--num_inference_steps", "2"]),
+    ],
+    ids=["progressive", "consistency"],
+)
+def test_a_distillation_refused_for_its_data_keeps_the_earlier_student(run, tmp_path, capsys, command, options):
+    student = tmp_path / "student"
+    argv = ["--teacher", run, "--output_dir", student, *DISTIL, *options]
+    assert command([*map(str, argv), "--max_train_steps", "1"]) == 0
+    before = snapshot(student)
+    refused(command, [*argv, *corrupt_image(run.parent / "data"), "--overwrite_output_dir"], capsys)
+    assert snapshot(student) == before
 
 
 @pytest.mark.parametrize("name", ["samples", "logs"])
