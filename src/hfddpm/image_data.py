@@ -18,6 +18,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .idx_data import IDX_DATASETS, is_idx_folder, load_idx_split, load_named
+
 if TYPE_CHECKING:  # imported where used: `import hfddpm` does not load datasets
     import datasets
 
@@ -68,9 +70,10 @@ def load_image_dataset(
 ) -> tuple[datasets.Dataset, str]:
     """Load training images and name their column.
 
-    `train_data_dir` is an image folder (datasets' "imagefolder" builder); `dataset_name` is a folder written by
-    `save_to_disk` or a Hub dataset (e.g. "ylecun/mnist"); with neither, the built-in digits. The image column is
-    `image_column`, or the dataset's first column of `datasets.Image` type.
+    `train_data_dir` is an image folder (datasets' "imagefolder" builder) or a folder of MNIST-format IDX files;
+    `dataset_name` is "fashion_mnist" or "mnist" (`hfddpm.idx_data`), a folder written by `save_to_disk` or a Hub
+    dataset; with neither, the built-in digits. The image column is `image_column`, or the dataset's first column of
+    `datasets.Image` type.
     """
     import datasets
 
@@ -81,14 +84,21 @@ def load_image_dataset(
     if train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
             raise FileNotFoundError(f"--train_data_dir {train_data_dir!r} is not a folder; point it at your images")
-        try:
-            dataset = datasets.load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
-        except (datasets.data_files.EmptyDatasetError, datasets.exceptions.DataFilesNotFoundError) as error:
-            raise ValueError(
-                f"--train_data_dir {train_data_dir!r} holds no image files; add images or fix the path"
-            ) from error
+        if is_idx_folder(train_data_dir):
+            dataset = load_idx_split(train_data_dir, split)
+        else:
+            try:
+                dataset = datasets.load_dataset(
+                    "imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir
+                )
+            except (datasets.data_files.EmptyDatasetError, datasets.exceptions.DataFilesNotFoundError) as error:
+                raise ValueError(
+                    f"--train_data_dir {train_data_dir!r} holds no image files; add images or fix the path"
+                ) from error
     elif dataset_name is None or dataset_name == DIGITS:
         dataset = load_digits_dataset(split)
+    elif dataset_name in IDX_DATASETS:
+        dataset = load_named(dataset_name, split, cache_dir)
     elif os.path.isdir(dataset_name) and is_saved_dataset(dataset_name):
         saved = datasets.load_from_disk(dataset_name)
         splits = saved if isinstance(saved, datasets.DatasetDict) else {split: saved}

@@ -24,6 +24,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .. import durable
+from ..idx_data import IDX_DATASETS
 from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
 from ..records import pipeline_fingerprint, read_record
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
@@ -76,6 +77,9 @@ def training_data(args: dict) -> TrainingData:
         name = Path(args["train_data_dir"]).name
         return TrainingData(f"the images of a local folder ({name})", [], "imagefolder", name)
     name = args.get("dataset_name")
+    if name in IDX_DATASETS:
+        known = IDX_DATASETS[name]
+        return TrainingData(known.description, [known.hub_id], known.hub_id, known.hub_id.split("/")[-1])
     if name in (None, "digits"):
         description = "the UCI handwritten digits (8×8, shipped with scikit-learn)"
         return TrainingData(description, [], "digits", "UCI handwritten digits")
