@@ -29,9 +29,9 @@ import torch
 from sampler_study import plot
 
 from hfddpm import DDIMScheduler, HFDDPMPipeline
-from hfddpm.evaluation.features import DigitsFeatures
+from hfddpm.evaluation.features import ClassifierFeatures
 from hfddpm.evaluation.frechet import FeatureStatistics, frechet_distance
-from hfddpm.evaluation.sample_quality import digits_scores, generate_samples, reference_statistics
+from hfddpm.evaluation.sample_quality import class_scores, generate_samples, reference_statistics
 from hfddpm.training.teacher import stated_config
 from hfddpm.visualize import sample_grid
 
@@ -58,13 +58,13 @@ def teacher_samplers(teacher: HFDDPMPipeline) -> dict[str, HFDDPMPipeline]:
     return {name: HFDDPMPipeline(unet=teacher.unet, scheduler=scheduler) for name, scheduler in schedulers.items()}
 
 
-def score(pipeline: HFDDPMPipeline, steps: int, extractor: DigitsFeatures, reference: FeatureStatistics) -> dict:
+def score(pipeline: HFDDPMPipeline, steps: int, extractor: ClassifierFeatures, reference: FeatureStatistics) -> dict:
     """fd_digits, classes drawn and confidence of `NUM_SAMPLES` samples at `steps` steps."""
     start = time.perf_counter()
     images = generate_samples(pipeline, NUM_SAMPLES, batch_size=500, num_inference_steps=steps, progress_bar=False)
     if not torch.isfinite(images).all():
         return {"fd": float("nan"), "nfe": steps}
-    scores = digits_scores(extractor.probabilities(images))
+    scores = class_scores(extractor.probabilities(images))
     return {
         "fd": frechet_distance(FeatureStatistics.of(extractor(images)), reference),
         "classes": scores["digits_class_coverage"],
@@ -75,7 +75,7 @@ def score(pipeline: HFDDPMPipeline, steps: int, extractor: DigitsFeatures, refer
 
 
 def study(teacher_path: str, progressive: str, consistency: str, output: Path, tag: str) -> dict:
-    extractor = DigitsFeatures()
+    extractor = ClassifierFeatures()
     reference = reference_statistics(extractor, "digits", "train", 8, 1)
     teacher = HFDDPMPipeline.from_pretrained(teacher_path)
     rows: dict[str, list[tuple[int, HFDDPMPipeline]]] = {

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from hfddpm import HFDDPMPipeline
-from hfddpm.evaluation.features import DigitsFeatures
+from hfddpm.evaluation.features import ClassifierFeatures
 from hfddpm.evaluation.frechet import FeatureStatistics, frechet_distance
 from hfddpm.evaluation.sample_quality import generate_samples, reference_statistics
 from hfddpm.visualize import sample_grid, to_pil
@@ -31,7 +31,7 @@ SCALES = (0.0, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
 PER_LABEL = 100
 
 
-def score(images: torch.Tensor, labels: torch.Tensor | None, extractor: DigitsFeatures, reference) -> dict:
+def score(images: torch.Tensor, labels: torch.Tensor | None, extractor: ClassifierFeatures, reference) -> dict:
     """fd_digits of `images` (in [0, 1]) and, given their labels, the classifier's accuracy on them."""
     result = {"fd_digits": frechet_distance(FeatureStatistics.of(extractor(images)), reference)}
     if labels is not None:
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--grid", default="docs/class-conditional-digits.png")
     parser.add_argument("--grid_scale", type=float, default=1.5)
     args = parser.parse_args()
-    extractor = DigitsFeatures()
+    extractor = ClassifierFeatures()
     reference = reference_statistics(extractor, "digits", "train", 8, 1)
     conditional = HFDDPMPipeline.from_pretrained(args.conditional)
     labels = torch.arange(10).repeat_interleave(PER_LABEL)

@@ -29,8 +29,8 @@ import diffusers
 import torch
 
 from hfddpm import DDPMScheduler, HFDDPMInpaintPipeline
-from hfddpm.evaluation.digits_classifier import digits_tensors
-from hfddpm.evaluation.features import DigitsFeatures
+from hfddpm.evaluation.classifiers import labelled_images
+from hfddpm.evaluation.features import ClassifierFeatures
 from hfddpm.visualize import labelled_grid, to_pil
 
 MASKS = {"bottom half": (slice(4, 8), slice(0, 8)), "centre square": (slice(2, 6), slice(2, 6))}
@@ -66,8 +66,8 @@ def main() -> None:
     parser.add_argument("--output_dir", default="benchmarks")
     parser.add_argument("--figure", default="docs/inpainting.png")
     args = parser.parse_args()
-    classifier = DigitsFeatures()
-    images, labels = digits_tensors("test")
+    classifier = ClassifierFeatures()
+    images, labels = labelled_images("digits", "test")
     images = images * 2 - 1  # in [−1, 1], as the pipelines' samples
 
     def accuracy(completed: torch.Tensor) -> float:  # completions in [0, 1]

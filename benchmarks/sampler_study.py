@@ -31,7 +31,7 @@ import diffusers
 import torch
 
 from hfddpm import DDIMScheduler, DDPMScheduler, GaussianMixtureDenoiser, HFDDPMPipeline
-from hfddpm.evaluation.features import DigitsFeatures
+from hfddpm.evaluation.features import ClassifierFeatures
 from hfddpm.evaluation.frechet import FeatureStatistics, frechet_distance
 from hfddpm.evaluation.sample_quality import generate_samples, reference_statistics
 from hfddpm.image_data import image_batches
@@ -148,7 +148,7 @@ def run_digits(checkpoint: str, output: Path, only: list[str] | None = None) -> 
     if gamma is None:
         batches = image_batches("digits", "train", 8, 1, batch_size=500, max_images=500)
         gamma = estimate_analytic_gamma(unet, pipe.scheduler, batches).tolist()
-    extractor = DigitsFeatures()
+    extractor = ClassifierFeatures()
     reference = reference_statistics(extractor, "digits", "train", 8, 1)
     results = {}
     for name, (scheduler, options, nfe_per_step) in samplers(dict(pipe.scheduler.config), gamma, only).items():

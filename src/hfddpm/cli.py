@@ -22,7 +22,7 @@ from .run_folder import RUN_RECORDS, recorded_data, run_lock
 SEEDS = "[0, 4294967295]"  # as the training script's --seed
 COUNT = "[1, inf)"
 SCHEDULERS = Literal["checkpoint", "ddpm", "ddim", "dpm-solver", "euler"]
-METRICS = Literal["bits_per_dim", "fd_digits", "digits_scores", "fid", "fd_dinov2"]
+METRICS = Literal["bits_per_dim", "fd_digits", "digits_scores", "fd_fashion", "fashion_scores", "fid", "fd_dinov2"]
 VARIANCES = Literal["fixed_small", "fixed_large", "learned", "learned_range", "analytic"]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .digits_classifier import SHIPPED_WEIGHTS, DigitsClassifier
+from .classifiers import ImageClassifier, shipped_weights
 
 INCEPTION_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception, as torchmetrics uses
 DINOV2_DEFAULT = "facebook/dinov2-large"  # ViT-L/14, the network of FD_DINOv2 (Stein et al. 2023)
@@ -29,12 +29,16 @@ def _rgb(images: torch.Tensor) -> torch.Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
-class DigitsFeatures:
-    """The 64 penultimate activations of the shipped digits classifier (`digits_classifier`); offline."""
+class ClassifierFeatures:
+    """The 64 penultimate activations of a shipped classifier (`classifiers`: "digits" or "fashion"), or of one saved
+    at `path`; offline."""
 
-    def __init__(self, path: str | os.PathLike = SHIPPED_WEIGHTS, device: str | torch.device = "cpu") -> None:
-        self.model = DigitsClassifier.from_pretrained(path, use_safetensors=True).eval().to(device)
-        self.name = f"digits-classifier-{_file_digest(Path(path) / 'diffusion_pytorch_model.safetensors')}"
+    def __init__(
+        self, name: str = "digits", device: str | torch.device = "cpu", path: str | os.PathLike | None = None
+    ):
+        path = path or shipped_weights(name)
+        self.model = ImageClassifier.from_pretrained(path, use_safetensors=True).eval().to(device)
+        self.name = f"{name}-classifier-{_file_digest(Path(path) / 'diffusion_pytorch_model.safetensors')}"
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -42,7 +46,7 @@ class DigitsFeatures:
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Softmax over the ten digits."""
+        """Softmax over the classes."""
         return self.model(images).softmax(dim=1)
 
 

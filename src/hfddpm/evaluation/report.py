@@ -18,22 +18,28 @@ from ..model_cards import is_hfddpm_card, rewrite_model_card
 from ..pipelines import HFDDPMPipeline
 from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
 from ..records import read_record, weights_fingerprint
-from .features import DINOV2_DEFAULT, DigitsFeatures, Dinov2Features, InceptionFeatures
+from .classifiers import CLASSIFIERS, DATASET_METRICS, classifier_metrics
+from .features import DINOV2_DEFAULT, ClassifierFeatures, Dinov2Features, InceptionFeatures
 from .frechet import FeatureStatistics, frechet_distance
 from .likelihood import plot_bound_terms, variational_bound
-from .sample_quality import digits_scores, generate_samples, load_image_folder, reference_statistics
+from .sample_quality import class_scores, generate_samples, load_image_folder, reference_statistics
 
 # What `evaluate` can measure, and what each is.
 METRICS = {
     "bits_per_dim": "the variational bound on −log p(x_0) of the held-out images, bits/dim (lower is better)",
     "fd_digits": "Fréchet distance in the shipped digits classifier's features (offline; lower is better)",
     "digits_scores": "digits classifier: share of the ten digits drawn, and mean confidence (higher is better)",
+    "fd_fashion": "Fréchet distance in the shipped Fashion-MNIST classifier's features (offline; lower is better)",
+    "fashion_scores": "Fashion-MNIST classifier: share of the ten classes drawn, mean confidence (higher is better)",
     "fid": "FID: Fréchet distance in Inception features, torchmetrics' network (needs local weights)",
     "fd_dinov2": "FD_DINOv2: Fréchet distance in DINOv2 ViT-L/14 features (needs local weights)",
 }
-SAMPLE_METRICS = ("fd_digits", "digits_scores", "fid", "fd_dinov2")
-# By default the built-in digits get every offline metric, other data bits/dim (the others need downloaded weights).
-OFFLINE_DIGITS_METRICS = ("fd_digits", "digits_scores", "bits_per_dim")
+SAMPLE_METRICS = ("fd_digits", "digits_scores", "fd_fashion", "fashion_scores", "fid", "fd_dinov2")
+# The shipped classifiers' metrics: (its Fréchet distance, its scores) by classifier name (`classifiers.CLASSIFIERS`).
+CLASSIFIER_METRICS = {name: classifier_metrics(name) for name in CLASSIFIERS}
+# By default a dataset with a shipped classifier gets every offline metric, other data bits/dim (the others need
+# downloaded weights).
+OFFLINE_METRICS = {dataset: (*metrics, "bits_per_dim") for dataset, metrics in DATASET_METRICS.items()}
 PARTS = ("metrics", "details")  # what a report adds to an earlier one of the same weights
 
 
@@ -64,9 +70,8 @@ class EvaluationReport:
         if "samples" in self.details:
             samples = self.details["samples"]
             lines.append(f"  {samples['num_samples']} samples ({samples['source']}) against {samples['reference']}:")
-            for name in ("fd_digits", "fid", "fd_dinov2", "digits_class_coverage", "digits_confidence"):
-                if name in self.metrics:
-                    lines.append(f"    {name:22s} {self.metrics[name]:.4f}")
+            for name in [name for name in self.metrics if name != "bits_per_dim"]:
+                lines.append(f"    {name:22s} {self.metrics[name]:.4f}")
         return "\n".join(lines)
 
 
@@ -137,16 +142,19 @@ def feature_networks(
     dinov2_model: str | os.PathLike = DINOV2_DEFAULT,
     device: str | torch.device = "cpu",
 ) -> dict:
-    """The feature network of each sample metric in `metrics` (one digits classifier serves fd_digits and
-    digits_scores); a missing or wrong weights file is refused here, in one line, before any long work."""
-    digits = DigitsFeatures(device=device) if {"fd_digits", "digits_scores"} & set(metrics) else None
+    """The feature network of each sample metric in `metrics` (one shipped classifier serves its distance and its
+    scores); a missing or wrong weights file is refused here, in one line, before any long work."""
     networks = {
-        "fd_digits": lambda: digits,
-        "digits_scores": lambda: digits,
-        "fid": lambda: InceptionFeatures(inception_weights, device),
-        "fd_dinov2": lambda: Dinov2Features(dinov2_model, device),
+        metric: ClassifierFeatures(name, device)
+        for name, pair in CLASSIFIER_METRICS.items()
+        if set(pair) & set(metrics)
+        for metric in pair
     }
-    return {metric: networks[metric]() for metric in SAMPLE_METRICS if metric in metrics}
+    if "fid" in metrics:
+        networks["fid"] = InceptionFeatures(inception_weights, device)
+    if "fd_dinov2" in metrics:
+        networks["fd_dinov2"] = Dinov2Features(dinov2_model, device)
+    return {metric: networks[metric] for metric in SAMPLE_METRICS if metric in metrics}
 
 
 def evaluate_pipeline(
@@ -178,7 +186,8 @@ def evaluate_pipeline(
 
     Args:
         dataset: "digits" (built in), an image folder, a `save_to_disk` folder or a Hub dataset name.
-        metrics: names from `METRICS`; by default `OFFLINE_DIGITS_METRICS` for the digits, else bits_per_dim.
+        metrics: names from `METRICS`; by default `OFFLINE_METRICS` of the dataset (the digits, Fashion-MNIST), else
+            bits_per_dim.
         split: the held-out split of ``bits_per_dim``; the first `max_images` of it (all when None).
         reference_split: the split the samples are compared with (its statistics are cached).
         num_timesteps: ``bits_per_dim`` terms per image, stratified over t: an unbiased estimate with its standard
@@ -191,7 +200,7 @@ def evaluate_pipeline(
         cache_dir: where reference statistics are cached (default `frechet.statistics_cache_dir()`).
     """
     if metrics is None:
-        metrics = OFFLINE_DIGITS_METRICS if dataset == DIGITS else ("bits_per_dim",)
+        metrics = OFFLINE_METRICS.get(dataset, ("bits_per_dim",))
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
     if unknown := sorted(set(metrics) - set(METRICS)):
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
@@ -200,7 +209,7 @@ def evaluate_pipeline(
     report = EvaluationReport(name, dataset, pipeline and weights_fingerprint(pipeline.unet.state_dict()))
     # The networks first: a missing or wrong weights file is refused before the long work.
     features = feature_networks(metrics, inception_weights, dinov2_model, device)
-    digits = features.pop("digits_scores", None)  # scores, not a distance
+    scorers = {name: features.pop(scores) for name, (_, scores) in CLASSIFIER_METRICS.items() if scores in features}
 
     if "bits_per_dim" in metrics:
         _, channels, resolution, _ = pipeline.sample_shape(1)
@@ -236,9 +245,9 @@ def evaluate_pipeline(
             generated = torch.cat([extractor(batch).cpu() for batch in samples.split(batch_size)])
             report.metrics[metric] = frechet_distance(FeatureStatistics.of(generated), reference)
             report.details[metric] = {"extractor": extractor.name, "num_reference": reference.count}
-        if "digits_scores" in metrics:
-            probabilities = torch.cat([digits.probabilities(batch).cpu() for batch in samples.split(batch_size)])
-            report.metrics.update(digits_scores(probabilities))
+        for classifier_name, scorer in scorers.items():  # scores, not distances
+            probabilities = torch.cat([scorer.probabilities(batch).cpu() for batch in samples.split(batch_size)])
+            report.metrics.update(class_scores(probabilities, classifier_name))
 
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)

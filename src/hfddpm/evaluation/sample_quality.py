@@ -24,7 +24,7 @@ from .frechet import FeatureStatistics, cached_statistics
 
 if TYPE_CHECKING:
     from ..pipelines import HFDDPMPipeline
-    from .features import DigitsFeatures, Dinov2Features, InceptionFeatures
+    from .features import ClassifierFeatures, Dinov2Features, InceptionFeatures
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # A digit class counts as drawn when it gets at least half of its fair share of the samples.
@@ -91,7 +91,7 @@ def load_image_folder(folder: str | os.PathLike, channels: int | None = None) ->
 
 
 def reference_statistics(
-    extractor: DigitsFeatures | InceptionFeatures | Dinov2Features,
+    extractor: ClassifierFeatures | InceptionFeatures | Dinov2Features,
     dataset: str,
     split: str,
     resolution: int,
@@ -122,16 +122,16 @@ def reference_statistics(
     return cached_statistics(key, compute, cache_dir)
 
 
-def digits_scores(probabilities: torch.Tensor) -> dict[str, float]:
-    """What the digits classifier says of samples, from its softmax outputs (N, 10).
+def class_scores(probabilities: torch.Tensor, name: str = "digits") -> dict[str, float]:
+    """What the classifier `name` ("digits", "fashion") says of samples, from its softmax outputs (N, K).
 
-    - ``digits_class_coverage``: the fraction of the ten digits that get at least `COVERAGE_SHARE` of the samples'
-      predicted labels (1.0 for the real test split; a generator that draws only some digits scores lower).
-    - ``digits_confidence``: the mean of the classifier's top probability (clear digits score near 1).
+    - ``<name>_class_coverage``: the fraction of the K classes that get at least `COVERAGE_SHARE` of the samples'
+      predicted labels (1.0 for the real test split; a generator that draws only some classes scores lower).
+    - ``<name>_confidence``: the mean of the classifier's top probability (clear images score near 1).
     """
     predicted = probabilities.argmax(dim=1)
-    shares = torch.bincount(predicted, minlength=10).double() / len(predicted)
+    shares = torch.bincount(predicted, minlength=probabilities.shape[1]).double() / len(predicted)
     return {
-        "digits_class_coverage": (shares >= COVERAGE_SHARE).double().mean().item(),
-        "digits_confidence": probabilities.max(dim=1).values.double().mean().item(),
+        f"{name}_class_coverage": (shares >= COVERAGE_SHARE).double().mean().item(),
+        f"{name}_confidence": probabilities.max(dim=1).values.double().mean().item(),
     }

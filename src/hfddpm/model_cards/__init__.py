@@ -38,6 +38,9 @@ METRIC_NAMES = {
     "fd_digits": "Fréchet distance, digits-classifier features",
     "digits_class_coverage": "digit classes drawn (share ≥ 5 %)",
     "digits_confidence": "digits classifier's mean confidence",
+    "fd_fashion": "Fréchet distance, Fashion-MNIST-classifier features",
+    "fashion_class_coverage": "Fashion-MNIST classes drawn (share ≥ 5 %)",
+    "fashion_confidence": "Fashion-MNIST classifier's mean confidence",
     "fid": "FID",
     "fd_dinov2": "FD_DINOv2",
 }

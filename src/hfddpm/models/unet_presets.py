@@ -47,6 +47,19 @@ _PRESETS = {
         "dropout": 0.1,
         **_DDPM_TIME_EMBEDDING,
     },
+    # MNIST-format data (Fashion-MNIST, MNIST) at 28×28 on 2 CPU cores: 1.1M parameters, the resolutions of
+    # "mnist-28" (28, 14, 7) at half its width with one residual block each, attention at 7×7; a training step costs
+    # 1.1 GFLOP per image (forward and backward), 6× less than "mnist-28" (benchmarks/RESULTS.md, "A 28×28 preset").
+    "mnist-28-cpu": {
+        "sample_size": 28,
+        "in_channels": 1,
+        "block_out_channels": (32, 64, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "attention_head_dim": 32,
+        **_DDPM_TIME_EMBEDDING,
+    },
     # Ho et al. (2020), appendix B, CIFAR-10: 35.7M parameters, channel multipliers (1, 2, 2, 2), two residual
     # blocks per resolution, single-head self-attention at 16×16, dropout 0.1 (google/ddpm-cifar10-32's layout).
     "ddpm-cifar10-32": {

@@ -27,7 +27,9 @@ DEFAULT_MAX_TRAIN_STEPS = 2000
 DEFAULT_CLASS_DROPOUT_PROB = 0.1
 SEEDS = "[0, 4294967295]"  # NumPy's limit; `accelerate.utils.set_seed` seeds NumPy too
 COUNT = "[1, inf)"
-METRIC_NAMES = Literal["bits_per_dim", "fd_digits", "digits_scores", "fid", "fd_dinov2"]
+METRIC_NAMES = Literal[
+    "bits_per_dim", "fd_digits", "digits_scores", "fd_fashion", "fashion_scores", "fid", "fd_dinov2"
+]
 PRESET_NAMES = Literal[tuple(UNET_PRESETS)]
 PREDICTIONS = Literal[PREDICTION_TYPES]
 TRAINED_VARIANCES = Literal[tuple(choice for choice in REVERSE_VARIANCES if choice != "analytic")]
@@ -124,7 +126,7 @@ class RunConfig:
         None, "measure --eval_metrics every N steps and at the end", interval=COUNT, group=OUTPUT
     )
     eval_metrics: list[METRIC_NAMES] | None = option(
-        None, "default: fd_digits and digits_scores (offline) for the built-in digits", group=OUTPUT
+        None, "default: the offline classifier metrics of the digits or fashion_mnist", group=OUTPUT
     )
     eval_num_samples: int = option(256, "samples drawn for each evaluation", interval=COUNT, group=OUTPUT)
     push_to_hub: bool = option(False, "publish the final pipeline and its model card", group=HUB)
@@ -157,9 +159,13 @@ class RunConfig:
             if self.push_to_hub and not self.hub_dry_run:
                 resolve_token(self.hub_token, self.output_dir, "--hub_token")  # fail now, not after hours of training
         if self.eval_every and not self.eval_metrics:
-            if self.dataset_source != DIGITS:
-                raise ValueError("--eval_every needs --eval_metrics for datasets other than the built-in digits")
-            self.eval_metrics = ["fd_digits", "digits_scores"]
+            from ..evaluation.classifiers import DATASET_METRICS
+
+            if self.dataset_source not in DATASET_METRICS:
+                raise ValueError(
+                    "--eval_every needs --eval_metrics for datasets other than the digits and fashion_mnist"
+                )
+            self.eval_metrics = list(DATASET_METRICS[self.dataset_source])
 
     @property
     def dataset_source(self) -> str:

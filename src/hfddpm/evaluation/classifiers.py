@@ -1,12 +1,12 @@
-"""A small CNN for the built-in 8×8 digits: the feature extractor of the offline metrics, shipped with the package.
+"""Small CNNs for the digits and Fashion-MNIST: the feature extractors of the offline metrics, shipped in the package.
 
-Its features (the 64 activations before the last layer) play the role Inception's play in FID, for data that
-Inception was never trained on and that needs no download: `fd_digits` is the Fréchet distance between generated
-and real digits in this space, and its class predictions say which digits a generator draws and how clearly.
+Their features (the 64 activations before the last layer) play the role Inception's play in FID, for data that
+Inception was never trained on and that needs no download: `fd_digits` and `fd_fashion` are the Fréchet distances
+between generated and real images in these spaces, and their class predictions say which classes a generator draws
+and how clearly.
 
-The shipped weights (`assets/digits-classifier/`) are those `train_digits_classifier()` returns with its defaults
-(`python examples/train_digits_classifier.py` writes them); their accuracy on the 297 held-out digits is
-`HELD_OUT_ACCURACY`.
+The shipped weights (`assets/<name>-classifier/`) are those `train_classifier(name)` returns with its defaults
+(`python examples/train_classifier.py NAME` writes them); their accuracy on the held-out split is `HELD_OUT_ACCURACY`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,29 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from ..image_data import load_digits_dataset
+from ..image_data import load_image_dataset
 
-SHIPPED_WEIGHTS = Path(__file__).parent / "assets" / "digits-classifier"
-HELD_OUT_ACCURACY = 287 / 297  # of the shipped weights on the "test" split (0.966), measured by the training script
+ASSETS = Path(__file__).parent / "assets"  # the shipped weights
+# name: (dataset, image size, training epochs). The digits: 1,500 training images; Fashion-MNIST: 60,000.
+CLASSIFIERS = {"digits": ("digits", 8, 60), "fashion": ("fashion_mnist", 28, 8)}
+# Of the shipped weights on the held-out "test" split, measured by the training script.
+HELD_OUT_ACCURACY = {"digits": 287 / 297, "fashion": 9235 / 10_000}
 
 
-class DigitsClassifier(ModelMixin, ConfigMixin):
+def shipped_weights(name: str) -> Path:
+    return ASSETS / f"{name}-classifier"
+
+
+def classifier_metrics(name: str) -> tuple[str, str]:
+    """The metrics of the classifier `name`: its Fréchet distance and its class scores."""
+    return f"fd_{name}", f"{name}_scores"
+
+
+# The offline sample metrics of each dataset with a shipped classifier.
+DATASET_METRICS = {dataset: classifier_metrics(name) for name, (dataset, _, _) in CLASSIFIERS.items()}
+
+
+class ImageClassifier(ModelMixin, ConfigMixin):
     """conv 3×3 (8×8) → conv 3×3 stride 2 (4×4) → conv 3×3 stride 2 (2×2) → linear → features → linear → logits.
 
     Takes images in [0, 1] of any size and channel count (an `HFDDPMPipeline`'s ``output_type="pt"``): they are
@@ -68,29 +84,37 @@ class DigitsClassifier(ModelMixin, ConfigMixin):
         return self.head(self.features(images))
 
 
-def digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The built-in digits of a split as images in [0, 1] of shape (N, 1, 8, 8), and their labels."""
-    rows = load_digits_dataset(split).with_format("numpy")[:]
+def labelled_images(dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A grey labelled dataset's split as images in [0, 1] of shape (N, 1, H, W), and their labels."""
+    rows = load_image_dataset(dataset, split=split)[0].with_format("numpy")[:]
     images = torch.from_numpy(np.stack(rows["image"]).astype(np.float32) / 255).unsqueeze(1)
     return images, torch.from_numpy(rows["label"]).long()
 
 
 def _shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each image moved by up to one pixel in each direction (zero fill): generated digits are not all centred."""
+    size = images.shape[-1]
     padded = F.pad(images, (1, 1, 1, 1))
     offsets = torch.randint(0, 3, (len(images), 2), generator=generator)
-    return torch.stack([p[:, y : y + 8, x : x + 8] for p, (y, x) in zip(padded, offsets.tolist(), strict=True)])
+    return torch.stack([p[:, y : y + size, x : x + size] for p, (y, x) in zip(padded, offsets.tolist(), strict=True)])
 
 
-def train_digits_classifier(
-    epochs: int = 60, batch_size: int = 64, learning_rate: float = 2e-3, seed: int = 0
-) -> tuple[DigitsClassifier, float]:
-    """Train on the 1500 "train" digits (random one-pixel shifts, AdamW, cosine schedule, label smoothing 0.1);
-    return the classifier in eval mode and its accuracy on the 297 "test" digits. Deterministic on the CPU."""
+def train_classifier(
+    name: str = "digits",
+    epochs: int | None = None,
+    batch_size: int = 64,
+    learning_rate: float = 2e-3,
+    seed: int = 0,
+) -> tuple[ImageClassifier, float]:
+    """Train the classifier `name` of `CLASSIFIERS` on its dataset's "train" split (random one-pixel shifts, AdamW,
+    cosine schedule, label smoothing 0.1; `epochs` by default the table's); return it in eval mode and its accuracy on
+    the "test" split. Deterministic on the CPU."""
+    dataset, size, default_epochs = CLASSIFIERS[name]
+    epochs = epochs or default_epochs
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = DigitsClassifier()
-    images, labels = digits_tensors("train")
+    model = ImageClassifier(image_size=size)
+    images, labels = labelled_images(dataset, "train")
     steps_per_epoch = math.ceil(len(images) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
@@ -106,11 +130,12 @@ def train_digits_classifier(
             optimizer.step()
             schedule.step()
     model.eval()
-    return model, held_out_accuracy(model)
+    return model, held_out_accuracy(model, dataset)
 
 
 @torch.no_grad()
-def held_out_accuracy(model: DigitsClassifier) -> float:
-    """Accuracy on the 297 "test" digits, which training never sees."""
-    images, labels = digits_tensors("test")
-    return (model(images).argmax(1) == labels.to(model.device)).float().mean().item()
+def held_out_accuracy(model: ImageClassifier, dataset: str) -> float:
+    """Accuracy on the dataset's "test" split, which training never sees."""
+    images, labels = labelled_images(dataset, "test")
+    logits = torch.cat([model(batch) for batch in images.split(1000)])
+    return (logits.argmax(1) == labels.to(model.device)).float().mean().item()
