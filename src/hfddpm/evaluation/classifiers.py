@@ -43,7 +43,8 @@ DATASET_METRICS = {dataset: classifier_metrics(name) for name, (dataset, _, _) i
 
 
 class ImageClassifier(ModelMixin, ConfigMixin):
-    """conv 3×3 (8×8) → conv 3×3 stride 2 (4×4) → conv 3×3 stride 2 (2×2) → linear → features → linear → logits.
+    """conv 3×3 (S×S) → conv 3×3 stride 2 (S/2) → conv 3×3 stride 2 (S/4) → linear → features → linear → logits, at
+    the `image_size` S of its data (8 for the digits, 28 for Fashion-MNIST).
 
     Takes images in [0, 1] of any size and channel count (an `HFDDPMPipeline`'s ``output_type="pt"``): they are
     averaged to grey, resized to `image_size` with an antialiased bilinear filter and scaled to [−1, 1].
