@@ -27,6 +27,7 @@ REFERENCE_MODELS = {
     "ddpm-digits-cond": "ddpm-digits-cond",
     "progressive-digits-v-4-steps": "progressive-digits-v/steps-4",
     "consistency-digits-v": "consistency-digits-v",
+    "fashion-cpu": "fashion-cpu",
 }
 
 

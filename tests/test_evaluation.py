@@ -255,7 +255,7 @@ def test_numbers_of_other_weights_are_not_merged_nor_shown_as_these_weights(run_
     assert record_evaluation(run_with_card, bound_report(9.0, "0123456789abcdef"))  # e.g. before a resume
     assert json.loads((run_with_card / "evaluation.json").read_text())["metrics"] == {"bits_per_dim": 9.0}
     card = (run_with_card / "README.md").read_text()
-    assert "9.0000" not in card and "3.2500" not in card and "measured earlier weights" in card
+    assert "9.0000" not in card and "3.2500" not in card and "not measured on these weights" in card
     assert "model-index" not in card  # nor in the metadata the Hub indexes
 
 
