@@ -115,7 +115,7 @@ def test_the_model_card_has_the_metadata_the_hub_indexes_and_round_trips(run_fol
     }
     text = str(card)
     assert yaml.safe_load(text.split("---")[1])["model-index"][0]["name"] == "ddpm-digits"
-    assert "HFDDPMPipeline.from_pretrained('user/ddpm-digits')" in text and "![Samples" in text
+    assert 'HFDDPMPipeline.from_pretrained("user/ddpm-digits")' in text and "![Samples" in text
     assert "| training time | 9.3 min |" in text and "| noise schedule | linear, T = 1000 |" in text
     assert "297 test images, 1000 terms each" in text
     reloaded = ModelCard(text)
@@ -129,7 +129,7 @@ def test_the_cards_usage_snippet_runs_as_written(run_folder, monkeypatch, condit
         pipe = HFDDPMPipeline(unet=unet, scheduler=DDIMScheduler(), id2label={0: "cat", 1: "dog", 2: "owl"})
         pipe.save_pretrained(run_folder)
     snippet = str(model_card(run_folder, "user/ddpm-digits")).split("```python\n")[1].split("```")[0]
-    assert ("class_labels=['cat'] * 4 + ['owl'] * 4" in snippet) == conditional
+    assert ('class_labels=["cat"] * 4 + ["owl"] * 4' in snippet) == conditional
     # The snippet loads from the Hub; here the repository id is a local folder of that name.
     monkeypatch.chdir(run_folder.parent)
     shutil.copytree(run_folder, run_folder.parent / "user" / "ddpm-digits")

@@ -16,6 +16,7 @@ becomes code, HTML, a heading, a link or a table cell of its own.
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -53,10 +54,11 @@ BLOCK_MARKER = re.compile(r"^(?=[#+\-=_~])|^\d+(?=[.)](?:\s|$))")
 
 
 def python_literal(value: object) -> str:
-    """`value` as a Python literal that `ast.literal_eval` reads back as `value`, without backticks or angle brackets
-    (written `\\x60`, `\\x3c`, `\\x3e`), so it stays code in a markdown code span or block, and no HTML, wherever
-    it is rendered."""
-    return repr(value).replace("`", "\\x60").replace("<", "\\x3c").replace(">", "\\x3e")
+    """`value` as a Python literal that `ast.literal_eval` reads back as `value` — a string double-quoted, as ruff
+    writes it (JSON's escapes are Python's) — without backticks or angle brackets (written `\\x60`, `\\x3c`,
+    `\\x3e`), so it stays code in a markdown code span or block, and no HTML, wherever it is rendered."""
+    literal = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+    return literal.replace("`", "\\x60").replace("<", "\\x3c").replace(">", "\\x3e")
 
 
 def markdown_text(value: object) -> str:
