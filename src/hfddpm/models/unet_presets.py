@@ -11,6 +11,17 @@ from diffusers import UNet2DModel
 # The sinusoidal time embedding of Ho et al. (2020): sin before cos, frequencies 10000^(−i/(d/2 − 1)).
 _DDPM_TIME_EMBEDDING = {"flip_sin_to_cos": False, "freq_shift": 1}
 
+# One grey channel, three resolutions of 32, 64, 64 channels with one residual block each, attention at the lowest.
+_SMALL_GREY = {
+    "sample_size": 8,
+    "in_channels": 1,
+    "block_out_channels": (32, 64, 64),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+    "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    "attention_head_dim": 32,
+}
+
 _PRESETS = {
     # For tests and smoke runs: 0.18M parameters, one attention level.
     "tiny": {
@@ -25,15 +36,7 @@ _PRESETS = {
     },
     # The built-in digits at their native 8×8 on a CPU budget: 1.1M parameters, three resolutions (8, 4, 2),
     # attention at the lowest.
-    "digits": {
-        "sample_size": 8,
-        "in_channels": 1,
-        "block_out_channels": (32, 64, 64),
-        "layers_per_block": 1,
-        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        "attention_head_dim": 32,
-    },
+    "digits": _SMALL_GREY,
     # MNIST at 28×28: 6.5M parameters, three resolutions (28, 14, 7), two residual blocks per resolution,
     # attention at 7×7, dropout 0.1 (the CIFAR-10 model's recipe at a third of its width).
     "mnist-28": {
@@ -47,19 +50,10 @@ _PRESETS = {
         "dropout": 0.1,
         **_DDPM_TIME_EMBEDDING,
     },
-    # MNIST-format data (Fashion-MNIST, MNIST) at 28×28 on 2 CPU cores: 1.1M parameters, the resolutions of
-    # "mnist-28" (28, 14, 7) at half its width with one residual block each, attention at 7×7; a training step costs
+    # MNIST-format data (Fashion-MNIST, MNIST) at 28×28 on 2 CPU cores: the digits' network (1.1M parameters), at the
+    # resolutions of "mnist-28" (28, 14, 7) with half its width and one residual block each; a training step costs
     # 1.1 GFLOP per image (forward and backward), 6× less than "mnist-28" (benchmarks/RESULTS.md, "A 28×28 preset").
-    "mnist-28-cpu": {
-        "sample_size": 28,
-        "in_channels": 1,
-        "block_out_channels": (32, 64, 64),
-        "layers_per_block": 1,
-        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        "attention_head_dim": 32,
-        **_DDPM_TIME_EMBEDDING,
-    },
+    "mnist-28-cpu": {**_SMALL_GREY, "sample_size": 28, **_DDPM_TIME_EMBEDDING},
     # Ho et al. (2020), appendix B, CIFAR-10: 35.7M parameters, channel multipliers (1, 2, 2, 2), two residual
     # blocks per resolution, single-head self-attention at 16×16, dropout 0.1 (google/ddpm-cifar10-32's layout).
     "ddpm-cifar10-32": {
