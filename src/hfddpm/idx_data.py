@@ -99,7 +99,7 @@ def is_idx_folder(folder: str | os.PathLike) -> bool:
 def load_idx_split(folder: str | os.PathLike, split: str, class_names: tuple[str, ...] | None = None):
     """The `split` ("train" or "test") of the IDX files in `folder` as a `datasets.Dataset` of "image" (PNG, mode L)
     and "label" (a `ClassLabel` named by `class_names`, else by the label values), built once and cached by datasets
-    (keyed by the files' paths, sizes and times)."""
+    (keyed by the arrays read: the files are read and checked on every load, and decoded into a dataset once)."""
     import datasets
 
     files = idx_files(folder, split)
@@ -116,16 +116,14 @@ def load_idx_split(folder: str | os.PathLike, split: str, class_names: tuple[str
     if labels.max() >= len(names):
         raise ValueError(f"{files[1]} has the label {labels.max()}, and the dataset has {len(names)} classes")
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(names))})
-    stamp = " ".join(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files)
-    arguments = {"images": str(files[0]), "labels": str(files[1]), "stamp": stamp}  # strings: lists would be sharded
+    arguments = {"images": images, "labels": labels}  # arrays: datasets keys its cache by their hash
     return datasets.Dataset.from_generator(_examples, features=features, gen_kwargs=arguments)
 
 
-def _examples(images: str, labels: str, stamp: str):
-    """The examples of an IDX images file and its labels (`stamp` keys datasets' cache to the files' versions)."""
+def _examples(images: np.ndarray, labels: np.ndarray):
+    """The examples of the images and labels read from IDX files."""
     import PIL.Image
 
-    images, labels = read_idx(images), read_idx(labels)
     for image, label in zip(images, labels, strict=True):
         yield {"image": PIL.Image.fromarray(image), "label": int(label)}
 
