@@ -144,12 +144,10 @@ def feature_networks(
 ) -> dict:
     """The feature network of each sample metric in `metrics` (one shipped classifier serves its distance and its
     scores); a missing or wrong weights file is refused here, in one line, before any long work."""
-    networks = {
-        metric: ClassifierFeatures(name, device)
-        for name, pair in CLASSIFIER_METRICS.items()
-        if set(pair) & set(metrics)
-        for metric in pair
-    }
+    networks = {}
+    for name, pair in CLASSIFIER_METRICS.items():
+        if set(pair) & set(metrics):
+            networks.update(dict.fromkeys(pair, ClassifierFeatures(name, device)))
     if "fid" in metrics:
         networks["fid"] = InceptionFeatures(inception_weights, device)
     if "fd_dinov2" in metrics:
