@@ -4,7 +4,7 @@
 `distillation.json`, a pipeline's `model_index.json` and component configs — and checks it against the shape
 `SHAPES` gives its file name: a value of the wrong kind or a missing key is a one-line `RecordError` naming the file
 and the key, before anything reads it. A key whose kind admits None may be absent, and so may a nested object marked
-`Optional` (a dict shape, whose "*" stands for every key). A shape lists the keys some reader uses; others are
+`MayBeAbsent` (a dict shape, whose "*" stands for every key). A shape lists the keys some reader uses; others are
 never read.
 
 Numbers measured on weights (an evaluation) carry `weights_fingerprint` of those weights, so that a reader can tell
@@ -27,7 +27,7 @@ from .arguments import is_integer, is_number
 Number = float  # an int or a float, never a bool
 
 
-class Optional(dict):
+class MayBeAbsent(dict):
     """The shape of a nested object that may be absent or null (other nested objects must be there)."""
 
 
@@ -75,7 +75,7 @@ SHAPES: dict[str, dict] = {
         "weights": str | None,
         "metrics": {"*": Number},
         "details": {
-            "bits_per_dim": Optional(
+            "bits_per_dim": MayBeAbsent(
                 {
                     "split": str,
                     "standard_error": Number,
@@ -84,7 +84,7 @@ SHAPES: dict[str, dict] = {
                     "reverse_variance": str,
                 }
             ),
-            "samples": Optional({"num_samples": int, "source": str, "reference": str}),
+            "samples": MayBeAbsent({"num_samples": int, "source": str, "reference": str}),
         },
     },
     "distillation.json": {
@@ -102,7 +102,7 @@ SHAPES: dict[str, dict] = {
         "target_ema_decay": Number | None,
     },
     "model_index.json": {
-        "id2label": Optional({"*": str}),
+        "id2label": MayBeAbsent({"*": str}),
         "default_num_inference_steps": int | None,
     },
     "config.json": {"sample_size": int | list | None, "in_channels": int | None, "num_class_embeds": int | None},
@@ -181,7 +181,7 @@ def _problem(value: Any, shape: Any, where: str = "") -> str | None:
     for key in value if "*" in shape else shape:
         part = shape.get(key, shape.get("*"))
         if value.get(key) is None and (
-            isinstance(part, Optional) or not isinstance(part, dict) and _admits(None, part)
+            isinstance(part, MayBeAbsent) or not isinstance(part, dict) and _admits(None, part)
         ):
             continue
         if key not in value:
