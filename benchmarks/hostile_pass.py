@@ -465,88 +465,27 @@ def _input_kept(d, log, protected, cmd_fn, what):
     return verdict(ok, f"refused, {what} byte-identical: {detail}" if ok else f"{detail}; {what} unchanged")
 
 
-@case("2-prog-output-equals-teacher")
-def _c(d, log):
-    need("base")
-    t = copytree(FX / "base", d / "teacher")
-    return _input_kept(d, log, t, lambda: prog([*PROG_ARGS, "--teacher", t, "--output_dir", t], d, log), "teacher")
+# A distillation whose output is its teacher, lies in it, or holds it as a round folder (round 1 of 4 → 2 → 1 writes
+# rounds/steps-2): (case, command, the teacher's place and the output's in the case folder, --overwrite_output_dir).
+TEACHER_AS_OUTPUT = [
+    ("2-prog-output-equals-teacher", "prog", "teacher", "teacher", False),
+    ("2-prog-output-inside-teacher", "prog", "teacher", "teacher/distilled", False),
+    ("2-prog-round-folder-equals-teacher", "prog", "rounds/steps-2", "rounds", False),
+    ("2-prog-round-folder-equals-teacher-overwrite", "prog", "rounds/steps-2", "rounds", True),
+    ("2-prog-output-equals-teacher-overwrite", "prog", "teacher", "teacher", True),
+    ("2-cons-output-equals-teacher", "cons", "teacher", "teacher", False),
+    ("2-cons-output-equals-teacher-overwrite", "cons", "teacher", "teacher", True),
+    ("2-cons-output-inside-teacher", "cons", "teacher", "teacher/cm", False),
+]
+for _id, _command, _teacher, _output, _overwrite in TEACHER_AS_OUTPUT:
 
-
-@case("2-prog-output-inside-teacher")
-def _c(d, log):
-    need("base")
-    t = copytree(FX / "base", d / "teacher")
-    return _input_kept(
-        d, log, t, lambda: prog([*PROG_ARGS, "--teacher", t, "--output_dir", t / "distilled"], d, log), "teacher"
-    )
-
-
-@case("2-prog-round-folder-equals-teacher")
-def _c(d, log):
-    need("base")
-    parent = d / "rounds"
-    parent.mkdir()
-    t = copytree(FX / "base", parent / "steps-2")  # round 1 of 4 → 2 → 1 writes rounds/steps-2
-    return _input_kept(
-        d, log, t, lambda: prog([*PROG_ARGS, "--teacher", t, "--output_dir", parent], d, log), "teacher"
-    )
-
-
-@case("2-prog-round-folder-equals-teacher-overwrite")
-def _c(d, log):
-    need("base")
-    parent = d / "rounds"
-    parent.mkdir()
-    t = copytree(FX / "base", parent / "steps-2")
-    return _input_kept(
-        d,
-        log,
-        t,
-        lambda: prog([*PROG_ARGS, "--teacher", t, "--output_dir", parent, "--overwrite_output_dir"], d, log),
-        "teacher",
-    )
-
-
-@case("2-prog-output-equals-teacher-overwrite")
-def _c(d, log):
-    need("base")
-    t = copytree(FX / "base", d / "teacher")
-    return _input_kept(
-        d,
-        log,
-        t,
-        lambda: prog([*PROG_ARGS, "--teacher", t, "--output_dir", t, "--overwrite_output_dir"], d, log),
-        "teacher",
-    )
-
-
-@case("2-cons-output-equals-teacher")
-def _c(d, log):
-    need("base")
-    t = copytree(FX / "base", d / "teacher")
-    return _input_kept(d, log, t, lambda: cons([*CONS_ARGS, "--teacher", t, "--output_dir", t], d, log), "teacher")
-
-
-@case("2-cons-output-equals-teacher-overwrite")
-def _c(d, log):
-    need("base")
-    t = copytree(FX / "base", d / "teacher")
-    return _input_kept(
-        d,
-        log,
-        t,
-        lambda: cons([*CONS_ARGS, "--teacher", t, "--output_dir", t, "--overwrite_output_dir"], d, log),
-        "teacher",
-    )
-
-
-@case("2-cons-output-inside-teacher")
-def _c(d, log):
-    need("base")
-    t = copytree(FX / "base", d / "teacher")
-    return _input_kept(
-        d, log, t, lambda: cons([*CONS_ARGS, "--teacher", t, "--output_dir", t / "cm"], d, log), "teacher"
-    )
+    @case(_id)
+    def _c(d, log, command=_command, teacher=_teacher, output=_output, overwrite=_overwrite):
+        need("base")
+        t = copytree(FX / "base", d / teacher)
+        distil, options = (prog, PROG_ARGS) if command == "prog" else (cons, CONS_ARGS)
+        argv = [*options, "--teacher", t, "--output_dir", d / output, *(["--overwrite_output_dir"] * overwrite)]
+        return _input_kept(d, log, t, lambda: distil(argv, d, log), "teacher")
 
 
 @case("2-train-output-inside-train-data-dir")
