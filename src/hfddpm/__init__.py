@@ -13,10 +13,13 @@ from .lazy import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AUTOENCODER_PRESETS": "models",
     "UNET_PRESETS": "models",
     "GaussianMixtureDenoiser": "models",
     "create_unet": "models",
     "unet_config": "models",
+    "create_autoencoder": "models",
+    "AutoencoderPipeline": "pipelines",
     "HFDDPMPipeline": "pipelines",
     "HFDDPMInpaintPipeline": "pipelines",
     "DDIMScheduler": "schedulers",
@@ -25,7 +28,9 @@ _EXPORTS = {
     "evaluate": "evaluation",
 }
 __all__ = [
+    "AUTOENCODER_PRESETS",
     "UNET_PRESETS",
+    "AutoencoderPipeline",
     "DDIMScheduler",
     "DDPMScheduler",
     "GaussianMixtureDenoiser",
@@ -33,6 +38,7 @@ __all__ = [
     "HFDDPMPipeline",
     "ReverseVariance",
     "__version__",
+    "create_autoencoder",
     "create_unet",
     "evaluate",
     "unet_config",
@@ -40,8 +46,15 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .evaluation import evaluate
-    from .models import UNET_PRESETS, GaussianMixtureDenoiser, create_unet, unet_config
-    from .pipelines import HFDDPMInpaintPipeline, HFDDPMPipeline
+    from .models import (
+        AUTOENCODER_PRESETS,
+        UNET_PRESETS,
+        GaussianMixtureDenoiser,
+        create_autoencoder,
+        create_unet,
+        unet_config,
+    )
+    from .pipelines import AutoencoderPipeline, HFDDPMInpaintPipeline, HFDDPMPipeline
     from .schedulers import DDIMScheduler, DDPMScheduler, ReverseVariance
 
 

@@ -158,12 +158,36 @@ def weights_fingerprint(state_dict: Mapping[str, Any]) -> str:
     return digest.hexdigest()[:16]
 
 
+# A pipeline's networks, whose weights its numbers depend on.
+NETWORKS = ("unet", "vae")
+
+
+def networks_fingerprint(states: Mapping[str, Mapping[str, Any]]) -> str:
+    """`weights_fingerprint` of a pipeline's networks, given as {component name: state dict}: one network's own
+    fingerprint when there is one (a UNet, or an autoencoder alone), else that of their tensors named by component."""
+    if len(states) == 1:
+        return weights_fingerprint(next(iter(states.values())))
+    return weights_fingerprint(
+        {f"{name}.{key}": value for name, state in states.items() for key, value in state.items()}
+    )
+
+
+def loaded_fingerprint(pipeline: Any) -> str:
+    """`networks_fingerprint` of a loaded pipeline's networks."""
+    components = {name: getattr(pipeline, name, None) for name in NETWORKS}
+    return networks_fingerprint({name: model.state_dict() for name, model in components.items() if model is not None})
+
+
 def pipeline_fingerprint(folder: str | os.PathLike) -> str | None:
-    """`weights_fingerprint` of the UNet a pipeline folder holds (its safetensors files), None without one."""
+    """`networks_fingerprint` of the networks a pipeline folder holds (their safetensors files), None without any."""
     from safetensors.torch import load_file
 
-    files = sorted(Path(folder, "unet").glob("*.safetensors"))
-    return weights_fingerprint({k: v for file in files for k, v in load_file(file).items()}) if files else None
+    states = {
+        name: {key: value for file in files for key, value in load_file(file).items()}
+        for name in NETWORKS
+        if (files := sorted(Path(folder, name).glob("*.safetensors")))
+    }
+    return networks_fingerprint(states) if states else None
 
 
 # How to repair a record: a pipeline's files are saved again; a run's own records may go (the card then omits them).

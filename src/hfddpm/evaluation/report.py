@@ -17,7 +17,7 @@ from ..image_data import DIGITS, image_batches
 from ..model_cards import is_hfddpm_card, rewrite_model_card
 from ..pipelines import HFDDPMPipeline
 from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
-from ..records import read_record, weights_fingerprint
+from ..records import loaded_fingerprint, read_record
 from .classifiers import CLASSIFIERS, DATASET_METRICS, classifier_metrics
 from .features import DINOV2_DEFAULT, ClassifierFeatures, Dinov2Features, InceptionFeatures
 from .frechet import FeatureStatistics, frechet_distance
@@ -49,7 +49,7 @@ class EvaluationReport:
 
     checkpoint: str
     dataset: str
-    weights: str | None = None  # `weights_fingerprint` of the network measured (None for a folder of images)
+    weights: str | None = None  # `loaded_fingerprint` of the networks measured (None for a folder of images)
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, dict] = field(default_factory=dict)
 
@@ -204,7 +204,7 @@ def evaluate_pipeline(
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
     if pipeline is None and "bits_per_dim" in metrics:
         raise ValueError(f"{name} holds images, not a pipeline: bits_per_dim needs a checkpoint")
-    report = EvaluationReport(name, dataset, pipeline and weights_fingerprint(pipeline.unet.state_dict()))
+    report = EvaluationReport(name, dataset, pipeline and loaded_fingerprint(pipeline))
     # The networks first: a missing or wrong weights file is refused before the long work.
     features = feature_networks(metrics, inception_weights, dinov2_model, device)
     scorers = {name: features.pop(scores) for name, (_, scores) in CLASSIFIER_METRICS.items() if scores in features}

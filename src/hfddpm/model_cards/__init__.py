@@ -44,7 +44,9 @@ METRIC_NAMES = {
     "fashion_confidence": "Fashion-MNIST classifier's mean confidence",
     "fid": "FID",
     "fd_dinov2": "FD_DINOv2",
+    "psnr": "PSNR of the reconstructions (dB)",
 }
+AUTOENCODER_TAGS = ["diffusers", "hfddpm", "autoencoder", "latent-diffusion"]
 
 
 INLINE_MARKUP = re.compile(r"[\\`*\[\]|]")  # escapes, code spans, emphasis, links, table cells
@@ -93,14 +95,23 @@ def training_data(args: dict) -> TrainingData:
     return TrainingData(f"the Hub dataset {name}", [name], name, name)
 
 
-def _training_rows(args: dict, info: dict, unet: dict, scheduler: dict, lineage: dict) -> list[tuple[str, str]]:
-    """The training configuration as (setting, value) rows, from whatever of it the folder records."""
+def _model_rows(args: dict, info: dict, unet: dict, scheduler: dict, vae: dict, lineage: dict) -> list[tuple]:
+    """The network and its objective as (setting, value) rows: a diffusion model's, or an autoencoder's."""
+    network = unet or vae
+    rows = [
+        ("data", f"{training_data(args).description}, split {args.get('split', 'train')}"),
+        ("resolution", f"{network.get('sample_size')} px, {network.get('in_channels')} channel(s)"),
+    ]
+    if not unet:
+        factor = 2 ** (len(vae.get("block_out_channels", [])) - 1)
+        latent = f"{vae.get('latent_channels')}×{vae.get('sample_size', 0) // factor}² latents"
+        rows.append(("network", f"AutoencoderKL, {info.get('parameters', '?')} parameters, {latent}"))
+        loss = f"{args.get('reconstruction_loss', '?')} reconstruction + β KL, β = {args.get('kl_weight', '?')}"
+        return [*rows, ("loss", loss), ("scaling factor", f"{vae.get('scaling_factor', 0):.4f}")]
     learned = scheduler.get("reverse_variance") in LEARNED_VARIANCES
     loss = lineage.get("loss") or args.get("loss_type") or ("hybrid" if learned else "simple")
     preset = "the teacher's" if lineage else f"preset {args.get('model_preset', '?')}"
-    rows = [
-        ("data", f"{training_data(args).description}, split {args.get('split', 'train')}"),
-        ("resolution", f"{unet.get('sample_size')} px, {unet.get('in_channels')} channel(s)"),
+    rows += [
         ("network", f"UNet2DModel, {info.get('parameters', '?')} parameters, {preset}"),
         ("noise schedule", f"{scheduler.get('beta_schedule')}, T = {scheduler.get('num_train_timesteps')}"),
         ("prediction", str(scheduler.get("prediction_type"))),
@@ -110,6 +121,12 @@ def _training_rows(args: dict, info: dict, unet: dict, scheduler: dict, lineage:
     if unet.get("num_class_embeds"):
         dropout = f", label dropout p = {args['class_dropout_prob']}" if args.get("class_dropout_prob") else ""
         rows.append(("class conditioning", f"{unet['num_class_embeds'] - 1} classes + 'no label'{dropout}"))
+    return rows
+
+
+def _training_rows(args: dict, info: dict) -> list[tuple[str, str]]:
+    """The engine's configuration and the run's record as (setting, value) rows, from whatever the folder records."""
+    rows = []
     if args:
         processes, accumulation = info.get("num_processes", 1), args.get("gradient_accumulation_steps", 1)
         batch = f"batch {args.get('train_batch_size')} × {processes} process(es) × {accumulation} accumulation"
@@ -159,6 +176,8 @@ def _evaluation_rows(evaluation: dict) -> list[tuple[str, str, str]]:
                 f"± {bound['standard_error']:.3f}; {bound['num_images']} {bound['split']} images, "
                 f"{bound['num_timesteps']} terms each, reverse variance {bound['reverse_variance']}"
             )
+        elif name == "psnr" and (psnr := details.get("psnr")):
+            how = f"mean over {psnr['num_images']} {psnr['split']} images, {psnr['reconstructed']}"
         elif samples := details.get("samples"):
             how = f"{samples['num_samples']} samples ({samples['source']}) against {samples['reference']}"
         else:
@@ -183,6 +202,8 @@ def model_card(
     index = read_record(folder / "model_index.json")
     scheduler = read_record(folder / "scheduler" / "scheduler_config.json")
     unet = read_record(folder / "unet" / "config.json")
+    vae = read_record(folder / "vae" / "config.json")
+    autoencoder = bool(vae) and not unet
     data = training_data(args)
     embeds = unet.get("num_class_embeds") or 1  # K classes and "no label"
     classes = list((index.get("id2label") or {}).values()) or [str(i) for i in range(embeds - 1)]  # ids if unnamed
@@ -190,7 +211,7 @@ def model_card(
     splits = {"bits_per_dim": evaluation.get("details", {}).get("bits_per_dim", {}).get("split")}
     eval_results = [
         EvalResult(
-            task_type="unconditional-image-generation",
+            task_type="image-to-image" if autoencoder else "unconditional-image-generation",
             dataset_type=data.eval_type,
             dataset_name=data.eval_name,
             dataset_split=splits.get(name) or args.get("split", "train"),
@@ -202,9 +223,9 @@ def model_card(
     ]
     card_data = ModelCardData(
         library_name="diffusers",
-        pipeline_tag="unconditional-image-generation",
+        pipeline_tag=None if autoencoder else "unconditional-image-generation",
         license="apache-2.0",
-        tags=TAGS + (["class-conditional"] if classes else []),
+        tags=AUTOENCODER_TAGS if autoencoder else TAGS + (["class-conditional"] if classes else []),
         datasets=data.hub_ids or None,
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,
@@ -224,7 +245,9 @@ def model_card(
         + (f"; column k shows class k, guidance scale {DEFAULT_GUIDANCE_SCALE}." if classes else "."),
     }
     tables = {
-        "training": _lineage_rows(lineage, info) + _training_rows(args, info, unet, scheduler, lineage),
+        "training": _lineage_rows(lineage, info)
+        + _model_rows(args, info, unet, scheduler, vae, lineage)
+        + _training_rows(args, info),
         "evaluation": _evaluation_rows(evaluation),
     }
     return ModelCard.from_template(
@@ -240,6 +263,7 @@ def model_card(
         steps_argument="" if steps else "num_inference_steps=50, ",
         sample_grid=sample_grid_link if (folder / SAMPLE_GRID).is_file() else None,
         stale_evaluation=stale_evaluation,
+        autoencoder=autoencoder,
     )
 
 

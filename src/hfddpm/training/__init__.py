@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from ..lazy import lazy_exports
 
 _EXPORTS = {
+    "AutoencoderConfig": "autoencoder",
+    "AutoencoderLoss": "autoencoder",
     "ConsistencyDistillationConfig": "consistency",
     "ConsistencyDistillationObjective": "consistency",
     "DenoisingLoss": "objectives",
@@ -28,9 +30,12 @@ _EXPORTS = {
     "distill_consistency": "consistency",
     "distill_progressive": "progressive",
     "run_command": "faults",
+    "train_autoencoder": "autoencoder",
     "train_unconditional": "unconditional",
 }
 __all__ = [
+    "AutoencoderConfig",
+    "AutoencoderLoss",
     "ConsistencyDistillationConfig",
     "ConsistencyDistillationObjective",
     "DenoisingLoss",
@@ -44,10 +49,12 @@ __all__ = [
     "distill_consistency",
     "distill_progressive",
     "run_command",
+    "train_autoencoder",
     "train_unconditional",
 ]
 
 if TYPE_CHECKING:
+    from .autoencoder import AutoencoderConfig, AutoencoderLoss, train_autoencoder
     from .config import RunConfig, TrainingConfig
     from .consistency import ConsistencyDistillationConfig, ConsistencyDistillationObjective, distill_consistency
     from .engine import Trainer

@@ -341,13 +341,14 @@ class Trainer:
         return pipeline
 
     def save_grid(self, path: Path, pipeline: HFDDPMPipeline) -> None:
-        grid = save_sample_grid(pipeline, path, self.config)
+        grid = getattr(self.objective, "save_grid", save_sample_grid)(pipeline, path, self.config)
         if any(tracker.name == "tensorboard" for tracker in self.accelerator.trackers):
             writer = self.accelerator.get_tracker("tensorboard").writer
             writer.add_image("samples", np.asarray(grid.convert("RGB")), self.state.global_step, dataformats="HWC")
 
     def evaluate(self, pipeline: HFDDPMPipeline) -> Any:
-        report = evaluate_during_training(self.config, pipeline, self.accelerator.device)
+        evaluate = getattr(self.objective, "evaluate", evaluate_during_training)
+        report = evaluate(self.config, pipeline, self.accelerator.device)
         self.accelerator.log({f"eval/{name}": value for name, value in report.metrics.items()}, self.state.global_step)
         return report
 

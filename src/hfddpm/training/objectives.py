@@ -26,13 +26,15 @@ if TYPE_CHECKING:
 class LossOutput:
     loss: torch.Tensor  # the scalar to minimise
     per_sample: torch.Tensor  # each sample's unweighted loss, detached (what a loss-aware timestep sampler learns)
-    timesteps: torch.Tensor  # each sample's t
+    timesteps: torch.Tensor | None  # each sample's t (None: the objective has none)
     logs: dict[str, torch.Tensor] = field(default_factory=dict)  # per-sample values, averaged over processes in logs
 
 
 class Objective(Protocol):
     """What the engine asks of an objective. Optional: `observe(accelerator, output)`, called after every batch on
-    every process, and `after_update(model)`, after every applied optimizer update."""
+    every process; `after_update(model)`, after every applied optimizer update; `save_grid(pipeline, path, config)`
+    and `evaluate(config, pipeline, device)`, in place of `artefacts.save_sample_grid` and
+    `artefacts.evaluate_during_training`, for a pipeline that does not sample."""
 
     def __call__(self, model: torch.nn.Module, batch: Any, generator: torch.Generator) -> LossOutput:
         """The loss of one batch (no backward pass), all its randomness drawn from `generator`."""

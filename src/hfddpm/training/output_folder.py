@@ -20,7 +20,17 @@ from .config import RunConfig
 
 # Everything a run writes at the top of its output folder, and so all that --overwrite_output_dir may remove: the
 # pipeline, its card, checkpoints, grids, logs, the run's JSON records (its mark, `RUN_RECORD`, last) and its export.
-RUN_OUTPUTS = ("checkpoints", "samples", "logs", "unet", "scheduler", "model_index.json", "README.md", RUN_EXPORT)
+RUN_OUTPUTS = (
+    "checkpoints",
+    "samples",
+    "logs",
+    "unet",
+    "scheduler",
+    "vae",
+    "model_index.json",
+    "README.md",
+    RUN_EXPORT,
+)
 RUN_OUTPUTS += tuple(sorted(RUN_RECORDS, key=lambda name: name == RUN_RECORD))
 
 
