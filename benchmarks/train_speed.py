@@ -38,19 +38,37 @@ from hfddpm import DDPMScheduler, create_unet
 from hfddpm.image_data import ImagePreprocessing, TrainingImages, load_digits_dataset, pretensorize
 from hfddpm.training.objectives import DenoisingLoss
 
+# The stock example's defaults (its argparse), used by both sides here.
+STOCK_EXAMPLE = argparse.Namespace(
+    learning_rate=1e-4,
+    lr_scheduler="cosine",
+    lr_warmup_steps=500,
+    adam_beta1=0.95,
+    adam_beta2=0.999,
+    adam_weight_decay=1e-6,
+    adam_epsilon=1e-8,
+    max_grad_norm=1.0,
+    ema_max_decay=0.9999,
+    ema_inv_gamma=1.0,
+    ema_power=0.75,
+    num_train_timesteps=1000,
+    beta_schedule="linear",
+)
 
-def stock_side(args, accelerator, unet):
-    dataset = load_digits_dataset("train")
+
+def stock_side(hyper, accelerator, unet, dataset, image_column, *, resolution, channels, batch_size, random_flip):
+    """The loop body of diffusers' train_unconditional.py with the hyper-parameters `hyper` (its argument names):
+    a function taking one step, and the `EMAModel` it updates."""
 
     def transforms(examples):  # Resize, CenterCrop, RandomHorizontalFlip, ToTensor, Normalize([0.5], [0.5])
         images = []
-        for image in examples["image"]:
-            image = image.convert("RGB" if args.channels == 3 else "L")
-            scale = args.resolution / min(image.size)
+        for image in examples[image_column]:
+            image = image.convert("RGB" if channels == 3 else "L")
+            scale = resolution / min(image.size)
             image = image.resize((round(image.width * scale), round(image.height * scale)), PIL.Image.BILINEAR)
-            left, top = (image.width - args.resolution) // 2, (image.height - args.resolution) // 2
-            image = image.crop((left, top, left + args.resolution, top + args.resolution))
-            if torch.rand(1) < 0.5:
+            left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+            image = image.crop((left, top, left + resolution, top + resolution))
+            if random_flip and torch.rand(1) < 0.5:
                 image = image.transpose(PIL.Image.FLIP_LEFT_RIGHT)
             array = np.asarray(image, dtype=np.float32) / 255.0
             tensor = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
@@ -58,27 +76,42 @@ def stock_side(args, accelerator, unet):
         return {"input": images}
 
     dataset.set_transform(transforms)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True)
-    scheduler = StockDDPMScheduler(num_train_timesteps=1000)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=500, num_training_steps=100_000)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
+    T = hyper.num_train_timesteps
+    scheduler = StockDDPMScheduler(num_train_timesteps=T, beta_schedule=hyper.beta_schedule)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(),
+        lr=hyper.learning_rate,
+        betas=(hyper.adam_beta1, hyper.adam_beta2),
+        weight_decay=hyper.adam_weight_decay,
+        eps=hyper.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        hyper.lr_scheduler, optimizer, num_warmup_steps=hyper.lr_warmup_steps, num_training_steps=100_000
+    )
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    ema = EMAModel(
+        unet.parameters(),
+        decay=hyper.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=hyper.ema_inv_gamma,
+        power=hyper.ema_power,
+    )
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    batches = itertools.cycle(loader)
+    batches = epochs(loader)
     logs = []
 
     def step():
         clean_images = next(batches)["input"].to(weight_dtype)
         noise = torch.randn(clean_images.shape, dtype=weight_dtype, device=clean_images.device)
-        timesteps = torch.randint(0, 1000, (clean_images.shape[0],), device=clean_images.device).long()
+        timesteps = torch.randint(0, T, (clean_images.shape[0],), device=clean_images.device).long()
         noisy_images = scheduler.add_noise(clean_images, noise, timesteps)
         with accelerator.accumulate(unet):
             model_output = unet(noisy_images, timesteps).sample
             loss = F.mse_loss(model_output.float(), noise.float())
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(unet.parameters(), 1.0)
+                accelerator.clip_grad_norm_(unet.parameters(), hyper.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad()
@@ -87,24 +120,40 @@ def stock_side(args, accelerator, unet):
         logs.append(
             {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0], "ema_decay": ema.cur_decay_value}
         )
+        return logs[-1]["loss"]
 
-    return step
+    return step, ema
 
 
 def hfddpm_side(args, accelerator, unet):
+    hyper = STOCK_EXAMPLE
     preprocessing = ImagePreprocessing(args.resolution, args.channels, center_crop=True, random_flip=True)
     dataset = load_digits_dataset("train")
     images = TrainingImages(pretensorize(dataset, "image", preprocessing), preprocessing)
     loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, shuffle=True, drop_last=True)
-    objective = DenoisingLoss(DDPMScheduler(num_train_timesteps=1000))
+    objective = DenoisingLoss(DDPMScheduler(num_train_timesteps=hyper.num_train_timesteps))
     optimizer = torch.optim.AdamW(
-        unet.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8, fused=True
+        unet.parameters(),
+        lr=hyper.learning_rate,
+        betas=(hyper.adam_beta1, hyper.adam_beta2),
+        weight_decay=hyper.adam_weight_decay,
+        eps=hyper.adam_epsilon,
+        fused=True,
     )
-    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=500, num_training_steps=100_000)
+    lr_scheduler = get_scheduler(
+        hyper.lr_scheduler, optimizer, num_warmup_steps=hyper.lr_warmup_steps, num_training_steps=100_000
+    )
     unet, optimizer, loader = accelerator.prepare(unet, optimizer, loader)
-    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75, foreach=True)
+    ema = EMAModel(
+        unet.parameters(),
+        decay=hyper.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=hyper.ema_inv_gamma,
+        power=hyper.ema_power,
+        foreach=True,
+    )
     generator = torch.Generator(accelerator.device).manual_seed(0)
-    batches = itertools.cycle(loader)
+    batches = epochs(loader)
     count = itertools.count(1)
 
     def step():
@@ -112,7 +161,7 @@ def hfddpm_side(args, accelerator, unet):
             output = objective(unet, next(batches), generator)
             accelerator.backward(output.loss)
             if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(unet.parameters(), 1.0)
+                accelerator.clip_grad_norm_(unet.parameters(), hyper.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients:
@@ -138,8 +187,10 @@ def main() -> None:
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     torch.manual_seed(0)
     unet = create_unet(args.preset, in_channels=args.channels, sample_size=args.resolution)
+    images = dict(resolution=args.resolution, channels=args.channels, batch_size=args.batch_size, random_flip=True)
+    stock, _ = stock_side(STOCK_EXAMPLE, accelerator, _copy(unet), load_digits_dataset("train"), "image", **images)
     sides = {
-        "stock diffusers": stock_side(args, accelerator, _copy(unet)),
+        "stock diffusers": stock,
         "hfddpm": hfddpm_side(args, accelerator, _copy(unet)),
     }
     for step in sides.values():  # warm-up: first calls allocate and pick kernels
@@ -165,6 +216,13 @@ def main() -> None:
         spread = [round(args.batch_size / v) for v in seconds[name]]
         print(f"  {name:16s} {images_per_second:8.1f} images/s  (blocks: {spread})")
     print(f"  ratio hfddpm / stock: {speed['hfddpm'] / speed['stock diffusers']:.2f}×")
+
+
+def epochs(loader):
+    """The loader's batches, epoch after epoch; unlike `itertools.cycle`, each epoch is loaded afresh (shuffled,
+    transformed), as a training loop loads it."""
+    while True:
+        yield from loader
 
 
 def synchronize(device: torch.device) -> None:
