@@ -120,3 +120,15 @@ def test_a_run_leaves_a_loadable_measured_autoencoder_and_resumes_bit_exactly(tm
     assert train_autoencoder(resumed) == 0
     one, two = vae_weights(run), vae_weights(tmp_path / "uninterrupted")
     assert one.keys() == two.keys() and all(torch.equal(one[name], two[name]) for name in one)
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"resolution": 30}, "sample_size=30 is not divisible by 4"),  # the decoder would give 32×32 back
+        ({"eval_every": 10, "eval_metrics": ["bits_per_dim"]}, "measures a diffusion model, not an autoencoder"),
+    ],
+)
+def test_what_an_autoencoder_cannot_do_is_refused_before_training(tmp_path, extra, problem):
+    with pytest.raises(ValueError, match=problem):
+        AutoencoderConfig(**run_options(tmp_path / "run", **{"autoencoder_preset": "grey-28", **extra}))

@@ -97,17 +97,19 @@ def training_data(args: dict) -> TrainingData:
 
 def _model_rows(args: dict, info: dict, unet: dict, scheduler: dict, vae: dict, lineage: dict) -> list[tuple]:
     """The network and its objective as (setting, value) rows: a diffusion model's, or an autoencoder's."""
-    network = unet or vae
+    images = vae or unet
     rows = [
         ("data", f"{training_data(args).description}, split {args.get('split', 'train')}"),
-        ("resolution", f"{network.get('sample_size')} px, {network.get('in_channels')} channel(s)"),
+        ("resolution", f"{images.get('sample_size')} px, {images.get('in_channels')} channel(s)"),
     ]
-    if not unet:
+    if vae:
         factor = 2 ** (len(vae.get("block_out_channels", [])) - 1)
         latent = f"{vae.get('latent_channels')}×{vae.get('sample_size', 0) // factor}² latents"
-        rows.append(("network", f"AutoencoderKL, {info.get('parameters', '?')} parameters, {latent}"))
+        rows.append(("latent space", f"AutoencoderKL, {latent}, scaling factor {vae.get('scaling_factor', 0):.4f}"))
+    if not unet:
+        rows.append(("network", f"AutoencoderKL, {info.get('parameters', '?')} parameters"))
         loss = f"{args.get('reconstruction_loss', '?')} reconstruction + β KL, β = {args.get('kl_weight', '?')}"
-        return [*rows, ("loss", loss), ("scaling factor", f"{vae.get('scaling_factor', 0):.4f}")]
+        return [*rows, ("loss", loss)]
     learned = scheduler.get("reverse_variance") in LEARNED_VARIANCES
     loss = lineage.get("loss") or args.get("loss_type") or ("hybrid" if learned else "simple")
     preset = "the teacher's" if lineage else f"preset {args.get('model_preset', '?')}"
@@ -264,6 +266,7 @@ def model_card(
         sample_grid=sample_grid_link if (folder / SAMPLE_GRID).is_file() else None,
         stale_evaluation=stale_evaluation,
         autoencoder=autoencoder,
+        latent=bool(vae) and bool(unet),
     )
 
 

@@ -54,6 +54,20 @@ _PRESETS = {
     # resolutions of "mnist-28" (28, 14, 7) with half its width and one residual block each; a training step costs
     # 1.1 GFLOP per image (forward and backward), 6× less than "mnist-28" (benchmarks/RESULTS.md, "A 28×28 preset").
     "mnist-28-cpu": {**_SMALL_GREY, "sample_size": 28, **_DDPM_TIME_EMBEDDING},
+    # Latents of the autoencoder presets (4×7×7 for 28×28 images, 4×8×8 for 32×32): one resolution, which any latent
+    # side allows (7 cannot be halved), of 96 channels with two residual blocks and attention in the middle block;
+    # 2.0M parameters, a training step 0.45 GFLOP per 4×7×7 latent (forward and backward), 2.5× less than
+    # "mnist-28-cpu" per 28×28 image.
+    "latent-small": {
+        "sample_size": 7,
+        "in_channels": 4,
+        "block_out_channels": (96,),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",),
+        "attention_head_dim": 32,
+        **_DDPM_TIME_EMBEDDING,
+    },
     # Ho et al. (2020), appendix B, CIFAR-10: 35.7M parameters, channel multipliers (1, 2, 2, 2), two residual
     # blocks per resolution, single-head self-attention at 16×16, dropout 0.1 (google/ddpm-cifar10-32's layout).
     "ddpm-cifar10-32": {

@@ -5,8 +5,9 @@ diffusers does the loading (with `use_safetensors=True`, so pickle weights are r
 (or a Hub repository's model_index.json, fetched alone) is refused in one line naming the file and the fix when its
 model_index.json names code — a custom pipeline, a component library other than diffusers and hfddpm, a `.py` file
 where diffusers would import it — or was written by a newer hfddpm, or when a weights index would lead diffusers to
-a pickle. The UNet is loaded first and refused when it lacks tensors of its config (diffusers would leave them
-random) or holds others, or holds NaN or infinite weights; a stock DDPM or DDIM scheduler loads as hfddpm's.
+a pickle. The UNet (and a latent pipeline's autoencoder) is loaded first and refused when it lacks tensors of its
+config (diffusers would leave them random) or holds others, or holds NaN or infinite weights; a stock DDPM or DDIM
+scheduler loads as hfddpm's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from packaging.version import InvalidVersion, Version
 
 from .. import __version__
 from ..arguments import first_line
-from ..records import RESAVE, read_record
+from ..records import NETWORKS, RESAVE, read_record
 from ..schedulers import DDIMScheduler, DDPMScheduler
 
 # Weight files that are pickles, which can run code when loaded: refused unless the user opts in, never published.
@@ -37,11 +38,16 @@ REMOTE_CODE_OPTIONS = ("custom_pipeline", "trust_remote_code", "load_connected_p
 HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "revision")
 DOWNLOAD_OPTIONS = (*HUB_OPTIONS, "proxies", "variant")
 MODEL_OPTIONS = ("torch_dtype", "variant", "use_safetensors", "low_cpu_mem_usage")
+# The components of a pipeline folder for sampling; an `AutoencoderPipeline` requires its `vae` instead.
+REQUIRED = ("unet", "scheduler")
 
 
-def safe_components(source: str | os.PathLike, allow_pickle: bool, options: dict[str, Any]) -> tuple[str, dict]:
-    """The local folder of `source` (a Hub repository is downloaded) and its UNet and scheduler, loaded and checked
-    as the module docstring says; `options` are `from_pretrained`'s keyword arguments, those used popped."""
+def safe_components(
+    source: str | os.PathLike, allow_pickle: bool, options: dict[str, Any], required: tuple[str, ...] = REQUIRED
+) -> tuple[str, dict]:
+    """The local folder of `source` (a Hub repository is downloaded) and its networks and scheduler, loaded and
+    checked as the module docstring says; `required` are the components the pipeline class cannot do without;
+    `options` are `from_pretrained`'s keyword arguments, those used popped."""
     if not isinstance(allow_pickle, bool):  # "no" would be truthy
         raise TypeError(f"allow_pickle must be True or False, got {allow_pickle!r}")
     for name in REMOTE_CODE_OPTIONS:
@@ -57,18 +63,19 @@ def safe_components(source: str | os.PathLike, allow_pickle: bool, options: dict
     folder = os.fspath(source)
     if not os.path.isdir(folder):
         download = {key: options[key] for key in DOWNLOAD_OPTIONS if key in options}
-        check_model_index(fetch_model_index(folder, download), folder)
+        check_model_index(fetch_model_index(folder, download), folder, required)
         # Pickle-only weights are fetched too (not unpickled), so that the check below names them.
         folder = diffusers.DiffusionPipeline.download(folder, **download, use_safetensors=None)
     index = read_record(
         os.path.join(folder, "model_index.json"), "holds no pipeline; pass the folder save_pretrained wrote"
     )
-    check_model_index(index, folder)
+    check_model_index(index, folder, required)
     components = {}
     model_options = {key: options.pop(key) for key in MODEL_OPTIONS if key in options}
-    if "unet" not in options:
-        components["unet"] = load_unet(folder, index, allow_pickle, model_options)
-    if "scheduler" not in options:
+    for name in NETWORKS:
+        if name not in options and (index.get(name) or [None])[0] is not None:
+            components[name] = load_network(folder, name, index, allow_pickle, model_options)
+    if "scheduler" in required and "scheduler" not in options:
         components["scheduler"] = load_scheduler(folder, index)
     return folder, components
 
@@ -88,17 +95,17 @@ def fetch_model_index(repo_id: str, download: dict) -> dict:
     return read_record(path, "has no model_index.json; check the repository id")
 
 
-def check_model_index(index: dict, where: str) -> None:
-    """Refuse a model_index.json without [library, class name] entries for a unet and a scheduler, or that names code
-    outside diffusers and hfddpm (a custom pipeline, another library, a `.py` file in a local component folder), or
-    that was written by a newer hfddpm."""
+def check_model_index(index: dict, where: str, required: tuple[str, ...] = REQUIRED) -> None:
+    """Refuse a model_index.json without [library, class name] entries for the `required` components, or that names
+    code outside diffusers and hfddpm (a custom pipeline, another library, a `.py` file in a local component folder),
+    or that was written by a newer hfddpm."""
     path = f"{where}/model_index.json"
     if not isinstance(index.get("_class_name"), str):
         raise ValueError(
             f"{path} names a custom pipeline ({index.get('_class_name')!r}); hfddpm never runs code from a checkpoint"
         )
     components = {name: entry for name, entry in index.items() if not name.startswith("_") and isinstance(entry, list)}
-    for name in ("unet", "scheduler"):
+    for name in required:
         entry = components.get(name)
         if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)):
             raise ValueError(
@@ -150,32 +157,50 @@ def weight_files_are_safe(unet_folder: str, allow_pickle: bool) -> None:
         )
 
 
-def load_unet(folder: str, index: dict, allow_pickle: bool, options: dict[str, Any]) -> torch.nn.Module:
-    """The pipeline's network, refused in one line when its weights are damaged, miss tensors of its config, hold
-    others, or hold NaN or infinities (black images)."""
-    unet_folder = os.path.join(folder, "unet")
-    if not os.path.isdir(unet_folder):  # diffusers would take the path for a Hub id
-        raise FileNotFoundError(f"{folder} has no unet/ folder; {RESAVE}")
-    weight_files_are_safe(unet_folder, allow_pickle)
-    library, class_name = index["unet"]
+def load_network(folder: str, name: str, index: dict, allow_pickle: bool, options: dict[str, Any]) -> torch.nn.Module:
+    """The pipeline's network `name` (its UNet, or a latent pipeline's autoencoder), refused in one line when its
+    weights are damaged, miss tensors of its config, hold others, or hold NaN or infinities (black images)."""
+    network_folder = os.path.join(folder, name)
+    if not os.path.isdir(network_folder):  # diffusers would take the path for a Hub id
+        raise FileNotFoundError(f"{folder} has no {name}/ folder; {RESAVE}")
+    weight_files_are_safe(network_folder, allow_pickle)
+    library, class_name = index[name]
     model_class = getattr(importlib.import_module(library), class_name)  # a trusted library (`check_model_index`)
     try:
-        unet, info = model_class.from_pretrained(unet_folder, output_loading_info=True, **options)
+        network, info = model_class.from_pretrained(network_folder, output_loading_info=True, **options)
     except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise ValueError(f"{unet_folder} does not load ({first_line(error).split('. ')[0]}); {RESAVE}") from None
+        raise ValueError(f"{network_folder} does not load ({first_line(error).split('. ')[0]}); {RESAVE}") from None
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         if wrong := info.get(kind):
             what = {"missing_keys": "lacks", "unexpected_keys": "holds unknown", "mismatched_keys": "mismatches"}[kind]
             raise ValueError(
-                f"{unet_folder} {what} {len(wrong)} tensors of the network its config.json describes (first: "
+                f"{network_folder} {what} {len(wrong)} tensors of the network its config.json describes (first: "
                 f"{wrong[0]}): the weights and the config belong to different models; {RESAVE}"
             )
-    if bad := count_nonfinite(unet):
+    if bad := count_nonfinite(network):
         raise ValueError(
-            f"{unet_folder} holds {bad} non-finite weights (NaN or infinity), which would sample black images: "
+            f"{network_folder} holds {bad} non-finite weights (NaN or infinity), which would sample black images: "
             "load an earlier checkpoint of the run, or retrain"
         )
-    return unet
+    return network
+
+
+def load_autoencoder(source: str | os.PathLike) -> torch.nn.Module:
+    """The `AutoencoderKL` of a folder or Hub repository: its `vae/` (an `AutoencoderPipeline`'s, a latent
+    pipeline's, Stable Diffusion's), else the folder itself; checked as `load_network` checks a UNet."""
+    folder = os.fspath(source)
+    if not os.path.isdir(folder):
+        for subfolder in ("vae", None):  # diffusers' download; safetensors only
+            try:
+                return diffusers.AutoencoderKL.from_pretrained(folder, subfolder=subfolder, use_safetensors=True)
+            except (OSError, ValueError) as error:
+                problem = first_line(error)
+        raise FileNotFoundError(
+            f"{folder!r} is not a local folder, and no AutoencoderKL could be loaded from it on the Hub ({problem}); "
+            "check the path or the repository id"
+        )
+    parent, name = (folder, "vae") if os.path.isdir(os.path.join(folder, "vae")) else os.path.split(folder)
+    return load_network(parent, name, {name: ["diffusers", "AutoencoderKL"]}, False, {})
 
 
 def load_scheduler(folder: str, index: dict) -> Any:

@@ -13,6 +13,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
 from .. import __version__, durable
 from ..eval_mode import eval_mode
 from ..models.latent_space import decode, encode
+from .loading import safe_components
 from .pipeline_hfddpm import IMAGE_PROCESSOR
 
 
@@ -30,10 +31,12 @@ class AutoencoderPipeline(DiffusionPipeline):
         self.register_modules(vae=vae)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "AutoencoderPipeline":
-        """`DiffusionPipeline.from_pretrained` with safetensors weights only."""
-        kwargs.setdefault("use_safetensors", True)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *, allow_pickle: bool = False, **kwargs: Any
+    ) -> "AutoencoderPipeline":
+        """`DiffusionPipeline.from_pretrained`, as safely as `HFDDPMPipeline.from_pretrained`."""
+        folder, components = safe_components(pretrained_model_name_or_path, allow_pickle, kwargs, required=("vae",))
+        return super().from_pretrained(folder, **components, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         super().save_pretrained(save_directory, **kwargs)

@@ -1,5 +1,5 @@
 """`HFDDPMPipeline`: image generation with any diffusers scheduler, unconditional or class-conditional with
-classifier-free guidance, saved in the stock layout.
+classifier-free guidance, in pixel space or in an autoencoder's latent space, saved in the stock layout.
 
 `save_pretrained` writes stock `DDPMPipeline`'s folder (`model_index.json`, `unet/` with safetensors weights,
 `scheduler/`), and `model_index.json` names only stock classes: `DDIMPipeline` for a DDIM scheduler, else
@@ -9,6 +9,9 @@ schedulers for stock DDPM/DDIM ones; stock `DiffusionPipeline.from_pretrained` l
 pipeline (hfddpm-only scheduler keys are ignored with diffusers' warning; `variance_type` holds the nearest stock
 choice); `unet/` is a plain `UNet2DModel` folder. Loading runs no code and reads no pickle from a checkpoint
 (`hfddpm.pipelines.loading`).
+
+A latent pipeline (Rombach et al. 2022) has a `vae/` as well: its `model_index.json` names `HFDDPMPipeline`, which
+stock diffusers does not have, so no stock pipeline loads it and returns latents as if they were images.
 """
 
 # No `from __future__ import annotations`: diffusers < 0.37 needs `__init__`'s annotations as classes, not strings.
@@ -21,7 +24,7 @@ from typing import Any
 
 import diffusers
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
@@ -30,6 +33,7 @@ from .. import __version__, durable
 from ..arguments import checked_integer, checked_number
 from ..conditioning import guided_prediction, num_classes, predict
 from ..eval_mode import eval_mode
+from ..models.latent_space import decode
 from ..schedulers import DDIMScheduler, DDPMScheduler
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
 from ..schedulers.langevin import langevin_corrector_step
@@ -67,9 +71,12 @@ class HFDDPMPipeline(DiffusionPipeline):
             saved in `model_index.json`: a distilled student samples at its own step count without being told.
         id2label: the names of a class-conditional UNet's classes, {id: name} as in `DiTPipeline` (None: the ids'
             digits), saved in `model_index.json`.
+        vae: for a latent diffusion model, the `AutoencoderKL` whose scaled latents the UNet denoises
+            (`hfddpm.models.latent_space`): samples are decoded, x = D(z/s + b).
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents", "pred_original_sample"]
 
     def __init__(
@@ -78,9 +85,10 @@ class HFDDPMPipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         default_num_inference_steps: int = None,
         id2label: dict = None,
+        vae: AutoencoderKL = None,
     ) -> None:
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
         classes = num_classes(unet)
         if id2label is not None and sorted(int(key) for key in id2label) != list(range(classes or 0)):
             named = f"the UNet's classes 0 to {classes - 1}" if classes else "no class (the UNet is unconditional)"
@@ -131,15 +139,20 @@ class HFDDPMPipeline(DiffusionPipeline):
         """diffusers' `save_pretrained`, the components' files given the modes a plain write would (safetensors
         writes its files 0600 whatever the umask)."""
         super().save_pretrained(save_directory, **kwargs)
-        for name in self.components:
-            durable.finish_tree(os.path.join(save_directory, name))
+        for name, component in self.components.items():
+            if component is not None:
+                durable.finish_tree(os.path.join(save_directory, name))
 
     def to_json_string(self) -> str:
         """`model_index.json` in the stock form described in the module docstring."""
         index = json.loads(super().to_json_string())
-        index["_class_name"] = (
-            "DDIMPipeline" if isinstance(self.scheduler, diffusers.DDIMScheduler) else "DDPMPipeline"
-        )
+        if self.vae is not None:
+            index["_class_name"] = "HFDDPMPipeline"
+        else:
+            index.pop("vae", None)
+            index["_class_name"] = (
+                "DDIMPipeline" if isinstance(self.scheduler, diffusers.DDIMScheduler) else "DDPMPipeline"
+            )
         index["_hfddpm_version"] = __version__
         for option in ("default_num_inference_steps", "id2label"):
             if index.get(option) is None:  # an ordinary folder stays stock-identical
@@ -187,7 +200,8 @@ class HFDDPMPipeline(DiffusionPipeline):
                 otherwise x_s = √ᾱ_s clip(x̂_0) + √(1 − ᾱ_s) ε̂ moves x by the whole clipping residual at every step,
                 and deterministic DDIM drifts further from the data the more steps it takes. False: stock's behaviour.
             output_type: ``"pil"``, ``"np"`` (NHWC in [0, 1]), ``"pt"`` (NCHW in [0, 1]) or ``"latent"`` (the sample
-                itself, float32 in about [−1, 1], as diffusers' pipelines return latents).
+                itself in float32, as diffusers' pipelines return latents: about [−1, 1] in pixel space, the scaled
+                latents z of a latent pipeline, not decoded).
             return_dict: return an `ImagePipelineOutput` rather than a tuple.
             corrector_steps: Langevin corrector steps before each reverse step, at its noise level: predictor–
                 corrector sampling (Song et al. 2021, Algorithms 1 and 5), each costing one more network
@@ -356,7 +370,11 @@ class HFDDPMPipeline(DiffusionPipeline):
         return {key: value for key, value in kwargs.items() if key in accepted and value is not None}
 
     def postprocess(self, sample: torch.Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
-        """x in [−1, 1] as images of `output_type` (diffusers' `VaeImageProcessor.postprocess`)."""
+        """x in [−1, 1] (decoded from z by a latent pipeline's autoencoder) as images of `output_type` (diffusers'
+        `VaeImageProcessor.postprocess`)."""
+        if self.vae is not None and output_type != "latent":
+            with eval_mode(self.vae):
+                sample = decode(self.vae, sample)
         image = IMAGE_PROCESSOR.postprocess(sample, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=image) if return_dict else (image,)

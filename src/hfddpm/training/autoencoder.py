@@ -17,6 +17,7 @@ from ..arguments import option
 from ..eval_mode import eval_mode
 from ..models.autoencoder_presets import AUTOENCODER_PRESETS, autoencoder_config
 from ..models.latent_space import decode, encode, latent_scale
+from ..models.unet_presets import check_sample_size
 from ..pipelines.pipeline_autoencoder import AutoencoderPipeline
 from ..run_folder import run_lock
 from ..schedulers.bound_terms import mean_over_pixels
@@ -51,6 +52,15 @@ class AutoencoderConfig(RunConfig):
         defines_run=True,
     )
     learning_rate: float = option(1e-3, interval="(0, inf)", group=ENGINE)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_sample_size(
+            {**AUTOENCODER_PRESETS[self.autoencoder_preset], "sample_size": self.resolution},
+            f"autoencoder preset {self.autoencoder_preset!r} (--resolution)",
+        )
+        if self.eval_metrics and "bits_per_dim" in self.eval_metrics:
+            raise ValueError("--eval_metrics bits_per_dim measures a diffusion model, not an autoencoder: drop it")
 
 
 class TrainingAutoencoder(AutoencoderKL):

@@ -245,6 +245,14 @@ class TrainingConfig(RunConfig):
         None, "min-SNR-γ weighting (Hang et al. 2023 use 5)", interval="(0, inf)", group=MODEL, defines_run=True
     )
     inference_scheduler: Literal["ddpm", "ddim"] = option("ddim", "saved with the pipeline", group=MODEL)
+    vae: str | None = option(
+        None,
+        "an autoencoder (a train_autoencoder.py folder, its vae/, or a Hub repository) in whose latent space to "
+        "diffuse: latent diffusion",
+        group=MODEL,
+        defines_run=True,
+        path="input",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -262,6 +270,14 @@ class TrainingConfig(RunConfig):
             )
         if self.snr_gamma is not None and self.loss_type == "vlb":
             raise ValueError("--snr_gamma weights the squared error, which --loss_type vlb does not have; drop one")
+        if self.vae is not None:
+            if self.loss_type != "simple":
+                raise ValueError(
+                    f"--loss_type {self.loss_type} with --vae: the bound's decoder term is for 8-bit pixels, not "
+                    "latents; use --loss_type simple with a fixed --reverse_variance"
+                )
+            if self.random_crop or self.random_flip:
+                raise ValueError("--vae encodes each image once, uncropped and unflipped: drop --random_crop/flip")
 
 
 def read_config_file(path: str, config_class: type[RunConfig]) -> dict:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+from diffusers import AutoencoderKL
 
 from ..conditioning import call_network
 from ..pipelines import HFDDPMPipeline
@@ -76,16 +77,20 @@ class DenoisingLoss:
     class_dropout_prob: float = 0.0
     inference_scheduler: str = "ddim"
     decoder: str = Decoder.DISCRETIZED
+    vae: AutoencoderKL | None = None  # of a latent diffusion model: the pipeline decodes with it
 
     def __post_init__(self) -> None:
         if self.timestep_sampler is None:
             self.timestep_sampler = UniformTimestepSampler(self.scheduler.config.num_train_timesteps)
 
     @classmethod
-    def from_config(cls, config: TrainingConfig, label_names: list[str] | None = None) -> DenoisingLoss:
-        """The objective a training configuration describes, class-conditional on `label_names` (the data's)."""
+    def from_config(
+        cls, config: TrainingConfig, label_names: list[str] | None = None, vae: AutoencoderKL | None = None
+    ) -> DenoisingLoss:
+        """The objective a training configuration describes, class-conditional on `label_names` (the data's), in
+        the latent space of `vae` when given (x̂_0 is then not clipped: latents are not confined to [−1, 1])."""
         schedule = ("num_train_timesteps", "beta_schedule", "prediction_type", "reverse_variance")
-        scheduler = DDPMScheduler(**{name: getattr(config, name) for name in schedule})
+        scheduler = DDPMScheduler(**{name: getattr(config, name) for name in schedule}, clip_sample=vae is None)
         sampler_class = LossSecondMomentSampler if config.timestep_sampling == "loss_second_moment" else None
         return cls(
             scheduler,
@@ -96,6 +101,7 @@ class DenoisingLoss:
             label_names if config.class_conditional else None,
             config.class_dropout_prob or 0.0,
             config.inference_scheduler,
+            vae=vae,
         )
 
     def __call__(self, model: torch.nn.Module, batch: Any, generator: torch.Generator) -> LossOutput:
@@ -152,7 +158,7 @@ class DenoisingLoss:
         scheduler_class = DDIMScheduler if self.inference_scheduler == "ddim" else DDPMScheduler
         scheduler = scheduler_class.from_config(self.scheduler.config, timestep_spacing="trailing")
         id2label = None if self.label_names is None else dict(enumerate(self.label_names))
-        return HFDDPMPipeline(unet=unet, scheduler=scheduler, id2label=id2label)
+        return HFDDPMPipeline(unet=unet, scheduler=scheduler, id2label=id2label, vae=self.vae)
 
 
 def drop_labels(

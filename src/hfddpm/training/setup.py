@@ -73,12 +73,14 @@ def load_training_images(config: RunConfig, accelerator: Accelerator) -> Trainin
     return TrainingImages(pixels, preprocessing, seed=config.seed, labels=labels, label_names=label_names)
 
 
-def create_training_unet(config: TrainingConfig, channels: int, num_classes: int | None = None) -> UNet2DModel:
+def create_training_unet(
+    config: TrainingConfig, channels: int, num_classes: int | None = None, sample_size: int | None = None
+) -> UNet2DModel:
     """The UNet to train: a preset or `--model_config`, with the data's channels (doubled for a learned variance)
-    and resolution, and for `num_classes` classes a class embedding with one more entry, "no label"
-    (`hfddpm.conditioning`)."""
+    and size (`sample_size`, default the resolution), and for `num_classes` classes a class embedding with one more
+    entry, "no label" (`hfddpm.conditioning`)."""
     learned = config.reverse_variance in LEARNED_VARIANCES
-    fixed = {"in_channels": channels, "sample_size": config.resolution}
+    fixed = {"in_channels": channels, "sample_size": sample_size or config.resolution}
     if num_classes:
         fixed.update(num_class_embeds=num_classes + 1, class_embed_type=None)
     if config.model_config:

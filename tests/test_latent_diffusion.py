@@ -1,0 +1,118 @@
+"""Latent diffusion: latents cached once equal the encoder's, a run with --vae leaves a pipeline that decodes its
+samples, reloads and samples bit-identically, and resumes exactly; what the latent space rules out is refused."""
+
+import shutil
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hfddpm import HFDDPMPipeline, create_autoencoder
+from hfddpm.models.latent_space import decode
+from hfddpm.pipelines import AutoencoderPipeline
+from hfddpm.pipelines.loading import load_autoencoder
+from hfddpm.training import TrainingConfig, train_unconditional
+from hfddpm.training.latent_data import TrainingLatents
+from hfddpm.training.setup import create_accelerator, load_training_images
+
+
+@pytest.fixture(scope="module")
+def autoencoder(tmp_path_factory):
+    """A random tiny autoencoder saved as train_autoencoder.py saves one, for the digits at 8×8 (2×2 latents)."""
+    torch.manual_seed(0)
+    vae = create_autoencoder("tiny", in_channels=1, sample_size=8)
+    vae.register_to_config(scaling_factor=2.0, shift_factor=0.1)
+    folder = tmp_path_factory.mktemp("autoencoder")
+    AutoencoderPipeline(vae=vae).save_pretrained(folder)
+    return folder
+
+
+def options(output_dir, autoencoder, **extra) -> dict:
+    return {
+        "output_dir": str(output_dir),
+        "vae": str(autoencoder),
+        "model_preset": "latent-small",
+        "max_train_steps": 6,
+        "checkpointing_steps": 3,
+        "save_images_steps": 100,
+        "num_sample_images": 4,
+        "num_inference_steps": 4,
+        "train_batch_size": 16,
+        "report_to": "none",
+        **extra,
+    }
+
+
+def test_cached_latents_are_the_encoders_draws_with_the_items_seeded_noise(autoencoder, tmp_path):
+    config = TrainingConfig(**options(tmp_path / "run", autoencoder))
+    images = load_training_images(config, create_accelerator(config, tmp_path))
+    vae = load_autoencoder(autoencoder)
+    latents = TrainingLatents.encode(images, vae, torch.device("cpu"))
+    assert latents.shape == (4, 2, 2) and len(latents) == len(images)
+    indices = [0, 7, 1499]
+    pixels = torch.stack(images.__getitems__(indices))
+    with torch.no_grad():
+        posterior = vae.encode(pixels).latent_dist
+    latents.set_epoch(3)
+    for row, index in enumerate(indices):
+        noise = np.random.default_rng([0, 3, index]).standard_normal(4 * 2 * 2, dtype=np.float32).reshape(4, 2, 2)
+        expected = (posterior.mean[row] + posterior.std[row] * torch.from_numpy(noise) - 0.1) * 2.0
+        torch.testing.assert_close(latents[index], expected, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(latents[0], (latents.set_epoch(4), latents[0])[1])  # a fresh draw every epoch
+    again = TrainingLatents.encode(images, vae, torch.device("cpu"))  # encoded again: the same latents
+    again.set_epoch(4)
+    assert again.fingerprint() == latents.fingerprint() and torch.equal(again[7], latents[7])
+
+
+@pytest.mark.slow
+def test_a_latent_run_saves_a_pipeline_that_decodes_reloads_bit_identically_and_resumes_exactly(autoencoder, tmp_path):
+    run = tmp_path / "run"
+    assert train_unconditional(TrainingConfig(**options(run, autoencoder))) == 0
+    pipeline = HFDDPMPipeline.from_pretrained(run)
+    assert pipeline.scheduler.config.clip_sample is False  # latents are not confined to [−1, 1]
+    draw = {"batch_size": 2, "num_inference_steps": 3}
+    latents = pipeline(**draw, generator=torch.manual_seed(0), output_type="latent").images
+    images = pipeline(**draw, generator=torch.manual_seed(0), output_type="pt").images
+    assert latents.shape == (2, 4, 2, 2) and images.shape == (2, 1, 8, 8)
+    with torch.no_grad():
+        decoded = (decode(pipeline.vae, latents) / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(images, decoded)
+    reloaded = HFDDPMPipeline.from_pretrained(run)
+    assert torch.equal(reloaded(**draw, generator=torch.manual_seed(0), output_type="pt").images, images)
+    with pytest.raises(AttributeError, match="HFDDPMPipeline"):  # no stock pipeline takes latents for images
+        diffusers.DiffusionPipeline.from_pretrained(run)
+
+    shutil.copytree(run, tmp_path / "uninterrupted")
+    for part in run.iterdir():  # what a kill after the step-3 checkpoint leaves
+        if part.name not in ("checkpoints", "training_args.json"):
+            shutil.rmtree(part) if part.is_dir() else part.unlink()
+    assert train_unconditional(TrainingConfig(**options(run, autoencoder, resume_from_checkpoint="latest"))) == 0
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    one, two = load_file(run / weights), load_file(tmp_path / "uninterrupted" / weights)
+    assert all(torch.equal(one[name], two[name]) for name in one)
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"reverse_variance": "learned_range"}, "decoder term is for 8-bit pixels"),
+        ({"random_flip": True}, "uncropped and unflipped"),
+    ],
+)
+def test_what_the_latent_space_rules_out_is_refused_before_training(autoencoder, tmp_path, extra, problem):
+    with pytest.raises(ValueError, match=problem):
+        TrainingConfig(**options(tmp_path / "run", autoencoder, **extra))
+
+
+def test_an_autoencoder_for_other_channels_is_refused(autoencoder, tmp_path):
+    config = TrainingConfig(**options(tmp_path / "run", autoencoder, channels=3))
+    with pytest.raises(ValueError, match="--vae .* encodes 1-channel images, and the data have 3"):
+        train_unconditional(config)
+
+
+def test_an_autoencoder_that_is_not_there_is_refused_before_the_data_load(tmp_path):
+    config = TrainingConfig(**options(tmp_path / "run", tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="is not a local folder, and no AutoencoderKL could be loaded"):
+        train_unconditional(config)
