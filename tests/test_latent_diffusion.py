@@ -13,7 +13,7 @@ from hfddpm import HFDDPMPipeline, create_autoencoder
 from hfddpm.models.latent_space import decode
 from hfddpm.pipelines import AutoencoderPipeline
 from hfddpm.pipelines.loading import load_autoencoder
-from hfddpm.training import TrainingConfig, train_unconditional
+from hfddpm.training import ProgressiveDistillationConfig, TrainingConfig, distill_progressive, train_unconditional
 from hfddpm.training.latent_data import TrainingLatents
 from hfddpm.training.setup import create_accelerator, load_training_images
 
@@ -27,6 +27,10 @@ def autoencoder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("autoencoder")
     AutoencoderPipeline(vae=vae).save_pretrained(folder)
     return folder
+
+
+ENGINE_OPTIONS = {"output_dir", "max_train_steps", "checkpointing_steps", "save_images_steps", "num_sample_images"}
+ENGINE_OPTIONS |= {"train_batch_size", "report_to"}
 
 
 def options(output_dir, autoencoder, **extra) -> dict:
@@ -66,11 +70,16 @@ def test_cached_latents_are_the_encoders_draws_with_the_items_seeded_noise(autoe
     assert again.fingerprint() == latents.fingerprint() and torch.equal(again[7], latents[7])
 
 
-@pytest.mark.slow
-def test_a_latent_run_saves_a_pipeline_that_decodes_reloads_bit_identically_and_resumes_exactly(autoencoder, tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def latent_run(autoencoder, tmp_path_factory):
+    run = tmp_path_factory.mktemp("latent") / "run"
     assert train_unconditional(TrainingConfig(**options(run, autoencoder))) == 0
-    pipeline = HFDDPMPipeline.from_pretrained(run)
+    return run
+
+
+@pytest.mark.slow
+def test_a_latent_run_saves_a_pipeline_that_decodes_and_reloads_bit_identically(latent_run):
+    pipeline = HFDDPMPipeline.from_pretrained(latent_run)
     assert pipeline.scheduler.config.clip_sample is False  # latents are not confined to [−1, 1]
     draw = {"batch_size": 2, "num_inference_steps": 3}
     latents = pipeline(**draw, generator=torch.manual_seed(0), output_type="latent").images
@@ -79,19 +88,31 @@ def test_a_latent_run_saves_a_pipeline_that_decodes_reloads_bit_identically_and_
     with torch.no_grad():
         decoded = (decode(pipeline.vae, latents) / 2 + 0.5).clamp(0, 1)
     torch.testing.assert_close(images, decoded)
-    reloaded = HFDDPMPipeline.from_pretrained(run)
+    reloaded = HFDDPMPipeline.from_pretrained(latent_run)
     assert torch.equal(reloaded(**draw, generator=torch.manual_seed(0), output_type="pt").images, images)
     with pytest.raises(AttributeError, match="HFDDPMPipeline"):  # no stock pipeline takes latents for images
-        diffusers.DiffusionPipeline.from_pretrained(run)
+        diffusers.DiffusionPipeline.from_pretrained(latent_run)
 
-    shutil.copytree(run, tmp_path / "uninterrupted")
-    for part in run.iterdir():  # what a kill after the step-3 checkpoint leaves
-        if part.name not in ("checkpoints", "training_args.json"):
-            shutil.rmtree(part) if part.is_dir() else part.unlink()
+
+@pytest.mark.slow
+def test_a_latent_run_resumes_exactly(latent_run, autoencoder, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(latent_run / "checkpoints", run / "checkpoints")  # what a kill after the step-3 checkpoint leaves
+    shutil.copy(latent_run / "training_args.json", run)
     assert train_unconditional(TrainingConfig(**options(run, autoencoder, resume_from_checkpoint="latest"))) == 0
     weights = "unet/diffusion_pytorch_model.safetensors"
-    one, two = load_file(run / weights), load_file(tmp_path / "uninterrupted" / weights)
+    one, two = load_file(run / weights), load_file(latent_run / weights)
     assert all(torch.equal(one[name], two[name]) for name in one)
+
+
+@pytest.mark.slow
+def test_a_latent_teacher_distils_into_a_latent_student(latent_run, tmp_path):
+    engine = {key: value for key, value in options(tmp_path / "student", None).items() if key in ENGINE_OPTIONS}
+    config = ProgressiveDistillationConfig(teacher=str(latent_run), teacher_steps=2, **engine)
+    assert distill_progressive(config) == 0
+    student = HFDDPMPipeline.from_pretrained(tmp_path / "student" / "steps-1")
+    assert student.vae is not None and student.config.default_num_inference_steps == 1
+    assert student(batch_size=2, output_type="pt").images.shape == (2, 1, 8, 8)
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from ..schedulers import DDIMScheduler
 from ..schedulers.gaussian_diffusion import ddim_step, per_sample
 from .config import DEFAULT_CLASS_DROPOUT_PROB, ENGINE, RunConfig
 from .engine import Trainer
+from .latent_data import TrainingLatents
 from .objectives import drop_labels
 from .setup import create_accelerator, load_training_images
 
@@ -61,12 +62,17 @@ class Teacher:
     teacher is called with each sample's label ("no label" included), and its class names pass to the student."""
 
     def __init__(
-        self, unet: torch.nn.Module, scheduler: DDIMScheduler, id2label: dict[int, str] | None = None
+        self,
+        unet: torch.nn.Module,
+        scheduler: DDIMScheduler,
+        id2label: dict[int, str] | None = None,
+        vae: torch.nn.Module | None = None,
     ) -> None:
         self.unet = unet.eval().requires_grad_(False)
         self.scheduler = scheduler
         self.num_classes = num_classes(unet)
         self.id2label = id2label
+        self.vae = vae  # a latent teacher's autoencoder, which its students keep
 
     @classmethod
     def from_pipeline(cls, pipeline: HFDDPMPipeline) -> Teacher:
@@ -74,7 +80,7 @@ class Teacher:
         lands on x_0 itself (ᾱ = 1), as the students' do."""
         config = stated_config(pipeline.scheduler.config)
         id2label = pipeline.id2label if num_classes(pipeline.unet) is not None else None
-        return cls(pipeline.unet, DDIMScheduler.from_config(config, set_alpha_to_one=True), id2label)
+        return cls(pipeline.unet, DDIMScheduler.from_config(config, set_alpha_to_one=True), id2label, pipeline.vae)
 
     @torch.no_grad()
     def predict_original(
@@ -148,7 +154,10 @@ class DistillationObjective:
 
     def student_pipeline(self, unet: torch.nn.Module, scheduler: Any, steps: int) -> HFDDPMPipeline:
         """The student with `scheduler` and the teacher's classes, sampling at `steps` steps unless told otherwise."""
-        return HFDDPMPipeline(unet, scheduler, default_num_inference_steps=steps, id2label=self.teacher.id2label)
+        teacher = self.teacher
+        return HFDDPMPipeline(
+            unet, scheduler, default_num_inference_steps=steps, id2label=teacher.id2label, vae=teacher.vae
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -163,6 +172,8 @@ def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, Distillati
     split given as a flag is kept)."""
     teacher = HFDDPMPipeline.from_pretrained(config.teacher)
     _, channels, size, _ = teacher.sample_shape(1)
+    if teacher.vae is not None:  # a latent teacher: the data are images of its autoencoder's size
+        channels, size = teacher.vae.config.in_channels, teacher.vae.config.sample_size
     for name, value in (("resolution", size), ("channels", channels)):
         if getattr(config, name) not in (None, value):
             raise ValueError(f"--{name} {getattr(config, name)} differs from the teacher's {value}; leave it out")
@@ -192,8 +203,11 @@ def teacher_data(teacher: str, size: int, channels: int) -> dict:
     raise ValueError(f"--teacher {teacher} does not record its training data: pass --dataset_name or --train_data_dir")
 
 
-def student_data(config: DistillationConfig, teacher: HFDDPMPipeline) -> tuple[Accelerator, TrainingImages]:
-    """The accelerator and the student's training images, whose classes must be the teacher's."""
+def student_data(
+    config: DistillationConfig, teacher: HFDDPMPipeline
+) -> tuple[Accelerator, TrainingImages | TrainingLatents]:
+    """The accelerator and the student's training images (a latent teacher's: their latents), whose classes must be
+    the teacher's."""
     accelerator = create_accelerator(config, Path(config.output_dir))
     images = load_training_images(config, accelerator)
     teacher_classes = teacher.id2label if num_classes(teacher.unet) is not None else None
@@ -202,6 +216,8 @@ def student_data(config: DistillationConfig, teacher: HFDDPMPipeline) -> tuple[A
             f"the data's classes {images.label_names} are not the teacher's {list(teacher_classes.values())}; "
             "pass the teacher's data (--dataset_name or --train_data_dir, and --label_column)"
         )
+    if teacher.vae is not None:
+        return accelerator, TrainingLatents.encode(images, teacher.vae, accelerator.device)
     return accelerator, images
 
 
