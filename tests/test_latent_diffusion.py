@@ -7,9 +7,10 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from hfddpm import HFDDPMPipeline, create_autoencoder
+from hfddpm.evaluation import evaluate_pipeline
 from hfddpm.models.latent_space import decode
 from hfddpm.pipelines import AutoencoderPipeline
 from hfddpm.pipelines.loading import load_autoencoder
@@ -137,3 +138,23 @@ def test_an_autoencoder_that_is_not_there_is_refused_before_the_data_load(tmp_pa
     config = TrainingConfig(**options(tmp_path / "run", tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="is not a local folder, and no AutoencoderKL could be loaded"):
         train_unconditional(config)
+
+
+@pytest.mark.slow
+def test_the_bound_of_a_latent_pipeline_is_refused_and_left_out_by_default(latent_run):
+    pipeline = HFDDPMPipeline.from_pretrained(latent_run)
+    with pytest.raises(ValueError, match="is a latent pipeline, whose bound needs its decoder's likelihood"):
+        evaluate_pipeline(pipeline, "digits", ["bits_per_dim"])
+    report = evaluate_pipeline(pipeline, "digits", num_samples=8, num_inference_steps=2, progress_bar=False)
+    assert "bits_per_dim" not in report.metrics and "fd_digits" in report.metrics
+
+
+def test_an_autoencoder_with_nan_weights_is_refused(autoencoder, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(autoencoder, broken)
+    weights = broken / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    tensors["decoder.conv_out.bias"][0] = float("nan")
+    save_file(tensors, weights)
+    with pytest.raises(ValueError, match="vae holds 1 non-finite weights"):
+        load_autoencoder(broken)
