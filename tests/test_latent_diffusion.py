@@ -141,12 +141,15 @@ def test_an_autoencoder_that_is_not_there_is_refused_before_the_data_load(tmp_pa
 
 
 @pytest.mark.slow
-def test_the_bound_of_a_latent_pipeline_is_refused_and_left_out_by_default(latent_run):
+def test_a_latent_pipelines_bits_per_dim_is_the_vae_bound_with_the_diffusion_prior(latent_run):
     pipeline = HFDDPMPipeline.from_pretrained(latent_run)
-    with pytest.raises(ValueError, match="is a latent pipeline, whose bound needs its decoder's likelihood"):
-        evaluate_pipeline(pipeline, "digits", ["bits_per_dim"])
-    report = evaluate_pipeline(pipeline, "digits", num_samples=8, num_inference_steps=2, progress_bar=False)
-    assert "bits_per_dim" not in report.metrics and "fd_digits" in report.metrics
+    report = evaluate_pipeline(
+        pipeline, "digits", ["bits_per_dim"], max_images=16, num_timesteps=4, progress_bar=False
+    )
+    bound = report.details["bits_per_dim"]
+    parts = bound["decoder_bits_per_dim"] + bound["entropy_bits_per_dim"] + bound["prior_bits_per_dim"]
+    assert report.metrics["bits_per_dim"] == pytest.approx(parts, rel=1e-9) and bound["num_images"] == 16
+    assert bound["decoder_scale"] > 0 and "latent prior" in report.summary()
 
 
 def test_an_autoencoder_with_nan_weights_is_refused(autoencoder, tmp_path):

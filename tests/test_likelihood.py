@@ -1,16 +1,19 @@
 """The variational bound: its terms against numerical integration, and the whole bound against a known density."""
 
 import math
+from types import SimpleNamespace
 
 import diffusers
 import numpy as np
 import pytest
 import torch
+from diffusers.configuration_utils import FrozenDict
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from hfddpm import DDPMScheduler, GaussianMixtureDenoiser
 from hfddpm.evaluation import plot_bound_terms, variational_bound
-from hfddpm.evaluation.likelihood import timestep_strata
+from hfddpm.evaluation.likelihood import decoder_scale, latent_variational_bound, timestep_strata
 from hfddpm.schedulers.bound_terms import discretized_gaussian_log_likelihood, normal_kl, prior_term
 
 from .conftest import gaussian_denoiser
@@ -202,3 +205,67 @@ def test_a_stock_schedulers_checkpoint_is_evaluated_with_its_own_variance():
     x0 = denoiser.sample_data(8, torch.Generator().manual_seed(0)).clamp(-1, 1)
     bounds = [variational_bound(denoiser, scheduler, [x0], progress_bar=False) for scheduler in (stock, ours)]
     assert bounds[0].reverse_variance == "fixed_large" and bounds[0] == bounds[1]
+
+
+class LinearGaussianAutoencoder(torch.nn.Module):
+    """The autoencoder of the linear-Gaussian model p(E) = N(0, λ²), p(x|E) = N(E/a, σ²), pixel by pixel: its encoder
+    gives the exact posterior q(E|x) = N(m, τ²), τ⁻² = λ⁻² + (aσ)⁻², m = τ² x/(aσ²), its decoder D(E) = E/a; called
+    as diffusers' `AutoencoderKL` is, with scaling factor 1/λ so that the latents the diffusion sees are N(0, 1)."""
+
+    def __init__(self, a: float, lam: float, sigma: float) -> None:
+        super().__init__()
+        self.a, self.lam, self.sigma = a, lam, sigma
+        self.precision = lam**-2 + (a * sigma) ** -2
+        self.config = FrozenDict(scaling_factor=1 / lam, shift_factor=None)
+        self.dtype, self.device = torch.float64, torch.device("cpu")
+
+    def encode(self, x):
+        mean = x / (self.a * self.sigma**2) / self.precision
+        logvar = torch.full_like(x, -math.log(self.precision))
+        return SimpleNamespace(latent_dist=DiagonalGaussianDistribution(torch.cat([mean, logvar], 1)))
+
+    def decode(self, latents):
+        return SimpleNamespace(sample=latents / self.a)
+
+
+def linear_gaussian_case(count: int = 512):
+    """8-bit images of the linear-Gaussian model (a = 8, λ = 2, σ = 0.05: x ~ N(0, v), v = λ²/a² + σ²), its
+    autoencoder, and each image's exact −log P(x) in bits/dim: the mass of its bin under N(0, v)."""
+    autoencoder = LinearGaussianAutoencoder(8.0, 2.0, 0.05)
+    v = (autoencoder.lam / autoencoder.a) ** 2 + autoencoder.sigma**2
+    noise = torch.randn(count, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))  # not the
+    images = ((noise * math.sqrt(v)).clamp(-1, 1) + 1) * 127.5  # bound's seed 0, whose draws would be these
+    images = images.round() / 127.5 - 1
+    log_scale = torch.full_like(images, 0.5 * math.log(v))
+    exact = -discretized_gaussian_log_likelihood(images, torch.zeros_like(images), log_scale).flatten(1).sum(1)
+    return images, autoencoder, exact / (16 * math.log(2))
+
+
+def test_the_latent_bound_of_the_exact_linear_gaussian_model_is_its_likelihood_up_to_the_decoder_step():
+    """With the exact posterior as encoder and the exact denoiser of N(0, 1) latents with β_t variances, the VAE
+    bound is tight but for the last diffusion step: E[bound] = −log P(x) + E[L_0 excess], the KL between the true
+    q(z_0|z_1) = N(μ, β_0) and the model's N(μ, σ_0²), ½ (log σ_0²/β_0 + β_0/σ_0² − 1) per latent dimension (here as
+    many as pixels). Tolerance: 3 standard errors of the estimate, whose spread comes from the draws of E, t and ε,
+    and 0.005 bits/dim for the discretisation, which makes the exact posterior of the 8-bit x slightly non-Gaussian."""
+    images, autoencoder, exact = linear_gaussian_case()
+    scheduler = DDPMScheduler(reverse_variance="fixed_large")
+    prior = gaussian_denoiser(scheduler, torch.zeros(1, 4, 4), 1.0)
+    bound = latent_variational_bound(prior, scheduler, autoencoder, images.split(128), 0.05, progress_bar=False)
+    model_variance = float(scheduler.reverse_log_variance(torch.tensor([0]), torch.tensor([-1])).exp())
+    beta = 1 - float(scheduler.alphas_cumprod[0])
+    excess = 0.5 * (math.log(model_variance / beta) + beta / model_variance - 1) / math.log(2)
+    expected = exact.mean().item() + excess
+    assert abs(bound.bits_per_dim - expected) < 3 * bound.standard_error + 0.005
+    parts = bound.decoder_bits_per_dim + bound.entropy_bits_per_dim + bound.prior_bits_per_dim
+    assert parts == pytest.approx(bound.bits_per_dim, rel=1e-12)
+    entropy = 0.5 * (math.log(2 * math.pi * math.e) - math.log(autoencoder.precision)) / math.log(2)
+    assert bound.entropy_bits_per_dim == pytest.approx(-entropy, rel=1e-12)  # H(q) in closed form, per pixel
+
+
+def test_the_decoder_scale_is_the_root_mean_square_of_the_reconstruction_error():
+    """E[(x − E/a)²] over E ~ q(E|x) = (x − m/a)² + τ²/a², with m/a = c x, c = 1/(a²σ²τ⁻²): the fit is its root
+    mean square over the images (to 1 %, the spread of 8,192 draws)."""
+    images, autoencoder, _ = linear_gaussian_case(count=512)
+    c = 1 / (autoencoder.a**2 * autoencoder.sigma**2 * autoencoder.precision)
+    mean_square = float(((1 - c) * images).pow(2).mean()) + 1 / (autoencoder.precision * autoencoder.a**2)
+    assert decoder_scale(autoencoder, images.split(128)) == pytest.approx(math.sqrt(mean_square), rel=0.01)

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..conditioning import predict
-from ..schedulers.bound_terms import Decoder, prior_term, vlb_terms
+from ..schedulers.bound_terms import Decoder, discretized_gaussian_log_likelihood, prior_term, vlb_terms
 from ..schedulers.gaussian_diffusion import reverse_variance_of
 
 if TYPE_CHECKING:
@@ -102,28 +102,17 @@ def variational_bound(
     num_train_timesteps = scheduler.config.num_train_timesteps
     strata = timestep_strata(num_train_timesteps, num_timesteps)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    device, dtype = model.device, model.dtype
     term_sums = torch.zeros(num_train_timesteps, dtype=torch.float64)
     term_counts = torch.zeros(num_train_timesteps, dtype=torch.float64)
     per_image, priors = [], []
     total = len(batches) * len(strata) if hasattr(batches, "__len__") else None
     progress = tqdm(total=total, desc="Variational bound", unit="term-batch", disable=not progress_bar)
     for batch in batches:
-        original = batch.to(device=device, dtype=torch.float64)
-        prior = prior_term(scheduler, original).cpu()
-        bound = prior.clone()
-        for low, high in strata:
-            timesteps = torch.randint(low, high, (len(original),), generator=generator)
-            noise = torch.randn(original.shape, generator=generator, dtype=torch.float64).to(device)
-            noisy = scheduler.add_noise(original, noise, timesteps.to(device))
-            model_output = predict(model, noisy.to(dtype), timesteps.to(device)).to(torch.float64)
-            terms = vlb_terms(scheduler, model_output, original, noisy, timesteps.to(device), decoder).cpu()
-            bound += (high - low) * terms
-            term_sums.index_add_(0, timesteps, terms)
-            term_counts.index_add_(0, timesteps, torch.ones_like(terms))
-            progress.update(1)
+        original = batch.to(device=model.device, dtype=torch.float64)
+        bound, prior = diffusion_terms(model, scheduler, original, strata, decoder, generator, term_sums, term_counts)
         per_image.append(bound)
         priors.append(prior)
+        progress.update(len(strata))
     progress.close()
     if not per_image:
         raise ValueError("no images to evaluate the bound on; check the dataset and its split")
@@ -142,6 +131,128 @@ def variational_bound(
         num_timesteps=len(strata),
         reverse_variance=scheduler.config.reverse_variance,
         decoder=Decoder(decoder).value,
+    )
+
+
+def diffusion_terms(
+    model: ModelMixin,
+    scheduler: DDPMScheduler,
+    original: torch.Tensor,
+    strata: list[tuple[int, int]],
+    decoder: str,
+    generator: torch.Generator,
+    term_sums: torch.Tensor,
+    term_counts: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's bound L_T + Σ_strata (hi − lo) L_t and its L_T, in bits/dim on the CPU, for a float64 batch
+    `original`; each L_t drawn is added to `term_sums` and counted in `term_counts` (the per-timestep means)."""
+    device = original.device
+    prior = prior_term(scheduler, original).cpu()
+    bound = prior.clone()
+    for low, high in strata:
+        timesteps = torch.randint(low, high, (len(original),), generator=generator)
+        noise = torch.randn(original.shape, generator=generator, dtype=torch.float64).to(device)
+        noisy = scheduler.add_noise(original, noise, timesteps.to(device))
+        model_output = predict(model, noisy.to(model.dtype), timesteps.to(device)).to(torch.float64)
+        terms = vlb_terms(scheduler, model_output, original, noisy, timesteps.to(device), decoder).cpu()
+        bound += (high - low) * terms
+        term_sums.index_add_(0, timesteps, terms)
+        term_counts.index_add_(0, timesteps, torch.ones_like(terms))
+    return bound, prior
+
+
+@dataclass
+class LatentVariationalBound:
+    """A latent diffusion model's bound on −log p(x) over a dataset, in bits per pixel dimension, and its three
+    parts (see `latent_variational_bound`)."""
+
+    bits_per_dim: float  # mean over images of the three parts' sum
+    standard_error: float  # of that mean, over images
+    decoder_bits_per_dim: float  # E_q[−log p(x|E)], the discretised Gaussian decoder on the 8-bit pixels
+    entropy_bits_per_dim: float  # −H(q(E|x))
+    prior_bits_per_dim: float  # E_q[−log p_θ(E)]: the diffusion's bound on z, with the change of variables
+    decoder_scale: float  # σ of p(x|E) = N(D(E), σ² I)
+    num_images: int
+    num_timesteps: int  # strata of the diffusion's bound per image
+    reverse_variance: str
+
+
+@torch.no_grad()
+def decoder_scale(vae: ModelMixin, batches: Iterable[torch.Tensor], generator: torch.Generator | None = None) -> float:
+    """σ of a Gaussian decoder p(x|E) = N(D(E), σ² I) fitted by maximum likelihood to `batches` of images (the
+    training images), E ~ q(E|x): the root mean square of x − D(E). An autoencoder's decoder gives a mean D(E) only;
+    the bound needs a likelihood."""
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    squares, count = 0.0, 0
+    for batch in batches:
+        images = batch.to(vae.device, torch.float64)
+        latents = vae.encode(images.to(vae.dtype)).latent_dist.sample(generator)
+        squares += float(((vae.decode(latents).sample.double() - images) ** 2).sum())
+        count += images.numel()
+    return math.sqrt(squares / count)
+
+
+@torch.no_grad()
+def latent_variational_bound(
+    model: ModelMixin,
+    scheduler: SchedulerMixin,
+    vae: ModelMixin,
+    batches: Iterable[torch.Tensor],
+    decoder_scale: float,
+    num_timesteps: int | None = None,
+    reverse_variance: str | None = None,
+    generator: torch.Generator | None = None,
+    progress_bar: bool = True,
+) -> LatentVariationalBound:
+    """Estimate the bound of a latent diffusion model on −log p(x), in bits/dim over `batches` of 8-bit images in
+    [−1, 1]: the VAE bound with the diffusion model as the prior (Vahdat et al. 2021, §2),
+
+        −log p(x) ≤ E_q[−log p(x|E)] − H(q(E|x)) + E_q[−log p_θ(E)].
+
+    Per image, one E ~ q(E|x) = N(μ(x), diag σ²(x)) from `generator`; −log p(x|E) under the discretised Gaussian
+    N(D(E), `decoder_scale`²) of the 8-bit pixels (Ho et al. 2020, eq. 13); H(q) = Σ ½ log(2πe σ²), in closed form;
+    and −log p_θ(E) = −log p_θ(z) − d log s for the d-dimensional z = s·(E − b) the UNet models, −log p_θ(z) bounded
+    by `variational_bound`'s terms on z with the continuous decoder (stratified as `num_timesteps` says). The parts
+    are summed in nats and divided by the pixels and log 2."""
+    scheduler = bound_scheduler(scheduler, reverse_variance)
+    strata = timestep_strata(scheduler.config.num_train_timesteps, num_timesteps)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    term_sums = torch.zeros(scheduler.config.num_train_timesteps, dtype=torch.float64)
+    term_counts = torch.zeros_like(term_sums)
+    scale, shift = vae.config.scaling_factor, vae.config.get("shift_factor") or 0.0
+    parts: dict[str, list[torch.Tensor]] = {"decoder": [], "entropy": [], "prior": []}
+    progress = tqdm(desc="Variational bound", unit="term-batch", disable=not progress_bar)
+    for batch in batches:
+        images = batch.to(vae.device, torch.float64)
+        posterior = vae.encode(images.to(vae.dtype)).latent_dist
+        latents = posterior.sample(generator).double()
+        reconstruction = vae.decode(latents.to(vae.dtype)).sample.double()
+        log_scale = torch.full_like(images, math.log(decoder_scale))
+        decoder = -discretized_gaussian_log_likelihood(images, reconstruction, log_scale).flatten(1).sum(1)
+        entropy = (0.5 * (math.log(2 * math.pi) + 1) + 0.5 * posterior.logvar.double()).flatten(1).sum(1)
+        z = ((latents - shift) * scale).to(model.device)
+        bound, _ = diffusion_terms(model, scheduler, z, strata, "continuous", generator, term_sums, term_counts)
+        dims = z[0].numel()
+        prior = bound * dims * math.log(2.0) - dims * math.log(scale)
+        pixels_log2 = images[0].numel() * math.log(2.0)
+        for name, nats in (("decoder", decoder), ("entropy", -entropy), ("prior", prior)):
+            parts[name].append(nats.cpu() / pixels_log2)
+        progress.update(len(strata))
+    progress.close()
+    if not parts["decoder"]:
+        raise ValueError("no images to evaluate the bound on; check the dataset and its split")
+    parts = {name: torch.cat(values) for name, values in parts.items()}
+    total = parts["decoder"] + parts["entropy"] + parts["prior"]
+    return LatentVariationalBound(
+        bits_per_dim=total.mean().item(),
+        standard_error=(total.std() / math.sqrt(len(total))).item() if len(total) > 1 else math.nan,
+        decoder_bits_per_dim=parts["decoder"].mean().item(),
+        entropy_bits_per_dim=parts["entropy"].mean().item(),
+        prior_bits_per_dim=parts["prior"].mean().item(),
+        decoder_scale=decoder_scale,
+        num_images=len(total),
+        num_timesteps=len(strata),
+        reverse_variance=scheduler.config.reverse_variance,
     )
 
 

@@ -21,7 +21,7 @@ from ..records import loaded_fingerprint, read_record
 from .classifiers import CLASSIFIERS, DATASET_METRICS, classifier_metrics
 from .features import DINOV2_DEFAULT, ClassifierFeatures, Dinov2Features, InceptionFeatures
 from .frechet import FeatureStatistics, frechet_distance
-from .likelihood import plot_bound_terms, variational_bound
+from .likelihood import decoder_scale, latent_variational_bound, plot_bound_terms, variational_bound
 from .sample_quality import class_scores, generate_samples, load_image_folder, reference_statistics
 
 # What `evaluate` can measure, and what each is.
@@ -39,6 +39,8 @@ SAMPLE_METRICS = ("fd_digits", "digits_scores", "fd_fashion", "fashion_scores", 
 CLASSIFIER_METRICS = {name: classifier_metrics(name) for name in CLASSIFIERS}
 # By default a dataset with a shipped classifier gets every offline metric, other data bits/dim (the others need
 # downloaded weights).
+# Training images that fit a latent pipeline's decoder σ (`decoder_scale`) for its bound.
+FIT_IMAGES = 1000
 OFFLINE_METRICS = {dataset: (*metrics, "bits_per_dim") for dataset, metrics in DATASET_METRICS.items()}
 PARTS = ("metrics", "details")  # what a report adds to an earlier one of the same weights
 
@@ -59,7 +61,15 @@ class EvaluationReport:
     def summary(self) -> str:
         """A few lines for the terminal."""
         lines = [f"{self.checkpoint} on {self.dataset}"]
-        if "bits_per_dim" in self.metrics:
+        if "bits_per_dim" in self.metrics and "entropy_bits_per_dim" in self.details["bits_per_dim"]:
+            bound = self.details["bits_per_dim"]
+            lines.append(
+                f"  bits/dim ≤ {self.metrics['bits_per_dim']:.4f} ± {bound['standard_error']:.4f} on {bound['split']} "
+                f"({bound['num_images']} images): decoder {bound['decoder_bits_per_dim']:.4f} (σ "
+                f"{bound['decoder_scale']:.4f}), −entropy {bound['entropy_bits_per_dim']:.4f}, latent prior "
+                f"{bound['prior_bits_per_dim']:.4f} ({bound['num_timesteps']} terms each)"
+            )
+        elif "bits_per_dim" in self.metrics:
             bound = self.details["bits_per_dim"]
             lines.append(
                 f"  bits/dim ≤ {self.metrics['bits_per_dim']:.4f} ± {bound['standard_error']:.4f} on {bound['split']} "
@@ -200,17 +210,11 @@ def evaluate_pipeline(
     latent = getattr(pipeline, "vae", None) is not None
     if metrics is None:
         metrics = OFFLINE_METRICS.get(dataset, ("bits_per_dim",))
-        metrics = tuple(metric for metric in metrics if metric != "bits_per_dim") if latent else metrics
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
     if unknown := sorted(set(metrics) - set(METRICS)):
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
     if pipeline is None and "bits_per_dim" in metrics:
         raise ValueError(f"{name} holds images, not a pipeline: bits_per_dim needs a checkpoint")
-    if latent and "bits_per_dim" in metrics:
-        raise ValueError(
-            f"{name} is a latent pipeline, whose bound needs its decoder's likelihood of the pixels, which hfddpm "
-            "does not compute yet: drop bits_per_dim"
-        )
     report = EvaluationReport(name, dataset, pipeline and loaded_fingerprint(pipeline))
     # The networks first: a missing or wrong weights file is refused before the long work.
     features = feature_networks(metrics, inception_weights, dinov2_model, device)
@@ -218,16 +222,26 @@ def evaluate_pipeline(
 
     if "bits_per_dim" in metrics:
         _, channels, resolution, _ = pipeline.sample_shape(1)
-        batches = image_batches(dataset, split, resolution, channels, batch_size, image_column, max_images)
         options = {"generator": torch.Generator().manual_seed(seed), "progress_bar": progress_bar}
-        with eval_mode(pipeline.unet):  # the discretised decoder: the bound on the 8-bit data
-            bound = variational_bound(
-                pipeline.unet, pipeline.scheduler, batches, num_timesteps, reverse_variance, **options
-            )
+        bound_options = {"num_timesteps": num_timesteps, "reverse_variance": reverse_variance, **options}
+        if latent:  # the VAE bound with the diffusion model as prior; the decoder's σ fitted on the reference split
+            vae = pipeline.vae
+            channels, resolution = vae.config.in_channels, resolution * 2 ** (len(vae.config.block_out_channels) - 1)
+            fit = image_batches(dataset, reference_split, resolution, channels, batch_size, image_column, FIT_IMAGES)
+            batches = image_batches(dataset, split, resolution, channels, batch_size, image_column, max_images)
+            with eval_mode(pipeline.unet), eval_mode(vae):
+                scale = decoder_scale(vae, fit, torch.Generator().manual_seed(seed))
+                bound = latent_variational_bound(
+                    pipeline.unet, pipeline.scheduler, vae, batches, scale, **bound_options
+                )
+        else:
+            batches = image_batches(dataset, split, resolution, channels, batch_size, image_column, max_images)
+            with eval_mode(pipeline.unet):  # the discretised decoder: the bound on the 8-bit data
+                bound = variational_bound(pipeline.unet, pipeline.scheduler, batches, **bound_options)
+            if output_dir is not None:
+                plot_bound_terms(bound, Path(output_dir) / "bits_per_dim_terms.png")
         report.metrics["bits_per_dim"] = bound.bits_per_dim
         report.details["bits_per_dim"] = {"split": split, **asdict(bound)}
-        if output_dir is not None:
-            plot_bound_terms(bound, Path(output_dir) / "bits_per_dim_terms.png")
 
     if any(metric in metrics for metric in SAMPLE_METRICS):
         if samples is None:
