@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from hfddpm import AutoencoderPipeline, create_autoencoder
 from hfddpm.evaluation.reconstruction import psnr
+from hfddpm.hub import files_to_publish
 from hfddpm.models.latent_space import decode, encode, latent_scale
 from hfddpm.training import AutoencoderConfig, AutoencoderLoss, train_autoencoder
 from hfddpm.training.autoencoder import TrainingAutoencoder
@@ -113,6 +114,7 @@ def test_a_run_leaves_a_loadable_measured_autoencoder_and_resumes_bit_exactly(tm
     assert {"psnr", "fd_digits"} <= set(evaluation["metrics"])
     card = (run / "README.md").read_text()
     assert "AutoencoderKL" in card and "PSNR of the reconstructions" in card and "HFDDPMPipeline" not in card
+    assert {"model_index.json", "vae/diffusion_pytorch_model.safetensors"} <= set(files_to_publish(run))
 
     shutil.copytree(run, tmp_path / "uninterrupted")
     for part in run.iterdir():  # what a kill after the step-3 checkpoint leaves

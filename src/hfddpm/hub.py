@@ -25,7 +25,7 @@ from huggingface_hub.utils import validate_repo_id
 from . import durable
 from .arguments import first_line
 from .model_cards import model_card
-from .pipelines.loading import safe_components
+from .pipelines.loading import required_components, safe_components
 from .records import RESAVE, read_record
 from .run_folder import RUN_EXPORT, RUN_RECORDS
 
@@ -73,7 +73,7 @@ def files_to_publish(folder: str | os.PathLike, include_training_state: bool = F
             f"{folder}/model_index.json names the component {odd[0]!r}, which is not a plain folder of the "
             f"pipeline; {RESAVE}"
         )
-    safe_components(folder, allow_pickle=False, options={})  # the weights load, complete and finite
+    safe_components(folder, False, {}, required_components(index))  # the weights load, complete and finite
     patterns = ["model_index.json", *RUN_RECORDS, "*.png", "samples/*.png"]
     patterns += [f"{name}/*.{suffix}" for name in components for suffix in ("json", "safetensors")]
     patterns += ["checkpoints/**/*"] if include_training_state else []

@@ -38,8 +38,9 @@ REMOTE_CODE_OPTIONS = ("custom_pipeline", "trust_remote_code", "load_connected_p
 HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "revision")
 DOWNLOAD_OPTIONS = (*HUB_OPTIONS, "proxies", "variant")
 MODEL_OPTIONS = ("torch_dtype", "variant", "use_safetensors", "low_cpu_mem_usage")
-# The components of a pipeline folder for sampling; an `AutoencoderPipeline` requires its `vae` instead.
+# The components a pipeline folder cannot do without: a sampling pipeline's, or those of the class it names.
 REQUIRED = ("unet", "scheduler")
+REQUIRED_BY_CLASS = {"AutoencoderPipeline": ("vae",)}
 
 
 def safe_components(
@@ -93,6 +94,11 @@ def fetch_model_index(repo_id: str, download: dict) -> dict:
             f"({first_line(error)}); check the path or the repository id"
         ) from None
     return read_record(path, "has no model_index.json; check the repository id")
+
+
+def required_components(index: dict) -> tuple[str, ...]:
+    """The components the pipeline class that `index` (a model_index.json) names cannot do without."""
+    return REQUIRED_BY_CLASS.get(index.get("_class_name"), REQUIRED)
 
 
 def check_model_index(index: dict, where: str, required: tuple[str, ...] = REQUIRED) -> None:
