@@ -28,6 +28,8 @@ REFERENCE_MODELS = {
     "progressive-digits-v-4-steps": "progressive-digits-v/steps-4",
     "consistency-digits-v": "consistency-digits-v",
     "fashion-cpu": "fashion-cpu",
+    "autoencoder-fashion": "autoencoder-fashion",
+    "latent-fashion": "latent-fashion",
 }
 
 

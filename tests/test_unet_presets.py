@@ -16,6 +16,7 @@ STATED_MILLIONS = {
     "digits": (1.1, 0.05),
     "mnist-28": (6.5, 0.05),
     "mnist-28-cpu": (1.1, 0.05),
+    "latent-small": (2.0, 0.05),
     "ddpm-cifar10-32": (35.7, 0.05),  # Ho et al. 2020, appendix B: "Our CIFAR10 model has 35.7 million parameters"
     "improved-ddpm-64": (115.94, 0.005),
 }
