@@ -56,6 +56,32 @@ STOCK_EXAMPLE = argparse.Namespace(
 )
 
 
+def optimizer_and_schedule(hyper, unet, **adamw) -> tuple:
+    """AdamW and the learning-rate schedule of the hyper-parameters `hyper`, as the stock example builds them."""
+    optimizer = torch.optim.AdamW(
+        unet.parameters(),
+        lr=hyper.learning_rate,
+        betas=(hyper.adam_beta1, hyper.adam_beta2),
+        weight_decay=hyper.adam_weight_decay,
+        eps=hyper.adam_epsilon,
+        **adamw,
+    )
+    schedule = get_scheduler(
+        hyper.lr_scheduler, optimizer, num_warmup_steps=hyper.lr_warmup_steps, num_training_steps=100_000
+    )
+    return optimizer, schedule
+
+
+def ema_options(hyper) -> dict:
+    """`EMAModel`'s options as the stock example passes them (its warm-up on)."""
+    return {
+        "decay": hyper.ema_max_decay,
+        "use_ema_warmup": True,
+        "inv_gamma": hyper.ema_inv_gamma,
+        "power": hyper.ema_power,
+    }
+
+
 def stock_side(hyper, accelerator, unet, dataset, image_column, *, resolution, channels, batch_size, random_flip):
     """The loop body of diffusers' train_unconditional.py with the hyper-parameters `hyper` (its argument names):
     a function taking one step, and the `EMAModel` it updates."""
@@ -79,24 +105,9 @@ def stock_side(hyper, accelerator, unet, dataset, image_column, *, resolution, c
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
     T = hyper.num_train_timesteps
     scheduler = StockDDPMScheduler(num_train_timesteps=T, beta_schedule=hyper.beta_schedule)
-    optimizer = torch.optim.AdamW(
-        unet.parameters(),
-        lr=hyper.learning_rate,
-        betas=(hyper.adam_beta1, hyper.adam_beta2),
-        weight_decay=hyper.adam_weight_decay,
-        eps=hyper.adam_epsilon,
-    )
-    lr_scheduler = get_scheduler(
-        hyper.lr_scheduler, optimizer, num_warmup_steps=hyper.lr_warmup_steps, num_training_steps=100_000
-    )
+    optimizer, lr_scheduler = optimizer_and_schedule(hyper, unet)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    ema = EMAModel(
-        unet.parameters(),
-        decay=hyper.ema_max_decay,
-        use_ema_warmup=True,
-        inv_gamma=hyper.ema_inv_gamma,
-        power=hyper.ema_power,
-    )
+    ema = EMAModel(unet.parameters(), **ema_options(hyper))
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     batches = epochs(loader)
     logs = []
@@ -132,26 +143,9 @@ def hfddpm_side(args, accelerator, unet):
     images = TrainingImages(pretensorize(dataset, "image", preprocessing), preprocessing)
     loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, shuffle=True, drop_last=True)
     objective = DenoisingLoss(DDPMScheduler(num_train_timesteps=hyper.num_train_timesteps))
-    optimizer = torch.optim.AdamW(
-        unet.parameters(),
-        lr=hyper.learning_rate,
-        betas=(hyper.adam_beta1, hyper.adam_beta2),
-        weight_decay=hyper.adam_weight_decay,
-        eps=hyper.adam_epsilon,
-        fused=True,
-    )
-    lr_scheduler = get_scheduler(
-        hyper.lr_scheduler, optimizer, num_warmup_steps=hyper.lr_warmup_steps, num_training_steps=100_000
-    )
+    optimizer, lr_scheduler = optimizer_and_schedule(hyper, unet, fused=True)
     unet, optimizer, loader = accelerator.prepare(unet, optimizer, loader)
-    ema = EMAModel(
-        unet.parameters(),
-        decay=hyper.ema_max_decay,
-        use_ema_warmup=True,
-        inv_gamma=hyper.ema_inv_gamma,
-        power=hyper.ema_power,
-        foreach=True,
-    )
+    ema = EMAModel(unet.parameters(), **ema_options(hyper), foreach=True)
     generator = torch.Generator(accelerator.device).manual_seed(0)
     batches = epochs(loader)
     count = itertools.count(1)
