@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
-from hfddpm import AutoencoderPipeline, create_autoencoder
+from hfddpm import AutoencoderPipeline, create_autoencoder, evaluate
 from hfddpm.evaluation.reconstruction import psnr
 from hfddpm.hub import files_to_publish
 from hfddpm.models.latent_space import decode, encode, latent_scale
@@ -115,6 +115,9 @@ def test_a_run_leaves_a_loadable_measured_autoencoder_and_resumes_bit_exactly(tm
     card = (run / "README.md").read_text()
     assert "AutoencoderKL" in card and "PSNR of the reconstructions" in card and "HFDDPMPipeline" not in card
     assert {"model_index.json", "vae/diffusion_pytorch_model.safetensors"} <= set(files_to_publish(run))
+    report = evaluate(run, "digits", max_images=16, num_samples=16, progress_bar=False)  # as `hfddpm evaluate` runs
+    assert report.details["psnr"] == {"split": "test", "num_images": 16, "reconstructed": "through the encoder's mean"}
+    assert {"psnr", "fd_digits"} <= set(report.metrics) and "bits_per_dim" not in report.metrics
 
     shutil.copytree(run, tmp_path / "uninterrupted")
     for part in run.iterdir():  # what a kill after the step-3 checkpoint leaves

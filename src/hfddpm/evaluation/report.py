@@ -15,7 +15,7 @@ from ..conditioning import every_class
 from ..eval_mode import eval_mode
 from ..image_data import DIGITS, image_batches
 from ..model_cards import is_hfddpm_card, rewrite_model_card
-from ..pipelines import HFDDPMPipeline
+from ..pipelines import AutoencoderPipeline, HFDDPMPipeline
 from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
 from ..records import loaded_fingerprint, read_record
 from .classifiers import CLASSIFIERS, DATASET_METRICS, classifier_metrics
@@ -97,12 +97,24 @@ def evaluate(
 
     `checkpoint` is an `HFDDPMPipeline` (or stock DDPM/DDIM pipeline) folder or Hub repository, or a folder of
     generated images for the sample metrics; `allow_pickle` is `HFDDPMPipeline.from_pretrained`'s; `options` are
-    those of `evaluate_pipeline`.
+    those of `evaluate_pipeline`. A local `AutoencoderPipeline` folder is measured by `evaluate_autoencoder`: the
+    first `max_images` (default `num_samples`) images of `split` reconstructed, with their PSNR and sample metrics.
     """
     device = torch.device(options.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
     options.update(name=str(checkpoint), device=device)
-    if os.path.isdir(checkpoint) and not (Path(checkpoint) / "model_index.json").is_file():
+    index = Path(checkpoint) / "model_index.json"
+    if os.path.isdir(checkpoint) and not index.is_file():
         return evaluate_pipeline(None, dataset, metrics, samples=load_image_folder(checkpoint), **options)
+    if index.is_file() and read_record(index).get("_class_name") == "AutoencoderPipeline":
+        from .reconstruction import evaluate_autoencoder
+
+        pipeline = AutoencoderPipeline.from_pretrained(checkpoint, allow_pickle=allow_pickle).to(device)
+        metrics = [name for name in metrics or OFFLINE_METRICS.get(dataset, ()) if name != "bits_per_dim"]
+        split, count = (
+            options.pop("split", "test"),
+            options.pop("max_images", None) or options.get("num_samples", 1000),
+        )
+        return evaluate_autoencoder(pipeline, dataset, metrics, split=split, num_images=count, **options)
     pipeline = HFDDPMPipeline.from_pretrained(checkpoint, allow_pickle=allow_pickle).to(device)
     return evaluate_pipeline(pipeline, dataset, metrics, **options)
 
