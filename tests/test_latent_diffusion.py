@@ -14,7 +14,14 @@ from hfddpm.evaluation import evaluate_pipeline
 from hfddpm.models.latent_space import decode
 from hfddpm.pipelines import AutoencoderPipeline
 from hfddpm.pipelines.loading import load_autoencoder
-from hfddpm.training import ProgressiveDistillationConfig, TrainingConfig, distill_progressive, train_unconditional
+from hfddpm.training import (
+    ConsistencyDistillationConfig,
+    ProgressiveDistillationConfig,
+    TrainingConfig,
+    distill_consistency,
+    distill_progressive,
+    train_unconditional,
+)
 from hfddpm.training.latent_data import TrainingLatents
 from hfddpm.training.setup import create_accelerator, load_training_images
 
@@ -107,13 +114,17 @@ def test_a_latent_run_resumes_exactly(latent_run, autoencoder, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_latent_teacher_distils_into_a_latent_student(latent_run, tmp_path):
+def test_a_latent_teacher_distils_into_latent_students(latent_run, tmp_path):
     engine = {key: value for key, value in options(tmp_path / "student", None).items() if key in ENGINE_OPTIONS}
     config = ProgressiveDistillationConfig(teacher=str(latent_run), teacher_steps=2, **engine)
     assert distill_progressive(config) == 0
     student = HFDDPMPipeline.from_pretrained(tmp_path / "student" / "steps-1")
     assert student.vae is not None and student.config.default_num_inference_steps == 1
     assert student(batch_size=2, output_type="pt").images.shape == (2, 1, 8, 8)
+    engine["output_dir"] = str(tmp_path / "consistency")
+    assert distill_consistency(ConsistencyDistillationConfig(teacher=str(latent_run), **engine)) == 0
+    student = HFDDPMPipeline.from_pretrained(tmp_path / "consistency")
+    assert student.vae is not None and student(batch_size=2, output_type="pt").images.shape == (2, 1, 8, 8)
 
 
 @pytest.mark.parametrize(
