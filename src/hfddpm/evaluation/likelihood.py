@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..conditioning import predict
+from ..models.latent_space import shift
 from ..schedulers.bound_terms import Decoder, discretized_gaussian_log_likelihood, prior_term, vlb_terms
 from ..schedulers.gaussian_diffusion import reverse_variance_of
 
@@ -219,7 +220,7 @@ def latent_variational_bound(
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     term_sums = torch.zeros(scheduler.config.num_train_timesteps, dtype=torch.float64)
     term_counts = torch.zeros_like(term_sums)
-    scale, shift = vae.config.scaling_factor, vae.config.get("shift_factor") or 0.0
+    scale, offset = vae.config.scaling_factor, shift(vae)
     parts: dict[str, list[torch.Tensor]] = {"decoder": [], "entropy": [], "prior": []}
     progress = tqdm(desc="Variational bound", unit="term-batch", disable=not progress_bar)
     for batch in batches:
@@ -230,7 +231,7 @@ def latent_variational_bound(
         log_scale = torch.full_like(images, math.log(decoder_scale))
         decoder = -discretized_gaussian_log_likelihood(images, reconstruction, log_scale).flatten(1).sum(1)
         entropy = (0.5 * (math.log(2 * math.pi) + 1) + 0.5 * posterior.logvar.double()).flatten(1).sum(1)
-        z = ((latents - shift) * scale).to(model.device)
+        z = ((latents - offset) * scale).to(model.device)
         bound, _ = diffusion_terms(model, scheduler, z, strata, "continuous", generator, term_sums, term_counts)
         dims = z[0].numel()
         prior = bound * dims * math.log(2.0) - dims * math.log(scale)

@@ -4,22 +4,15 @@ decoded latents."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from ..eval_mode import eval_mode
+from .. import durable
 from ..image_data import image_batches
-from ..models.latent_space import decode, encode
 from ..pipelines.pipeline_autoencoder import AutoencoderPipeline
 from ..records import loaded_fingerprint
 from .report import EvaluationReport, evaluate_pipeline
-
-
-@torch.no_grad()
-def reconstruct(pipeline: AutoencoderPipeline, images: torch.Tensor) -> torch.Tensor:
-    """D(E(x)) through the encoder's mean, in [−1, 1] (clamped, as an image holds it)."""
-    vae = pipeline.vae
-    with eval_mode(vae):
-        return decode(vae, encode(vae, images.to(vae.device))).clamp(-1, 1).cpu()
 
 
 def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
@@ -48,8 +41,8 @@ def evaluate_autoencoder(
         dataset, split, config.sample_size, config.in_channels, batch_size, image_column, num_images
     )
     images = torch.cat(list(batches))
-    reconstructions = torch.cat([reconstruct(pipeline, batch) for batch in images.split(batch_size)])
-    samples = (reconstructions + 1) / 2
+    reconstructions = torch.cat([pipeline.reconstruct(batch).cpu() for batch in images.split(batch_size)])
+    samples, output_dir = (reconstructions + 1) / 2, options.pop("output_dir", None)
     options.update(name=name, reference_split=reference_split, batch_size=batch_size, image_column=image_column)
     report = evaluate_pipeline(None, dataset, list(metrics), samples=samples, **options)
     if "samples" in report.details:
@@ -57,4 +50,7 @@ def evaluate_autoencoder(
     report.weights = loaded_fingerprint(pipeline)
     report.metrics["psnr"] = float(psnr(images, reconstructions).mean())
     report.details["psnr"] = {"split": split, "num_images": len(images), "reconstructed": "through the encoder's mean"}
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        durable.write_text(Path(output_dir) / "evaluation.json", report.to_json())
     return report

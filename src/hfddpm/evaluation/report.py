@@ -37,10 +37,10 @@ METRICS = {
 SAMPLE_METRICS = ("fd_digits", "digits_scores", "fd_fashion", "fashion_scores", "fid", "fd_dinov2")
 # The shipped classifiers' metrics: (its Fréchet distance, its scores) by classifier name (`classifiers.CLASSIFIERS`).
 CLASSIFIER_METRICS = {name: classifier_metrics(name) for name in CLASSIFIERS}
-# By default a dataset with a shipped classifier gets every offline metric, other data bits/dim (the others need
-# downloaded weights).
 # Training images that fit a latent pipeline's decoder σ (`decoder_scale`) for its bound.
 FIT_IMAGES = 1000
+# By default a dataset with a shipped classifier gets every offline metric, other data bits/dim (the others need
+# downloaded weights).
 OFFLINE_METRICS = {dataset: (*metrics, "bits_per_dim") for dataset, metrics in DATASET_METRICS.items()}
 PARTS = ("metrics", "details")  # what a report adds to an earlier one of the same weights
 
@@ -97,25 +97,16 @@ def evaluate(
 
     `checkpoint` is an `HFDDPMPipeline` (or stock DDPM/DDIM pipeline) folder or Hub repository, or a folder of
     generated images for the sample metrics; `allow_pickle` is `HFDDPMPipeline.from_pretrained`'s; `options` are
-    those of `evaluate_pipeline`. A local `AutoencoderPipeline` folder is measured by `evaluate_autoencoder`: the
-    first `max_images` (default `num_samples`) images of `split` reconstructed, with their PSNR and sample metrics.
+    those of `evaluate_pipeline`, which measures a local `AutoencoderPipeline` folder by its reconstructions.
     """
     device = torch.device(options.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
     options.update(name=str(checkpoint), device=device)
     index = Path(checkpoint) / "model_index.json"
     if os.path.isdir(checkpoint) and not index.is_file():
         return evaluate_pipeline(None, dataset, metrics, samples=load_image_folder(checkpoint), **options)
-    if index.is_file() and read_record(index).get("_class_name") == "AutoencoderPipeline":
-        from .reconstruction import evaluate_autoencoder
-
-        pipeline = AutoencoderPipeline.from_pretrained(checkpoint, allow_pickle=allow_pickle).to(device)
-        metrics = [name for name in metrics or OFFLINE_METRICS.get(dataset, ()) if name != "bits_per_dim"]
-        split, count = (
-            options.pop("split", "test"),
-            options.pop("max_images", None) or options.get("num_samples", 1000),
-        )
-        return evaluate_autoencoder(pipeline, dataset, metrics, split=split, num_images=count, **options)
-    pipeline = HFDDPMPipeline.from_pretrained(checkpoint, allow_pickle=allow_pickle).to(device)
+    autoencoder = index.is_file() and read_record(index).get("_class_name") == "AutoencoderPipeline"
+    pipeline_class = AutoencoderPipeline if autoencoder else HFDDPMPipeline
+    pipeline = pipeline_class.from_pretrained(checkpoint, allow_pickle=allow_pickle).to(device)
     return evaluate_pipeline(pipeline, dataset, metrics, **options)
 
 
@@ -218,13 +209,36 @@ def evaluate_pipeline(
         inception_weights, dinov2_model: where ``fid`` and ``fd_dinov2`` find their networks.
         output_dir: when given, `evaluation.json` and the plot of the bound's terms are written there.
         cache_dir: where reference statistics are cached (default `frechet.statistics_cache_dir()`).
+
+    An `AutoencoderPipeline` is measured by its reconstructions (`reconstruction.evaluate_autoencoder`): of the first
+    `max_images` (default `num_samples`) images of `split`, their PSNR and sample metrics; bits_per_dim is left out.
     """
-    latent = getattr(pipeline, "vae", None) is not None
     if metrics is None:
         metrics = OFFLINE_METRICS.get(dataset, ("bits_per_dim",))
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
     if unknown := sorted(set(metrics) - set(METRICS)):
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
+    if isinstance(pipeline, AutoencoderPipeline):
+        from .reconstruction import evaluate_autoencoder
+
+        return evaluate_autoencoder(
+            pipeline,
+            dataset,
+            [metric for metric in metrics if metric != "bits_per_dim"],
+            split=split,
+            reference_split=reference_split,
+            num_images=max_images or num_samples,
+            batch_size=batch_size,
+            image_column=image_column,
+            name=name,
+            inception_weights=inception_weights,
+            dinov2_model=dinov2_model,
+            device=device,
+            output_dir=output_dir,
+            cache_dir=cache_dir,
+            progress_bar=progress_bar,
+        )
+    latent = getattr(pipeline, "vae", None) is not None
     if pipeline is None and "bits_per_dim" in metrics:
         raise ValueError(f"{name} holds images, not a pipeline: bits_per_dim needs a checkpoint")
     report = EvaluationReport(name, dataset, pipeline and loaded_fingerprint(pipeline))

@@ -57,10 +57,18 @@ class AutoencoderPipeline(DiffusionPipeline):
     ) -> ImagePipelineOutput | tuple:
         """The reconstructions of `images` (NCHW in [−1, 1]): through the encoder's mean, or a draw from q(z|x) with
         `generator`; `output_type` as `HFDDPMPipeline`'s ("latent": the latents z)."""
-        device = self._execution_device
-        with eval_mode(self.vae):
-            latents = encode(self.vae, images.to(device), generator)
-            output = latents if output_type == "latent" else decode(self.vae, latents)
-        images = output if output_type == "latent" else IMAGE_PROCESSOR.postprocess(output, output_type)
+        if output_type == "latent":
+            with eval_mode(self.vae):
+                images = encode(self.vae, images.to(self._execution_device), generator)
+        else:
+            images = IMAGE_PROCESSOR.postprocess(self.reconstruct(images, generator), output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x̂ = D(z/s + b) of z = s·(E(x) − b), E(x) the encoder's mean (a draw from q(E|x) with `generator`), as
+        images in [−1, 1] (clamped, as an image holds them)."""
+        with eval_mode(self.vae):
+            latents = encode(self.vae, images.to(self._execution_device), generator)
+            return decode(self.vae, latents).clamp(-1, 1)

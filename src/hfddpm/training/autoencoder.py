@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL
 from ..arguments import option
 from ..eval_mode import eval_mode
 from ..models.autoencoder_presets import AUTOENCODER_PRESETS, autoencoder_config
-from ..models.latent_space import decode, encode, latent_scale
+from ..models.latent_space import latent_scale
 from ..models.unet_presets import check_sample_size
 from ..pipelines.pipeline_autoencoder import AutoencoderPipeline
 from ..run_folder import run_lock
@@ -114,32 +114,15 @@ class AutoencoderLoss:
 
     def save_grid(self, pipeline: AutoencoderPipeline, path, config: RunConfig) -> PIL.Image.Image:
         """Pairs of rows: reference images above their reconstructions through the encoder's mean."""
-        vae, count = pipeline.vae, max(1, config.num_sample_images // 2)
-        originals = self.reference[:count].to(vae.device)
-        with torch.no_grad(), eval_mode(vae):
-            reconstructions = decode(vae, encode(vae, originals)).clamp(-1, 1)
+        count = max(1, config.num_sample_images // 2)
+        originals = self.reference[:count].to(pipeline.vae.device)
+        reconstructions = pipeline.reconstruct(originals)
         columns, rows = min(8, count), []
         for start in range(0, count, columns):
             rows += [originals[start : start + columns], reconstructions[start : start + columns]]
         grid = sample_grid(to_pil(torch.cat(rows).cpu()), cols=columns)
         save_image(grid, path)
         return grid
-
-    def evaluate(self, config: RunConfig, pipeline: AutoencoderPipeline, device: torch.device):
-        """PSNR and --eval_metrics of the reconstructions of the first --eval_num_samples training images."""
-        from ..evaluation.reconstruction import evaluate_autoencoder
-
-        return evaluate_autoencoder(
-            pipeline,
-            config.dataset_source,
-            config.eval_metrics,
-            split=config.split,
-            reference_split=config.split,
-            num_images=config.eval_num_samples,
-            image_column=config.image_column,
-            device=device,
-            progress_bar=False,
-        )
 
 
 def train_autoencoder(config: AutoencoderConfig) -> int:

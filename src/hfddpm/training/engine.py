@@ -347,8 +347,7 @@ class Trainer:
             writer.add_image("samples", np.asarray(grid.convert("RGB")), self.state.global_step, dataformats="HWC")
 
     def evaluate(self, pipeline: HFDDPMPipeline) -> Any:
-        evaluate = getattr(self.objective, "evaluate", evaluate_during_training)
-        report = evaluate(self.config, pipeline, self.accelerator.device)
+        report = evaluate_during_training(self.config, pipeline, self.accelerator.device)
         self.accelerator.log({f"eval/{name}": value for name, value in report.metrics.items()}, self.state.global_step)
         return report
 

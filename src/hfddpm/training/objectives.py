@@ -33,9 +33,8 @@ class LossOutput:
 
 class Objective(Protocol):
     """What the engine asks of an objective. Optional: `observe(accelerator, output)`, called after every batch on
-    every process; `after_update(model)`, after every applied optimizer update; `save_grid(pipeline, path, config)`
-    and `evaluate(config, pipeline, device)`, in place of `artefacts.save_sample_grid` and
-    `artefacts.evaluate_during_training`, for a pipeline that does not sample."""
+    every process; `after_update(model)`, after every applied optimizer update; `save_grid(pipeline, path, config)`,
+    in place of `artefacts.save_sample_grid`, for a pipeline that does not sample."""
 
     def __call__(self, model: torch.nn.Module, batch: Any, generator: torch.Generator) -> LossOutput:
         """The loss of one batch (no backward pass), all its randomness drawn from `generator`."""
