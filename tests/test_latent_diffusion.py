@@ -76,6 +76,8 @@ def test_cached_latents_are_the_encoders_draws_with_the_items_seeded_noise(autoe
     again = TrainingLatents.encode(images, vae, torch.device("cpu"))  # encoded again: the same latents
     again.set_epoch(4)
     assert again.fingerprint() == latents.fingerprint() and torch.equal(again[7], latents[7])
+    vae.register_to_config(scaling_factor=3.0)  # the same weights draw other latents: another run's data
+    assert TrainingLatents.encode(images, vae, torch.device("cpu")).fingerprint() != latents.fingerprint()
 
 
 @pytest.fixture(scope="module")

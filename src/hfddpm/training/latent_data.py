@@ -29,7 +29,7 @@ class TrainingLatents(torch.utils.data.Dataset):
     shape: tuple[int, int, int]
     scaling_factor: float
     shift_factor: float
-    identity: str  # the images' and the autoencoder's fingerprints
+    identity: str  # the images' and the autoencoder's fingerprints, and s and b
     seed: int = 0
     labels: list[int] | None = None
     label_names: list[str] | None = None
@@ -40,7 +40,8 @@ class TrainingLatents(torch.utils.data.Dataset):
     def encode(cls, images: TrainingImages, vae: AutoencoderKL, device: torch.device) -> TrainingLatents:
         """Encode `images` (their stored pixels, uncropped and unflipped) with `vae` on `device`, once."""
         vae = vae.to(device)
-        identity = hashlib.sha256(f"{images.fingerprint()}:{weights_fingerprint(vae.state_dict())}".encode())
+        encoded_by = f"{images.fingerprint()}:{weights_fingerprint(vae.state_dict())}"  # what the moments depend on
+        identity = f"{encoded_by}:{vae.config.scaling_factor}:{shift(vae)}"  # and the drawn latents
 
         def moments(batch):
             rows = zip(batch["pixels"], batch["shape"], strict=True)
@@ -55,7 +56,7 @@ class TrainingLatents(torch.utils.data.Dataset):
             batched=True,
             batch_size=ENCODE_BATCH,
             remove_columns=images.pixels.column_names,
-            new_fingerprint=identity.hexdigest()[:32],
+            new_fingerprint=hashlib.sha256(encoded_by.encode()).hexdigest()[:32],
             desc="Encoding images into latents",
         )
         first = np.frombuffer(images.pixels[0]["pixels"], np.uint8).reshape(images.pixels[0]["shape"])
@@ -66,7 +67,7 @@ class TrainingLatents(torch.utils.data.Dataset):
             tuple(shape[1:]),
             vae.config.scaling_factor,
             shift(vae),
-            identity.hexdigest()[:16],
+            hashlib.sha256(identity.encode()).hexdigest()[:16],
             images.seed,
             images.labels,
             images.label_names,
