@@ -15,6 +15,7 @@ from ..conditioning import every_class
 from ..eval_mode import eval_mode
 from ..image_data import DIGITS, image_batches
 from ..model_cards import is_hfddpm_card, rewrite_model_card
+from ..models.latent_space import image_size
 from ..pipelines import AutoencoderPipeline, HFDDPMPipeline
 from ..pipelines.pipeline_hfddpm import DEFAULT_GUIDANCE_SCALE
 from ..records import loaded_fingerprint, read_record
@@ -252,7 +253,7 @@ def evaluate_pipeline(
         bound_options = {"num_timesteps": num_timesteps, "reverse_variance": reverse_variance, **options}
         if latent:  # the VAE bound with the diffusion model as prior; the decoder's σ fitted on the reference split
             vae = pipeline.vae
-            channels, resolution = vae.config.in_channels, resolution * 2 ** (len(vae.config.block_out_channels) - 1)
+            channels, resolution = vae.config.in_channels, image_size(vae, resolution)
             fit = image_batches(dataset, reference_split, resolution, channels, batch_size, image_column, FIT_IMAGES)
             batches = image_batches(dataset, split, resolution, channels, batch_size, image_column, max_images)
             with eval_mode(pipeline.unet), eval_mode(vae):

@@ -22,6 +22,11 @@ def decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode((latents / vae.config.scaling_factor + shift(vae)).to(vae.dtype)).sample.float()
 
 
+def image_size(vae: AutoencoderKL, latent_size: int) -> int:
+    """The side of the images whose latents have side `latent_size`: one halving per resolution but the last."""
+    return latent_size * 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def shift(vae: AutoencoderKL) -> float:
     return vae.config.get("shift_factor") or 0.0
 

@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from ..arguments import option
 from ..conditioning import num_classes, predict
 from ..image_data import TrainingImages
+from ..models.latent_space import image_size
 from ..pipelines import HFDDPMPipeline
 from ..records import read_record, weights_fingerprint
 from ..run_folder import RUN_RECORD, recorded_data
@@ -172,8 +173,8 @@ def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, Distillati
     split given as a flag is kept)."""
     teacher = HFDDPMPipeline.from_pretrained(config.teacher)
     _, channels, size, _ = teacher.sample_shape(1)
-    if teacher.vae is not None:  # a latent teacher: the data are images of its autoencoder's size
-        channels, size = teacher.vae.config.in_channels, teacher.vae.config.sample_size
+    if teacher.vae is not None:  # a latent teacher: the data are the images its latents decode to
+        channels, size = teacher.vae.config.in_channels, image_size(teacher.vae, size)
     for name, value in (("resolution", size), ("channels", channels)):
         if getattr(config, name) not in (None, value):
             raise ValueError(f"--{name} {getattr(config, name)} differs from the teacher's {value}; leave it out")
