@@ -1,12 +1,17 @@
 import logging
+import math
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers.configuration_utils import FrozenDict
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils import logging as diffusers_logging
 
 from hfddpm import DDPMScheduler, GaussianMixtureDenoiser, HFDDPMPipeline, create_unet
 from hfddpm.model_cards import model_card
+from hfddpm.schedulers.bound_terms import discretized_gaussian_log_likelihood
 
 diffusers_logging.disable_progress_bar()
 # One thread: the tests' networks are tiny, and two threads contending with another job's slow them down tenfold.
@@ -101,3 +106,37 @@ def run_with_card(checkpoint, tmp_path):
     folder = shutil.copytree(checkpoint, tmp_path / "run")
     (folder / "README.md").write_text(str(model_card(folder, "run")))
     return folder
+
+
+class LinearGaussianAutoencoder(torch.nn.Module):
+    """The autoencoder of the linear-Gaussian model p(E) = N(0, λ²), p(x|E) = N(E/a, σ²), pixel by pixel: its encoder
+    gives the exact posterior q(E|x) = N(m, τ²), τ⁻² = λ⁻² + (aσ)⁻², m = τ² x/(aσ²), its decoder D(E) = E/a; called
+    as diffusers' `AutoencoderKL` is, with scaling factor 1/λ so that the latents the diffusion sees are N(0, 1)."""
+
+    def __init__(self, a: float, lam: float, sigma: float) -> None:
+        super().__init__()
+        self.a, self.lam, self.sigma = a, lam, sigma
+        self.precision = lam**-2 + (a * sigma) ** -2
+        self.config = FrozenDict(scaling_factor=1 / lam, shift_factor=None)
+        self.dtype, self.device = torch.float64, torch.device("cpu")
+
+    def encode(self, x):
+        mean = x / (self.a * self.sigma**2) / self.precision
+        logvar = torch.full_like(x, -math.log(self.precision))
+        return SimpleNamespace(latent_dist=DiagonalGaussianDistribution(torch.cat([mean, logvar], 1)))
+
+    def decode(self, latents):
+        return SimpleNamespace(sample=latents / self.a)
+
+
+def linear_gaussian_case(count: int = 512):
+    """8-bit images of the linear-Gaussian model (a = 8, λ = 2, σ = 0.05: x ~ N(0, v), v = λ²/a² + σ²), its
+    autoencoder, and each image's exact −log P(x) in bits/dim: the mass of its bin under N(0, v)."""
+    autoencoder = LinearGaussianAutoencoder(8.0, 2.0, 0.05)
+    v = (autoencoder.lam / autoencoder.a) ** 2 + autoencoder.sigma**2
+    noise = torch.randn(count, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))  # not the
+    images = ((noise * math.sqrt(v)).clamp(-1, 1) + 1) * 127.5  # bound's seed 0, whose draws would be these
+    images = images.round() / 127.5 - 1
+    log_scale = torch.full_like(images, 0.5 * math.log(v))
+    exact = -discretized_gaussian_log_likelihood(images, torch.zeros_like(images), log_scale).flatten(1).sum(1)
+    return images, autoencoder, exact / (16 * math.log(2))

@@ -193,6 +193,32 @@ def decoder_scale(vae: ModelMixin, batches: Iterable[torch.Tensor], generator: t
     return math.sqrt(squares / count)
 
 
+def latent_bound_terms(
+    images: torch.Tensor,
+    reconstruction: torch.Tensor,
+    log_variance: torch.Tensor,
+    prior_bits_per_dim: torch.Tensor,
+    decoder_scale: float | torch.Tensor,
+    scaling_factor: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three parts of the VAE bound with a diffusion prior (Vahdat et al. 2021, eq. 8), per image, in bits per
+    pixel dimension, for 8-bit `images` in [−1, 1], their `reconstruction` D(E) from one E ~ q(E|x) = N(μ, diag σ²)
+    whose log σ² is `log_variance`, and the diffusion's bound on z = s·(E − b), `prior_bits_per_dim` per latent
+    dimension:
+
+    - −log p(x|E) under the discretised Gaussian N(D(E), `decoder_scale`²) (Ho et al. 2020, eq. 13);
+    - −H(q(E|x)) = −Σ ½ log(2πe σ²), in closed form;
+    - −log p_θ(E) = −log p_θ(z) − d log s, the change of variables to the d-dimensional z.
+    """
+    log_scale = torch.as_tensor(decoder_scale, dtype=images.dtype, device=images.device).log().expand_as(images)
+    decoder = -discretized_gaussian_log_likelihood(images, reconstruction, log_scale).flatten(1).sum(1)
+    entropy = (0.5 * (math.log(2 * math.pi) + 1) + 0.5 * log_variance).flatten(1).sum(1)
+    dims = log_variance[0].numel()
+    prior = prior_bits_per_dim.to(decoder) * dims * math.log(2.0) - dims * math.log(scaling_factor)
+    pixels_log2 = images[0].numel() * math.log(2.0)
+    return decoder / pixels_log2, -entropy / pixels_log2, prior / pixels_log2
+
+
 @torch.no_grad()
 def latent_variational_bound(
     model: ModelMixin,
@@ -210,11 +236,9 @@ def latent_variational_bound(
 
         −log p(x) ≤ E_q[−log p(x|E)] − H(q(E|x)) + E_q[−log p_θ(E)].
 
-    Per image, one E ~ q(E|x) = N(μ(x), diag σ²(x)) from `generator`; −log p(x|E) under the discretised Gaussian
-    N(D(E), `decoder_scale`²) of the 8-bit pixels (Ho et al. 2020, eq. 13); H(q) = Σ ½ log(2πe σ²), in closed form;
-    and −log p_θ(E) = −log p_θ(z) − d log s for the d-dimensional z = s·(E − b) the UNet models, −log p_θ(z) bounded
-    by `variational_bound`'s terms on z with the continuous decoder (stratified as `num_timesteps` says). The parts
-    are summed in nats and divided by the pixels and log 2."""
+    Per image, one E ~ q(E|x) from `generator` and the parts of `latent_bound_terms`, with the decoder's σ
+    `decoder_scale` and −log p_θ(z) bounded by `variational_bound`'s terms on z with the continuous decoder
+    (stratified as `num_timesteps` says)."""
     scheduler = bound_scheduler(scheduler, reverse_variance)
     strata = timestep_strata(scheduler.config.num_train_timesteps, num_timesteps)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -228,16 +252,11 @@ def latent_variational_bound(
         posterior = vae.encode(images.to(vae.dtype)).latent_dist
         latents = posterior.sample(generator).double()
         reconstruction = vae.decode(latents.to(vae.dtype)).sample.double()
-        log_scale = torch.full_like(images, math.log(decoder_scale))
-        decoder = -discretized_gaussian_log_likelihood(images, reconstruction, log_scale).flatten(1).sum(1)
-        entropy = (0.5 * (math.log(2 * math.pi) + 1) + 0.5 * posterior.logvar.double()).flatten(1).sum(1)
         z = ((latents - offset) * scale).to(model.device)
         bound, _ = diffusion_terms(model, scheduler, z, strata, "continuous", generator, term_sums, term_counts)
-        dims = z[0].numel()
-        prior = bound * dims * math.log(2.0) - dims * math.log(scale)
-        pixels_log2 = images[0].numel() * math.log(2.0)
-        for name, nats in (("decoder", decoder), ("entropy", -entropy), ("prior", prior)):
-            parts[name].append(nats.cpu() / pixels_log2)
+        terms = latent_bound_terms(images, reconstruction, posterior.logvar.double(), bound, decoder_scale, scale)
+        for name, bits in zip(("decoder", "entropy", "prior"), terms, strict=True):
+            parts[name].append(bits.cpu())
         progress.update(len(strata))
     progress.close()
     if not parts["decoder"]:

@@ -113,6 +113,9 @@ def _model_rows(args: dict, info: dict, unet: dict, scheduler: dict, vae: dict, 
     learned = scheduler.get("reverse_variance") in LEARNED_VARIANCES
     loss = lineage.get("loss") or args.get("loss_type") or ("hybrid" if learned else "simple")
     preset = "the teacher's" if lineage else f"preset {args.get('model_preset', '?')}"
+    if "prior_objective" in args:  # an LSGM fine-tune (hfddpm.training.lsgm)
+        prior = "L_simple" if args["prior_objective"] == "simple" else "the bound"
+        loss, preset = f"LSGM: the bound for the autoencoder, {prior} for the UNet", f"fine-tuned from {args['model']}"
     rows += [
         ("network", f"UNet2DModel, {info.get('parameters', '?')} parameters, {preset}"),
         ("noise schedule", f"{scheduler.get('beta_schedule')}, T = {scheduler.get('num_train_timesteps')}"),

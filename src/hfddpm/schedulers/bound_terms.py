@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .gaussian_diffusion import per_sample
+from .gaussian_diffusion import LEARNED_VARIANCES, per_sample, reverse_variance_of
 
 if TYPE_CHECKING:
     from .scheduling_ddim import DDIMScheduler
@@ -123,3 +123,38 @@ def vlb_terms(
         decoder_nll = -gaussian_log_likelihood(original_samples, model_mean, model_log_variance)
     is_decoder = (timesteps == 0).reshape(-1, *([1] * (kl.ndim - 1)))
     return mean_over_pixels(torch.where(is_decoder, decoder_nll, kl)) / math.log(2.0)
+
+
+def _fixed_variances(scheduler: DDPMScheduler | DDIMScheduler) -> tuple[torch.Tensor, ...]:
+    """σ²_t (the scheduler's fixed variance, β̃_t for a learned one), β̃_t, ᾱ_t and ᾱ_{t−1} of every t, in float64."""
+    timesteps = torch.arange(scheduler.config.num_train_timesteps)
+    choice = reverse_variance_of(scheduler.config)
+    choice = "fixed_small" if choice in LEARNED_VARIANCES else choice
+    variance = scheduler.reverse_log_variance(timesteps, timesteps - 1, reverse_variance=choice).double().exp()
+    alpha_bar, alpha_bar_prev = scheduler.alpha_bar(timesteps).double(), scheduler.alpha_bar(timesteps - 1).double()
+    posterior = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)
+    return variance, posterior, alpha_bar, alpha_bar_prev
+
+
+def constant_terms(scheduler: DDPMScheduler | DDIMScheduler) -> torch.Tensor:
+    """L_t where μ_θ = μ̃ (x̂_0 = x_0), in nats per dimension at every timestep: the part of each term that neither
+    data nor network changes, ½ (log σ²_t/β̃_t + β̃_t/σ²_t − 1) for t ≥ 1 and ½ log 2πσ²_0 for the continuous decoder
+    (`normal_kl` and `gaussian_log_likelihood` with equal means). Float64."""
+    variance, posterior, _, _ = _fixed_variances(scheduler)
+    kl = 0.5 * (variance.log() - posterior.log() + posterior / variance - 1)
+    return torch.cat([0.5 * (math.log(2 * math.pi) + variance[:1].log()), kl[1:]])
+
+
+def normal_data_mean_terms(scheduler: DDPMScheduler | DDIMScheduler) -> torch.Tensor:
+    """E‖μ̃_t − μ_θ‖²/(2σ²_t) per dimension at every timestep, for data x_0 ~ N(0, I) under its exact denoiser
+    x̂_0 = √ᾱ_t x_t: the part of L_t through which data and network enter it (`constant_terms` is the rest), LSGM's
+    likelihood-weighted denoising error under its Normal assumption, to which it samples t in proportion (Vahdat et
+    al. 2021, §3.5). With μ̃_t − μ_θ = c_t (x_0 − x̂_0), c_t = √ᾱ_{t−1} β_t/(1 − ᾱ_t) (Ho et al. 2020, eq. 7; c_0 = 1,
+    the decoder's mean being x̂_0) and E(x_0 − x̂_0)² = 1 − ᾱ_t,
+
+        E‖μ̃_t − μ_θ‖²/(2σ²_t) = ½ c_t² (1 − ᾱ_t)/σ²_t.
+
+    Float64, one value per timestep."""
+    variance, _, alpha_bar, alpha_bar_prev = _fixed_variances(scheduler)
+    weight = alpha_bar_prev.sqrt() * (1 - alpha_bar / alpha_bar_prev) / (1 - alpha_bar)
+    return 0.5 * weight**2 * (1 - alpha_bar) / variance

@@ -20,6 +20,8 @@ _EXPORTS = {
     "ConsistencyDistillationConfig": "consistency",
     "ConsistencyDistillationObjective": "consistency",
     "DenoisingLoss": "objectives",
+    "LSGMConfig": "lsgm",
+    "LSGMLoss": "lsgm",
     "LossOutput": "objectives",
     "Objective": "objectives",
     "ProgressiveDistillationConfig": "progressive",
@@ -31,6 +33,7 @@ _EXPORTS = {
     "distill_progressive": "progressive",
     "run_command": "faults",
     "train_autoencoder": "autoencoder",
+    "train_lsgm": "lsgm",
     "train_unconditional": "unconditional",
 }
 __all__ = [
@@ -39,6 +42,8 @@ __all__ = [
     "ConsistencyDistillationConfig",
     "ConsistencyDistillationObjective",
     "DenoisingLoss",
+    "LSGMConfig",
+    "LSGMLoss",
     "LossOutput",
     "Objective",
     "ProgressiveDistillationConfig",
@@ -50,6 +55,7 @@ __all__ = [
     "distill_progressive",
     "run_command",
     "train_autoencoder",
+    "train_lsgm",
     "train_unconditional",
 ]
 
@@ -59,6 +65,7 @@ if TYPE_CHECKING:
     from .consistency import ConsistencyDistillationConfig, ConsistencyDistillationObjective, distill_consistency
     from .engine import Trainer
     from .faults import run_command
+    from .lsgm import LSGMConfig, LSGMLoss, train_lsgm
     from .objectives import DenoisingLoss, LossOutput, Objective
     from .progressive import ProgressiveDistillationConfig, ProgressiveDistillationObjective, distill_progressive
     from .unconditional import train_unconditional

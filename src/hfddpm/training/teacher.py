@@ -175,14 +175,9 @@ def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, Distillati
     _, channels, size, _ = teacher.sample_shape(1)
     if teacher.vae is not None:  # a latent teacher: the data are the images its latents decode to
         channels, size = teacher.vae.config.in_channels, image_size(teacher.vae, size)
-    for name, value in (("resolution", size), ("channels", channels)):
-        if getattr(config, name) not in (None, value):
-            raise ValueError(f"--{name} {getattr(config, name)} differs from the teacher's {value}; leave it out")
+    data = recorded_options(config, config.teacher, size, channels, "the teacher")
     prediction = teacher.scheduler.config.get("prediction_type", "epsilon")
     prediction_type = config.prediction_type or ("v_prediction" if prediction == "epsilon" else prediction)
-    data = {} if config.dataset_name or config.train_data_dir else teacher_data(config.teacher, size, channels)
-    defaults = {field.name: field.default for field in fields(config)}
-    data = {name: value for name, value in data.items() if getattr(config, name) == defaults[name]}  # flags win
     classes = num_classes(teacher.unet)
     if config.class_conditional and classes is None:
         raise ValueError(f"--class_conditional: the teacher {config.teacher} is unconditional; drop the flag")
@@ -190,6 +185,19 @@ def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, Distillati
         given = (config.class_dropout_prob, data.pop("class_dropout_prob", None), DEFAULT_CLASS_DROPOUT_PROB)
         data.update(class_conditional=True, class_dropout_prob=next(p for p in given if p is not None))
     return teacher, replace(config, resolution=size, channels=channels, prediction_type=prediction_type, **data)
+
+
+def recorded_options(config: RunConfig, folder: str, size: int, channels: int, owner: str) -> dict:
+    """The data options of a run that starts from the pipeline in `folder` (of `owner`, e.g. "the teacher"), whose
+    images are `size` pixels square with `channels` channels (other --resolution or --channels are refused): the
+    data `folder` records unless --dataset_name or --train_data_dir name some, a column or split given as a flag
+    kept."""
+    for name, value in (("resolution", size), ("channels", channels)):
+        if getattr(config, name) not in (None, value):
+            raise ValueError(f"--{name} {getattr(config, name)} differs from {owner}'s {value}; leave it out")
+    data = {} if config.dataset_name or config.train_data_dir else teacher_data(folder, size, channels)
+    defaults = {field.name: field.default for field in fields(config)}
+    return {name: value for name, value in data.items() if getattr(config, name) == defaults[name]}  # flags win
 
 
 def teacher_data(teacher: str, size: int, channels: int) -> dict:

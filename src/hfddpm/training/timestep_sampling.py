@@ -32,6 +32,18 @@ class UniformTimestepSampler:
         pass
 
 
+class ImportanceTimestepSampler(UniformTimestepSampler):
+    """t ~ p for fixed probabilities p_t, such as LSGM's, in proportion to the bound's terms for standard Normal data
+    (Vahdat et al. 2021, §3.5; `hfddpm.schedulers.bound_terms.normal_data_mean_terms`)."""
+
+    def __init__(self, probabilities: torch.Tensor) -> None:
+        super().__init__(len(probabilities))
+        self.fixed = (probabilities / probabilities.sum()).double().cpu()
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return draw(self.fixed, batch_size, generator)
+
+
 class LossSecondMomentSampler(UniformTimestepSampler):
     """Importance sampling p_t ∝ √E[ℓ_t²] (Nichol & Dhariwal 2021, §3.3, eq. 18; improved-diffusion's
     `LossSecondMomentResampler`). Each t keeps its last `history_per_term` losses; until every t has that many, t is
@@ -59,10 +71,7 @@ class LossSecondMomentSampler(UniformTimestepSampler):
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.warmed_up():
             return super().sample(batch_size, generator)
-        probabilities = self.probabilities()
-        timesteps = torch.multinomial(probabilities.to(generator.device), batch_size, True, generator=generator)
-        weights = 1.0 / (self.num_timesteps * probabilities.to(generator.device)[timesteps])
-        return timesteps, weights.float()
+        return draw(self.probabilities(), batch_size, generator)
 
     def update(self, timesteps: torch.Tensor, losses: torch.Tensor) -> None:
         """Append each loss to its timestep's history, dropping the oldest when full; NaN and Inf are left out."""
@@ -83,3 +92,12 @@ class LossSecondMomentSampler(UniformTimestepSampler):
     def load_state_dict(self, state: dict) -> None:
         self.history = state["history"].to(torch.float64).clone()
         self.counts = state["counts"].to(torch.long).clone()
+
+
+def draw(
+    probabilities: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_size` timesteps t ~ p (on `generator`'s device) and their weights 1/(T p_t)."""
+    probabilities = probabilities.to(generator.device)
+    timesteps = torch.multinomial(probabilities, batch_size, True, generator=generator)
+    return timesteps, (1.0 / (len(probabilities) * probabilities[timesteps])).float()
