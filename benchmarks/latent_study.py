@@ -2,6 +2,8 @@
 latent UNet), each measured at its checkpoints and at the end.
 
     python benchmarks/latent_study.py outputs/fashion-cpu outputs/latent-fashion --output_dir benchmarks
+    python benchmarks/latent_study.py outputs/fashion-cpu outputs/latent-fashion-short --tag _short \
+        --pixel_from benchmarks/latent_study.json   # another latent run against the same pixel points
 
 At each point: fd_fashion and the class scores of `--num_samples` DDIM samples (50 steps) against the 10,000 test
 images, and the training time to that point, from the checkpoint's record (a latent run's includes its
@@ -71,12 +73,18 @@ def main() -> None:
     parser.add_argument("latent_run")
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--output_dir", default="benchmarks")
+    parser.add_argument("--tag", default="", help="suffix of the files written")
+    parser.add_argument("--pixel_from", help="an earlier latent_study.json whose pixel run and floor to take")
     args = parser.parse_args()
     torch.set_num_threads(2)
     results = {"num_samples": args.num_samples, "runs": {}}
-    train, _ = labelled_images(DATA, "train")
-    real = evaluate_pipeline(None, DATA, ["fd_fashion"], samples=train[: args.num_samples], reference_split="test")
-    results["real_floor"] = real.metrics["fd_fashion"]
+    if args.pixel_from:
+        earlier = json.loads(Path(args.pixel_from).read_text())
+        results["real_floor"], results["runs"]["pixel"] = earlier["real_floor"], earlier["runs"]["pixel"]
+    else:
+        train, _ = labelled_images(DATA, "train")
+        real = evaluate_pipeline(None, DATA, ["fd_fashion"], samples=train[: args.num_samples], reference_split="test")
+        results["real_floor"] = real.metrics["fd_fashion"]
     autoencoder = json.loads((Path(args.latent_run) / "training_args.json").read_text())["vae"]
     autoencoder_seconds = json.loads((Path(autoencoder) / "training_info.json").read_text())["wall_time_seconds"]
     reconstructions = evaluate_autoencoder(
@@ -88,7 +96,8 @@ def main() -> None:
     )
     results["autoencoder"] = {"seconds": autoencoder_seconds, **reconstructions.metrics}
     print(f"floors: real {results['real_floor']:.2f}, reconstructions {reconstructions.metrics}", flush=True)
-    for kind, run, start in (("pixel", args.pixel_run, 0.0), ("latent", args.latent_run, autoencoder_seconds)):
+    runs = (("pixel", args.pixel_run, 0.0), ("latent", args.latent_run, autoencoder_seconds))
+    for kind, run, start in runs[1:] if args.pixel_from else runs:
         pipeline = HFDDPMPipeline.from_pretrained(run)
         pipeline.set_progress_bar_config(disable=True)
         final = {name: tensor.clone() for name, tensor in pipeline.unet.state_dict().items()}
@@ -106,8 +115,8 @@ def main() -> None:
         results["runs"][kind] = {"run": run, "points": points, "images_per_second_50_steps": speed}
         print(f"{kind}: {speed:.1f} images/s at 50 steps", flush=True)
     output = Path(args.output_dir)
-    (output / "latent_study.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, output / "latent_study.png")
+    (output / f"latent_study{args.tag}.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, output / f"latent_study{args.tag}.png")
 
 
 def plot(results: dict, path: Path) -> None:
