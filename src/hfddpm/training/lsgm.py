@@ -156,7 +156,7 @@ def load_latent_model(config: LSGMConfig) -> tuple[HFDDPMPipeline, LSGMConfig]:
     if num_classes(pipeline.unet) is not None:
         raise ValueError(f"--model {config.model} is class-conditional; LSGM fine-tuning takes an unconditional one")
     channels, size = pipeline.vae.config.in_channels, image_size(pipeline.vae, pipeline.unet.config.sample_size)
-    data = recorded_options(config, config.model, size, channels, "the model")
+    data = recorded_options(config, "model", size, channels)
     return pipeline, replace(config, resolution=size, channels=channels, **data)
 
 

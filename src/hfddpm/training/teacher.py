@@ -175,7 +175,7 @@ def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, Distillati
     _, channels, size, _ = teacher.sample_shape(1)
     if teacher.vae is not None:  # a latent teacher: the data are the images its latents decode to
         channels, size = teacher.vae.config.in_channels, image_size(teacher.vae, size)
-    data = recorded_options(config, config.teacher, size, channels, "the teacher")
+    data = recorded_options(config, "teacher", size, channels)
     prediction = teacher.scheduler.config.get("prediction_type", "epsilon")
     prediction_type = config.prediction_type or ("v_prediction" if prediction == "epsilon" else prediction)
     classes = num_classes(teacher.unet)
@@ -187,29 +187,27 @@ def load_teacher(config: DistillationConfig) -> tuple[HFDDPMPipeline, Distillati
     return teacher, replace(config, resolution=size, channels=channels, prediction_type=prediction_type, **data)
 
 
-def recorded_options(config: RunConfig, folder: str, size: int, channels: int, owner: str) -> dict:
-    """The data options of a run that starts from the pipeline in `folder` (of `owner`, e.g. "the teacher"), whose
-    images are `size` pixels square with `channels` channels (other --resolution or --channels are refused): the
-    data `folder` records unless --dataset_name or --train_data_dir name some, a column or split given as a flag
-    kept."""
+def recorded_options(config: RunConfig, flag: str, size: int, channels: int) -> dict:
+    """The data options of a run that starts from the pipeline `config.<flag>` ("teacher", "model"), whose images are
+    `size` pixels square with `channels` channels (another --resolution or --channels is refused): what its
+    training_args.json records (local paths found where they were recorded, and its label dropout) unless
+    --dataset_name or --train_data_dir name data, a column or split given as a flag kept; the built-in digits ({})
+    for an 8×8 grey pipeline that records none; otherwise a ValueError asking for the data."""
+    folder = getattr(config, flag)
     for name, value in (("resolution", size), ("channels", channels)):
         if getattr(config, name) not in (None, value):
-            raise ValueError(f"--{name} {getattr(config, name)} differs from {owner}'s {value}; leave it out")
-    data = {} if config.dataset_name or config.train_data_dir else teacher_data(folder, size, channels)
+            raise ValueError(f"--{name} {getattr(config, name)} differs from the {flag}'s {value}; leave it out")
+    record = Path(folder) / RUN_RECORD
+    if config.dataset_name or config.train_data_dir or not record.is_file() and (size, channels) == (8, 1):
+        return {}
+    if not record.is_file():
+        raise ValueError(
+            f"--{flag} {folder} does not record its training data: pass --dataset_name or --train_data_dir"
+        )
+    dropout = read_record(record).get("class_dropout_prob")
+    data = recorded_data(folder) | ({} if dropout is None else {"class_dropout_prob": dropout})
     defaults = {field.name: field.default for field in fields(config)}
     return {name: value for name, value in data.items() if getattr(config, name) == defaults[name]}  # flags win
-
-
-def teacher_data(teacher: str, size: int, channels: int) -> dict:
-    """The data options (local paths found where they were recorded) and label dropout the teacher's
-    training_args.json records; the built-in digits ({}) for an 8×8 grey teacher that records none; otherwise a
-    ValueError asking for the data."""
-    if (Path(teacher) / RUN_RECORD).is_file():
-        dropout = read_record(Path(teacher) / RUN_RECORD).get("class_dropout_prob")
-        return recorded_data(teacher) | ({} if dropout is None else {"class_dropout_prob": dropout})
-    if (size, channels) == (8, 1):
-        return {}
-    raise ValueError(f"--teacher {teacher} does not record its training data: pass --dataset_name or --train_data_dir")
 
 
 def student_data(
