@@ -201,7 +201,7 @@ def latent_bound_terms(
     decoder_scale: float | torch.Tensor,
     scaling_factor: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The three parts of the VAE bound with a diffusion prior (Vahdat et al. 2021, eq. 8), per image, in bits per
+    """The three parts of the VAE bound with a diffusion prior (Vahdat et al. 2021), per image, in bits per
     pixel dimension, for 8-bit `images` in [−1, 1], their `reconstruction` D(E) from one E ~ q(E|x) = N(μ, diag σ²)
     whose log σ² is `log_variance`, and the diffusion's bound on z = s·(E − b), `prior_bits_per_dim` per latent
     dimension:

@@ -148,9 +148,9 @@ def constant_terms(scheduler: DDPMScheduler | DDIMScheduler) -> torch.Tensor:
 def normal_data_mean_terms(scheduler: DDPMScheduler | DDIMScheduler) -> torch.Tensor:
     """E‖μ̃_t − μ_θ‖²/(2σ²_t) per dimension at every timestep, for data x_0 ~ N(0, I) under its exact denoiser
     x̂_0 = √ᾱ_t x_t: the part of L_t through which data and network enter it (`constant_terms` is the rest), LSGM's
-    likelihood-weighted denoising error under its Normal assumption, to which it samples t in proportion (Vahdat et
-    al. 2021, §3.5). With μ̃_t − μ_θ = c_t (x_0 − x̂_0), c_t = √ᾱ_{t−1} β_t/(1 − ᾱ_t) (Ho et al. 2020, eq. 7; c_0 = 1,
-    the decoder's mean being x̂_0) and E(x_0 − x̂_0)² = 1 − ᾱ_t,
+    likelihood-weighted denoising error under its Normal assumption, to which it samples t in proportion for
+    variance reduction (Vahdat et al. 2021). With μ̃_t − μ_θ = c_t (x_0 − x̂_0), c_t = √ᾱ_{t−1} β_t/(1 − ᾱ_t) (Ho et
+    al. 2020, eq. 7; c_0 = 1, the decoder's mean being x̂_0) and E(x_0 − x̂_0)² = 1 − ᾱ_t,
 
         E‖μ̃_t − μ_θ‖²/(2σ²_t) = ½ c_t² (1 − ᾱ_t)/σ²_t.
 

@@ -1,11 +1,12 @@
 """LSGM: a latent diffusion model's autoencoder and prior trained together on its bound (Vahdat et al. 2021), from a
 two-stage model (an autoencoder trained first, then a UNet on its frozen latents: a `--vae` run).
 
-Per image, the bound on −log p(x) is E_q[−log p(x|E)] − H(q(E|x)) + E_q[−log p_θ(E)] (LSGM eq. 8), whose last term,
-the cross-entropy of q(E|x) under the diffusion prior, is the diffusion's bound on the latent z: Σ_t L_t, each L_t a
+Per image, the bound on −log p(x) is E_q[−log p(x|E)] − H(q(E|x)) + E_q[−log p_θ(E)], whose last term, the
+cross-entropy of q(E|x) under the diffusion prior, is the diffusion's bound on the latent z: Σ_t L_t, each L_t a
 weighted denoising error of the UNet at z_t (the likelihood weighting, w_ll). The encoder and decoder minimise the
-whole bound, t importance-sampled as LSGM derives (§3.5); the UNet minimises L_simple on the encoder's latents
-(w_un, LSGM's choice for sample quality) or the same bound (w_ll, for likelihood): `--prior_objective`.
+whole bound, t importance-sampled as LSGM derives for variance reduction; the UNet minimises L_simple on the
+encoder's latents (w_un, LSGM's choice for sample quality) or the same bound (w_ll, for likelihood):
+`--prior_objective`.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class LatentDiffusionModel(ModelMixin, ConfigMixin):
     @classmethod
     def of(cls, pipeline: HFDDPMPipeline) -> LatentDiffusionModel:
         """A float32 copy of a latent pipeline's autoencoder and UNet."""
+        # By name: register_to_config records positional arguments as defaults, which from_config would then drop.
         model = cls(vae_config=dict(pipeline.vae.config), unet_config=dict(pipeline.unet.config))
         model.vae.load_state_dict(pipeline.vae.state_dict())
         model.unet.load_state_dict(pipeline.unet.state_dict())
@@ -80,9 +82,9 @@ class LatentDiffusionModel(ModelMixin, ConfigMixin):
 
 @dataclass(eq=False)
 class LSGMLoss:
-    """LSGM's objective (Vahdat et al. 2021, Algorithm 2 in discrete time): the bound of each image (`bound`) for
-    the autoencoder, plus, with `prior_objective` "simple", L_simple of the UNet on the encoder's latents with their
-    gradient stopped (`DenoisingLoss`), the UNet then taking no gradient from the bound."""
+    """LSGM's objective (Vahdat et al. 2021) in discrete time: the bound of each image (`bound`) for the autoencoder,
+    plus, with `prior_objective` "simple", L_simple of the UNet on the encoder's latents with their gradient stopped
+    (`DenoisingLoss`), the UNet then taking no gradient from the bound."""
 
     scheduler: DDPMScheduler  # the model's noise schedule and reverse variance
     prior_objective: str
