@@ -193,6 +193,9 @@ def decoder_scale(vae: ModelMixin, batches: Iterable[torch.Tensor], generator: t
     return math.sqrt(squares / count)
 
 
+LATENT_BOUND_PARTS = ("decoder", "entropy", "prior")  # `latent_bound_terms`' parts, in order
+
+
 def latent_bound_terms(
     images: torch.Tensor,
     reconstruction: torch.Tensor,
@@ -245,7 +248,7 @@ def latent_variational_bound(
     term_sums = torch.zeros(scheduler.config.num_train_timesteps, dtype=torch.float64)
     term_counts = torch.zeros_like(term_sums)
     scale, offset = vae.config.scaling_factor, shift(vae)
-    parts: dict[str, list[torch.Tensor]] = {"decoder": [], "entropy": [], "prior": []}
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in LATENT_BOUND_PARTS}
     progress = tqdm(desc="Variational bound", unit="term-batch", disable=not progress_bar)
     for batch in batches:
         images = batch.to(vae.device, torch.float64)
@@ -255,7 +258,7 @@ def latent_variational_bound(
         z = ((latents - offset) * scale).to(model.device)
         bound, _ = diffusion_terms(model, scheduler, z, strata, "continuous", generator, term_sums, term_counts)
         terms = latent_bound_terms(images, reconstruction, posterior.logvar.double(), bound, decoder_scale, scale)
-        for name, bits in zip(("decoder", "entropy", "prior"), terms, strict=True):
+        for name, bits in zip(LATENT_BOUND_PARTS, terms, strict=True):
             parts[name].append(bits.cpu())
         progress.update(len(strata))
     progress.close()

@@ -21,7 +21,7 @@ from diffusers.configuration_utils import register_to_config
 
 from ..arguments import option
 from ..conditioning import num_classes
-from ..evaluation.likelihood import bound_scheduler, latent_bound_terms
+from ..evaluation.likelihood import LATENT_BOUND_PARTS, bound_scheduler, latent_bound_terms
 from ..models.latent_space import image_size, shift
 from ..pipelines import HFDDPMPipeline
 from ..records import pipeline_fingerprint
@@ -97,8 +97,10 @@ class LSGMLoss:
         self.prior_loss = DenoisingLoss(self.scheduler)
 
     def __call__(self, model: torch.nn.Module, batch: Any, generator: torch.Generator) -> LossOutput:
-        bound, latents = self.bound(model, batch.float(), generator)
-        loss, logs = bound.mean(), {}
+        parts, latents = self.bound(model, batch.float(), generator)
+        bound = sum(parts)
+        logs = {f"{name}_bits_per_dim": part.detach() for name, part in zip(LATENT_BOUND_PARTS, parts, strict=True)}
+        loss = bound.mean()
         if self.prior_objective == "simple":
             prior = self.prior_loss(model.unet, latents.detach(), generator)
             loss, logs["prior_loss"] = loss + prior.loss, prior.per_sample
@@ -106,8 +108,8 @@ class LSGMLoss:
 
     def bound(
         self, model: LatentDiffusionModel, images: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each image's bound in bits per pixel dimension (`latent_bound_terms`' parts) and its latent z, estimated
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The parts of each image's bound in bits per pixel dimension (`latent_bound_terms`) and its z, estimated
         without bias from one E ~ q(E|x) and one t: the decoder's σ is the batch's root mean square error (its
         maximum-likelihood value, as evaluation fits it); the diffusion's bound on z is L_T plus Σ_t L_t split as
         `constant_terms` (summed exactly) and the rest at one t ~ p_t ∝ `normal_data_mean_terms`, weighted by
@@ -135,7 +137,7 @@ class LSGMLoss:
         parts = latent_bound_terms(
             images, reconstruction, posterior.logvar.float(), prior, decoder_scale, vae.config.scaling_factor
         )
-        return sum(parts), z
+        return parts, z
 
     def state_dict(self) -> dict[str, Any]:
         return {}
