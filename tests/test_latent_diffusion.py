@@ -206,8 +206,8 @@ def test_lsgms_training_bound_estimates_the_exact_linear_gaussian_models_likelih
 
 @pytest.mark.parametrize("prior_objective", ["simple", "bound"])
 def test_lsgm_trains_the_autoencoder_on_the_bound_and_the_unet_as_asked(autoencoder, prior_objective):
-    """The bound's gradient reaches encoder and decoder, and the UNet only when it trains on the bound (LSGM's w_ll);
-    with "simple" the UNet's gradient is L_simple's alone (w_un)."""
+    """The bound's gradient reaches encoder and decoder (the encoder's the same in both modes: through z_t too), and
+    the UNet only when it trains on the bound (LSGM's w_ll); with "simple" the UNet's gradient is L_simple's (w_un)."""
     scheduler = DDPMScheduler(num_train_timesteps=100, reverse_variance="fixed_small")
     start = HFDDPMPipeline(
         unet=create_unet("latent-small", in_channels=4, sample_size=2),
@@ -218,6 +218,13 @@ def test_lsgm_trains_the_autoencoder_on_the_bound_and_the_unet_as_asked(autoenco
     objective = LSGMLoss(bound_scheduler(scheduler), prior_objective, scheduler, {})
     images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     sum(objective.bound(model, images, torch.Generator().manual_seed(0))[0]).mean().backward()
+    reference = LatentDiffusionModel.of(start)  # the same bound with every weight trained on it: the encoder's
+    sum(
+        LSGMLoss(bound_scheduler(scheduler), "bound", scheduler, {}).bound(
+            reference, images, torch.Generator().manual_seed(0)
+        )[0]
+    ).mean().backward()
+    torch.testing.assert_close(model.vae.encoder.conv_in.weight.grad, reference.vae.encoder.conv_in.weight.grad)
     assert (
         model.vae.encoder.conv_in.weight.grad.abs().sum() > 0
         and model.vae.decoder.conv_out.weight.grad.abs().sum() > 0

@@ -125,7 +125,7 @@ def vlb_terms(
     return mean_over_pixels(torch.where(is_decoder, decoder_nll, kl)) / math.log(2.0)
 
 
-def _fixed_variances(scheduler: DDPMScheduler | DDIMScheduler) -> tuple[torch.Tensor, ...]:
+def _fixed_variances(scheduler: DDPMScheduler) -> tuple[torch.Tensor, ...]:
     """σ²_t (the scheduler's fixed variance, β̃_t for a learned one), β̃_t, ᾱ_t and ᾱ_{t−1} of every t, in float64."""
     timesteps = torch.arange(scheduler.config.num_train_timesteps)
     choice = reverse_variance_of(scheduler.config)
@@ -136,7 +136,7 @@ def _fixed_variances(scheduler: DDPMScheduler | DDIMScheduler) -> tuple[torch.Te
     return variance, posterior, alpha_bar, alpha_bar_prev
 
 
-def constant_terms(scheduler: DDPMScheduler | DDIMScheduler) -> torch.Tensor:
+def constant_terms(scheduler: DDPMScheduler) -> torch.Tensor:
     """L_t where μ_θ = μ̃ (x̂_0 = x_0), in nats per dimension at every timestep: the part of each term that neither
     data nor network changes, ½ (log σ²_t/β̃_t + β̃_t/σ²_t − 1) for t ≥ 1 and ½ log 2πσ²_0 for the continuous decoder
     (`normal_kl` and `gaussian_log_likelihood` with equal means). Float64."""
@@ -145,7 +145,7 @@ def constant_terms(scheduler: DDPMScheduler | DDIMScheduler) -> torch.Tensor:
     return torch.cat([0.5 * (math.log(2 * math.pi) + variance[:1].log()), kl[1:]])
 
 
-def normal_data_mean_terms(scheduler: DDPMScheduler | DDIMScheduler) -> torch.Tensor:
+def normal_data_mean_terms(scheduler: DDPMScheduler) -> torch.Tensor:
     """E‖μ̃_t − μ_θ‖²/(2σ²_t) per dimension at every timestep, for data x_0 ~ N(0, I) under its exact denoiser
     x̂_0 = √ᾱ_t x_t: the part of L_t through which data and network enter it (`constant_terms` is the rest), LSGM's
     likelihood-weighted denoising error under its Normal assumption, to which it samples t in proportion for

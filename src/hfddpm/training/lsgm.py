@@ -2,8 +2,9 @@
 two-stage model (an autoencoder trained first, then a UNet on its frozen latents: a `--vae` run).
 
 Per image, the bound on −log p(x) is E_q[−log p(x|E)] − H(q(E|x)) + E_q[−log p_θ(E)], whose last term, the
-cross-entropy of q(E|x) under the diffusion prior, is the diffusion's bound on the latent z: Σ_t L_t, each L_t a
-weighted denoising error of the UNet at z_t (the likelihood weighting, w_ll). The encoder and decoder minimise the
+cross-entropy of q(E|x) under the diffusion prior, is bounded by the diffusion's bound on the latent z, L_T + Σ_t L_t
+(less d log s, the change of variables), each L_t a weighted denoising error of the UNet at z_t (the likelihood
+weighting, w_ll). The encoder and decoder minimise the
 whole bound, t importance-sampled as LSGM derives for variance reduction; the UNet minimises L_simple on the
 encoder's latents (w_un, LSGM's choice for sample quality) or the same bound (w_ll, for likelihood):
 `--prior_objective`.
@@ -70,7 +71,7 @@ class LatentDiffusionModel(ModelMixin, ConfigMixin):
     """An autoencoder and the UNet of its latents as one module, the one model the engine trains and averages."""
 
     @register_to_config
-    def __init__(self, vae_config: dict, unet_config: dict) -> None:
+    def __init__(self, *, vae_config: dict, unet_config: dict) -> None:  # by name: see `of`
         super().__init__()
         self.vae = AutoencoderKL.from_config(vae_config)
         self.unet = UNet2DModel.from_config(unet_config)
@@ -78,7 +79,7 @@ class LatentDiffusionModel(ModelMixin, ConfigMixin):
     @classmethod
     def of(cls, pipeline: HFDDPMPipeline) -> LatentDiffusionModel:
         """A float32 copy of a latent pipeline's autoencoder and UNet."""
-        # By name: register_to_config records positional arguments as defaults, which from_config would then drop.
+        # register_to_config records positional arguments as defaults, which from_config would then drop.
         model = cls(vae_config=dict(pipeline.vae.config), unet_config=dict(pipeline.unet.config))
         model.vae.load_state_dict(pipeline.vae.state_dict())
         model.unet.load_state_dict(pipeline.unet.state_dict())
@@ -89,7 +90,8 @@ class LatentDiffusionModel(ModelMixin, ConfigMixin):
 class LSGMLoss:
     """LSGM's objective (Vahdat et al. 2021) in discrete time: the bound of each image (`bound`) for the autoencoder,
     plus, with `prior_objective` "simple", L_simple of the UNet on the encoder's latents with their gradient stopped
-    (`DenoisingLoss`), the UNet then taking no gradient from the bound."""
+    (`DenoisingLoss`: plain L_simple, whatever weighting the starting run used), the UNet then taking no gradient
+    from the bound."""
 
     scheduler: DDPMScheduler  # the model's noise schedule and reverse variance
     prior_objective: str
@@ -114,11 +116,11 @@ class LSGMLoss:
     def bound(
         self, model: LatentDiffusionModel, images: torch.Tensor, generator: torch.Generator
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """The parts of each image's bound in bits per pixel dimension (`latent_bound_terms`) and its z, estimated
-        without bias from one E ~ q(E|x) and one t: the decoder's σ is the batch's root mean square error (its
-        maximum-likelihood value, as evaluation fits it); the diffusion's bound on z is L_T plus Σ_t L_t split as
+        """The parts of each image's bound in bits per pixel dimension (`latent_bound_terms`) and its z, from one
+        E ~ q(E|x) and one t. The decoder's σ is the batch's root mean square error (its maximum-likelihood value, as
+        evaluation fits it); given σ the estimate is unbiased: the diffusion's bound on z is L_T plus Σ_t L_t split as
         `constant_terms` (summed exactly) and the rest at one t ~ p_t ∝ `normal_data_mean_terms`, weighted by
-        1/(T p_t): LSGM's importance sampling, which cuts the estimate's spread about tenfold on Fashion-MNIST."""
+        1/(T p_t): LSGM's importance sampling, which cuts the estimate's spread 12× on Fashion-MNIST."""
         vae, unet = model.vae, model.unet
         posterior = vae.encode(images).latent_dist
         latents = posterior.sample(generator)
@@ -172,13 +174,17 @@ def load_latent_model(config: LSGMConfig) -> tuple[HFDDPMPipeline, LSGMConfig]:
 def train_lsgm(config: LSGMConfig) -> int:
     """Fine-tune `config.model`'s autoencoder and UNet together (`LSGMLoss`) on its images and save the EMA weights as
     a latent `HFDDPMPipeline` in `config.output_dir`; the exit status (0, or 1 when a push failed). One process:
-    the objective calls the autoencoder and the UNet apart, which data-parallel training would not synchronise."""
+    the objective calls the autoencoder and the UNet apart, which data-parallel training would not synchronise nor
+    mixed precision autocast."""
     start, config = load_latent_model(config)
     output_dir = check_output_dir(config)
     with run_lock(output_dir):
         accelerator = create_accelerator(config, output_dir)
-        if accelerator.num_processes > 1:
-            raise ValueError("LSGM fine-tuning runs in one process: launch it without --num_processes or torchrun")
+        if accelerator.num_processes > 1 or accelerator.mixed_precision != "no":
+            raise ValueError(
+                "LSGM fine-tuning runs in one process in float32: launch it without --num_processes or torchrun, "
+                "with --mixed_precision no"
+            )
         images = load_training_images(config, accelerator)
         scheduler = bound_scheduler(start.scheduler)
         identity = {"model_weights": pipeline_fingerprint(config.model)}

@@ -33,8 +33,9 @@ class UniformTimestepSampler:
 
 
 class ImportanceTimestepSampler(UniformTimestepSampler):
-    """t ~ p for fixed probabilities p_t, such as LSGM's, in proportion to the bound's terms for standard Normal data
-    (Vahdat et al. 2021, variance reduction; `hfddpm.schedulers.bound_terms.normal_data_mean_terms`)."""
+    """t ~ p for fixed probabilities p_t, such as LSGM's, in proportion to the part of each term of the bound that
+    data and network enter, for standard Normal data (Vahdat et al. 2021, variance reduction;
+    `hfddpm.schedulers.bound_terms.normal_data_mean_terms`)."""
 
     def __init__(self, probabilities: torch.Tensor) -> None:
         super().__init__(len(probabilities))
