@@ -22,7 +22,13 @@ from diffusers.configuration_utils import register_to_config
 
 from ..arguments import option
 from ..conditioning import num_classes
-from ..evaluation.likelihood import LATENT_BOUND_PARTS, bound_scheduler, latent_bound_terms
+from ..evaluation.likelihood import (
+    DECODER_SCALES,
+    LATENT_BOUND_PARTS,
+    bound_scheduler,
+    decoder_nll_by_scale,
+    latent_bound_terms,
+)
 from ..models.latent_space import image_size, shift
 from ..pipelines import HFDDPMPipeline
 from ..records import pipeline_fingerprint
@@ -117,15 +123,15 @@ class LSGMLoss:
         self, model: LatentDiffusionModel, images: torch.Tensor, generator: torch.Generator
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """The parts of each image's bound in bits per pixel dimension (`latent_bound_terms`) and its z, from one
-        E ~ q(E|x) and one t. The decoder's σ is the batch's root mean square error (its maximum-likelihood value, as
-        evaluation fits it); given σ the estimate is unbiased: the diffusion's bound on z is L_T plus Σ_t L_t split as
+        E ~ q(E|x) and one t. The decoder's σ is the batch's maximum-likelihood one (as evaluation fits it,
+        `decoder_scale`); given σ the estimate is unbiased: the diffusion's bound on z is L_T plus Σ_t L_t split as
         `constant_terms` (summed exactly) and the rest at one t ~ p_t ∝ `normal_data_mean_terms`, weighted by
         1/(T p_t): LSGM's importance sampling, which cuts the estimate's spread 12× on Fashion-MNIST."""
         vae, unet = model.vae, model.unet
         posterior = vae.encode(images).latent_dist
         latents = posterior.sample(generator)
         reconstruction = vae.decode(latents).sample.float()
-        decoder_scale = (reconstruction.detach() - images).pow(2).mean().sqrt()
+        decoder_scale = DECODER_SCALES[decoder_nll_by_scale(images, reconstruction.detach()).argmin()]
         z = (latents.float() - shift(vae)) * vae.config.scaling_factor
         timesteps, weights = self.timestep_sampler.sample(len(z), generator)
         timesteps, weights = timesteps.to(z.device), weights.to(z.device)
