@@ -30,6 +30,7 @@ REFERENCE_MODELS = {
     "fashion-cpu": "fashion-cpu",
     "autoencoder-fashion": "autoencoder-fashion",
     "latent-fashion": "latent-fashion",
+    "lsgm-fashion": "lsgm-fashion",
 }
 
 
