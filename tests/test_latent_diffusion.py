@@ -4,6 +4,9 @@ fine-tune estimates the bound without bias, routes its gradients as LSGM does, a
 
 import math
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import diffusers
@@ -256,6 +259,16 @@ def test_lsgm_fine_tunes_both_networks_of_a_latent_run_and_resumes_exactly(laten
         weights = f"{name}/diffusion_pytorch_model.safetensors"
         one, two = load_file(run / weights), load_file(tmp_path / "lsgm" / weights)
         assert all(torch.equal(one[key], two[key]) for key in one)
+
+
+@pytest.mark.slow
+def test_lsgm_refuses_mixed_precision_before_the_data_load(latent_run, tmp_path):
+    # A process of its own: Accelerate's precision is fixed once per process.
+    argv = ["--model", str(latent_run), "--output_dir", str(tmp_path / "run"), "--mixed_precision", "bf16"]
+    script = Path(__file__).resolve().parents[1] / "examples" / "train_lsgm.py"
+    result = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True)
+    assert result.returncode == 2 and "runs in one process in float32" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_lsgm_refuses_a_pixel_space_model_before_training(checkpoint, tmp_path):
