@@ -5,10 +5,10 @@
     python benchmarks/lsgm_study.py outputs/latent-fashion outputs/lsgm-fashion
 
 For each model: fd_fashion and the class scores of 1,000 DDIM-50 samples against the 10,000 test images, and the
-bound in bits/dim on 1,000 test images (the decoder's σ fitted on 1,000 training images, 100 terms of the diffusion's
-bound per image), with its three parts. Then the two networks swapped between the first model and each other, so
-that a change of fd_fashion can be told apart: the autoencoder's or the UNet's. Writes `lsgm_study.json` to
-`--output_dir`.
+bound in bits/dim on 1,000 test images (the decoder's σ fitted on the first 1,000 images of the reference split, here
+the test split; 100 terms of the diffusion's bound per image), with its three parts. Then the two networks swapped
+between the first model and each other, so that a change of fd_fashion can be told apart: the autoencoder's or the
+UNet's. Writes `lsgm_study.json` to `--output_dir`.
 """
 
 from __future__ import annotations

@@ -113,11 +113,13 @@ def _model_rows(args: dict, info: dict, unet: dict, scheduler: dict, vae: dict, 
     learned = scheduler.get("reverse_variance") in LEARNED_VARIANCES
     loss = lineage.get("loss") or args.get("loss_type") or ("hybrid" if learned else "simple")
     preset = "the teacher's" if lineage else f"preset {args.get('model_preset', '?')}"
-    if "prior_objective" in args:  # an LSGM fine-tune (hfddpm.training.lsgm)
+    network = f"UNet2DModel, {info.get('parameters', '?')} parameters"
+    if "prior_objective" in args:  # an LSGM fine-tune (hfddpm.training.lsgm), which trains both networks
         prior = "L_simple" if args["prior_objective"] == "simple" else "the bound"
         loss, preset = f"LSGM: the bound for the autoencoder, {prior} for the UNet", f"fine-tuned from {args['model']}"
+        network = f"UNet2DModel and AutoencoderKL, {info.get('parameters', '?')} parameters together"
     rows += [
-        ("network", f"UNet2DModel, {info.get('parameters', '?')} parameters, {preset}"),
+        ("network", f"{network}, {preset}"),
         ("noise schedule", f"{scheduler.get('beta_schedule')}, T = {scheduler.get('num_train_timesteps')}"),
         ("prediction", str(scheduler.get("prediction_type"))),
         ("reverse variance", str(scheduler.get("reverse_variance") or scheduler.get("variance_type"))),
