@@ -4,10 +4,9 @@ two-stage model (an autoencoder trained first, then a UNet on its frozen latents
 Per image, the bound on −log p(x) is E_q[−log p(x|E)] − H(q(E|x)) + E_q[−log p_θ(E)], whose last term, the
 cross-entropy of q(E|x) under the diffusion prior, is bounded by the diffusion's bound on the latent z, L_T + Σ_t L_t
 (less d log s, the change of variables), each L_t a weighted denoising error of the UNet at z_t (the likelihood
-weighting, w_ll). The encoder and decoder minimise the
-whole bound, t importance-sampled as LSGM derives for variance reduction; the UNet minimises L_simple on the
-encoder's latents (w_un, LSGM's choice for sample quality) or the same bound (w_ll, for likelihood):
-`--prior_objective`.
+weighting, w_ll). The encoder and decoder minimise the whole bound, t importance-sampled as LSGM derives for variance
+reduction; the UNet minimises L_simple on the encoder's latents (w_un, LSGM's choice for sample quality) or the same
+bound (w_ll, for likelihood): `--prior_objective`.
 """
 
 from __future__ import annotations
