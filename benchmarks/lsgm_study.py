@@ -18,23 +18,13 @@ import json
 from pathlib import Path
 
 import torch
+from latent_study import measure
 
 from hfddpm import HFDDPMPipeline
-from hfddpm.evaluation import evaluate_pipeline
-
-DATA = "fashion_mnist"
 
 
-def measure(pipeline: HFDDPMPipeline, metrics: list[str]) -> dict:
-    report = evaluate_pipeline(
-        pipeline,
-        DATA,
-        metrics,
-        reference_split="test",
-        max_images=1000,
-        num_inference_steps=50,
-        progress_bar=False,
-    )
+def measure_with_bound(pipeline: HFDDPMPipeline, metrics: list[str]) -> dict:
+    report = measure(pipeline, 1000, metrics, max_images=1000)
     bound = report.details.get("bits_per_dim", {})
     parts = {
         key: bound[key] for key in bound if key.endswith("_bits_per_dim") or key in ("standard_error", "decoder_scale")
@@ -52,7 +42,9 @@ def main() -> None:
     start = HFDDPMPipeline.from_pretrained(args.two_stage)
     results = {}
     for run in [args.two_stage, *args.lsgm]:
-        results[run] = measure(HFDDPMPipeline.from_pretrained(run), ["fd_fashion", "fashion_scores", "bits_per_dim"])
+        results[run] = measure_with_bound(
+            HFDDPMPipeline.from_pretrained(run), ["fd_fashion", "fashion_scores", "bits_per_dim"]
+        )
         print(run, results[run], flush=True)
     for run in args.lsgm:
         tuned = HFDDPMPipeline.from_pretrained(run)
@@ -61,7 +53,7 @@ def main() -> None:
             ("the first UNet, its autoencoder", start.unet, tuned.vae),
         ):
             pipeline = HFDDPMPipeline(unet=unet, scheduler=start.scheduler, vae=vae)
-            results[f"{run}: {label}"] = measure(pipeline, ["fd_fashion", "fashion_scores"])
+            results[f"{run}: {label}"] = measure_with_bound(pipeline, ["fd_fashion", "fashion_scores"])
             print(run, label, results[f"{run}: {label}"], flush=True)
     (Path(args.output_dir) / "lsgm_study.json").write_text(json.dumps(results, indent=2) + "\n")
 
