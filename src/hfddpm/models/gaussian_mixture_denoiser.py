@@ -11,6 +11,7 @@ from diffusers import ConfigMixin, ModelMixin  # the pipeline loader finds Model
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
+from ..schedulers.continuous_time import TableSchedule
 from ..schedulers.gaussian_diffusion import convert_prediction
 
 if TYPE_CHECKING:
@@ -23,9 +24,10 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
     Under q(x_t|x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) the noisy data is the mixture Σ_k w_k N(√ᾱ_t μ_k, V_k) with
     V_k = ᾱ_t Σ_k + (1 − ᾱ_t) I, and the minimiser of E‖ε − ε_θ(x_t, t)‖² is
     E[ε|x_t] = Σ_k r_k(x_t) √(1 − ᾱ_t) V_k⁻¹ (x_t − √ᾱ_t μ_k), with r_k the posterior responsibilities
-    (Tweedie's formula), computed in the eigenbasis of each Σ_k. It is returned as ε, x_0 or v according to
-    `prediction_type`. Σ_k = s_k² I unless `covariances` are given; a component with s_k = 0 is a point mass, and
-    N(0, I) is the single component μ = 0, s = 1.
+    (Tweedie's formula), computed in the eigenbasis of each Σ_k. A fractional timestep takes ᾱ from the smooth
+    continuous schedule of the table (`TableSchedule`), as continuous-time evaluation calls networks. It is
+    returned as ε, x_0 or v according to `prediction_type`. Σ_k = s_k² I unless `covariances` are given; a
+    component with s_k = 0 is a point mass, and N(0, I) is the single component μ = 0, s = 1.
 
     With `class_conditional`, the component is the class label: the model takes `class_labels` as a class-
     conditional `UNet2DModel` does (`num_class_embeds` = K + 1, see `hfddpm.conditioning`), label k giving the
@@ -76,6 +78,7 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
         self.register_buffer(
             "schedule_alphas_cumprod", torch.as_tensor(alphas_cumprod, dtype=torch.float64), persistent=False
         )
+        self.continuous_schedule = TableSchedule(alphas_cumprod=list(alphas_cumprod))
         channels = means.shape[1]
         self.register_to_config(sample_size=tuple(means.shape[2:]), in_channels=channels, out_channels=channels)
         self.register_to_config(num_class_embeds=num_components + 1 if class_conditional else None)
@@ -109,8 +112,12 @@ class GaussianMixtureDenoiser(ModelMixin, ConfigMixin):
         return_dict: bool = True,
     ) -> UNet2DOutput | tuple[torch.Tensor]:
         x = sample.to(torch.float64)
-        t = torch.as_tensor(timestep, device=x.device).long().reshape(-1)
-        alpha_bar = self.schedule_alphas_cumprod[t].reshape(-1, 1).expand(len(x), 1)  # (B, 1)
+        t = torch.as_tensor(timestep, device=x.device).reshape(-1)
+        if t.is_floating_point():
+            position = t.double() / (len(self.schedule_alphas_cumprod) - 1)
+            alpha_bar = torch.sigmoid(-self.continuous_schedule(position)).reshape(-1, 1).expand(len(x), 1)
+        else:
+            alpha_bar = self.schedule_alphas_cumprod[t].reshape(-1, 1).expand(len(x), 1)  # (B, 1)
         flat = x.reshape(len(x), 1, -1)  # (B, 1, D)
         centred = flat - alpha_bar.unsqueeze(-1).sqrt() * self.component_means.flatten(1)  # (B, K, D)
         # In each component's eigenbasis V_k is diagonal: ᾱ_t λ_k + 1 − ᾱ_t.

@@ -235,14 +235,22 @@ class TrainingConfig(RunConfig):
         defines_run=True,
     )
     vlb_weight: float = option(1e-3, "λ of the hybrid loss", interval="[0, inf)", group=MODEL, defines_run=True)
-    timestep_sampling: Literal["uniform", "loss_second_moment"] = option(
+    timestep_sampling: Literal["uniform", "loss_second_moment", "importance"] = option(
         "uniform",
-        "how t is drawn; loss_second_moment is Improved DDPM's importance sampling, for the bound",
+        "how t is drawn; loss_second_moment is Improved DDPM's importance sampling, for the bound; importance, in "
+        "continuous time, draws log-SNR uniformly (Song et al. 2021b), for --loss_type vlb",
         group=MODEL,
         defines_run=True,
     )
     snr_gamma: float | None = option(
         None, "min-SNR-γ weighting (Hang et al. 2023 use 5)", interval="(0, inf)", group=MODEL, defines_run=True
+    )
+    continuous_time: Literal["vp", "subvp", "ve", "linear_logsnr", "learned"] | None = option(
+        None,
+        "train at continuous t ∈ [0, 1] with this noise schedule: a score SDE of Song et al. (2021), VDM's fixed "
+        "linear log-SNR or its learned one (Kingma et al. 2021, --loss_type vlb); the pipeline samples its table",
+        group=MODEL,
+        defines_run=True,
     )
     inference_scheduler: Literal["ddpm", "ddim"] = option("ddim", "saved with the pipeline", group=MODEL)
     vae: str | None = option(
@@ -270,6 +278,10 @@ class TrainingConfig(RunConfig):
             )
         if self.snr_gamma is not None and self.loss_type == "vlb":
             raise ValueError("--snr_gamma weights the squared error, which --loss_type vlb does not have; drop one")
+        if self.continuous_time is not None:
+            self.check_continuous_time()
+        elif self.timestep_sampling == "importance":
+            raise ValueError("--timestep_sampling importance is for --continuous_time; use loss_second_moment")
         if self.vae is not None:
             if self.loss_type != "simple":
                 raise ValueError(
@@ -278,6 +290,23 @@ class TrainingConfig(RunConfig):
                 )
             if self.random_crop or self.random_flip:
                 raise ValueError("--vae encodes each image once, uncropped and unflipped: drop --random_crop/flip")
+
+    def check_continuous_time(self) -> None:
+        """What continuous-time training has: ε-prediction, a fixed sampling variance, L_simple or the bound, no
+        latents; the learned schedule and log-SNR-uniform t with the bound only."""
+        if self.loss_type == "hybrid" or self.prediction_type != "epsilon" or self.snr_gamma is not None:
+            raise ValueError(
+                "--continuous_time trains ε-prediction with --loss_type simple or vlb: drop --reverse_variance "
+                "learned*, --prediction_type and --snr_gamma"
+            )
+        if self.vae is not None or self.timestep_sampling == "loss_second_moment":
+            raise ValueError("--continuous_time takes no --vae nor --timestep_sampling loss_second_moment")
+        if self.loss_type == "simple" and (self.continuous_time == "learned" or self.timestep_sampling != "uniform"):
+            raise ValueError(
+                "--continuous_time learned and --timestep_sampling importance are for the bound: add --loss_type vlb"
+            )
+        if self.continuous_time == "learned" and self.timestep_sampling == "importance":
+            raise ValueError("--timestep_sampling importance needs a fixed schedule; drop it for the learned one")
 
 
 def read_config_file(path: str, config_class: type[RunConfig]) -> dict:

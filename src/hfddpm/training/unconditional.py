@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..pipelines.loading import load_autoencoder
 from ..run_folder import run_lock
 from .config import TrainingConfig
+from .continuous import ContinuousTimeLoss, ContinuousTimeModel
 from .engine import Trainer
 from .latent_data import TrainingLatents
 from .objectives import DenoisingLoss
@@ -33,8 +34,12 @@ def train_unconditional(config: TrainingConfig) -> int:
                 )
             data = TrainingLatents.encode(data, vae, accelerator.device)
             channels, size = data.shape[0], data.shape[-1]
-        objective = DenoisingLoss.from_config(config, data.label_names, vae)
         unet = create_training_unet(config, channels, data.label_names and len(data.label_names), size)
+        if config.continuous_time is None:
+            objective = DenoisingLoss.from_config(config, data.label_names, vae)
+        else:
+            objective = ContinuousTimeLoss.from_config(config, data.label_names)
+            unet = ContinuousTimeModel.of(unet, config.continuous_time)
         status = Trainer(config, accelerator, objective, unet, data).run()
         accelerator.end_training()
     return status
