@@ -22,7 +22,17 @@ from .run_folder import RUN_RECORDS, recorded_data, run_lock
 SEEDS = "[0, 4294967295]"  # as the training script's --seed
 COUNT = "[1, inf)"
 SCHEDULERS = Literal["checkpoint", "ddpm", "ddim", "dpm-solver", "euler"]
-METRICS = Literal["bits_per_dim", "fd_digits", "digits_scores", "fd_fashion", "fashion_scores", "fid", "fd_dinov2"]
+METRICS = Literal[
+    "bits_per_dim",
+    "bits_per_dim_continuous",
+    "nll_ode",
+    "fd_digits",
+    "digits_scores",
+    "fd_fashion",
+    "fashion_scores",
+    "fid",
+    "fd_dinov2",
+]
 VARIANCES = Literal["fixed_small", "fixed_large", "learned", "learned_range", "analytic"]
 
 
@@ -119,6 +129,9 @@ class EvaluateOptions(CheckpointOptions):
     )
     reverse_variance: VARIANCES | None = option(
         None, "bits/dim: the reverse variance to evaluate (default: the checkpoint's)"
+    )
+    num_probes: int = option(
+        1, "nll_ode: ODE solves per image, each with its own dequantization and Hutchinson probe", interval=COUNT
     )
     num_samples: int = option(1000, "samples drawn for the sample metrics", interval=COUNT)
     num_inference_steps: int | None = option(None, "sampling steps (default: the checkpoint's own)", interval=COUNT)

@@ -28,6 +28,8 @@ from .sample_quality import class_scores, generate_samples, load_image_folder, r
 # What `evaluate` can measure, and what each is.
 METRICS = {
     "bits_per_dim": "the variational bound on −log p(x_0) of the held-out images, bits/dim (lower is better)",
+    "bits_per_dim_continuous": "the continuous-time bound (VDM) on −log p(x) of the held-out images, bits/dim",
+    "nll_ode": "−log p(x) of the held-out images through the probability-flow ODE (Song et al. 2021), bits/dim",
     "fd_digits": "Fréchet distance in the shipped digits classifier's features (offline; lower is better)",
     "digits_scores": "digits classifier: share of the ten digits drawn, and mean confidence (higher is better)",
     "fd_fashion": "Fréchet distance in the shipped Fashion-MNIST classifier's features (offline; lower is better)",
@@ -78,10 +80,16 @@ class EvaluationReport:
                 f"{bound['reverse_variance']}; L_T {bound['prior_bits_per_dim']:.1e}, L_0 "
                 f"{bound['decoder_bits_per_dim']:.4f})"
             )
+        for metric in [metric for metric in CONTINUOUS_METRICS if metric in self.metrics]:
+            result = self.details[metric]
+            lines.append(
+                f"  {metric} {self.metrics[metric]:.4f} ± {result['standard_error']:.4f} on {result['split']} "
+                f"({result['num_images']} images)"
+            )
         if "samples" in self.details:
             samples = self.details["samples"]
             lines.append(f"  {samples['num_samples']} samples ({samples['source']}) against {samples['reference']}:")
-            for name in [name for name in self.metrics if name != "bits_per_dim"]:
+            for name in [name for name in self.metrics if name not in ("bits_per_dim", *CONTINUOUS_METRICS)]:
                 lines.append(f"    {name:22s} {self.metrics[name]:.4f}")
         return "\n".join(lines)
 
@@ -169,6 +177,79 @@ def feature_networks(
     return {metric: networks[metric] for metric in SAMPLE_METRICS if metric in metrics}
 
 
+CONTINUOUS_METRICS = ("bits_per_dim_continuous", "nll_ode")
+
+
+def held_out_batches(data: dict[str, Any], resolution: int, channels: int, max_images: int | None):
+    """The first `max_images` images of `data`'s split (`image_batches`)."""
+    return image_batches(
+        data["dataset"], data["split"], resolution, channels, data["batch_size"], data["image_column"], max_images
+    )
+
+
+def add_variational_bound(
+    report: EvaluationReport,
+    pipeline: HFDDPMPipeline,
+    data: dict[str, Any],
+    reference_split: str,
+    max_images: int | None,
+    reverse_variance: str | None,
+    output_dir: str | os.PathLike | None,
+    options: dict[str, Any],
+) -> None:
+    """`bits_per_dim` (see `evaluate_pipeline`) into `report`: the discrete-time bound on the 8-bit data, or a
+    latent pipeline's VAE bound with the diffusion model as prior, its decoder's σ fitted on `reference_split`."""
+    _, channels, resolution, _ = pipeline.sample_shape(1)
+    generator = torch.Generator().manual_seed(options["seed"])
+    bound_options = {"reverse_variance": reverse_variance, "generator": generator, **options}
+    bound_options.pop("seed")
+    if pipeline.vae is not None:
+        vae = pipeline.vae
+        channels, resolution = vae.config.in_channels, image_size(vae, resolution)
+        fit = held_out_batches({**data, "split": reference_split}, resolution, channels, FIT_IMAGES)
+        batches = held_out_batches(data, resolution, channels, max_images)
+        with eval_mode(pipeline.unet), eval_mode(vae):
+            scale = decoder_scale(vae, fit, torch.Generator().manual_seed(options["seed"]))
+            bound = latent_variational_bound(pipeline.unet, pipeline.scheduler, vae, batches, scale, **bound_options)
+    else:
+        batches = held_out_batches(data, resolution, channels, max_images)
+        with eval_mode(pipeline.unet):  # the discretised decoder: the bound on the 8-bit data
+            bound = variational_bound(pipeline.unet, pipeline.scheduler, batches, **bound_options)
+        if output_dir is not None:
+            plot_bound_terms(bound, Path(output_dir) / "bits_per_dim_terms.png")
+    report.metrics["bits_per_dim"] = bound.bits_per_dim
+    report.details["bits_per_dim"] = {"split": data["split"], **asdict(bound)}
+
+
+def add_continuous_time_metrics(
+    report: EvaluationReport,
+    pipeline: HFDDPMPipeline,
+    metrics: list[str],
+    data: dict[str, Any],
+    max_images: int | None,
+    num_probes: int,
+    options: dict[str, Any],
+) -> None:
+    """`metrics` of `CONTINUOUS_METRICS` (see `evaluate_pipeline`) of a pixel-space pipeline into `report`."""
+    from .continuous_likelihood import continuous_bound, ode_likelihood  # scipy's solver: imported when asked for
+
+    if pipeline.vae is not None:
+        raise ValueError(f"{report.checkpoint}: {metrics} measure a pixel-space pipeline; drop them for this one")
+    _, channels, resolution, _ = pipeline.sample_shape(1)
+    batches = held_out_batches(data, resolution, channels, max_images)
+    generator, progress_bar = torch.Generator().manual_seed(options["seed"]), options["progress_bar"]
+    model, scheduler = pipeline.unet, pipeline.scheduler
+    with eval_mode(model):
+        for metric in metrics:
+            if metric == "nll_ode":
+                result = ode_likelihood(model, scheduler, batches, num_probes, generator, progress_bar=progress_bar)
+            else:
+                num_times = options["num_timesteps"] or 100
+                result = continuous_bound(model, scheduler, batches, num_times, generator, progress_bar)
+            report.metrics[metric] = result.bits_per_dim
+            report.details[metric] = {"split": data["split"], **asdict(result)}
+
+
 def evaluate_pipeline(
     pipeline: HFDDPMPipeline | None,
     dataset: str = DIGITS,
@@ -182,6 +263,7 @@ def evaluate_pipeline(
     max_images: int | None = None,
     num_timesteps: int | None = 100,
     reverse_variance: str | None = None,
+    num_probes: int = 1,
     num_samples: int = 1000,
     num_inference_steps: int | None = None,
     eta: float = 0.0,
@@ -204,7 +286,9 @@ def evaluate_pipeline(
         reference_split: the split the samples are compared with (its statistics are cached).
         num_timesteps: ``bits_per_dim`` terms per image, stratified over t: an unbiased estimate with its standard
             error; None (or T or more) computes all T, the exact sum, in T/`num_timesteps` times the time.
-            `reverse_variance` overrides the checkpoint's σ²_t.
+            `reverse_variance` overrides the checkpoint's σ²_t. For ``bits_per_dim_continuous``, the strata of
+            t ∈ [0, 1] per image (100 when None).
+        num_probes: ``nll_ode``'s solves per image, each with its own dequantization and Hutchinson probe.
         num_samples, num_inference_steps, eta: the samples drawn with the pipeline's scheduler for the sample
             metrics, image i seeded with `seed` + i; `num_inference_steps` None is the pipeline's own count.
         inception_weights, dinov2_model: where ``fid`` and ``fd_dinov2`` find their networks.
@@ -239,36 +323,21 @@ def evaluate_pipeline(
             cache_dir=cache_dir,
             progress_bar=progress_bar,
         )
-    latent = getattr(pipeline, "vae", None) is not None
-    if pipeline is None and "bits_per_dim" in metrics:
-        raise ValueError(f"{name} holds images, not a pipeline: bits_per_dim needs a checkpoint")
+    if pipeline is None and (needs_pipeline := [m for m in metrics if m not in SAMPLE_METRICS]):
+        raise ValueError(f"{name} holds images, not a pipeline: {needs_pipeline} need a checkpoint")
     report = EvaluationReport(name, dataset, pipeline and loaded_fingerprint(pipeline))
     # The networks first: a missing or wrong weights file is refused before the long work.
     features = feature_networks(metrics, inception_weights, dinov2_model, device)
     scorers = {name: features.pop(scores) for name, (_, scores) in CLASSIFIER_METRICS.items() if scores in features}
 
+    data = {"dataset": dataset, "split": split, "batch_size": batch_size, "image_column": image_column}
+    options = {"num_timesteps": num_timesteps, "seed": seed, "progress_bar": progress_bar}
     if "bits_per_dim" in metrics:
-        _, channels, resolution, _ = pipeline.sample_shape(1)
-        options = {"generator": torch.Generator().manual_seed(seed), "progress_bar": progress_bar}
-        bound_options = {"num_timesteps": num_timesteps, "reverse_variance": reverse_variance, **options}
-        if latent:  # the VAE bound with the diffusion model as prior; the decoder's σ fitted on the reference split
-            vae = pipeline.vae
-            channels, resolution = vae.config.in_channels, image_size(vae, resolution)
-            fit = image_batches(dataset, reference_split, resolution, channels, batch_size, image_column, FIT_IMAGES)
-            batches = image_batches(dataset, split, resolution, channels, batch_size, image_column, max_images)
-            with eval_mode(pipeline.unet), eval_mode(vae):
-                scale = decoder_scale(vae, fit, torch.Generator().manual_seed(seed))
-                bound = latent_variational_bound(
-                    pipeline.unet, pipeline.scheduler, vae, batches, scale, **bound_options
-                )
-        else:
-            batches = image_batches(dataset, split, resolution, channels, batch_size, image_column, max_images)
-            with eval_mode(pipeline.unet):  # the discretised decoder: the bound on the 8-bit data
-                bound = variational_bound(pipeline.unet, pipeline.scheduler, batches, **bound_options)
-            if output_dir is not None:
-                plot_bound_terms(bound, Path(output_dir) / "bits_per_dim_terms.png")
-        report.metrics["bits_per_dim"] = bound.bits_per_dim
-        report.details["bits_per_dim"] = {"split": split, **asdict(bound)}
+        add_variational_bound(
+            report, pipeline, data, reference_split, max_images, reverse_variance, output_dir, options
+        )
+    if continuous := [metric for metric in metrics if metric in CONTINUOUS_METRICS]:
+        add_continuous_time_metrics(report, pipeline, continuous, data, max_images, num_probes, options)
 
     if any(metric in metrics for metric in SAMPLE_METRICS):
         if samples is None:

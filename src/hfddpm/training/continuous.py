@@ -100,7 +100,7 @@ class ContinuousTimeLoss:
             labels = drop_labels(labels, len(self.label_names), self.class_dropout_prob, generator)
         original = images.float()
         schedule = model.noise_schedule
-        times, gamma, gamma_derivative, weights = self.draw_times(schedule, len(original), generator)
+        times, gamma, gamma_derivative, weights = self.draw_times(schedule, len(original), generator, original.device)
         alpha, sigma = schedule.alpha_sigma(gamma)
         noise = torch.randn(original.shape, generator=generator, device=generator.device).to(original.device)
         noisy = per_sample(alpha, original) * original + per_sample(sigma, original) * noise
@@ -119,12 +119,12 @@ class ContinuousTimeLoss:
         return LossOutput(per_sample_loss.float().mean(), per_sample_loss.detach().float(), None, logs)
 
     def draw_times(
-        self, schedule: NoiseSchedule, batch_size: int, generator: torch.Generator
+        self, schedule: NoiseSchedule, batch_size: int, generator: torch.Generator, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """t, γ(t), γ'(t) and the importance weight 1/p(t) of each sample (see the class docstring)."""
-        uniform = antithetic_uniform(batch_size, generator).to(schedule.device)
+        """t, γ(t), γ'(t) and the importance weight 1/p(t) of each sample, on `device` (see the class docstring)."""
+        uniform = antithetic_uniform(batch_size, generator).to(device)
         if self.importance:
-            ends = schedule(torch.tensor([0.0, 1.0], dtype=torch.float64, device=schedule.device)).double()
+            ends = schedule(torch.tensor([0.0, 1.0], dtype=torch.float64, device=device)).double()
             times = schedule.inverse(ends[0] + uniform * (ends[1] - ends[0]))
             gamma, gamma_derivative = schedule.gamma_and_derivative(times)
             return times, gamma, gamma_derivative, (ends[1] - ends[0]) / gamma_derivative.detach()
