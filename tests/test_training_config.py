@@ -29,6 +29,14 @@ from hfddpm.training import ProgressiveDistillationConfig, TrainingConfig
         ({"hub_push_intermediate": True}, r"--hub_push_intermediate needs --push_to_hub and --save_model_steps"),
         ({"push_to_hub": True, "hub_model_id": "a/b/c"}, r"'a/b/c' is not a Hub repository id"),
         ({"eval_every": 5, "train_data_dir": "images"}, r"--eval_every needs --eval_metrics"),
+        ({"continuous_time": "vp", "prediction_type": "v_prediction"}, r"--continuous_time trains ε-prediction"),
+        ({"continuous_time": "learned"}, r"are for the bound: add --loss_type vlb"),
+        ({"continuous_time": "vp", "timestep_sampling": "importance"}, r"are for the bound"),
+        ({"timestep_sampling": "importance"}, r"importance is for --continuous_time"),
+        (
+            {"continuous_time": "learned", "loss_type": "vlb", "timestep_sampling": "importance"},
+            r"importance needs a fixed schedule",
+        ),
     ],
 )
 def test_the_configuration_refuses_bad_values_and_combinations_in_one_line(options, words):

@@ -92,7 +92,7 @@ class ScoreSDESchedule(NoiseSchedule):
         """log a_s and log b_s of the SDE's own marginal (see the class docstring)."""
         config = self.config
         if config.sde == "ve":
-            return torch.zeros_like(s), math.log(config.sigma_min) + s * math.log(config.sigma_max / config.sigma_min)
+            return 0 * s, math.log(config.sigma_min) + s * math.log(config.sigma_max / config.sigma_min)
         integral = config.beta_min * s + 0.5 * (config.beta_max - config.beta_min) * s**2
         noise = -torch.expm1(-integral)  # 1 − e^{−B}
         return -0.5 * integral, (0.5 if config.sde == "vp" else 1.0) * torch.log(noise)

@@ -83,6 +83,9 @@ class ContinuousTimeLoss:
     class_dropout_prob: float = 0.0
     inference_scheduler: str = "ddim"
 
+    def __post_init__(self) -> None:
+        self.shape_gradient_scale = [None]  # 2 L_diff of the latest batch, for a learned schedule's backward pass
+
     @classmethod
     def from_config(cls, config: TrainingConfig, label_names: list[str] | None = None) -> ContinuousTimeLoss:
         return cls(
@@ -137,14 +140,14 @@ class ContinuousTimeLoss:
     def learned_gamma(self, schedule: LearnedLogSNRSchedule, times: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """γ(t) and γ'(t) of a learned schedule, the gradient reaching its shape multiplied per sample by 2 L_diff
         (set in `__call__`, read in the backward pass): d(L²)/dη = 2 L dL/dη."""
-        self.shape_gradient_scale = [None]
+        scale = self.shape_gradient_scale = [None]
         with torch.enable_grad():
             times = times.detach().requires_grad_(True)
             shape = schedule.shape(times)
             (shape_derivative,) = torch.autograd.grad(shape.sum(), times, create_graph=True)
         if shape.requires_grad:
             for tensor in (shape, shape_derivative):
-                tensor.register_hook(lambda grad: grad * self.shape_gradient_scale[0].to(grad))
+                tensor.register_hook(lambda grad: grad * scale[0].to(grad))
         span = (schedule.gamma_1 - schedule.gamma_0).double()
         return schedule.gamma_0.double() + span * shape, span * shape_derivative
 
