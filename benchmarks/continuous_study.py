@@ -1,0 +1,74 @@
+"""The table of `benchmarks/continuous_study.sh` and the plot of the models' noise schedules γ(t) = −log SNR(t):
+
+python benchmarks/continuous_study.py outputs/continuous      # prints the table, writes the plot
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from hfddpm import HFDDPMPipeline
+from hfddpm.schedulers.continuous_time import LinearLogSNRSchedule, ScoreSDESchedule, TableSchedule
+
+MODELS = {
+    "simple": "L_simple, discrete",
+    "hybrid": "L_hybrid, learned_range, discrete",
+    "vlb": "L_vlb, importance-sampled t, discrete",
+    "vdm-fixed": "VDM, fixed linear γ",
+    "vdm-learned": "VDM, learned γ",
+    "vp-likelihood": "VP SDE, likelihood weighting, importance-sampled t",
+}
+PLOT = Path(__file__).parent / "continuous_schedules.png"
+
+
+def value(report: dict, metric: str) -> str:
+    if metric not in report["metrics"]:
+        return ""
+    error = report["details"][metric].get("standard_error")
+    return f"{report['metrics'][metric]:.3f}" + (f" ± {error:.3f}" if error is not None else "")
+
+
+def table(root: Path) -> str:
+    lines = [
+        "| model | discrete bound | continuous bound | ODE −log p (100 images) | ODE − continuous bound "
+        "| fd_digits, 50 steps |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, label in MODELS.items():
+        bounds = json.loads((root / name / "eval-bounds" / "evaluation.json").read_text())
+        ode = json.loads((root / name / "eval-ode" / "evaluation.json").read_text())
+        gap = ode["metrics"]["nll_ode"] - bounds["metrics"]["bits_per_dim_continuous"]
+        cells = [value(bounds, "bits_per_dim"), value(bounds, "bits_per_dim_continuous"), value(ode, "nll_ode")]
+        lines.append(f"| {label} | {' | '.join(cells)} | {gap:+.3f} | {bounds['metrics']['fd_digits']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(root: Path) -> None:
+    t = torch.linspace(0, 1, 501, dtype=torch.float64)
+    schedules = {
+        "VP SDE (= DDPM linear)": ScoreSDESchedule(sde="vp"),
+        "sub-VP SDE": ScoreSDESchedule(sde="subvp"),
+        "VE SDE": ScoreSDESchedule(sde="ve"),
+        "VDM fixed (linear γ)": LinearLogSNRSchedule(),
+        "VDM learned (digits)": TableSchedule.of_scheduler(
+            HFDDPMPipeline.from_pretrained(root / "vdm-learned").scheduler
+        ),
+    }
+    figure = Figure(figsize=(6.5, 4))
+    axes = figure.subplots()
+    for label, schedule in schedules.items():
+        with torch.no_grad():
+            axes.plot(t, schedule(t), label=label, lw=2 if "learned" in label else 1)
+    axes.set(xlabel="t", ylabel="γ(t) = −log SNR(t)", title="Noise schedules in continuous time")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(PLOT, dpi=100)
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1])
+    plot(root)
+    print(table(root))
