@@ -38,8 +38,8 @@ def table(root: Path) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, label in MODELS.items():
-        bounds = json.loads((root / name / "eval-bounds" / "evaluation.json").read_text())
-        ode = json.loads((root / name / "eval-ode" / "evaluation.json").read_text())
+        bounds = json.loads((root / "eval" / f"{name}-bounds" / "evaluation.json").read_text())
+        ode = json.loads((root / "eval" / f"{name}-ode" / "evaluation.json").read_text())
         gap = ode["metrics"]["nll_ode"] - bounds["metrics"]["bits_per_dim_continuous"]
         cells = [value(bounds, "bits_per_dim"), value(bounds, "bits_per_dim_continuous"), value(ode, "nll_ode")]
         lines.append(f"| {label} | {' | '.join(cells)} | {gap:+.3f} | {bounds['metrics']['fd_digits']:.2f} |")

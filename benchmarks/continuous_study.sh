@@ -22,8 +22,8 @@ measure() {
     local name=$1
     shift
     hfddpm evaluate "$root/$name" --metrics "$@" bits_per_dim_continuous fd_digits --num_samples 256 \
-        --num_inference_steps 50 --output_dir "$root/$name/eval-bounds"
-    hfddpm evaluate "$root/$name" --metrics nll_ode --max_images 100 --output_dir "$root/$name/eval-ode"
+        --num_inference_steps 50 --output_dir "$root/eval/$name-bounds"
+    hfddpm evaluate "$root/$name" --metrics nll_ode --max_images 100 --output_dir "$root/eval/$name-ode"
 }
 lane_a() {
     train simple

@@ -36,6 +36,8 @@ TAGS = ["diffusers", "diffusers:HFDDPMPipeline", "hfddpm", "ddpm", "unconditiona
 # How each metric of `hfddpm evaluate` reads in a card.
 METRIC_NAMES = {
     "bits_per_dim": "bits/dim (upper bound, held-out)",
+    "bits_per_dim_continuous": "bits/dim (continuous-time upper bound, held-out)",
+    "nll_ode": "bits/dim (probability-flow ODE, held-out)",
     "fd_digits": "Fréchet distance, digits-classifier features",
     "digits_class_coverage": "digit classes drawn (share ≥ 5 %)",
     "digits_confidence": "digits classifier's mean confidence",
@@ -118,9 +120,13 @@ def _model_rows(args: dict, info: dict, unet: dict, scheduler: dict, vae: dict, 
         prior = "L_simple" if args["prior_objective"] == "simple" else "the bound"
         loss, preset = f"LSGM: the bound for the autoencoder, {prior} for the UNet", f"fine-tuned from {args['model']}"
         network = f"UNet2DModel and AutoencoderKL, {info.get('parameters', '?')} parameters together"
+    schedule = f"{scheduler.get('beta_schedule')}, T = {scheduler.get('num_train_timesteps')}"
+    if continuous := args.get("continuous_time"):
+        schedule = f"continuous time, {continuous}; sampled on its table of T = {scheduler.get('num_train_timesteps')}"
+        loss = {"vlb": "the continuous-time bound (likelihood weighting)", "simple": "L_simple at t ~ U[0, 1]"}[loss]
     rows += [
         ("network", f"{network}, {preset}"),
-        ("noise schedule", f"{scheduler.get('beta_schedule')}, T = {scheduler.get('num_train_timesteps')}"),
+        ("noise schedule", schedule),
         ("prediction", str(scheduler.get("prediction_type"))),
         ("reverse variance", str(scheduler.get("reverse_variance") or scheduler.get("variance_type"))),
         ("loss", loss + (f", min-SNR γ = {args['snr_gamma']}" if args.get("snr_gamma") else "")),
@@ -182,6 +188,12 @@ def _evaluation_rows(evaluation: dict) -> list[tuple[str, str, str]]:
             how = (
                 f"± {bound['standard_error']:.3f}; {bound['num_images']} {bound['split']} images, "
                 f"{bound['num_timesteps']} terms each, reverse variance {bound['reverse_variance']}"
+            )
+        elif name in ("bits_per_dim_continuous", "nll_ode") and (result := details.get(name)):
+            how = f"± {result['standard_error']:.3f}; {result['num_images']} {result['split']} images, " + (
+                f"{result['num_probes']} dequantization(s) and Hutchinson probe(s) each"
+                if name == "nll_ode"
+                else f"{result['num_times']} strata of t each"
             )
         elif name == "psnr" and (psnr := details.get("psnr")):
             how = f"mean over {psnr['num_images']} {psnr['split']} images, {psnr['reconstructed']}"
