@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AUTOENCODER_PRESETS": "models",
     "UNET_PRESETS": "models",
+    "FourierFeaturesUNet": "models",
     "GaussianMixtureDenoiser": "models",
     "create_unet": "models",
     "unet_config": "models",
@@ -33,6 +34,7 @@ __all__ = [
     "AutoencoderPipeline",
     "DDIMScheduler",
     "DDPMScheduler",
+    "FourierFeaturesUNet",
     "GaussianMixtureDenoiser",
     "HFDDPMInpaintPipeline",
     "HFDDPMPipeline",
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from .models import (
         AUTOENCODER_PRESETS,
         UNET_PRESETS,
+        FourierFeaturesUNet,
         GaussianMixtureDenoiser,
         create_autoencoder,
         create_unet,

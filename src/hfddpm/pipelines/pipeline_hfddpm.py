@@ -24,7 +24,7 @@ from typing import Any
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, ModelMixin, SchedulerMixin
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
@@ -64,8 +64,8 @@ class HFDDPMPipeline(DiffusionPipeline):
     unconditional images when given none.
 
     Args:
-        unet: a `UNet2DModel` (or any model called as `unet(sample, t).sample`); with 2C output channels it is a
-            learned-variance model.
+        unet: a `UNet2DModel` (or any model called as `unet(sample, t).sample`, such as `FourierFeaturesUNet`);
+            with 2C output channels it is a learned-variance model.
         scheduler: the noise scheduler.
         default_num_inference_steps: the step count a call without `num_inference_steps` samples at (None: 50),
             saved in `model_index.json`: a distilled student samples at its own step count without being told.
@@ -81,7 +81,7 @@ class HFDDPMPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        unet: UNet2DModel,
+        unet: ModelMixin,
         scheduler: SchedulerMixin,
         default_num_inference_steps: int = None,
         id2label: dict = None,

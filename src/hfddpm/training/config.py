@@ -252,6 +252,13 @@ class TrainingConfig(RunConfig):
         group=MODEL,
         defines_run=True,
     )
+    fourier_features: bool = option(
+        False,
+        "feed the UNet sin(2ⁿπ x), cos(2ⁿπ x) of its input too, n = 3 … 8 (VDM), for the likelihood at low noise; "
+        "the pipeline then names hfddpm's FourierFeaturesUNet",
+        group=MODEL,
+        defines_run=True,
+    )
     inference_scheduler: Literal["ddpm", "ddim"] = option("ddim", "saved with the pipeline", group=MODEL)
     vae: str | None = option(
         None,

@@ -14,6 +14,7 @@ from diffusers import ConfigMixin, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
 
 from ..conditioning import call_network
+from ..models import FourierFeaturesUNet
 from ..pipelines import HFDDPMPipeline
 from ..schedulers import DDIMScheduler, DDPMScheduler
 from ..schedulers.bound_terms import mean_over_pixels
@@ -33,20 +34,23 @@ if TYPE_CHECKING:
     from .config import TrainingConfig
 
 
+NETWORKS = {"UNet2DModel": UNet2DModel, "FourierFeaturesUNet": FourierFeaturesUNet}
+
+
 class ContinuousTimeModel(ModelMixin, ConfigMixin):
-    """A UNet and its noise schedule as one module: the one model the engine trains and averages (a learned
-    schedule has parameters)."""
+    """A UNet (of `NETWORKS`) and its noise schedule as one module: the one model the engine trains and averages (a
+    learned schedule has parameters)."""
 
     @register_to_config
-    def __init__(self, *, unet_config: dict, schedule_name: str) -> None:  # by name: see `of`
+    def __init__(self, *, unet_class: str, unet_config: dict, schedule_name: str) -> None:  # by name: see `of`
         super().__init__()
-        self.unet = UNet2DModel.from_config(unet_config)
+        self.unet = NETWORKS[unet_class].from_config(unet_config)
         self.noise_schedule = SCHEDULES[schedule_name]()
 
     @classmethod
-    def of(cls, unet: UNet2DModel, schedule_name: str) -> ContinuousTimeModel:
+    def of(cls, unet: UNet2DModel | FourierFeaturesUNet, schedule_name: str) -> ContinuousTimeModel:
         # register_to_config records positional arguments as defaults, which from_config would then drop.
-        model = cls(unet_config=dict(unet.config), schedule_name=schedule_name)
+        model = cls(unet_class=type(unet).__name__, unet_config=dict(unet.config), schedule_name=schedule_name)
         model.unet.load_state_dict(unet.state_dict())
         if unet.is_gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()

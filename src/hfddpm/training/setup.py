@@ -22,6 +22,7 @@ from ..image_data import (
     load_image_dataset,
     pretensorize,
 )
+from ..models.fourier_features import FourierFeaturesUNet
 from ..models.unet_presets import check_sample_size, create_unet
 from ..schedulers.gaussian_diffusion import LEARNED_VARIANCES
 from .config import RunConfig, TrainingConfig
@@ -75,10 +76,10 @@ def load_training_images(config: RunConfig, accelerator: Accelerator) -> Trainin
 
 def create_training_unet(
     config: TrainingConfig, channels: int, num_classes: int | None = None, sample_size: int | None = None
-) -> UNet2DModel:
+) -> UNet2DModel | FourierFeaturesUNet:
     """The UNet to train: a preset or `--model_config`, with the data's channels (doubled for a learned variance)
     and size (`sample_size`, default the resolution), and for `num_classes` classes a class embedding with one more
-    entry, "no label" (`hfddpm.conditioning`)."""
+    entry, "no label" (`hfddpm.conditioning`); with --fourier_features, inside a `FourierFeaturesUNet`."""
     learned = config.reverse_variance in LEARNED_VARIANCES
     fixed = {"in_channels": channels, "sample_size": sample_size or config.resolution}
     if num_classes:
@@ -89,7 +90,7 @@ def create_training_unet(
         unet = create_unet(config.model_preset, learned_variance=learned, **fixed)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    return unet
+    return FourierFeaturesUNet.around(unet) if config.fourier_features else unet
 
 
 def unet_from_config_file(path: str, fixed: dict) -> UNet2DModel:
