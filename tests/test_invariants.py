@@ -164,7 +164,13 @@ def test_no_command_writes_where_it_reads(run, tmp_path, capsys, command, argv):
 
 
 @pytest.mark.parametrize(
-    "change", [["--prediction_type", "v_prediction"], ["--beta_schedule", "cosine"], ["--num_train_timesteps", "500"]]
+    "change",
+    [
+        ["--prediction_type", "v_prediction"],
+        ["--beta_schedule", "cosine"],
+        ["--num_train_timesteps", "500"],
+        ["--continuous_time", "vp"],
+    ],
 )
 def test_a_resume_that_changes_what_defines_the_run_is_refused(run, capsys, change):
     before = snapshot(run)

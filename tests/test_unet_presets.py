@@ -104,3 +104,21 @@ def test_a_configuration_files_size_is_refused_naming_the_file():
 def test_numpy_integers_are_sizes_and_counts():
     unet = meta_unet("tiny", sample_size=np.int64(8), in_channels=np.int32(1), layers_per_block=np.int64(1))
     assert unet.config.sample_size == 8 and unet.config.out_channels == 1
+
+
+def test_a_fourier_features_unet_feeds_its_unet_the_input_and_its_features_and_reloads(tmp_path):
+    from hfddpm import DDIMScheduler, FourierFeaturesUNet, HFDDPMPipeline
+
+    torch.manual_seed(0)
+    model = FourierFeaturesUNet.around(create_unet("tiny", in_channels=2, sample_size=8), exponents=[1, 7])
+    assert model.config.in_channels == 2 and model.unet.config.in_channels == 2 * 5  # z, then sin and cos of each
+    sample, t = torch.rand(3, 2, 8, 8) * 2 - 1, torch.tensor([0.5, 10.0, 999.0])
+    angles = torch.stack([torch.pi * 2 * sample, torch.pi * 128 * sample], 2)  # (B, C, n, H, W): 2ⁿπ z
+    features = torch.cat([angles.sin(), angles.cos()], 2).flatten(1, 2)
+    expected = model.unet(torch.cat([sample, features], 1), t).sample
+    torch.testing.assert_close(model(sample, t).sample, expected)
+    HFDDPMPipeline(unet=model, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "pipeline")
+    loaded = HFDDPMPipeline.from_pretrained(tmp_path / "pipeline")
+    assert isinstance(loaded.unet, FourierFeaturesUNet)
+    torch.testing.assert_close(loaded.unet(sample, t).sample, expected)
+    assert loaded(batch_size=2, num_inference_steps=2, output_type="pt").images.shape == (2, 2, 8, 8)
