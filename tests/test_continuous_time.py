@@ -302,3 +302,20 @@ def test_dequantization_keeps_the_ode_likelihood_an_average_over_the_bins():
     mean_square = (bin_high**3 - bin_low**3) / (3 * (bin_high - bin_low))  # E v² for v ~ U[bin]
     expected = (0.5 * mean_square + 0.5 * math.log(2 * math.pi)) / math.log(2) + 7
     assert result.bits_per_dim == pytest.approx(expected, abs=4 * result.standard_error + 1e-3)
+
+
+@pytest.mark.parametrize("gamma_0", [-13.3, -6.0, 0.0])
+def test_the_discrete_decoder_sums_the_levels_near_z_as_all_256_would(gamma_0):
+    from hfddpm.schedulers.continuous_time import discrete_decoder_nll
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 1, 8, 8), generator=generator).double() / 127.5 - 1
+    noise = torch.randn(images.shape, generator=generator, dtype=torch.float64)
+    gamma = torch.tensor(gamma_0, dtype=torch.float64)
+    alpha, sigma = torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
+    z = (alpha * images + sigma * noise).flatten(1)
+    levels = torch.linspace(-1, 1, 256, dtype=torch.float64)
+    log_probabilities = torch.log_softmax(-((z.unsqueeze(-1) - alpha * levels) ** 2) / (2 * sigma**2), -1)
+    index = ((images.flatten(1) + 1) * 127.5).round().long().unsqueeze(-1)
+    expected = -log_probabilities.gather(-1, index).squeeze(-1).sum(1)
+    torch.testing.assert_close(discrete_decoder_nll(images, noise, gamma), expected, rtol=1e-10, atol=1e-9)

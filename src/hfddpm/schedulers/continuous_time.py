@@ -248,11 +248,19 @@ def discrete_decoder_nll(
 ) -> torch.Tensor:
     """−log p(x|z_0) per sample, in nats, for 8-bit data in [−1, 1] and z_0 = α_0 x + σ_0 ε: VDM's discrete
     decoder, p(x_i = v|z_0) ∝ exp(−(z_0,i − α_0 v)²/(2σ_0²)) over the `num_levels` values v (Kingma et al. 2021,
-    App. C)."""
+    App. C). In level units u = (z_0/α_0 + 1)(L − 1)/2 with scale s = (σ_0/α_0)(L − 1)/2 the normaliser sums
+    exp(−(u − j)²/(2s²)) over the levels j within 8s + 1 of u: the rest adds less than e⁻³² of it."""
     alpha, sigma = torch.sigmoid(-gamma_0).sqrt(), torch.sigmoid(gamma_0).sqrt()
+    half_range = (num_levels - 1) / 2
     x = original.double().flatten(1)
-    z = alpha * x + sigma * noise.double().flatten(1)
-    levels = torch.linspace(-1, 1, num_levels, dtype=torch.float64, device=x.device)
-    logits = -((z.unsqueeze(-1) - alpha * levels) ** 2) / (2 * sigma**2)  # (B, D, levels)
-    index = ((x + 1) / 2 * (num_levels - 1)).round().long().unsqueeze(-1)
-    return -(logits.gather(-1, index).squeeze(-1) - torch.logsumexp(logits, -1)).sum(1)
+    level = ((x + 1) * half_range).round()
+    position = (x + sigma / alpha * noise.double().flatten(1) + 1) * half_range  # u
+    scale = sigma / alpha * half_range
+    width = math.ceil(8 * float(scale)) + 1
+    if 2 * width + 1 < num_levels:
+        neighbours = position.detach().round().unsqueeze(-1) + torch.arange(-width, width + 1, device=x.device)
+    else:
+        neighbours = torch.arange(num_levels, device=x.device, dtype=x.dtype)
+    logits = -((position.unsqueeze(-1) - neighbours) ** 2) / (2 * scale**2)  # (B, D, neighbours)
+    logits = logits.masked_fill((neighbours < 0) | (neighbours > num_levels - 1), -math.inf)
+    return -(-((position - level) ** 2) / (2 * scale**2) - torch.logsumexp(logits, -1)).sum(1)
