@@ -26,6 +26,7 @@ _EXPORTS = {
     "DDIMScheduler": "schedulers",
     "DDPMScheduler": "schedulers",
     "ReverseVariance": "schedulers",
+    "ScoreSDEScheduler": "schedulers",
     "evaluate": "evaluation",
 }
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "HFDDPMInpaintPipeline",
     "HFDDPMPipeline",
     "ReverseVariance",
+    "ScoreSDEScheduler",
     "__version__",
     "create_autoencoder",
     "create_unet",
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
         unet_config,
     )
     from .pipelines import AutoencoderPipeline, HFDDPMInpaintPipeline, HFDDPMPipeline
-    from .schedulers import DDIMScheduler, DDPMScheduler, ReverseVariance
+    from .schedulers import DDIMScheduler, DDPMScheduler, ReverseVariance, ScoreSDEScheduler
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

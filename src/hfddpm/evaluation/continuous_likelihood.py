@@ -108,6 +108,48 @@ def continuous_bound(
     )
 
 
+def probability_flow(
+    epsilon,
+    schedule: NoiseSchedule,
+    points: torch.Tensor,
+    span: tuple[float, float],
+    vectors: list[torch.Tensor] | torch.Tensor | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """The probability-flow ODE dz/dt = v(z, t) (`probability_flow_drift`, Song et al. 2021, eq. 13) integrated from
+    z = `points` over the times `span` by scipy's RK45 at tolerances `rtol`, `atol` (score_sde's), with
+    ∫ Σ_u uᵀ(∂v/∂z)u dt over the `vectors` u (each shaped like one point or like `points`) alongside when given:
+    z at the end, that integral per point (None without vectors), and the network evaluations taken."""
+    shape, count = points.shape, len(points) if vectors is not None else 0
+    evaluations = 0
+
+    def derivative(t: float, state: np.ndarray) -> np.ndarray:
+        nonlocal evaluations
+        evaluations += 1
+        z = torch.from_numpy(state[: state.size - count]).reshape(shape).to(points)
+        time = torch.full((len(points),), t, dtype=torch.float64, device=points.device)
+        gamma, gamma_derivative = schedule.gamma_and_derivative(time)
+        _, sigma = schedule.alpha_sigma(gamma.detach())
+        with torch.enable_grad():
+            z.requires_grad_(True)
+            drift = probability_flow_drift(
+                z, epsilon(z, time), gamma_derivative.detach().reshape(-1, 1, 1, 1), sigma.reshape(-1, 1, 1, 1)
+            )
+            traces = [
+                (torch.autograd.grad(drift, z, u.expand(shape), retain_graph=True)[0] * u).flatten(1).sum(1)
+                for u in (vector.reshape(-1, *shape[1:]) for vector in (vectors if vectors is not None else []))
+            ]
+        parts = [drift.detach().flatten()] + ([sum(traces).detach()] if traces else [])
+        return torch.cat(parts).cpu().numpy()
+
+    start = torch.cat([points.detach().double().flatten(), points.new_zeros(count, dtype=torch.float64)])
+    solution = solve_ivp(derivative, span, start.cpu().numpy(), rtol=rtol, atol=atol, method="RK45")
+    end = torch.from_numpy(solution.y[:, -1]).to(points.device)
+    integral = end[end.numel() - count :] if vectors is not None else None
+    return end[: end.numel() - count].reshape(shape), integral, evaluations
+
+
 def ode_log_density(
     epsilon,
     schedule: NoiseSchedule,
@@ -116,43 +158,32 @@ def ode_log_density(
     rtol: float = 1e-5,
     atol: float = 1e-5,
 ) -> tuple[torch.Tensor, int]:
-    """log p_0(x) per point, in nats, and the network evaluations taken: the probability-flow ODE
-    dz/dt = v(z, t) (`probability_flow_drift`) integrated from z(0) = x to t = 1 with
-    log p_0(x) = log N(z(1); 0, I) + ∫₀¹ ∇·v(z(t), t) dt (Song et al. 2021, eq. 39), by scipy's RK45 at tolerances
-    `rtol`, `atol` (theirs). The divergence is Hutchinson's estimate εᵀ(∂v/∂z)ε with one probe per point held for
-    the whole path (`probes`, shaped like `points`), or exact (D vector–Jacobian products) without probes."""
-    shape, size = points.shape, points[0].numel()
-    evaluations = 0
+    """log p_0(x) per point, in nats, and the network evaluations taken: the probability-flow ODE from z(0) = x to
+    t = 1 (`probability_flow`) and log p_0(x) = log N(z(1); 0, I) + ∫₀¹ ∇·v(z(t), t) dt (Song et al. 2021, eq. 39).
+    The divergence is Hutchinson's estimate εᵀ(∂v/∂z)ε with one probe per point held for the whole path (`probes`,
+    shaped like `points`), or exact (D vector–Jacobian products) without probes."""
+    size = points[0].numel()
+    vectors = [probes] if probes is not None else torch.eye(size, dtype=points.dtype, device=points.device)
+    end, integral, evaluations = probability_flow(epsilon, schedule, points, (0.0, 1.0), vectors, rtol, atol)
+    prior = -0.5 * (end.flatten(1) ** 2).sum(1) - 0.5 * size * math.log(2 * math.pi)
+    return prior + integral, evaluations
 
-    def drift_and_divergence(t: float, state: np.ndarray) -> np.ndarray:
-        nonlocal evaluations
-        evaluations += 1
-        z = torch.from_numpy(state[: -len(points)]).reshape(shape).to(points)
-        time = torch.full((len(points),), t, dtype=torch.float64, device=points.device)
-        gamma, gamma_derivative = schedule.gamma_and_derivative(time)
-        alpha, sigma = schedule.alpha_sigma(gamma.detach())
-        factor = (gamma_derivative.detach(), sigma)
-        with torch.enable_grad():
-            z.requires_grad_(True)
-            drift = probability_flow_drift(z, epsilon(z, time), *(f.reshape(-1, 1, 1, 1) for f in factor))
-            vectors = [probes] if probes is not None else torch.eye(size, dtype=z.dtype, device=z.device)
-            divergence = sum(
-                (
-                    torch.autograd.grad(drift, z, vector.reshape(-1, *shape[1:]).expand(shape), retain_graph=True)[0]
-                    * vector.reshape(-1, *shape[1:])
-                )
-                .flatten(1)
-                .sum(1)
-                for vector in vectors
-            )
-        return np.concatenate([drift.detach().flatten().cpu().numpy(), divergence.detach().cpu().numpy()])
 
-    start = np.concatenate([points.detach().double().flatten().cpu().numpy(), np.zeros(len(points))])
-    solution = solve_ivp(drift_and_divergence, (0.0, 1.0), start, rtol=rtol, atol=atol, method="RK45")
-    end = torch.from_numpy(solution.y[:, -1])
-    z, integral = end[: -len(points)].reshape(len(points), -1), end[-len(points) :]
-    prior = -0.5 * (z**2).sum(1) - 0.5 * size * math.log(2 * math.pi)
-    return (prior + integral).to(points.device), evaluations
+@torch.no_grad()
+def sample_probability_flow(
+    model, scheduler, batch_size: int, generator: torch.Generator | None = None, rtol: float = 1e-5, atol: float = 1e-5
+) -> tuple[torch.Tensor, int]:
+    """Samples by the probability-flow ODE from N(0, I) at t = 1 to t = 0 with RK45 (`probability_flow`; Song et
+    al. 2021, §4.3), then the denoised x̂_0 = (z_0 − σ_0 ε̂)/α_0; and the network evaluations taken."""
+    schedule = TableSchedule.of_scheduler(scheduler).to(model.device)
+    channels, size = model.config.in_channels, model.config.sample_size
+    shape = (batch_size, channels, *((size, size) if isinstance(size, int) else size))
+    noise = torch.randn(shape, generator=generator, dtype=torch.float64).to(model.device)
+    epsilon = epsilon_model(model, scheduler.config.num_train_timesteps, channels)
+    z, _, evaluations = probability_flow(epsilon, schedule, noise, (1.0, 0.0), rtol=rtol, atol=atol)
+    start = torch.zeros(batch_size, dtype=torch.float64, device=model.device)
+    alpha, sigma = schedule.alpha_sigma(schedule(start).reshape(-1, 1, 1, 1))
+    return (z - sigma * epsilon(z, start)) / alpha, evaluations + 1
 
 
 def ode_likelihood(

@@ -5,8 +5,16 @@ import diffusers
 from .gaussian_diffusion import GaussianDiffusionMixin, ReverseVariance, convert_prediction
 from .scheduling_ddim import DDIMScheduler
 from .scheduling_ddpm import DDPMScheduler
+from .scheduling_score_sde import ScoreSDEScheduler
 
-__all__ = ["DDIMScheduler", "DDPMScheduler", "GaussianDiffusionMixin", "ReverseVariance", "convert_prediction"]
+__all__ = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "GaussianDiffusionMixin",
+    "ReverseVariance",
+    "ScoreSDEScheduler",
+    "convert_prediction",
+]
 
 
 def as_hfddpm_scheduler(scheduler: diffusers.SchedulerMixin) -> DDPMScheduler | DDIMScheduler | None:

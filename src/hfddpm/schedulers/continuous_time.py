@@ -256,7 +256,7 @@ def discrete_decoder_nll(
     level = ((x + 1) * half_range).round()
     position = (x + sigma / alpha * noise.double().flatten(1) + 1) * half_range  # u
     scale = sigma / alpha * half_range
-    width = math.ceil(8 * float(scale)) + 1
+    width = math.ceil(8 * float(scale.detach())) + 1
     if 2 * width + 1 < num_levels:
         neighbours = position.detach().round().unsqueeze(-1) + torch.arange(-width, width + 1, device=x.device)
     else:
