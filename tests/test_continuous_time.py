@@ -299,9 +299,9 @@ def test_dequantization_keeps_the_ode_likelihood_an_average_over_the_bins():
     model = GaussianMixtureDenoiser.for_scheduler(scheduler, torch.zeros(1, 1, 2, 2), [1.0])
     images = torch.full((50, 1, 2, 2), 2 * 200 / 255 - 1)  # level 200 of 255
     result = ode_likelihood(model, scheduler, [images], num_probes=2, progress_bar=False)
-    bin_low, bin_high = 2 * 200 / 256 - 1, 2 * 201 / 256 - 1
+    bin_low, bin_high = (199.5 / 127.5) - 1, (200.5 / 127.5) - 1  # the level's bin, 2/255 wide
     mean_square = (bin_high**3 - bin_low**3) / (3 * (bin_high - bin_low))  # E v² for v ~ U[bin]
-    expected = (0.5 * mean_square + 0.5 * math.log(2 * math.pi)) / math.log(2) + 7
+    expected = (0.5 * mean_square + 0.5 * math.log(2 * math.pi)) / math.log(2) + math.log2(127.5)
     assert result.bits_per_dim == pytest.approx(expected, abs=4 * result.standard_error + 1e-3)
 
 

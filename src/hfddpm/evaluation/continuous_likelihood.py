@@ -197,27 +197,29 @@ def ode_likelihood(
     progress_bar: bool = True,
 ) -> ODELikelihood:
     """−log p(x) of 8-bit images x = 2k/255 − 1 in bits/dim through the ODE (`ode_log_density`) of the
-    continuous process `scheduler`'s table defines, with uniform dequantization (Song et al. 2021, App. D.2):
-    v = 2(k + u)/256 − 1, u ~ U[0, 1)^D, and −log₂ P(k) ≤ E_u[−log₂ p(v)] + 7 per dimension (v's bins are 2/256
-    wide). Each of `num_probes` solves per image draws its own u and Gaussian probe from `generator` (seed 0)."""
+    continuous process `scheduler`'s table defines, with uniform dequantization (Song et al. 2021, App. D.2) over
+    each level's bin, the one the discretised decoders use: v = x + (2/255)(u − ½), u ~ U[0, 1)^D, and
+    −log₂ P(k) ≤ E_u[−log₂ p(v)] + log₂(255/2) per dimension. (Song et al.'s v = (k + u)/256 puts the levels 0 and
+    255, the background of most images, on their bins' edges, where a model sharp at the levels has little density.)
+    Each of `num_probes` solves per image draws its own u and Gaussian probe from `generator` (seed 0)."""
     schedule = TableSchedule.of_scheduler(scheduler).to(model.device)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     per_image, evaluations = [], []
     for batch in tqdm(batches, desc="ODE likelihood", disable=not progress_bar):
-        levels = ((batch.double() + 1) * 127.5).round()
+        levels = ((batch.double() + 1) * 127.5).round() / 127.5 - 1
         epsilon = epsilon_model(model, scheduler.config.num_train_timesteps, batch.shape[1])
         nats = []
         for _ in range(num_probes):
             uniform = torch.rand(batch.shape, generator=generator, dtype=torch.float64)
             probes = torch.randn(batch.shape, generator=generator, dtype=torch.float64).to(model.device)
-            points = (2 * (levels + uniform) / 256 - 1).to(model.device)
+            points = (levels + (uniform - 0.5) / 127.5).to(model.device)
             log_density, count = ode_log_density(epsilon, schedule, points, probes, rtol, atol)
             nats.append(-log_density.cpu())
             evaluations.append(count)
         per_image.append(torch.stack(nats, 1))
     if not per_image:
         raise ValueError("no images to evaluate the likelihood on; check the dataset and its split")
-    per_image = torch.cat(per_image) / (batch[0].numel() * math.log(2.0)) + 7
+    per_image = torch.cat(per_image) / (batch[0].numel() * math.log(2.0)) + math.log2(127.5)
     return ODELikelihood(
         per_image.mean().item(),
         (per_image.std() / math.sqrt(per_image.numel())).item() if per_image.numel() > 1 else math.nan,
