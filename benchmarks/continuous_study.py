@@ -17,6 +17,7 @@ MODELS = {
     "simple": "L_simple, discrete",
     "hybrid": "L_hybrid, learned_range, discrete",
     "vlb": "L_vlb, importance-sampled t, discrete",
+    "vlb-fourier": "L_vlb, importance-sampled t, discrete, Fourier features",
     "vdm-fixed": "VDM, fixed linear γ",
     "vdm-learned": "VDM, learned γ",
     "vdm-fixed-fourier": "VDM, fixed linear γ, Fourier features",

@@ -2,7 +2,7 @@
 # Bound and exact likelihood of digits models trained in discrete and in continuous time (the default run's settings,
 # 2000 steps each), then the table and the plot of their schedules:
 #
-#     bash benchmarks/continuous_study.sh [OUTPUT_ROOT]     # default outputs/continuous; about 1½ hours on 2 CPU cores
+#     bash benchmarks/continuous_study.sh [OUTPUT_ROOT]     # default outputs/continuous; about 2 hours on 2 CPU cores
 #
 # Each model, on the 297 held-out digits: the discrete bound (discrete-time models, 100 stratified terms), the
 # continuous-time bound (100 strata of t) and −log p through the probability-flow ODE (one dequantization and one
@@ -29,10 +29,13 @@ lane_a() {
     train vlb --reverse_variance learned_range --loss_type vlb --timestep_sampling loss_second_moment
     train vdm-learned --continuous_time learned --loss_type vlb
     train vdm-learned-fourier --continuous_time learned --loss_type vlb --fourier_features
+    train vlb-fourier --reverse_variance learned_range --loss_type vlb --timestep_sampling loss_second_moment \
+        --fourier_features
     measure simple bits_per_dim
     measure vlb bits_per_dim
     measure vdm-learned
     measure vdm-learned-fourier
+    measure vlb-fourier bits_per_dim
 }
 lane_b() {
     train hybrid --reverse_variance learned_range

@@ -23,7 +23,7 @@ from hfddpm.schedulers.continuous_time import (
     diffusion_loss,
 )
 
-from .conftest import tiny_unet
+from .conftest import engine_options, short_run, tiny_unet
 
 SDES = ("vp", "subvp", "ve")
 
@@ -224,21 +224,8 @@ def continuous_run(tmp_path_factory):
 
 
 def continuous_options(run, **extra):
-    return {
-        "output_dir": str(run),
-        "continuous_time": "learned",
-        "loss_type": "vlb",
-        "fourier_features": True,
-        "model_preset": "tiny",
-        "max_train_steps": 6,
-        "checkpointing_steps": 3,
-        "save_images_steps": 100,
-        "num_sample_images": 4,
-        "num_inference_steps": 4,
-        "train_batch_size": 16,
-        "report_to": "none",
-        **extra,
-    }
+    options = {"continuous_time": "learned", "loss_type": "vlb", "fourier_features": True, "model_preset": "tiny"}
+    return short_run(run, **options, **extra)
 
 
 @pytest.mark.slow
@@ -353,14 +340,10 @@ def test_a_continuous_time_teacher_distils_into_a_student(continuous_run, tmp_pa
     from hfddpm import HFDDPMPipeline
     from hfddpm.training import ProgressiveDistillationConfig, distill_progressive
 
-    engine = {key: value for key, value in continuous_options(tmp_path / "student").items() if key in ENGINE}
+    engine = engine_options(continuous_options(tmp_path / "student"))
     assert (
         distill_progressive(ProgressiveDistillationConfig(teacher=str(continuous_run), teacher_steps=2, **engine)) == 0
     )
     student = HFDDPMPipeline.from_pretrained(tmp_path / "student" / "steps-1")
     assert student.config.default_num_inference_steps == 1
     assert student(batch_size=2, output_type="pt").images.shape == (2, 1, 8, 8)
-
-
-ENGINE = {"output_dir", "max_train_steps", "checkpointing_steps", "save_images_steps", "num_sample_images"}
-ENGINE |= {"train_batch_size", "report_to"}
