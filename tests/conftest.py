@@ -143,20 +143,14 @@ def linear_gaussian_case(count: int = 512):
 
 
 def short_run(output_dir, **extra) -> dict:
-    """The options of a 6-step training run with a checkpoint at step 3 (a resume test copies it), tiny grids."""
+    """The engine's options for a 6-step run with a checkpoint at step 3 (a resume test copies it) and tiny grids."""
     return {
         "output_dir": str(output_dir),
         "max_train_steps": 6,
         "checkpointing_steps": 3,
         "save_images_steps": 100,
         "num_sample_images": 4,
-        "num_inference_steps": 4,
         "train_batch_size": 16,
         "report_to": "none",
         **extra,
     }
-
-
-def engine_options(options: dict) -> dict:
-    """Of `short_run`'s options, those every engine run takes (a distillation's or LSGM's too)."""
-    return {key: options[key] for key in short_run(None) if key != "num_inference_steps" and key in options}

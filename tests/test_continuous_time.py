@@ -23,7 +23,7 @@ from hfddpm.schedulers.continuous_time import (
     diffusion_loss,
 )
 
-from .conftest import engine_options, short_run, tiny_unet
+from .conftest import short_run, tiny_unet
 
 SDES = ("vp", "subvp", "ve")
 
@@ -225,7 +225,7 @@ def continuous_run(tmp_path_factory):
 
 def continuous_options(run, **extra):
     options = {"continuous_time": "learned", "loss_type": "vlb", "fourier_features": True, "model_preset": "tiny"}
-    return short_run(run, **options, **extra)
+    return short_run(run, num_inference_steps=4, **options, **extra)
 
 
 @pytest.mark.slow
@@ -340,7 +340,7 @@ def test_a_continuous_time_teacher_distils_into_a_student(continuous_run, tmp_pa
     from hfddpm import HFDDPMPipeline
     from hfddpm.training import ProgressiveDistillationConfig, distill_progressive
 
-    engine = engine_options(continuous_options(tmp_path / "student"))
+    engine = short_run(tmp_path / "student")
     assert (
         distill_progressive(ProgressiveDistillationConfig(teacher=str(continuous_run), teacher_steps=2, **engine)) == 0
     )

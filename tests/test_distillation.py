@@ -36,6 +36,8 @@ from hfddpm.training.progressive import (
 from hfddpm.training.teacher import Teacher, load_teacher
 from hfddpm.visualize import reverse_trajectory_grid
 
+from .conftest import short_run
+
 
 def distill_progressive_command(argv: list[str]) -> int:
     return run_command(lambda: distill_progressive(ProgressiveDistillationConfig.from_command_line(argv)))
@@ -159,17 +161,7 @@ def tiny_teacher(tmp_path_factory) -> str:
 
 
 def engine_options(output_dir, **extra) -> dict:
-    return {
-        "output_dir": str(output_dir),
-        "max_train_steps": 6,
-        "checkpointing_steps": 3,
-        "save_images_steps": 100,
-        "num_sample_images": 4,
-        "train_batch_size": 16,
-        "report_to": "none",
-        "cpu_threads": 2,
-        **extra,
-    }
+    return short_run(output_dir, cpu_threads=2, **extra)
 
 
 def unet_weights(folder) -> dict[str, torch.Tensor]:

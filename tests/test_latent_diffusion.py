@@ -36,7 +36,7 @@ from hfddpm.training.latent_data import TrainingLatents
 from hfddpm.training.lsgm import LatentDiffusionModel
 from hfddpm.training.setup import create_accelerator, load_training_images
 
-from .conftest import engine_options, gaussian_denoiser, linear_gaussian_case, short_run
+from .conftest import gaussian_denoiser, linear_gaussian_case, short_run
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def autoencoder(tmp_path_factory):
 
 
 def options(output_dir, autoencoder, **extra) -> dict:
-    return short_run(output_dir, vae=str(autoencoder), model_preset="latent-small", **extra)
+    return short_run(output_dir, vae=str(autoencoder), model_preset="latent-small", num_inference_steps=4, **extra)
 
 
 def test_cached_latents_are_the_encoders_draws_with_the_items_seeded_noise(autoencoder, tmp_path):
@@ -114,7 +114,7 @@ def test_a_latent_run_resumes_exactly(latent_run, autoencoder, tmp_path):
 
 @pytest.mark.slow
 def test_a_latent_teacher_distils_into_latent_students(latent_run, tmp_path):
-    engine = engine_options(options(tmp_path / "student", None))
+    engine = short_run(tmp_path / "student")
     config = ProgressiveDistillationConfig(teacher=str(latent_run), teacher_steps=2, **engine)
     assert distill_progressive(config) == 0
     student = HFDDPMPipeline.from_pretrained(tmp_path / "student" / "steps-1")
@@ -224,7 +224,7 @@ def test_lsgm_trains_the_autoencoder_on_the_bound_and_the_unet_as_asked(autoenco
 
 @pytest.mark.slow
 def test_lsgm_fine_tunes_both_networks_of_a_latent_run_and_resumes_exactly(latent_run, tmp_path):
-    engine = engine_options(options(tmp_path / "lsgm", None))
+    engine = short_run(tmp_path / "lsgm")
     assert train_lsgm(LSGMConfig(model=str(latent_run), **engine)) == 0
     start, tuned = HFDDPMPipeline.from_pretrained(latent_run), HFDDPMPipeline.from_pretrained(tmp_path / "lsgm")
     for name in ("vae", "unet"):
