@@ -47,6 +47,11 @@ def table(root: Path) -> str:
     return "\n".join(lines)
 
 
+def learned(run: Path) -> TableSchedule:
+    """The schedule a run's pipeline holds, as its table."""
+    return TableSchedule.of_scheduler(HFDDPMPipeline.from_pretrained(run).scheduler)
+
+
 def plot(root: Path) -> None:
     t = torch.linspace(0, 1, 501, dtype=torch.float64)
     schedules = {
