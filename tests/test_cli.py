@@ -86,6 +86,13 @@ def test_sample_with_the_grids_settings_draws_the_training_grid_of_that_seed(che
     assert not np.array_equal(np.asarray(PIL.Image.open(tmp_path / "other.png")), training)
 
 
+@pytest.mark.parametrize("scheduler", ["euler-maruyama", "probability-flow"])
+def test_sample_draws_in_continuous_time_with_more_steps_than_the_table(checkpoint, tmp_path, capsys, scheduler):
+    argv = ["sample", checkpoint, "--num_images", "2", "--num_inference_steps", "150", "--scheduler", scheduler]
+    status, _, output = run([*argv, "--output", tmp_path / "grid.png"], capsys)  # the checkpoint's T is 120
+    assert status == 0 and "2 images (ScoreSDEScheduler, 150 steps)" in output
+
+
 def test_a_checkpoint_that_cannot_be_sampled_is_one_line_and_nothing_is_written(checkpoint, tmp_path, capsys):
     pickled, broken = tmp_path / "pickled", tmp_path / "broken"
     shutil.copytree(checkpoint, pickled)

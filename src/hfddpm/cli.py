@@ -21,7 +21,7 @@ from .run_folder import RUN_RECORDS, recorded_data, run_lock
 
 SEEDS = "[0, 4294967295]"  # as the training script's --seed
 COUNT = "[1, inf)"
-SCHEDULERS = Literal["checkpoint", "ddpm", "ddim", "dpm-solver", "euler"]
+SCHEDULERS = Literal["checkpoint", "ddpm", "ddim", "dpm-solver", "euler", "euler-maruyama", "probability-flow"]
 METRICS = Literal[
     "bits_per_dim",
     "bits_per_dim_continuous",
@@ -216,7 +216,7 @@ def load_pipeline(options: CheckpointOptions, pipeline_class: Any = None) -> Any
     import torch
 
     from .pipelines import HFDDPMPipeline
-    from .schedulers import DDIMScheduler, DDPMScheduler
+    from .schedulers import DDIMScheduler, DDPMScheduler, ScoreSDEScheduler
 
     pipeline_class = pipeline_class or HFDDPMPipeline
     device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -226,9 +226,12 @@ def load_pipeline(options: CheckpointOptions, pipeline_class: Any = None) -> Any
         "ddim": DDIMScheduler,
         "dpm-solver": diffusers.DPMSolverMultistepScheduler,
         "euler": diffusers.EulerDiscreteScheduler,
+        "euler-maruyama": ScoreSDEScheduler,
+        "probability-flow": ScoreSDEScheduler,
     }
-    if getattr(options, "scheduler", "checkpoint") != "checkpoint":
-        pipeline.scheduler = schedulers[options.scheduler].from_config(pipeline.scheduler.config)
+    if (name := getattr(options, "scheduler", "checkpoint")) != "checkpoint":
+        sampler = {"sampler": name.replace("-", "_")} if schedulers[name] is ScoreSDEScheduler else {}
+        pipeline.scheduler = schedulers[name].from_config(pipeline.scheduler.config, **sampler)
     return pipeline
 
 
