@@ -31,6 +31,7 @@ REFERENCE_MODELS = {
     "autoencoder-fashion": "autoencoder-fashion",
     "latent-fashion": "latent-fashion",
     "lsgm-fashion": "lsgm-fashion",
+    "vdm-digits": "continuous/vdm-learned-fourier",
 }
 
 

@@ -97,8 +97,11 @@ def training_data(args: dict) -> TrainingData:
     return TrainingData(f"the Hub dataset {name}", [name], name, name)
 
 
-def _model_rows(args: dict, info: dict, unet: dict, scheduler: dict, vae: dict, lineage: dict) -> list[tuple]:
-    """The network and its objective as (setting, value) rows: a diffusion model's, or an autoencoder's."""
+def _model_rows(
+    args: dict, info: dict, unet: dict, scheduler: dict, vae: dict, lineage: dict, network_class: str = "UNet2DModel"
+) -> list[tuple]:
+    """The network (of class `network_class`) and its objective as (setting, value) rows: a diffusion model's, or an
+    autoencoder's."""
     images = vae or unet
     rows = [
         ("data", f"{training_data(args).description}, split {args.get('split', 'train')}"),
@@ -115,7 +118,7 @@ def _model_rows(args: dict, info: dict, unet: dict, scheduler: dict, vae: dict, 
     learned = scheduler.get("reverse_variance") in LEARNED_VARIANCES
     loss = lineage.get("loss") or args.get("loss_type") or ("hybrid" if learned else "simple")
     preset = "the teacher's" if lineage else f"preset {args.get('model_preset', '?')}"
-    network = f"UNet2DModel, {info.get('parameters', '?')} parameters"
+    network = f"{network_class}, {info.get('parameters', '?')} parameters"
     if "prior_objective" in args:  # an LSGM fine-tune (hfddpm.training.lsgm), which trains both networks
         prior = "L_simple" if args["prior_objective"] == "simple" else "the bound"
         loss, preset = f"LSGM: the bound for the autoencoder, {prior} for the UNet", f"fine-tuned from {args['model']}"
@@ -124,6 +127,7 @@ def _model_rows(args: dict, info: dict, unet: dict, scheduler: dict, vae: dict, 
     if continuous := args.get("continuous_time"):
         schedule = f"continuous time, {continuous}; sampled on its table of T = {scheduler.get('num_train_timesteps')}"
         loss = {"vlb": "the continuous-time bound (likelihood weighting)", "simple": "L_simple at t ~ U[0, 1]"}[loss]
+        scheduler = {**scheduler, "reverse_variance": "fixed_small (DDPM's β̃ when sampled by DDPMScheduler)"}
     rows += [
         ("network", f"{network}, {preset}"),
         ("noise schedule", schedule),
@@ -250,11 +254,13 @@ def model_card(
         eval_results=eval_results or None,
     )
     scheduler_class = (index.get("scheduler") or [None, "scheduler"])[1]
+    network_class = (index.get("unet") or [None, "UNet2DModel"])[1]
     lineage = read_record(folder / "distillation.json")
     steps = index.get("default_num_inference_steps")
     text = {  # the card's prose; None for a part it lacks
         "model_name": model_name,
         "scheduler_class": scheduler_class,
+        "network_class": network_class,
         "stock_pipeline": index.get("_class_name", "DDPMPipeline"),
         "dataset_description": data.description,
         "distilled_from": lineage.get("teacher"),
@@ -265,7 +271,7 @@ def model_card(
     }
     tables = {
         "training": _lineage_rows(lineage, info)
-        + _model_rows(args, info, unet, scheduler, vae, lineage)
+        + _model_rows(args, info, unet, scheduler, vae, lineage, network_class)
         + _training_rows(args, info),
         "evaluation": _evaluation_rows(evaluation),
     }
