@@ -59,9 +59,8 @@ def plot(root: Path) -> None:
         "sub-VP SDE": ScoreSDESchedule(sde="subvp"),
         "VE SDE": ScoreSDESchedule(sde="ve"),
         "VDM fixed (linear γ)": LinearLogSNRSchedule(),
-        "VDM learned (digits)": TableSchedule.of_scheduler(
-            HFDDPMPipeline.from_pretrained(root / "vdm-learned").scheduler
-        ),
+        "VDM learned (digits)": learned(root / "vdm-learned"),
+        "VDM learned, Fourier features (digits)": learned(root / "vdm-learned-fourier"),
     }
     figure = Figure(figsize=(6.5, 4))
     axes = figure.subplots()
@@ -69,7 +68,7 @@ def plot(root: Path) -> None:
         with torch.no_grad():
             axes.plot(t, schedule(t), label=label, lw=2 if "learned" in label else 1)
     axes.set(xlabel="t", ylabel="γ(t) = −log SNR(t)", title="Noise schedules in continuous time")
-    axes.legend()
+    axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     figure.savefig(PLOT, dpi=100)
 
