@@ -49,10 +49,10 @@ def main() -> None:
             images = pipeline(batch_size=args.num_samples, **draw).images
             rows.append({"sampler": name, "evaluations": count, "fd_digits": fd_digits(images.clamp(-1, 1))})
             rows[-1]["seconds"] = round(time.perf_counter() - start, 1)
+            print(rows[-1], flush=True)
     start = time.perf_counter()
-    images, evaluations = sample_probability_flow(
-        pipeline.unet, config, args.num_samples, torch.Generator().manual_seed(0)
-    )
+    generator = torch.Generator().manual_seed(0)
+    images, evaluations = sample_probability_flow(pipeline.unet, schedulers["DDIM"], args.num_samples, generator)
     rows.append(
         {"sampler": "probability flow, RK45", "evaluations": evaluations, "fd_digits": fd_digits(images.clamp(-1, 1))}
     )
