@@ -3,7 +3,10 @@ the probability-flow ODE likelihood of the exact mixture denoiser, and training 
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -347,3 +350,25 @@ def test_a_continuous_time_teacher_distils_into_a_student(continuous_run, tmp_pa
     student = HFDDPMPipeline.from_pretrained(tmp_path / "student" / "steps-1")
     assert student.config.default_num_inference_steps == 1
     assert student(batch_size=2, output_type="pt").images.shape == (2, 1, 8, 8)
+
+
+@pytest.mark.slow
+def test_two_processes_in_bfloat16_train_a_learned_schedule_with_identical_replicas(tmp_path):
+    # The objective calls the wrapped model (data parallelism's gradient sync, autocast) and evaluates the schedule
+    # apart in float64; the engine refuses replicas whose parameters differ at the end, the schedule's included.
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    options = ["--continuous_time", "learned", "--loss_type", "vlb", "--fourier_features", "--model_preset", "tiny"]
+    options += ["--output_dir", str(tmp_path / "ddp"), "--max_train_steps", "3", "--train_batch_size", "8"]
+    options += ["--num_sample_images", "4", "--report_to", "none", "--mixed_precision", "bf16"]
+    result = subprocess.run(
+        [*launcher, "examples/train_unconditional.py", *options],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ACCELERATE_USE_CPU": "1"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = [json.loads(line) for line in (tmp_path / "ddp" / "logs" / "train.jsonl").open()]
+    assert any(entry.get("num_processes") == 2 and "replica_checksum" in entry for entry in log)
+    bounds = [entry["vlb_bits_per_dim"] for entry in log if "vlb_bits_per_dim" in entry]
+    assert bounds and all(math.isfinite(bound) for bound in bounds)

@@ -39,7 +39,8 @@ NETWORKS = {"UNet2DModel": UNet2DModel, "FourierFeaturesUNet": FourierFeaturesUN
 
 class ContinuousTimeModel(ModelMixin, ConfigMixin):
     """A UNet (of `NETWORKS`) and its noise schedule as one module: the one model the engine trains and averages (a
-    learned schedule has parameters)."""
+    learned schedule has parameters). Called, it is the UNet, so that data-parallel training and mixed precision
+    wrap the network call; the objective evaluates the schedule apart, in float64."""
 
     @register_to_config
     def __init__(self, *, unet_class: str, unet_config: dict, schedule_name: str) -> None:  # by name: see `of`
@@ -55,6 +56,9 @@ class ContinuousTimeModel(ModelMixin, ConfigMixin):
         if unet.is_gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
         return model
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None):
+        return self.unet(sample, timestep, class_labels)
 
 
 def antithetic_uniform(batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -106,13 +110,13 @@ class ContinuousTimeLoss:
         if labels is not None:
             labels = drop_labels(labels, len(self.label_names), self.class_dropout_prob, generator)
         original = images.float()
-        schedule = model.noise_schedule
+        schedule = getattr(model, "module", model).noise_schedule  # under data parallelism, the wrapped model's
         times, gamma, gamma_derivative, weights = self.draw_times(schedule, len(original), generator, original.device)
         alpha, sigma = schedule.alpha_sigma(gamma)
         noise = torch.randn(original.shape, generator=generator, device=generator.device).to(original.device)
         noisy = per_sample(alpha, original) * original + per_sample(sigma, original) * noise
         label = network_timestep(times, self.num_train_timesteps).float()
-        predicted = call_network(model.unet, noisy.float(), label, labels).float()
+        predicted = call_network(model, noisy.float(), label, labels).float()
         diffusion = diffusion_loss(noise, predicted, gamma_derivative) * weights
         ends = schedule(torch.tensor([0.0, 1.0], dtype=torch.float64, device=original.device))
         decoder_noise = torch.randn(original.shape, generator=generator, device=generator.device).to(original.device)
