@@ -48,9 +48,10 @@ class NoiseSchedule(ModelMixin, ConfigMixin):
     def discrete_betas(self, num_train_timesteps: int) -> list[float]:
         """β_i of the T-entry table ᾱ_i = sigmoid(−γ(i/(T − 1))): the `trained_betas` of the DDPM/DDIM scheduler that
         samples the continuous-time model, whose network takes the label i at t_i."""
+        device = next(self.parameters(), torch.zeros(())).device  # a learned schedule's; fixed ones hold none
         with torch.no_grad():
-            t = torch.linspace(0, 1, num_train_timesteps, dtype=torch.float64)
-            alpha_bar = torch.sigmoid(-self(t).double())
+            t = torch.linspace(0, 1, num_train_timesteps, dtype=torch.float64, device=device)
+            alpha_bar = torch.sigmoid(-self(t).double()).cpu()
         previous = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
         return (1 - alpha_bar / previous).tolist()
 
