@@ -110,6 +110,14 @@ def test_a_new_objective_reuses_the_loop_checkpoints_and_resume(tmp_path):
     total = json.loads((long_run / "training_info.json").read_text())["wall_time_seconds"]
     assert 6000.0 < total <= 6000.0 + time.perf_counter() - started
     assert f"| training time | {total / 60:.1f} min |" in (long_run / "README.md").read_text()
+    # A run stopped after a checkpoint and finished at that step (--max_train_steps of the checkpoint): no step more,
+    # and the pipeline and its card are written (no loss was logged in this segment).
+    ended = tmp_path / "ended"
+    shutil.copytree(checkpoint, ended / "checkpoints" / "checkpoint-4")
+    shutil.copy(tmp_path / "whole" / "training_args.json", ended)
+    assert train(ended, resume_from_checkpoint="latest", max_train_steps=4).calls == 4
+    assert json.loads((ended / "training_info.json").read_text())["global_step"] == 4
+    assert "final loss" not in (ended / "README.md").read_text() and (ended / "model_index.json").is_file()
 
 
 class InfiniteGradientAt(DenoiseAtOneLevel):

@@ -162,7 +162,7 @@ def _training_rows(args: dict, info: dict) -> list[tuple[str, str]]:
         rows += [
             ("hardware", info["device"]),
             ("training time", f"{info['wall_time_seconds'] / 60:.1f} min"),
-            ("final loss", f"{info['final_loss']:.4f}"),
+            *([("final loss", f"{info['final_loss']:.4f}")] if info.get("final_loss") is not None else []),
             ("software", ", ".join(f"{name} {version}" for name, version in info["versions"].items())),
         ]
     return rows

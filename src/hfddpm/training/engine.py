@@ -153,6 +153,8 @@ class Trainer:
     def train_epochs(self, stop_request: StopRequest) -> None:
         """Train from the current position to `max_train_steps`, or until a signal stops the run."""
         state = self.state
+        if state.global_step >= self.max_train_steps:  # resumed from a checkpoint at the last step
+            return
         for epoch in range(state.epoch, self.num_epochs):
             state.epoch = epoch
             self.dataloader.set_epoch(epoch)
