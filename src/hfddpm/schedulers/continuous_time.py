@@ -16,12 +16,15 @@ from __future__ import annotations
 import math
 
 import torch
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
+from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 
-class NoiseSchedule(ModelMixin, ConfigMixin):
-    """γ(t) = log(σ_t²/α_t²), increasing on t ∈ [0, 1]; `forward` maps a float tensor of t to γ(t), elementwise."""
+class NoiseSchedule(torch.nn.Module, ConfigMixin):
+    """γ(t) = log(σ_t²/α_t²), increasing on t ∈ [0, 1]; `forward` maps a float tensor of t to γ(t), elementwise. A
+    module with a config (not a `ModelMixin`, whose import pulls in transformers): a learned one is saved with the
+    model that holds it."""
+
+    config_name = "noise_schedule.json"
 
     def gamma_and_derivative(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """γ(t) and γ'(t) (by automatic differentiation, so that a learned γ' is differentiable in its parameters)."""
