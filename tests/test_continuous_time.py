@@ -329,10 +329,12 @@ def test_the_score_sde_samplers_draw_gaussian_data_with_its_exact_denoiser(sampl
 
 
 def test_the_adaptive_ode_sampler_draws_gaussian_data_with_its_exact_denoiser():
+    from hfddpm import HFDDPMPipeline
     from hfddpm.evaluation.continuous_likelihood import sample_probability_flow
 
     model = GaussianMixtureDenoiser.for_scheduler(DDPMScheduler(), torch.full((1, 1, 2, 2), 0.3), [0.5])
-    samples, evaluations = sample_probability_flow(model, DDPMScheduler(), 1000, torch.Generator().manual_seed(0))
+    pipeline = HFDDPMPipeline(unet=model, scheduler=DDPMScheduler())
+    samples, evaluations = sample_probability_flow(pipeline, 1000, torch.Generator().manual_seed(0))
     assert samples.mean().item() == pytest.approx(0.3, abs=0.03)  # as the fixed-step samplers above
     assert samples.std().item() == pytest.approx(0.5, abs=0.03)
     assert 10 < evaluations < 500

@@ -21,12 +21,15 @@ from ..conditioning import predict
 from ..schedulers.continuous_time import (
     NoiseSchedule,
     TableSchedule,
+    alpha_sigma,
     diffusion_loss,
     discrete_decoder_nll,
     network_timestep,
     prior_kl,
     probability_flow_drift,
 )
+from ..schedulers.gaussian_diffusion import convert_prediction
+from .likelihood import standard_error
 
 
 @dataclass
@@ -77,7 +80,7 @@ def continuous_bound(
     stratified estimate of the integral), noise from `generator` (seed 0 by default) on the CPU."""
     schedule = TableSchedule.of_scheduler(scheduler).to(model.device)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    ends = schedule(torch.tensor([0.0, 1.0], dtype=torch.float64, device=model.device))
+    ends = schedule.end_points(model.device)
     parts = []
     for batch in tqdm(batches, desc="Continuous-time bound", disable=not progress_bar):
         original = batch.to(model.device, torch.float64)
@@ -88,7 +91,7 @@ def continuous_bound(
                 model.device
             )
             gamma, gamma_derivative = schedule.gamma_and_derivative(t)
-            alpha, sigma = schedule.alpha_sigma(gamma.detach())
+            alpha, sigma = alpha_sigma(gamma.detach())
             noise = torch.randn(original.shape, generator=generator, dtype=torch.float64).to(model.device)
             noisy = alpha.reshape(-1, 1, 1, 1) * original + sigma.reshape(-1, 1, 1, 1) * noise
             diffusion += diffusion_loss(noise, epsilon(noisy, t), gamma_derivative.detach()) / num_times
@@ -101,7 +104,7 @@ def continuous_bound(
     total = parts.sum(1)
     return ContinuousBound(
         total.mean().item(),
-        (total.std() / math.sqrt(len(total))).item() if len(total) > 1 else math.nan,
+        standard_error(total),
         *parts.mean(0).tolist(),
         len(total),
         num_times,
@@ -130,7 +133,7 @@ def probability_flow(
         z = torch.from_numpy(state[: state.size - count]).reshape(shape).to(points)
         time = torch.full((len(points),), t, dtype=torch.float64, device=points.device)
         gamma, gamma_derivative = schedule.gamma_and_derivative(time)
-        _, sigma = schedule.alpha_sigma(gamma.detach())
+        _, sigma = alpha_sigma(gamma.detach())
         with torch.enable_grad():
             z.requires_grad_(True)
             drift = probability_flow_drift(
@@ -171,19 +174,20 @@ def ode_log_density(
 
 @torch.no_grad()
 def sample_probability_flow(
-    model, scheduler, batch_size: int, generator: torch.Generator | None = None, rtol: float = 1e-5, atol: float = 1e-5
+    pipeline, batch_size: int, generator: torch.Generator | None = None, rtol: float = 1e-5, atol: float = 1e-5
 ) -> tuple[torch.Tensor, int]:
-    """Samples by the probability-flow ODE from N(0, I) at t = 1 to t = 0 with RK45 (`probability_flow`; Song et
-    al. 2021, §4.3), then the denoised x̂_0 = (z_0 − σ_0 ε̂)/α_0; and the network evaluations taken."""
+    """Samples of a pixel-space pipeline by the probability-flow ODE from N(0, I) at t = 1 to t = 0 with RK45
+    (`probability_flow`; Song et al. 2021, §4.3) on the continuous schedule of its scheduler's table, then the
+    denoised x̂_0 = (z_0 − σ_0 ε̂)/α_0; and the network evaluations taken."""
+    model, scheduler = pipeline.unet, pipeline.scheduler
     schedule = TableSchedule.of_scheduler(scheduler).to(model.device)
-    channels, size = model.config.in_channels, model.config.sample_size
-    shape = (batch_size, channels, *((size, size) if isinstance(size, int) else size))
+    shape = pipeline.sample_shape(batch_size)
     noise = torch.randn(shape, generator=generator, dtype=torch.float64).to(model.device)
-    epsilon = epsilon_model(model, scheduler.config.num_train_timesteps, channels)
+    epsilon = epsilon_model(model, scheduler.config.num_train_timesteps, shape[1])
     z, _, evaluations = probability_flow(epsilon, schedule, noise, (1.0, 0.0), rtol=rtol, atol=atol)
     start = torch.zeros(batch_size, dtype=torch.float64, device=model.device)
-    alpha, sigma = schedule.alpha_sigma(schedule(start).reshape(-1, 1, 1, 1))
-    return (z - sigma * epsilon(z, start)) / alpha, evaluations + 1
+    alpha_bar = torch.sigmoid(-schedule(start)).reshape(-1, 1, 1, 1)
+    return convert_prediction(epsilon(z, start), z, alpha_bar, "epsilon", "sample"), evaluations + 1
 
 
 def ode_likelihood(
@@ -222,7 +226,7 @@ def ode_likelihood(
     per_image = torch.cat(per_image) / (batch[0].numel() * math.log(2.0)) + math.log2(127.5)
     return ODELikelihood(
         per_image.mean().item(),
-        (per_image.std() / math.sqrt(per_image.numel())).item() if per_image.numel() > 1 else math.nan,
+        standard_error(per_image),
         len(per_image),
         num_probes,
         float(np.mean(evaluations)),

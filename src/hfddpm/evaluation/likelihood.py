@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     from ..schedulers import DDPMScheduler
 
 
+def standard_error(values: torch.Tensor) -> float:
+    """The standard error of the mean of `values` (NaN for a single one)."""
+    return (values.std() / math.sqrt(values.numel())).item() if values.numel() > 1 else math.nan
+
+
 def timestep_strata(num_train_timesteps: int, num_timesteps: int | None = None) -> list[tuple[int, int]]:
     """The [lo, hi) ranges of t that `variational_bound` draws one timestep from, per image.
 
@@ -123,7 +128,7 @@ def variational_bound(
     means = term_sums[seen] / term_counts[seen]
     return VariationalBound(
         bits_per_dim=per_image.mean().item(),
-        standard_error=(per_image.std() / math.sqrt(len(per_image))).item() if len(per_image) > 1 else math.nan,
+        standard_error=standard_error(per_image),
         prior_bits_per_dim=priors.mean().item(),
         decoder_bits_per_dim=(term_sums[0] / term_counts[0]).item(),
         timesteps=seen.nonzero().flatten().tolist(),
@@ -282,7 +287,7 @@ def latent_variational_bound(
     total = parts["decoder"] + parts["entropy"] + parts["prior"]
     return LatentVariationalBound(
         bits_per_dim=total.mean().item(),
-        standard_error=(total.std() / math.sqrt(len(total))).item() if len(total) > 1 else math.nan,
+        standard_error=standard_error(total),
         decoder_bits_per_dim=parts["decoder"].mean().item(),
         entropy_bits_per_dim=parts["entropy"].mean().item(),
         prior_bits_per_dim=parts["prior"].mean().item(),

@@ -180,10 +180,16 @@ def feature_networks(
 CONTINUOUS_METRICS = ("bits_per_dim_continuous", "nll_ode")
 
 
-def held_out_batches(data: dict[str, Any], resolution: int, channels: int, max_images: int | None):
-    """The first `max_images` images of `data`'s split (`image_batches`)."""
+def held_out_batches(data: dict[str, Any], resolution: int, channels: int):
+    """The first `max_images` images (all when None) of `data`'s split, in batches (`image_batches`)."""
     return image_batches(
-        data["dataset"], data["split"], resolution, channels, data["batch_size"], data["image_column"], max_images
+        data["dataset"],
+        data["split"],
+        resolution,
+        channels,
+        data["batch_size"],
+        data["image_column"],
+        data["max_images"],
     )
 
 
@@ -192,7 +198,6 @@ def add_variational_bound(
     pipeline: HFDDPMPipeline,
     data: dict[str, Any],
     reference_split: str,
-    max_images: int | None,
     reverse_variance: str | None,
     output_dir: str | os.PathLike | None,
     options: dict[str, Any],
@@ -200,19 +205,22 @@ def add_variational_bound(
     """`bits_per_dim` (see `evaluate_pipeline`) into `report`: the discrete-time bound on the 8-bit data, or a
     latent pipeline's VAE bound with the diffusion model as prior, its decoder's σ fitted on `reference_split`."""
     _, channels, resolution, _ = pipeline.sample_shape(1)
-    generator = torch.Generator().manual_seed(options["seed"])
-    bound_options = {"reverse_variance": reverse_variance, "generator": generator, **options}
-    bound_options.pop("seed")
+    bound_options = {
+        "num_timesteps": options["num_timesteps"],
+        "reverse_variance": reverse_variance,
+        "generator": torch.Generator().manual_seed(options["seed"]),
+        "progress_bar": options["progress_bar"],
+    }
     if pipeline.vae is not None:
         vae = pipeline.vae
         channels, resolution = vae.config.in_channels, image_size(vae, resolution)
-        fit = held_out_batches({**data, "split": reference_split}, resolution, channels, FIT_IMAGES)
-        batches = held_out_batches(data, resolution, channels, max_images)
+        fit = held_out_batches({**data, "split": reference_split, "max_images": FIT_IMAGES}, resolution, channels)
+        batches = held_out_batches(data, resolution, channels)
         with eval_mode(pipeline.unet), eval_mode(vae):
             scale = decoder_scale(vae, fit, torch.Generator().manual_seed(options["seed"]))
             bound = latent_variational_bound(pipeline.unet, pipeline.scheduler, vae, batches, scale, **bound_options)
     else:
-        batches = held_out_batches(data, resolution, channels, max_images)
+        batches = held_out_batches(data, resolution, channels)
         with eval_mode(pipeline.unet):  # the discretised decoder: the bound on the 8-bit data
             bound = variational_bound(pipeline.unet, pipeline.scheduler, batches, **bound_options)
         if output_dir is not None:
@@ -226,7 +234,6 @@ def add_continuous_time_metrics(
     pipeline: HFDDPMPipeline,
     metrics: list[str],
     data: dict[str, Any],
-    max_images: int | None,
     num_probes: int,
     options: dict[str, Any],
 ) -> None:
@@ -236,7 +243,7 @@ def add_continuous_time_metrics(
     if pipeline.vae is not None:
         raise ValueError(f"{report.checkpoint}: {metrics} measure a pixel-space pipeline; drop them for this one")
     _, channels, resolution, _ = pipeline.sample_shape(1)
-    batches = held_out_batches(data, resolution, channels, max_images)
+    batches = held_out_batches(data, resolution, channels)
     generator, progress_bar = torch.Generator().manual_seed(options["seed"]), options["progress_bar"]
     model, scheduler = pipeline.unet, pipeline.scheduler
     with eval_mode(model):
@@ -330,14 +337,18 @@ def evaluate_pipeline(
     features = feature_networks(metrics, inception_weights, dinov2_model, device)
     scorers = {name: features.pop(scores) for name, (_, scores) in CLASSIFIER_METRICS.items() if scores in features}
 
-    data = {"dataset": dataset, "split": split, "batch_size": batch_size, "image_column": image_column}
+    data = {
+        "dataset": dataset,
+        "split": split,
+        "max_images": max_images,
+        "batch_size": batch_size,
+        "image_column": image_column,
+    }
     options = {"num_timesteps": num_timesteps, "seed": seed, "progress_bar": progress_bar}
     if "bits_per_dim" in metrics:
-        add_variational_bound(
-            report, pipeline, data, reference_split, max_images, reverse_variance, output_dir, options
-        )
+        add_variational_bound(report, pipeline, data, reference_split, reverse_variance, output_dir, options)
     if continuous := [metric for metric in metrics if metric in CONTINUOUS_METRICS]:
-        add_continuous_time_metrics(report, pipeline, continuous, data, max_images, num_probes, options)
+        add_continuous_time_metrics(report, pipeline, continuous, data, num_probes, options)
 
     if any(metric in metrics for metric in SAMPLE_METRICS):
         if samples is None:

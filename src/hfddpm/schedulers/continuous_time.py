@@ -34,9 +34,9 @@ class NoiseSchedule(torch.nn.Module, ConfigMixin):
             (derivative,) = torch.autograd.grad(gamma.sum(), t, create_graph=True)
         return gamma, derivative
 
-    def alpha_sigma(self, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """α_t = √sigmoid(−γ_t) and σ_t = √sigmoid(γ_t) (VDM, eq. 4)."""
-        return torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
+    def end_points(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(γ(0), γ(1)), the ends that set the bound's decoder and prior terms, in float64 on `device`."""
+        return self(torch.tensor([0.0, 1.0], dtype=torch.float64, device=device)).double()
 
     def inverse(self, gamma: torch.Tensor, iterations: int = 60) -> torch.Tensor:
         """t with γ(t) = `gamma` (within [γ(0), γ(1)]), by bisection of the increasing γ: 2⁻⁶⁰ in t."""
@@ -57,6 +57,11 @@ class NoiseSchedule(torch.nn.Module, ConfigMixin):
             alpha_bar = torch.sigmoid(-self(t).double()).cpu()
         previous = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
         return (1 - alpha_bar / previous).tolist()
+
+
+def alpha_sigma(gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """α_t = √sigmoid(−γ_t) and σ_t = √sigmoid(γ_t) (VDM, eq. 4)."""
+    return torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
 
 
 class ScoreSDESchedule(NoiseSchedule):
@@ -92,12 +97,16 @@ class ScoreSDESchedule(NoiseSchedule):
     def sde_time(self, t: torch.Tensor) -> torch.Tensor:
         return self.config.s_min + (1 - self.config.s_min) * t
 
+    def beta_integral(self, s: torch.Tensor) -> torch.Tensor:
+        """B(s) = ∫₀ˢ β of the VP and sub-VP SDEs."""
+        return self.config.beta_min * s + 0.5 * (self.config.beta_max - self.config.beta_min) * s**2
+
     def log_scale_and_std(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log a_s and log b_s of the SDE's own marginal (see the class docstring)."""
         config = self.config
         if config.sde == "ve":
             return 0 * s, math.log(config.sigma_min) + s * math.log(config.sigma_max / config.sigma_min)
-        integral = config.beta_min * s + 0.5 * (config.beta_max - config.beta_min) * s**2
+        integral = self.beta_integral(s)
         noise = -torch.expm1(-integral)  # 1 − e^{−B}
         return -0.5 * integral, (0.5 if config.sde == "vp" else 1.0) * torch.log(noise)
 
@@ -108,8 +117,7 @@ class ScoreSDESchedule(NoiseSchedule):
             _, log_std = self.log_scale_and_std(s)
             return torch.zeros_like(s), torch.exp(2 * log_std) * 2 * math.log(config.sigma_max / config.sigma_min)
         beta = config.beta_min + (config.beta_max - config.beta_min) * s
-        integral = config.beta_min * s + 0.5 * (config.beta_max - config.beta_min) * s**2
-        diffusion = beta if config.sde == "vp" else beta * -torch.expm1(-2 * integral)
+        diffusion = beta if config.sde == "vp" else beta * -torch.expm1(-2 * self.beta_integral(s))
         return -0.5 * beta, diffusion
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -189,12 +197,17 @@ class TableSchedule(NoiseSchedule):
         self.register_buffer("slopes", slopes, persistent=False)
 
     @classmethod
+    def of_betas(cls, betas) -> TableSchedule:
+        """The schedule of the table ᾱ_i = ∏_{j≤i} (1 − β_j), multiplied in float64 (diffusers multiplies in
+        float32, which at γ < −12 leaves few correct digits of 1 − ᾱ)."""
+        return cls(alphas_cumprod=torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), 0).tolist())
+
+    @classmethod
     def of_scheduler(cls, scheduler) -> TableSchedule:
-        """The schedule of a DDPM or DDIM scheduler, ᾱ_i = ∏_{j≤i} (1 − β_j) in float64 from its β (diffusers
-        multiplies in float32, which at γ < −12 leaves few correct digits of 1 − ᾱ)."""
+        """The schedule of a DDPM or DDIM scheduler, from its `trained_betas` when it has them (as saved, in
+        float64), else from its β."""
         betas = scheduler.config.trained_betas
-        betas = torch.as_tensor(betas if betas is not None else scheduler.betas, dtype=torch.float64)
-        return cls(alphas_cumprod=torch.cumprod(1 - betas, 0).tolist())
+        return cls.of_betas(betas if betas is not None else scheduler.betas)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         position = t.double() * (len(self.knots) - 1)
@@ -254,7 +267,7 @@ def discrete_decoder_nll(
     decoder, p(x_i = v|z_0) ∝ exp(−(z_0,i − α_0 v)²/(2σ_0²)) over the `num_levels` values v (Kingma et al. 2021,
     App. C). In level units u = (z_0/α_0 + 1)(L − 1)/2 with scale s = (σ_0/α_0)(L − 1)/2 the normaliser sums
     exp(−(u − j)²/(2s²)) over the levels j within 8s + 1 of u: the rest adds less than e⁻³² of it."""
-    alpha, sigma = torch.sigmoid(-gamma_0).sqrt(), torch.sigmoid(gamma_0).sqrt()
+    alpha, sigma = alpha_sigma(gamma_0)
     half_range = (num_levels - 1) / 2
     x = original.double().flatten(1)
     level = ((x + 1) * half_range).round()

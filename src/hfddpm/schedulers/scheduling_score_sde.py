@@ -12,7 +12,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .continuous_time import TableSchedule, network_timestep, probability_flow_drift
+from .continuous_time import TableSchedule, alpha_sigma, network_timestep, probability_flow_drift
+from .gaussian_diffusion import convert_prediction
 
 SAMPLERS = ("euler_maruyama", "probability_flow")
 
@@ -56,8 +57,8 @@ class ScoreSDEScheduler(SchedulerMixin, ConfigMixin):
         if sampler not in SAMPLERS or prediction_type != "epsilon":
             raise ValueError(f"sampler must be one of {SAMPLERS} and prediction_type 'epsilon'")
         betas = torch.linspace(beta_start, beta_end, num_train_timesteps) if trained_betas is None else trained_betas
-        betas = torch.as_tensor(betas, dtype=torch.float64)
-        self.schedule = TableSchedule(alphas_cumprod=torch.cumprod(1 - betas, 0).tolist())
+        self.betas = torch.as_tensor(betas, dtype=torch.float32)  # as diffusers' schedulers hold them
+        self.schedule = TableSchedule.of_betas(betas)
         self.init_noise_sigma = 1.0
         self.set_timesteps(num_train_timesteps)
 
@@ -83,9 +84,9 @@ class ScoreSDEScheduler(SchedulerMixin, ConfigMixin):
         t, s = self.times[self._step_index], self.times[self._step_index + 1]
         self._step_index += 1
         gamma, gamma_derivative = self.schedule.gamma_and_derivative(t.reshape(1))
-        alpha, sigma = (value.to(sample) for value in self.schedule.alpha_sigma(gamma.detach()))
+        alpha, sigma = (value.to(sample) for value in alpha_sigma(gamma.detach()))
         gamma_derivative, dt = gamma_derivative.detach().to(sample), float(t - s)
-        original = (sample - sigma * model_output) / alpha
+        original = convert_prediction(model_output, sample, alpha**2, "epsilon", "sample")
         if self._step_index == self.num_inference_steps:
             previous = original
         elif self.config.sampler == "probability_flow":

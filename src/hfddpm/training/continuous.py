@@ -22,6 +22,7 @@ from ..schedulers.continuous_time import (
     SCHEDULES,
     LearnedLogSNRSchedule,
     NoiseSchedule,
+    alpha_sigma,
     diffusion_loss,
     discrete_decoder_nll,
     network_timestep,
@@ -111,14 +112,14 @@ class ContinuousTimeLoss:
             labels = drop_labels(labels, len(self.label_names), self.class_dropout_prob, generator)
         original = images.float()
         schedule = getattr(model, "module", model).noise_schedule  # under data parallelism, the wrapped model's
-        times, gamma, gamma_derivative, weights = self.draw_times(schedule, len(original), generator, original.device)
-        alpha, sigma = schedule.alpha_sigma(gamma)
+        ends = schedule.end_points(original.device)
+        times, gamma, gamma_derivative, weights = self.draw_times(schedule, ends, len(original), generator)
+        alpha, sigma = alpha_sigma(gamma)
         noise = torch.randn(original.shape, generator=generator, device=generator.device).to(original.device)
         noisy = per_sample(alpha, original) * original + per_sample(sigma, original) * noise
         label = network_timestep(times, self.num_train_timesteps).float()
         predicted = call_network(model, noisy.float(), label, labels).float()
         diffusion = diffusion_loss(noise, predicted, gamma_derivative) * weights
-        ends = schedule(torch.tensor([0.0, 1.0], dtype=torch.float64, device=original.device))
         decoder_noise = torch.randn(original.shape, generator=generator, device=generator.device).to(original.device)
         nats_per_bit = original[0].numel() * math.log(2.0)
         parts = (diffusion, prior_kl(original, ends[1]), discrete_decoder_nll(original, decoder_noise, ends[0]))
@@ -130,12 +131,12 @@ class ContinuousTimeLoss:
         return LossOutput(per_sample_loss.float().mean(), per_sample_loss.detach().float(), None, logs)
 
     def draw_times(
-        self, schedule: NoiseSchedule, batch_size: int, generator: torch.Generator, device: torch.device
+        self, schedule: NoiseSchedule, ends: torch.Tensor, batch_size: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """t, γ(t), γ'(t) and the importance weight 1/p(t) of each sample, on `device` (see the class docstring)."""
-        uniform = antithetic_uniform(batch_size, generator).to(device)
+        """t, γ(t), γ'(t) and the importance weight 1/p(t) of each sample, on the device of `ends` (the schedule's
+        `end_points`; see the class docstring)."""
+        uniform = antithetic_uniform(batch_size, generator).to(ends.device)
         if self.importance:
-            ends = schedule(torch.tensor([0.0, 1.0], dtype=torch.float64, device=device)).double()
             times = schedule.inverse(ends[0] + uniform * (ends[1] - ends[0]))
             gamma, gamma_derivative = schedule.gamma_and_derivative(times)
             return times, gamma, gamma_derivative, (ends[1] - ends[0]) / gamma_derivative.detach()
