@@ -326,6 +326,8 @@ def test_the_score_sde_samplers_draw_gaussian_data_with_its_exact_denoiser(sampl
     values = samples.images.flatten().double()
     assert values.mean().item() == pytest.approx(0.3, abs=0.03)
     assert values.std().item() == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(ValueError, match=r"num_inference_steps .*got 0"):  # no steps: noise
+        pipeline(num_inference_steps=0)
 
 
 def test_the_adaptive_ode_sampler_draws_gaussian_data_with_its_exact_denoiser():

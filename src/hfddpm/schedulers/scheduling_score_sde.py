@@ -12,6 +12,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..arguments import checked_integer
 from .continuous_time import TableSchedule, alpha_sigma, network_timestep, probability_flow_drift
 from .gaussian_diffusion import convert_prediction
 
@@ -63,7 +64,9 @@ class ScoreSDEScheduler(SchedulerMixin, ConfigMixin):
         self.set_timesteps(num_train_timesteps)
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """N equal steps from t = 1 to 0; `timesteps` are the network's labels (T − 1) t of the N starting times."""
+        """N equal steps from t = 1 to 0; `timesteps` are the network's labels (T − 1) t of the N starting times.
+        N = 0 would return the noise itself as the sample: refused."""
+        num_inference_steps = checked_integer("num_inference_steps", num_inference_steps)
         self.times = torch.linspace(1, 0, num_inference_steps + 1, dtype=torch.float64)
         self.timesteps = network_timestep(self.times[:-1], self.config.num_train_timesteps).float().to(device)
         self.num_inference_steps = num_inference_steps
